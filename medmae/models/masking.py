@@ -1,0 +1,40 @@
+"""Per-sample random masking of patch tokens (MAE, He et al. 2022)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_masking(
+    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hide a random subset of tokens in each sample, by argsort of uniform noise and gather.
+
+    Each sample keeps exactly ``int(N * (1 - mask_ratio))`` of its ``N`` tokens (the product is
+    truncated, not rounded) and hides the rest; the kept tokens stay in a random order.
+
+    Args:
+        tokens: ``[B, N, D]``.
+        mask_ratio: fraction to hide, in ``[0, 1)``; at least one token must stay visible.
+        generator: optional ``torch.Generator`` on ``tokens.device``, for reproducible masks.
+
+    Returns:
+        kept: ``[B, K, D]`` the visible tokens, ``K = int(N * (1 - mask_ratio))``.
+        mask: ``[B, N]`` float32 in the original token order, 1 = hidden, 0 = visible.
+        ids_restore: ``[B, N]`` indices that put ``cat([kept, hidden])`` back into the original order.
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio={mask_ratio!r} must lie in [0, 1)")
+    b, n, d = tokens.shape
+    keep = int(n * (1 - mask_ratio))
+    if keep < 1:
+        raise ValueError(f"mask_ratio={mask_ratio!r} leaves no visible token out of {n}")
+    noise = torch.rand(b, n, generator=generator, device=tokens.device)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    ids_keep = ids_shuffle[:, :keep]
+    kept = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
+    mask = torch.ones(b, n, device=tokens.device)
+    mask[:, :keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    return kept, mask, ids_restore
