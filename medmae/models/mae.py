@@ -1,0 +1,146 @@
+"""Masked autoencoder for 2D images and 3D volumes (He et al., CVPR 2022; Zhou et al., ISBI 2023)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from medmae.models.encoder import TransformerBlock, ViTEncoder, init_transformer_weights
+from medmae.models.masking import random_masking
+from medmae.models.patchify import patchify, unpatchify
+from medmae.models.pos_embed import sincos_pos_embed
+
+NORM_PIX_EPS = 1e-6
+
+
+class MaskedAutoencoder(nn.Module):
+    """ViT encoder over the visible patches plus a light transformer decoder that rebuilds the hidden ones.
+
+    Args:
+        spatial_dims: 2 or 3.
+        img_size, patch_size, in_channels: input geometry (ints or one per axis).
+        width, depth, num_heads, mlp_dim, qkv_bias, cls_token, drop_path_rate: encoder (see ``ViTEncoder``).
+        decoder_width, decoder_depth, decoder_heads: decoder size (MAE: 512 x 8 in 2D; 384 x 8 in 3D here).
+        mask_ratio: fraction of patches hidden per sample.
+        norm_pix_loss: target is each patch normalised to zero mean and unit variance (default on).
+    """
+
+    def __init__(self, spatial_dims: int, img_size: int | Sequence[int], patch_size: int | Sequence[int] = 16,
+                 in_channels: int = 1, width: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_dim: int = 3072, qkv_bias: bool = True, cls_token: bool = False, drop_path_rate: float = 0.0,
+                 decoder_width: int = 384, decoder_depth: int = 8, decoder_heads: int = 12,
+                 mask_ratio: float = 0.75, norm_pix_loss: bool = True) -> None:
+        super().__init__()
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio!r} must lie in [0, 1)")
+        self.encoder = ViTEncoder(spatial_dims, img_size, patch_size, in_channels, width, depth, num_heads,
+                                  mlp_dim, qkv_bias, cls_token, drop_path_rate)
+        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.config = dict(self.encoder.config, decoder_width=decoder_width, decoder_depth=decoder_depth,
+                           decoder_heads=decoder_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)
+        patch_voxels = int(torch.tensor(self.patch_size).prod())
+        self.decoder_embed = nn.Linear(width, decoder_width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
+        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(decoder_width, self.encoder.grid), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            TransformerBlock(decoder_width, decoder_heads, 4 * decoder_width, qkv_bias) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_width)
+        self.decoder_pred = nn.Linear(decoder_width, patch_voxels * in_channels)
+        for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            init_transformer_weights(module)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        return self.encoder.patch_embedding.patch_size
+
+    @property
+    def img_size(self) -> tuple[int, ...]:
+        return self.encoder.patch_embedding.img_size
+
+    def forward_encoder(self, x: torch.Tensor, mask_ratio: float | None = None,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embed, hide, encode the visible patches only.
+
+        Args:
+            x: ``[B, C, *img_size]``.
+            mask_ratio: overrides the model's ratio (0 encodes every patch).
+            generator: for reproducible masks.
+
+        Returns:
+            latent ``[B, K (+1 with cls token), D]``, mask ``[B, N]`` (1 = hidden), ids_restore ``[B, N]``.
+        """
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        tokens, mask, ids_restore = random_masking(self.encoder.patch_embedding(x), ratio, generator)
+        latent, _ = self.encoder.forward_tokens(tokens)
+        return latent, mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent ``[B, K (+1), D]``, ids_restore ``[B, N]`` -> per-patch predictions ``[B, N, prod(p) * C]``."""
+        x = self.decoder_embed(latent)
+        has_cls = hasattr(self.encoder, "cls_token")
+        cls, visible = (x[:, :1], x[:, 1:]) if has_cls else (x[:, :0], x)
+        b, n = ids_restore.shape
+        hidden = self.mask_token.to(x.dtype).expand(b, n - visible.shape[1], -1)
+        full = torch.cat([visible, hidden], dim=1)
+        full = torch.gather(full, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = torch.cat([cls, full + self.decoder_pos_embed.to(x.dtype)], dim=1)
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, cls.shape[1]:]
+
+    def patch_target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``[B, C, *S]`` -> (target, mean, std), each ``[B, N, L]`` or ``[B, N, 1]``, in float32.
+
+        With ``norm_pix_loss`` the target is each patch minus its mean over its voxels and channels,
+        divided by ``sqrt(var + 1e-6)``; otherwise the raw patch with mean 0 and std 1.
+        """
+        target = patchify(x.float(), self.patch_size)
+        if not self.norm_pix_loss:
+            return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
+        mean = target.mean(dim=-1, keepdim=True)
+        std = (target.var(dim=-1, keepdim=True, unbiased=False) + NORM_PIX_EPS).sqrt()
+        return (target - mean) / std, mean, std
+
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the hidden patches only.
+
+        Args:
+            x: ``[B, C, *S]`` the input; pred: ``[B, N, L]``; mask: ``[B, N]`` with 1 = hidden.
+
+        Returns:
+            scalar float32: ``sum_n mask * mean_L (pred - target)^2 / sum_n mask``.
+        """
+        target, _, _ = self.patch_target(x)
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(self, x: torch.Tensor, mask_ratio: float | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden)."""
+        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator)
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.forward_loss(x, pred, mask), pred, mask
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Turn predictions back into images for figures.
+
+        With ``norm_pix_loss`` each predicted patch is mapped back with the true patch's mean and std.
+
+        Args:
+            x: ``[B, C, *S]``; pred: ``[B, N, L]``; mask: ``[B, N]`` with 1 = hidden.
+
+        Returns:
+            ``{"masked": input with hidden patches zeroed, "prediction": every patch predicted,
+            "composite": visible patches from the input, hidden ones predicted}``, each ``[B, C, *S]``.
+        """
+        _, mean, std = self.patch_target(x)
+        predicted = pred.float() * std + mean
+        patches = patchify(x.float(), self.patch_size)
+        hidden = mask.unsqueeze(-1).bool()
+        images = {"masked": patches.masked_fill(hidden, 0.0), "prediction": predicted,
+                  "composite": torch.where(hidden, predicted, patches)}
+        return {name: unpatchify(p, self.patch_size, x.shape[2:]) for name, p in images.items()}

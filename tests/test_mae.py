@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from medmae.models import MaskedAutoencoder, create_model, patchify, unpatchify
+
+SIZE_3D = (32, 48, 32)  # grid 2 x 3 x 2 = 12 patches of 16^3
+
+
+def tiny_mae(spatial_dims=3, **kwargs):
+    img_size = SIZE_3D if spatial_dims == 3 else (48, 64)
+    return create_model(f"mae_vit_tiny_patch16_{spatial_dims}d", img_size=img_size, **kwargs)
+
+
+@pytest.mark.parametrize("spatial_dims,channels", [(3, 1), (3, 4), (2, 1), (2, 3)])
+def test_forward_shapes(spatial_dims, channels):
+    model = tiny_mae(spatial_dims, in_channels=channels)
+    x = torch.randn(2, channels, *model.img_size)
+    loss, pred, mask = model(x)
+    n = 12  # 2 x 3 x 2 in 3D, 3 x 4 in 2D
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert pred.shape == (2, n, channels * 16 ** spatial_dims)
+    assert mask.shape == (2, n) and torch.equal(mask.sum(1), torch.full((2,), n - int(n * 0.25), dtype=torch.float32))
+
+
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_encoder_sees_only_the_visible_tokens(cls_token):
+    model = tiny_mae(cls_token=cls_token, mask_ratio=0.75)
+    seen = []
+    for block in model.encoder.blocks:
+        block.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+    latent, mask, _ = model.forward_encoder(torch.randn(2, 1, *SIZE_3D))
+    visible = int(12 * 0.25)
+    assert seen == [visible + cls_token] * 12
+    assert latent.shape == (2, visible + cls_token, 48)
+    assert torch.equal((mask == 0).sum(1), torch.tensor([visible, visible]))
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_loss_ignores_visible_patches_and_follows_hidden_ones(norm_pix_loss):
+    model = tiny_mae(norm_pix_loss=norm_pix_loss)
+    x = torch.randn(2, 1, *SIZE_3D)
+    with torch.no_grad():
+        loss, pred, mask = model(x, generator=torch.Generator().manual_seed(0))
+    patches = patchify(x, model.patch_size)
+    noise = 5 * torch.randn_like(patches)
+    visible_changed = unpatchify(patches + noise * (1 - mask).unsqueeze(-1), model.patch_size, SIZE_3D)
+    hidden_changed = unpatchify(patches + noise * mask.unsqueeze(-1), model.patch_size, SIZE_3D)
+    assert torch.equal(model.forward_loss(visible_changed, pred, mask), loss)
+    assert not torch.allclose(model.forward_loss(hidden_changed, pred, mask), loss)
+
+
+def test_norm_pix_target_is_normalised_per_patch():
+    model = tiny_mae()
+    x = 100 + 20 * torch.randn(1, 1, *SIZE_3D)
+    target, mean, std = model.patch_target(x)
+    assert torch.allclose(target.mean(-1), torch.zeros(1, 12), atol=1e-4)
+    assert torch.allclose(target.std(-1, unbiased=False), torch.ones(1, 12), atol=1e-4)
+    raw = tiny_mae(norm_pix_loss=False).patch_target(x)[0]
+    assert torch.equal(raw, patchify(x, (16, 16, 16)))
+
+
+@pytest.mark.parametrize("spatial_dims,cls_token", [(3, False), (3, True), (2, False)])
+def test_every_trainable_parameter_receives_a_gradient(spatial_dims, cls_token):
+    model = tiny_mae(spatial_dims, cls_token=cls_token)
+    loss, _, _ = model(torch.randn(2, 1, *model.img_size))
+    loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert "encoder.patch_embedding.position_embeddings" not in trainable  # fixed sin-cos
+    no_grad = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_trains_under_bf16_autocast(spatial_dims):
+    model = tiny_mae(spatial_dims, drop_path_rate=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(2, 1, *model.img_size)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, pred, _ = model(x)
+        assert pred.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+
+
+def test_reconstruct_keeps_visible_patches_and_fills_hidden_ones():
+    model = tiny_mae().eval()
+    x = torch.randn(2, 1, *SIZE_3D)
+    with torch.no_grad():
+        _, pred, mask = model(x)
+    images = model.reconstruct(x, pred, mask)
+    assert set(images) == {"masked", "prediction", "composite"}
+    visible = (1 - mask).unsqueeze(-1).bool()
+    composite = patchify(images["composite"], model.patch_size)
+    original = patchify(x, model.patch_size)
+    assert torch.equal(composite.masked_select(visible), original.masked_select(visible))
+    assert torch.equal(patchify(images["masked"], model.patch_size).masked_select(~visible),
+                       torch.zeros(int((~visible).sum()) * 4096))
+    # hidden patches come from the prediction, mapped back with each patch's mean and std
+    target, mean, std = model.patch_target(x)
+    assert torch.allclose(composite.masked_select(~visible), (pred * std + mean).masked_select(~visible))
+
+
+def test_mask_ratio_override_and_bad_arguments():
+    model = tiny_mae()
+    _, mask, _ = model.forward_encoder(torch.randn(1, 1, *SIZE_3D), mask_ratio=0.5)
+    assert mask.sum() == 6
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MaskedAutoencoder(3, 32, mask_ratio=1.0, width=48, num_heads=3, decoder_width=48, decoder_heads=3)
+    with pytest.raises(ValueError, match="divisible by 6"):
+        MaskedAutoencoder(3, 32, width=64, num_heads=4)
+    with pytest.raises(ValueError, match="spatial size"):
+        model(torch.randn(1, 1, 32, 32, 32))
