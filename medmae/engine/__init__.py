@@ -1,0 +1,1 @@
+"""Training loops, optimisation and checkpoints."""

@@ -1,0 +1,86 @@
+"""One registry for every model variant: ``{mae_vit|unetr_vit|vit}_{base|tiny}_patch16_{2d|3d}[_cls]``.
+
+- ``mae_vit_base_patch16_3d`` / ``_2d``: ViT-B/16 (width 768, 12 blocks, 12 heads, MLP 3072, q/k/v bias)
+  MAE; decoder 384 x 8 blocks in 3D, 512 x 8 in 2D.
+- ``unetr_vit_base_patch16_3d`` / ``_2d``: MONAI UNETR around the same encoder.
+- ``vit_base_patch16_2d_cls`` / ``_3d_cls``: multi-label classifier around the same encoder.
+- ``tiny`` variants (width 48, 12 blocks, 3 heads, MLP 192; decoder 48 x 2) for tests and CPU runs.
+
+Keyword arguments override the defaults (``img_size``, ``in_channels``, ``mask_ratio``,
+``out_channels``, ``num_classes``, ``drop_path_rate``, ...).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from medmae.models.classifier import ViTClassifier
+from medmae.models.encoder import ViTEncoder
+from medmae.models.mae import MaskedAutoencoder
+from medmae.models.unetr import EncoderUNETR
+
+ENCODERS = {
+    "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "tiny": dict(width=48, depth=12, num_heads=3, mlp_dim=192),
+}
+DECODERS = {
+    ("base", 3): dict(decoder_width=384, decoder_depth=8, decoder_heads=12),
+    ("base", 2): dict(decoder_width=512, decoder_depth=8, decoder_heads=16),
+    ("tiny", 3): dict(decoder_width=48, decoder_depth=2, decoder_heads=3),
+    ("tiny", 2): dict(decoder_width=48, decoder_depth=2, decoder_heads=3),
+}
+DEFAULT_IMG_SIZE = {2: 224, 3: 96}
+HEADS = {"unetr": EncoderUNETR, "cls": ViTClassifier}
+
+
+def _names() -> dict[str, tuple[str, str, int]]:
+    names = {}
+    for size in ENCODERS:
+        for dims in (2, 3):
+            names[f"mae_vit_{size}_patch16_{dims}d"] = ("mae", size, dims)
+            names[f"unetr_vit_{size}_patch16_{dims}d"] = ("unetr", size, dims)
+            names[f"vit_{size}_patch16_{dims}d_cls"] = ("cls", size, dims)
+    return names
+
+
+MODELS = _names()
+
+
+def list_models() -> list[str]:
+    """Every registered model name."""
+    return sorted(MODELS)
+
+
+def _accepted(target: Any) -> set[str]:
+    return set(inspect.signature(target).parameters)
+
+
+def _check_known(name: str, args: dict[str, Any], *targets: Any) -> None:
+    unknown = set(args) - set().union(*map(_accepted, targets))
+    if unknown:
+        raise ValueError(f"{name}: unknown arguments {sorted(unknown)}")
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model; ``kwargs`` override the preset (unknown ones raise ``ValueError``).
+
+    The model's ``config`` dict records everything needed to build it again, including ``name``.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
+    kind, size, dims = MODELS[name]
+    defaults = dict(ENCODERS[size], spatial_dims=dims, img_size=DEFAULT_IMG_SIZE[dims], patch_size=16)
+    if kind == "mae":
+        _check_known(name, kwargs, MaskedAutoencoder)
+        model = MaskedAutoencoder(**{**defaults, **DECODERS[size, dims], **kwargs})
+    else:
+        head = HEADS[kind]
+        _check_known(name, kwargs, ViTEncoder, head)
+        head_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _accepted(head) - {"encoder"}}
+        encoder = ViTEncoder(**{**defaults, "trainable_pos_embed": True, **kwargs})
+        model = head(encoder, **head_args)
+    model.config["name"] = name
+    return model

@@ -1,0 +1,167 @@
+"""Moving a pretrained encoder into UNETR or a classifier, with an exact account of every tensor.
+
+One pure function, :func:`adapt_encoder_state`, decides what happens to each tensor (loaded as is,
+adapted, skipped, or left at its initialisation); :func:`load_encoder` applies it and asserts that the
+missing and unexpected keys are exactly the ones it announced.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmae.engine.checkpoint import load_checkpoint
+from medmae.models.classifier import ViTClassifier
+from medmae.models.encoder import ViTEncoder
+from medmae.models.patchify import grid_size
+from medmae.models.pos_embed import resample_pos_embed
+from medmae.models.unetr import EncoderUNETR
+
+ENCODER_PREFIXES = ("encoder.", "vit.")  # MAE and classifier; UNETR
+ARCHITECTURE_KEYS = ("spatial_dims", "img_size", "patch_size", "in_channels", "width", "depth", "num_heads",
+                     "mlp_dim", "qkv_bias")
+POS_KEY = "patch_embedding.position_embeddings"
+PATCH_KEY = "patch_embedding.patch_embeddings.weight"
+
+
+class WeightTransferError(ValueError):
+    """A pretrained encoder that does not fit the target; the message lists the keys and shapes."""
+
+
+@dataclass
+class TransferReport:
+    """What happened to each tensor: loaded unchanged, adapted (how), skipped (why), initialised (why)."""
+
+    loaded: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    initialised: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"encoder transfer: {len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, "
+                 f"{len(self.skipped)} skipped, {len(self.initialised)} initialised"]
+        for title, notes in (("adapted", self.adapted), ("skipped", self.skipped),
+                             ("initialised", self.initialised)):
+            lines += [f"  {title} {key}: {why}" for key, why in notes.items()]
+        return "\n".join(lines)
+
+
+def encoder_source(checkpoint: str | Path | dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The encoder tensors (prefix removed) and the config of a medmae checkpoint (a path or its payload)."""
+    payload = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    state, config = payload["state_dict"], payload["config"]
+    for prefix in ENCODER_PREFIXES:
+        if prefix + PATCH_KEY in state:
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, config
+    raise WeightTransferError(f"no encoder in checkpoint (no key {ENCODER_PREFIXES[0] + PATCH_KEY!r} "
+                              f"or {ENCODER_PREFIXES[1] + PATCH_KEY!r})")
+
+
+def _adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[D, C_src, *p]`` -> ``[D, channels, *p]``: the sum over source channels, shared equally, so an
+    image with the same signal in every channel gives the same embedding as before."""
+    return weight.sum(dim=1, keepdim=True).repeat_interleave(channels, dim=1) / channels
+
+
+def adapt_encoder_state(source: dict[str, torch.Tensor], source_config: dict[str, Any],
+                        target: ViTEncoder) -> tuple[dict[str, torch.Tensor], TransferReport]:
+    """Fit a pretrained encoder's tensors to ``target`` without touching ``target``.
+
+    Position embeddings are resampled to the target grid; the patch embedding is adapted to the target
+    channel count; a cls token present on one side only is skipped or left initialised. Any other
+    difference in keys or shapes raises :class:`WeightTransferError` naming each key and both shapes.
+
+    Returns:
+        the tensors to load (every target key except those reported as initialised) and the report.
+    """
+    wanted = target.state_dict()
+    report, state, problems = TransferReport(), {}, []
+    for key in sorted(set(source) - set(wanted)):
+        if key == "cls_token":
+            report.skipped[key] = "the target encoder has no cls token"
+        else:
+            problems.append(f"unexpected key {key} {tuple(source[key].shape)}")
+    for key in sorted(set(wanted) - set(source)):
+        if key == "cls_token":
+            report.initialised[key] = "the pretrained encoder has no cls token; kept the fresh initialisation"
+        else:
+            problems.append(f"missing key {key} {tuple(wanted[key].shape)}")
+    for key in sorted(set(source) & set(wanted)):
+        tensor, shape = source[key], wanted[key].shape
+        if tensor.shape == shape:
+            state[key] = tensor
+            report.loaded.append(key)
+        elif key == POS_KEY and tensor.shape[-1] == shape[-1]:
+            old_grid = grid_size(source_config["img_size"], source_config["patch_size"])
+            state[key] = resample_pos_embed(tensor, old_grid, target.grid)
+            mode = "bicubic" if len(old_grid) == 2 else "trilinear"
+            report.adapted[key] = f"resampled from grid {old_grid} to {target.grid} ({mode})"
+        elif key == PATCH_KEY and tensor.shape[0] == shape[0] and tensor.shape[2:] == shape[2:]:
+            state[key] = _adapt_channels(tensor, shape[1])
+            report.adapted[key] = (f"input channels {tensor.shape[1]} -> {shape[1]}: summed over the source "
+                                   f"channels and shared equally over the target channels")
+        else:
+            problems.append(f"shape of {key}: checkpoint {tuple(tensor.shape)}, model {tuple(shape)}")
+    if problems:
+        raise WeightTransferError("pretrained encoder does not fit the model:\n  " + "\n  ".join(problems))
+    return state, report
+
+
+def load_encoder(target: ViTEncoder, source: dict[str, torch.Tensor], source_config: dict[str, Any]) -> TransferReport:
+    """Load pretrained encoder tensors into ``target``; asserts the exact missing and unexpected key sets."""
+    state, report = adapt_encoder_state(source, source_config, target)
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if set(missing) != set(report.initialised) or unexpected:
+        raise WeightTransferError(f"unexpected load result: missing {sorted(missing)} "
+                                  f"(expected {sorted(report.initialised)}), unexpected {sorted(unexpected)}")
+    return report
+
+
+def _target_encoder(config: dict[str, Any], overrides: dict[str, Any]) -> ViTEncoder:
+    """An encoder with the pretrained architecture; ``overrides`` may change img_size, in_channels,
+    drop_path_rate, cls_token or trainable_pos_embed."""
+    architecture = {key: config[key] for key in ARCHITECTURE_KEYS}
+    return ViTEncoder(**{**architecture, "trainable_pos_embed": True, **overrides})
+
+
+def _derived_name(config: dict[str, Any], prefix: str, suffix: str = "") -> str:
+    """Registry name of the fine-tuned model: ``mae_vit_base_patch16_3d`` -> ``unetr_vit_base_patch16_3d``."""
+    core = re.search(r"vit_[a-z0-9]+_patch\d+_[23]d", str(config.get("name")))
+    return f"{prefix}{core.group(0)[4:]}{suffix}" if core else f"{prefix}custom{suffix}"
+
+
+def unetr_from_pretrained(checkpoint: str | Path | dict[str, Any], out_channels: int, feature_size: int = 16,
+                          norm_name: str = "instance", **encoder_overrides: Any) -> tuple[EncoderUNETR, TransferReport]:
+    """UNETR for segmentation with the pretrained encoder.
+
+    Args:
+        checkpoint: a medmae checkpoint path or payload (MAE, UNETR or classifier).
+        out_channels: classes including background.
+        feature_size, norm_name: UNETR decoder settings.
+        encoder_overrides: e.g. ``img_size=(96, 96, 96)``, ``in_channels=4``, ``drop_path_rate=0.1``.
+
+    Returns:
+        the model and the :class:`TransferReport`.
+    """
+    source, config = encoder_source(checkpoint)
+    encoder = _target_encoder(config, {"cls_token": False, **encoder_overrides})
+    model = EncoderUNETR(encoder, out_channels, feature_size=feature_size, norm_name=norm_name)
+    report = load_encoder(model.vit, source, config)
+    model.config["name"] = _derived_name(config, "unetr_vit_")
+    return model, report
+
+
+def classifier_from_pretrained(checkpoint: str | Path | dict[str, Any], num_classes: int, pool: str = "avg",
+                               **encoder_overrides: Any) -> tuple[ViTClassifier, TransferReport]:
+    """Multi-label ViT classifier (raw logits) with the pretrained encoder; ``pool="cls"`` adds a cls token
+    (kept from the checkpoint when it has one). Arguments as :func:`unetr_from_pretrained`."""
+    source, config = encoder_source(checkpoint)
+    encoder = _target_encoder(config, {"cls_token": pool == "cls", **encoder_overrides})
+    model = ViTClassifier(encoder, num_classes, pool=pool)
+    report = load_encoder(model.encoder, source, config)
+    model.config["name"] = _derived_name(config, "vit_", "_cls")
+    return model, report
