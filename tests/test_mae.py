@@ -107,6 +107,8 @@ def test_mask_ratio_override_and_bad_arguments():
     model = tiny_mae()
     _, mask, _ = model.forward_encoder(torch.randn(1, 1, *SIZE_3D), mask_ratio=0.5)
     assert mask.sum() == 6
+    loss, _, mask = model(torch.randn(1, 1, *SIZE_3D), mask_ratio=0.0)
+    assert mask.sum() == 0 and loss == 0
     with pytest.raises(ValueError, match="mask_ratio"):
         MaskedAutoencoder(3, 32, mask_ratio=1.0, width=48, num_heads=3, decoder_width=48, decoder_heads=3)
     with pytest.raises(ValueError, match="divisible by 6"):

@@ -111,11 +111,11 @@ class MaskedAutoencoder(nn.Module):
             x: ``[B, C, *S]`` the input; pred: ``[B, N, L]``; mask: ``[B, N]`` with 1 = hidden.
 
         Returns:
-            scalar float32: ``sum_n mask * mean_L (pred - target)^2 / sum_n mask``.
+            scalar float32: ``sum_n mask * mean_L (pred - target)^2 / sum_n mask`` (0 when nothing is hidden).
         """
         target, _, _ = self.patch_target(x)
         per_patch = (pred.float() - target).pow(2).mean(dim=-1)
-        return (per_patch * mask).sum() / mask.sum()
+        return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
     def forward(self, x: torch.Tensor, mask_ratio: float | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

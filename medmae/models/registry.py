@@ -67,7 +67,7 @@ def _check_known(name: str, args: dict[str, Any], *targets: Any) -> None:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; ``kwargs`` override the preset (unknown ones raise ``ValueError``).
 
-    The model's ``config`` dict records everything needed to build it again, including ``name``.
+    The model's ``config`` dict records its registry ``name`` and its architecture and geometry.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")

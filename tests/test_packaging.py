@@ -1,0 +1,61 @@
+"""The package installs, finds its resource folders, and the README's commands are the ones CI runs."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import medmae
+from medmae.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
+    demo, tests = readme_commands()
+    assert "pip install" in demo and "benchmarks/" in demo
+    assert "pip install" in tests and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci and ci.index("torch==") < ci.index(tests)
+
+
+@pytest.mark.parametrize("kind", medmae.RESOURCE_KINDS)
+def test_resource_folders_are_found(kind):
+    assert (medmae.resource_dir(kind) / "README.md").is_file()
+
+
+def test_a_regular_install_ships_the_resource_folders(tmp_path):
+    """``pip install .`` (not editable) into a folder, then import medmae from there, away from the checkout."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
+                   check=True, cwd=tmp_path, capture_output=True)
+    code = ("import medmae; print(medmae.__file__); "
+            "print(*(medmae.resource_dir(k) / 'README.md' for k in medmae.RESOURCE_KINDS), sep='\\n')")
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env,
+                         capture_output=True, text=True).stdout.split()
+    assert out[0].startswith(str(target))
+    assert all(Path(p).is_file() and p.startswith(str(target / "medmae" / "_resources")) for p in out[1:])
+
+
+def test_cli_info_and_version(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"medmae {medmae.__version__}" in out and "mae_vit_base_patch16_3d" in out and "tasks:" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert main([]) == 2
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "medmae", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"medmae {medmae.__version__}"
