@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from medmae.engine.checkpoint import model_checkpoint, save_checkpoint
 from medmae.evaluation.figures import save_reconstruction_figure
@@ -116,7 +117,7 @@ def train(model, train_volumes: torch.Tensor, steps: int, batch_size: int, lr: f
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     losses = []
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="pretraining", unit="step", disable=None):  # shown on a terminal only
         index = torch.randint(len(train_volumes), (batch_size,), generator=generator)
         batch = random_flips(train_volumes[index], generator) if flips else train_volumes[index]
         loss, _, _ = model(batch, generator=generator)

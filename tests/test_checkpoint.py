@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 
@@ -7,8 +10,13 @@ from medmae.models import create_model, unetr_from_pretrained
 
 def test_round_trip_describes_the_model_and_leaves_no_temporary_file(tmp_path):
     model = create_model("mae_vit_tiny_patch16_3d", img_size=32)
-    path = save_checkpoint(model_checkpoint(model, step=3), tmp_path / "checkpoints" / "last.pt")
+    umask = os.umask(0o027)
+    try:
+        path = save_checkpoint(model_checkpoint(model, step=3), tmp_path / "checkpoints" / "last.pt")
+    finally:
+        os.umask(umask)
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # as a plain open() under that umask, not mkstemp's 0600
     payload = load_checkpoint(path)
     assert payload["config"]["name"] == "mae_vit_tiny_patch16_3d"
     assert payload["config"]["img_size"] == [32, 32, 32] and payload["step"] == 3

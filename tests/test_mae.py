@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from medmae.models import MaskedAutoencoder, create_model, patchify, unpatchify
+from medmae.models.encoder import DropPath
 
 SIZE_3D = (32, 48, 32)  # grid 2 x 3 x 2 = 12 patches of 16^3
 
@@ -115,3 +116,55 @@ def test_mask_ratio_override_and_bad_arguments():
         MaskedAutoencoder(3, 32, width=64, num_heads=4)
     with pytest.raises(ValueError, match="spatial size"):
         model(torch.randn(1, 1, 32, 32, 32))
+
+
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_decoder_puts_each_token_at_its_patch_position(cls_token):
+    """Visible patch i gets decoder_embed(its latent) + pos[i]; hidden patch i gets mask_token + pos[i]."""
+    model = tiny_mae(cls_token=cls_token).eval()
+    latent, mask, ids_restore = model.forward_encoder(torch.randn(2, 1, *SIZE_3D), generator=torch.Generator().manual_seed(3))
+    seen = []
+    model.decoder_blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.forward_decoder(latent, ids_restore)
+        embedded = model.decoder_embed(latent)
+    tokens = seen[0][:, int(cls_token):]
+    pos = model.decoder_pos_embed[0]
+    ids_shuffle = torch.argsort(ids_restore, dim=1)
+    for b in range(2):
+        for j, patch in enumerate(ids_shuffle[b].tolist()):
+            expected = embedded[b, j + int(cls_token)] if j < 3 else model.mask_token[0, 0]
+            assert torch.allclose(tokens[b, patch], expected + pos[patch], atol=1e-6), (b, j, patch)
+        assert torch.equal(mask[b, ids_shuffle[b, :3]], torch.zeros(3))
+    if cls_token:
+        assert torch.allclose(seen[0][:, 0], embedded[:, 0])  # no position embedding on the cls token
+
+
+def test_loss_is_the_mean_over_hidden_patches_of_the_normalised_error():
+    model = tiny_mae()
+    x = 1 + 3 * torch.randn(2, 1, *SIZE_3D)
+    x[0, 0, :16, :16, :16] = 0.5 + 0.002 * torch.randn(16, 16, 16)  # variance 4e-6: the 1e-6 in the normaliser matters
+    pred, mask = torch.randn(2, 12, 4096), (torch.rand(2, 12) < 0.7).float()
+    mask[0, 0], mask[1, 0] = 1, 0  # the tiny-variance patch is hidden; some patch is visible
+    patches = patchify(x, (16, 16, 16)).double()
+    errors = []
+    for b in range(2):
+        for n in range(12):
+            if mask[b, n]:
+                p = patches[b, n]
+                target = (p - p.mean()) / (p.var(unbiased=False) + 1e-6).sqrt()
+                errors.append(((pred[b, n].double() - target) ** 2).mean())
+    assert torch.allclose(model.forward_loss(x, pred, mask).double(), torch.stack(errors).mean(), rtol=1e-5)
+
+
+def test_drop_path_drops_whole_samples_rescales_and_is_off_in_eval():
+    layer = DropPath(0.3)
+    x = torch.ones(4000, 5, 6)
+    out = layer(x)
+    per_sample = out.reshape(4000, -1)
+    assert torch.all((per_sample == 0).all(1) | torch.isclose(per_sample, torch.tensor(1 / 0.7)).all(1))
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.3) < 0.03
+    assert abs(out.mean().item() - 1.0) < 0.05
+    assert torch.equal(layer.eval()(x), x)
+    rates = [block.drop_path.rate for block in tiny_mae(drop_path_rate=0.2).encoder.blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.2, 12).tolist())

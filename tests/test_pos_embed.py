@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medmae.models.pos_embed import resample_pos_embed, sincos_pos_embed
 
@@ -11,6 +12,18 @@ def test_shape_range_and_distinct_positions(width, grid):
     assert pe.shape == (1, n, width) and pe.dtype == torch.float32
     assert pe.abs().max() <= 1.0
     assert torch.unique(pe[0], dim=0).shape[0] == n
+
+
+@pytest.mark.parametrize("grid", [(3, 4, 5), (4, 7)])
+def test_each_axis_gets_its_own_channel_block_in_row_major_order(grid):
+    width = 12 * len(grid)
+    pe = sincos_pos_embed(width, grid)[0].reshape(*grid, width)
+    per_axis = width // len(grid)
+    coords = torch.meshgrid(*[torch.arange(g, dtype=torch.float32) for g in grid], indexing="ij")
+    for axis, coord in enumerate(coords):
+        block = pe[..., axis * per_axis:(axis + 1) * per_axis]
+        assert torch.allclose(block[..., 0], torch.sin(coord), atol=1e-6)  # lowest frequency is 1
+        assert torch.allclose(block[..., per_axis // 2], torch.cos(coord), atol=1e-6)
 
 
 def test_width_rules_are_stated():
@@ -52,3 +65,14 @@ def test_bicubic_is_smoother_than_linear_on_a_curve():
     centres = (torch.arange(25, dtype=torch.float64) + 0.5) * 10 / 25 - 0.5
     interior = (centres >= 1) & (centres <= 8)
     assert torch.allclose(out[interior], centres[interior] ** 2, atol=1e-9)
+
+
+def test_3d_resampling_is_trilinear_inside_the_grid():
+    old, new = (5, 6, 4), (9, 7, 8)
+    pe = torch.randn(1, 5 * 6 * 4, 3, dtype=torch.float64)
+    out = resample_pos_embed(pe, old, new).reshape(*new, 3)
+    volume = pe.reshape(1, *old, 3).permute(0, 4, 1, 2, 3)
+    reference = F.interpolate(volume, size=new, mode="trilinear", align_corners=False)[0].permute(1, 2, 3, 0)
+    inside = [((torch.arange(n) + 0.5) * o / n - 0.5).clamp(min=-1) for o, n in zip(old, new)]
+    keep = [(c >= 0) & (c <= o - 1) for c, o in zip(inside, old)]
+    assert torch.allclose(out[keep[0]][:, keep[1]][:, :, keep[2]], reference[keep[0]][:, keep[1]][:, :, keep[2]])

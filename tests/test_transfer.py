@@ -5,7 +5,7 @@ from torch import nn
 
 from medmae.engine.checkpoint import model_checkpoint
 from medmae.models import (EncoderUNETR, ViTClassifier, WeightTransferError, classifier_from_pretrained,
-                           create_model, to_monai_unetr, unetr_from_pretrained)
+                           create_model, resample_pos_embed, to_monai_unetr, unetr_from_pretrained)
 
 SIZE_3D = (32, 48, 32)
 
@@ -69,6 +69,16 @@ def test_channel_and_grid_changes_are_adapted_and_reported():
     assert torch.allclose(before, after, rtol=1e-5, atol=1e-4)
 
 
+def test_a_different_grid_with_the_same_token_count_is_resampled_not_copied():
+    mae, checkpoint = pretrained()  # grid (2, 3, 2)
+    model, report = unetr_from_pretrained(checkpoint, out_channels=2, img_size=(48, 32, 32))  # grid (3, 2, 2)
+    assert "(2, 3, 2) to (3, 2, 2)" in report.adapted["patch_embedding.position_embeddings"]
+    source = mae.encoder.patch_embedding.position_embeddings
+    loaded = model.vit.patch_embedding.position_embeddings
+    assert not torch.allclose(loaded, source)
+    assert torch.allclose(loaded, resample_pos_embed(source, (2, 3, 2), (3, 2, 2)))
+
+
 def test_cls_token_is_skipped_or_initialised_and_said_so():
     _, with_cls = pretrained(cls_token=True)
     _, report = unetr_from_pretrained(with_cls, out_channels=2)
@@ -92,6 +102,11 @@ def test_an_encoder_that_does_not_fit_names_keys_and_shapes():
     extra = dict(checkpoint, state_dict={**checkpoint["state_dict"], "encoder.blocks.12.norm1.weight": torch.ones(48)})
     with pytest.raises(WeightTransferError, match="unexpected key blocks.12.norm1.weight"):
         unetr_from_pretrained(extra, out_channels=2)
+    _, checkpoint_2d = pretrained(spatial_dims=2)
+    with pytest.raises(WeightTransferError) as error:
+        unetr_from_pretrained(checkpoint_2d, out_channels=2, spatial_dims=3, img_size=32, patch_size=16)
+    assert "position_embeddings: checkpoint (1, 6, 48) on grid (2, 3), model (1, 8, 48) on grid (2, 2, 2)" in str(error.value)
+    assert "shape of patch_embedding.patch_embeddings.weight: checkpoint (48, 1, 16, 16)" in str(error.value)
     with pytest.raises(WeightTransferError, match="no encoder"):
         unetr_from_pretrained(dict(checkpoint, state_dict={}), out_channels=2)
 
@@ -101,6 +116,17 @@ def test_unetr_refuses_encoders_it_cannot_hold():
         create_model("unetr_vit_tiny_patch16_3d", img_size=32, out_channels=2, depth=6)
     with pytest.raises(ValueError, match="cls token"):
         create_model("unetr_vit_tiny_patch16_3d", img_size=32, out_channels=2, cls_token=True)
+
+
+def test_average_pooling_leaves_the_cls_token_out():
+    _, checkpoint = pretrained(spatial_dims=2, cls_token=True)
+    model, report = classifier_from_pretrained(checkpoint, num_classes=3, pool="avg", cls_token=True)
+    assert report.skipped == {} and report.initialised == {}
+    x = torch.randn(2, 1, 32, 48)
+    with torch.no_grad():
+        tokens, _ = model.encoder(x)
+        assert torch.allclose(model(x), model.head(tokens[:, 1:].mean(1)))
+        assert not torch.allclose(model(x), model.head(tokens.mean(1)))
 
 
 def test_classifier_has_no_bounded_activation_and_fits_a_separable_batch():

@@ -127,7 +127,6 @@ class ViTEncoder(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims={spatial_dims!r} must be 2 or 3")
-        self.spatial_dims = spatial_dims
         img_size = as_tuple(img_size, spatial_dims, "img_size")
         patch_size = as_tuple(patch_size, spatial_dims, "patch_size")
         self.config = dict(spatial_dims=spatial_dims, img_size=list(img_size), patch_size=list(patch_size),

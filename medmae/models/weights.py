@@ -67,6 +67,26 @@ def _adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
     return weight.sum(dim=1, keepdim=True).repeat_interleave(channels, dim=1) / channels
 
 
+def _fit_pos_embed(tensor: torch.Tensor, source_config: dict[str, Any], target: ViTEncoder,
+                   state: dict[str, torch.Tensor], report: TransferReport) -> str | None:
+    """Load the position embedding when the patch grids agree, resample it when they differ (the token
+    count alone can agree on different grids); return a problem when it cannot fit."""
+    old_grid = grid_size(source_config["img_size"], source_config["patch_size"])
+    width = target.patch_embedding.position_embeddings.shape[-1]
+    tokens = int(torch.tensor(old_grid).prod())
+    if len(old_grid) != len(target.grid) or tensor.shape[-1] != width or tensor.shape[1] != tokens:
+        return (f"shape of {POS_KEY}: checkpoint {tuple(tensor.shape)} on grid {old_grid}, "
+                f"model {tuple(target.patch_embedding.position_embeddings.shape)} on grid {target.grid}")
+    if old_grid == target.grid:
+        state[POS_KEY] = tensor
+        report.loaded.append(POS_KEY)
+    else:
+        state[POS_KEY] = resample_pos_embed(tensor, old_grid, target.grid)
+        mode = "bicubic" if len(old_grid) == 2 else "trilinear"
+        report.adapted[POS_KEY] = f"resampled from grid {old_grid} to {target.grid} ({mode})"
+    return None
+
+
 def adapt_encoder_state(source: dict[str, torch.Tensor], source_config: dict[str, Any],
                         target: ViTEncoder) -> tuple[dict[str, torch.Tensor], TransferReport]:
     """Fit a pretrained encoder's tensors to ``target`` without touching ``target``.
@@ -92,20 +112,19 @@ def adapt_encoder_state(source: dict[str, torch.Tensor], source_config: dict[str
             problems.append(f"missing key {key} {tuple(wanted[key].shape)}")
     for key in sorted(set(source) & set(wanted)):
         tensor, shape = source[key], wanted[key].shape
-        if tensor.shape == shape:
-            state[key] = tensor
+        if key == POS_KEY:
+            problem = _fit_pos_embed(tensor, source_config, target, state, report)
+        elif tensor.shape == shape:
+            state[key], problem = tensor, None
             report.loaded.append(key)
-        elif key == POS_KEY and tensor.shape[-1] == shape[-1]:
-            old_grid = grid_size(source_config["img_size"], source_config["patch_size"])
-            state[key] = resample_pos_embed(tensor, old_grid, target.grid)
-            mode = "bicubic" if len(old_grid) == 2 else "trilinear"
-            report.adapted[key] = f"resampled from grid {old_grid} to {target.grid} ({mode})"
         elif key == PATCH_KEY and tensor.shape[0] == shape[0] and tensor.shape[2:] == shape[2:]:
-            state[key] = _adapt_channels(tensor, shape[1])
+            state[key], problem = _adapt_channels(tensor, shape[1]), None
             report.adapted[key] = (f"input channels {tensor.shape[1]} -> {shape[1]}: summed over the source "
                                    f"channels and shared equally over the target channels")
         else:
-            problems.append(f"shape of {key}: checkpoint {tuple(tensor.shape)}, model {tuple(shape)}")
+            problem = f"shape of {key}: checkpoint {tuple(tensor.shape)}, model {tuple(shape)}"
+        if problem:
+            problems.append(problem)
     if problems:
         raise WeightTransferError("pretrained encoder does not fit the model:\n  " + "\n  ".join(problems))
     return state, report
