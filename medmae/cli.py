@@ -1,43 +1,132 @@
-"""The ``medmae`` command line: argument parsing only; each subcommand calls one function."""
+"""The ``medmae`` command line: argument parsing only; each subcommand calls one function.
+
+Exit codes, for every subcommand: 0 success; 2 a problem the user can fix (bad arguments, bad or missing
+data, an output folder that cannot be written), with a short message naming the file and the problem and
+no traceback unless ``--debug``; 1 an internal error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 import medmae
+from medmae.errors import UserError
+
+log = logging.getLogger("medmae")
 
 
-def _info() -> int:
-    """Print the versions, the device, the resource folders and the registered models."""
+def _info(args: argparse.Namespace) -> int:
+    """Print the versions, the device, the resource folders, the tasks and the registered models."""
     import monai
     import torch
 
     from medmae.models import list_models
+    from medmae.tasks import list_tasks
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"medmae {medmae.__version__}, torch {torch.__version__}, monai {monai.__version__}, device {device}")
     for kind in medmae.RESOURCE_KINDS:
         print(f"{kind}: {medmae.resource_dir(kind)}")
+    print("tasks: " + ", ".join(list_tasks()))
     print("models: " + ", ".join(list_models()))
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    """Check every case of a task's split; exit 0 only when no case has an error."""
+    from medmae.data.check import check_split, summary_rows
+    from medmae.data.manifests import load_split
+    from medmae.tasks import load_task
+
+    task = load_task(args.task)
+    split = load_split(task, args.data_root, args.manifest, args.split)
+    print(f"task {task.name}: split {split.name} from {split.source}: "
+          f"{len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test")
+    for note in split.notes:
+        print(f"note: {note}")
+    reports = check_split(task, split, progress=not args.quiet)
+    for report in reports:
+        for message in report.errors:
+            print(f"ERROR   {report.case.id}: {message}")
+        for message in report.warnings:
+            print(f"warning {report.case.id}: {message}")
+    rows = summary_rows(task, reports)
+    width = max(len(what) for what, _ in rows)
+    print("\n".join(f"{what:<{width}}  {value}" for what, value in rows))
+    failed = sum(bool(r.errors) for r in reports)
+    if failed:
+        raise UserError(f"{failed} of {len(reports)} cases of task {task.name} have errors (listed above)")
+    return 0
+
+
+def _data_demo(args: argparse.Namespace) -> int:
+    from medmae.data.synthetic import write_demo_dataset
+
+    root = write_demo_dataset(args.output_dir, cases=args.cases, seed=args.seed)
+    print(f"wrote {args.cases} synthetic cases to {root}; check them with: "
+          f"medmae data check --task demo --data-root {root}")
+    return 0
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="a task name (medmae info lists them) or a task YAML file")
+    parser.add_argument("--data-root", help="the dataset folder (default: $MEDMAE_DATA/<task>)")
+    parser.add_argument("--manifest", help="a MONAI datalist JSON that replaces the stored manifest")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--split", help="datalist, fold0 ... fold4, or a named split of the task's manifest")
+    group.add_argument("--fold", type=int, help="the same as --split foldK")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medmae", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(prog="medmae", description="Masked-autoencoder self-pretraining for medical images.")
     parser.add_argument("--version", action="version", version=f"medmae {medmae.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.set_defaults(handler=None, usage_of=parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("info", help="versions, device, resource folders and registered models",
-                        epilog="example: medmae info")
+    info = commands.add_parser("info", help="versions, device, resource folders, tasks and models",
+                               epilog="example: medmae info")
+    info.set_defaults(handler=_info)
+    data = commands.add_parser("data", help="check datasets, generate the demo set")
+    data.set_defaults(handler=None, usage_of=data)
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    check = data_commands.add_parser("check", help="read every case and report what is wrong",
+                                     epilog="example: medmae data check --task msd_hippocampus --data-root Task04_Hippocampus")
+    _add_data_flags(check)
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(handler=_data_check)
+    demo = data_commands.add_parser("demo", help="write the synthetic demo set (BTCV layout)",
+                                    epilog="example: medmae data demo --output-dir demo_data")
+    demo.add_argument("--output-dir", required=True)
+    demo.add_argument("--cases", type=int, default=12)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_data_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand; returns the exit code (0 success, 2 a usage error)."""
+    """Run one subcommand and return its exit code (0 success, 2 a problem the user can fix, 1 internal)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "info":
-        return _info()
-    parser.print_help(sys.stderr)
-    return 2
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    if getattr(args, "fold", None) is not None:
+        args.split = f"fold{args.fold}"
+    if args.handler is None:
+        args.usage_of.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except UserError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"medmae: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # an internal error: a bug in medmae
+        if args.debug:
+            traceback.print_exc()
+        print(f"medmae: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,16 +35,22 @@ def test_resource_folders_are_found(kind):
 
 def test_a_regular_install_ships_the_resource_folders(tmp_path):
     """``pip install .`` (not editable) into a folder, then import medmae from there, away from the checkout."""
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
+    source, target = tmp_path / "source", tmp_path / "site"
+    ignore = shutil.ignore_patterns("build", "*.egg-info", ".venv", ".git", "runs", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, source, ignore=ignore)  # a stale build/ folder must not hide a package left out
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
                    check=True, cwd=tmp_path, capture_output=True)
     code = ("import medmae; print(medmae.__file__); "
-            "print(*(medmae.resource_dir(k) / 'README.md' for k in medmae.RESOURCE_KINDS), sep='\\n')")
+            "print(*(medmae.resource_dir(k) / 'README.md' for k in medmae.RESOURCE_KINDS), sep='\\n'); "
+            "from medmae.tasks import load_task, list_tasks; from medmae.data.manifests import stored_manifest; "
+            "import medmae.models, medmae.engine.checkpoint, medmae.evaluation.figures, medmae.data.transforms; "
+            "print(load_task('btcv').path, len(list_tasks()), len(stored_manifest(load_task('btcv'))['cases']))")
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env,
                          capture_output=True, text=True).stdout.split()
     assert out[0].startswith(str(target))
-    assert all(Path(p).is_file() and p.startswith(str(target / "medmae" / "_resources")) for p in out[1:])
+    assert all(Path(p).is_file() and p.startswith(str(target / "medmae" / "_resources")) for p in out[1:4])
+    assert out[4] == str(target / "medmae" / "_resources" / "tasks" / "btcv.yaml") and out[5:] == ["5", "30"]
 
 
 def test_cli_info_and_version(capsys):

@@ -1,0 +1,119 @@
+"""``medmae data check``: read every case of a split and say, per case, what is wrong.
+
+Errors: a missing or unreadable file, image and label grids that disagree (shape or affine), a wrong
+channel count or dimensionality, non-finite voxels, label values outside the task's set, a label with no
+foreground. Warnings: a label missing some of the task's classes (BTCV cases can lack an organ).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from medmae.data.manifests import Case, Split
+from medmae.data.readers import Image, read_image
+from medmae.errors import DataError
+from medmae.tasks import TaskSpec
+
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+@dataclass
+class CaseReport:
+    case: Case
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    intensity: tuple[float, float] | None = None
+
+
+def _check_image(task: TaskSpec, image: Image, report: CaseReport) -> None:
+    array, where = image.array, image.path
+    report.shape = tuple(array.shape[1:])
+    report.spacing = tuple(round(s, 3) for s in image.spacing)
+    if array.ndim - 1 != task.spatial_dims:
+        report.errors.append(f"{where}: {array.ndim - 1}D image {tuple(array.shape[1:])}, task {task.name} is {task.spatial_dims}D")
+    if array.shape[0] != task.in_channels:
+        report.errors.append(f"{where}: {array.shape[0]} channels, task {task.name} needs {task.in_channels} "
+                             f"({', '.join(task.channels)})")
+    finite = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, dtype=bool)
+    if not finite.all():
+        report.errors.append(f"{where}: {int((~finite).sum())} non-finite voxels (NaN or inf)")
+    if finite.any():
+        values = array[finite]
+        report.intensity = (float(values.min()), float(values.max()))
+
+
+def _check_label(task: TaskSpec, image: Image, label: Image, report: CaseReport) -> None:
+    where, array = label.path, label.array
+    if array.shape[0] != 1:
+        report.errors.append(f"{where}: a label map needs 1 channel, found {array.shape[0]}")
+        return
+    if array.shape[1:] != image.array.shape[1:]:
+        report.errors.append(f"{where}: label shape {tuple(array.shape[1:])} differs from image shape "
+                             f"{tuple(image.array.shape[1:])}")
+        return
+    if not np.allclose(label.affine, image.affine, atol=AFFINE_TOLERANCE_MM):
+        report.errors.append(f"{where}: label affine differs from the image affine (largest difference "
+                             f"{np.abs(label.affine - image.affine).max():.4g} mm)")
+    if array.dtype.kind == "f" and (not np.isfinite(array).all() or (array != np.round(array)).any()):
+        report.errors.append(f"{where}: label holds non-integer or non-finite values")
+        return
+    values = set(np.unique(array).astype(int).tolist())
+    outside = sorted(values - set(task.label_values))
+    if outside:
+        report.errors.append(f"{where}: label values {outside} outside the task's {list(task.label_values)}")
+    if not values - {0}:
+        report.errors.append(f"{where}: label has no foreground at all")
+        return
+    absent = [name for value, name in enumerate(task.labels) if value and value not in values]
+    if absent:
+        report.warnings.append(f"{where}: no {', '.join(absent)} in this label")
+
+
+def check_case(task: TaskSpec, case: Case) -> CaseReport:
+    """Read one case and collect its errors and warnings; never raises for bad data."""
+    report = CaseReport(case)
+    try:
+        image = read_image(case.image)
+    except DataError as error:
+        report.errors.append(str(error))
+        image = None
+    if image is not None:
+        _check_image(task, image, report)
+    if case.label is not None:
+        try:
+            label = read_image(case.label)
+        except DataError as error:
+            report.errors.append(str(error))
+        else:
+            if image is not None:
+                _check_label(task, image, label, report)
+    return report
+
+
+def check_split(task: TaskSpec, split: Split, progress: bool = True) -> list[CaseReport]:
+    """Check every case of ``split`` once, in order of case id."""
+    cases = split.all_cases()
+    return [check_case(task, c) for c in tqdm(cases, desc=f"checking {task.name}", unit="case", disable=not progress)]
+
+
+def summary_rows(task: TaskSpec, reports: list[CaseReport]) -> list[tuple[str, str]]:
+    """(what, value) rows: cases, errors, warnings, shapes, spacings, intensity range."""
+    shapes = np.array([r.shape for r in reports if r.shape and len(r.shape) == task.spatial_dims])
+    spacings = sorted({r.spacing for r in reports if r.spacing})
+    ranges = [r.intensity for r in reports if r.intensity]
+    rows = [("cases", str(len(reports))),
+            ("cases with errors", str(sum(bool(r.errors) for r in reports))),
+            ("cases with warnings", str(sum(bool(r.warnings) for r in reports)))]
+    if len(shapes):
+        rows.append(("shape min / max", f"{tuple(shapes.min(0).tolist())} / {tuple(shapes.max(0).tolist())}"))
+    if spacings and task.spatial_dims == 3:  # PNGs carry no physical spacing
+        shown = ", ".join(str(s) for s in spacings[:4]) + (f" ... ({len(spacings)} distinct)" if len(spacings) > 4 else "")
+        rows.append(("spacing (mm)", shown))
+    if ranges:
+        rows.append(("intensity min / max", f"{min(r[0] for r in ranges):.6g} / {max(r[1] for r in ranges):.6g}"))
+    return rows

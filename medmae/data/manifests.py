@@ -1,0 +1,230 @@
+"""Which cases a task has and how they split into train, validation and test parts.
+
+Where the cases come from, first found wins: ``--manifest FILE``; ``dataset_0.json`` or ``dataset.json``
+at the data root (MONAI datalist / MSD format); the stored ``data_manifests/<task>.json``; for
+ChestX-ray14 the official list files (see :mod:`medmae.data.chestxray`).
+
+Splits: ``datalist`` (the parts a datalist names: its ``test`` list if labelled, else its ``validation``
+list is the test part, as MONAI's BTCV ``dataset_0.json`` is used); ``fold0`` ... ``fold4`` (5 folds by
+sorted case id, shuffled with seed 0; fold k is the test part); or a named split of the stored manifest
+(``monai_dataset_0``, ``transunet``, ``holdout40``). Where a split has no validation part, it is carved
+from train with the task's seeded rule; the test part is never used to pick a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from medmae import resource_dir
+from medmae.errors import DataError, UserError
+from medmae.tasks import TaskSpec
+
+FOLDS, FOLD_SEED = 5, 0
+DATALISTS = ("dataset_0.json", "dataset.json")
+ENV_DATA = "MEDMAE_DATA"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: an image file, a label file (segmentation) or targets (classification, one 0/1 per finding)."""
+
+    id: str
+    image: Path
+    label: Path | None = None
+    targets: tuple[int, ...] | None = None
+    patient: str | None = None
+
+
+@dataclass
+class Split:
+    name: str
+    source: str
+    train: list[Case]
+    validation: list[Case]
+    test: list[Case]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def parts(self) -> dict[str, list[Case]]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+    def all_cases(self) -> list[Case]:
+        """Every case of the split once, in order of id."""
+        return sorted({c.id: c for part in self.parts.values() for c in part}.values(), key=lambda c: c.id)
+
+
+def layout_help(task: TaskSpec) -> str:
+    return f"Download: {task.source_url}\nExpected layout:\n{task.source_tree}"
+
+
+def resolve_data_root(task: TaskSpec, data_root: str | Path | None) -> Path:
+    """``--data-root``, else ``$MEDMAE_DATA/<task>``; the folder must exist."""
+    if data_root is None:
+        if not os.environ.get(ENV_DATA):
+            raise UserError(f"no data root for task {task.name}: pass --data-root DIR or set {ENV_DATA} "
+                            f"(then ${ENV_DATA}/{task.name} is used).\n{layout_help(task)}")
+        data_root = Path(os.environ[ENV_DATA]) / task.name
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise DataError(root, f"no such data folder for task {task.name}.\n{layout_help(task)}")
+    return root
+
+
+def found_instead(root: Path, limit: int = 10) -> str:
+    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    shown = ", ".join(entries[:limit]) + (f", ... ({len(entries)} entries)" if len(entries) > limit else "")
+    return f"Found instead in {root}: {shown or 'nothing (the folder is empty)'}"
+
+
+def inside(root: Path, relative: Any, where: str) -> Path:
+    """``root / relative``, refusing absolute paths and ``..`` that leave the data root."""
+    if not isinstance(relative, str) or not relative:
+        raise DataError(where, f"expected a relative path string, got {relative!r}")
+    pure = PurePosixPath(relative.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", relative):
+        raise DataError(where, f"path {relative!r} must be relative to the data root and stay inside it")
+    return root.joinpath(*[part for part in pure.parts if part != "."])
+
+
+LAYOUT_MARKERS = {"btcv": ("imagesTr", *DATALISTS), "msd": ("dataset.json",)}
+
+
+def check_layout(task: TaskSpec, root: Path) -> None:
+    """Refuse a data root that does not look like the task's layout, saying what it expected and found."""
+    markers = LAYOUT_MARKERS.get(task.layout, ())
+    if markers and not any((root / marker).exists() for marker in markers):
+        raise DataError(root, f"does not look like the {task.name} data (none of {', '.join(markers)} here)."
+                              f"\n{layout_help(task)}\n{found_instead(root)}")
+
+
+def case_id(image: Path) -> str:
+    name = image.name
+    for suffix in (".nii.gz", ".nii", ".png", ".nrrd", ".mha", ".dcm"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
+    """A MONAI datalist / MSD ``dataset.json``: labelled entries of ``training``, ``validation``, ``test``."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(path, f"unreadable JSON manifest ({error})") from error
+    if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
+        raise DataError(path, "a manifest needs a 'training' list of {\"image\": ..., \"label\": ...} entries")
+    parts, seen = {}, {}
+    for key in ("training", "validation", "test"):
+        cases = []
+        for k, entry in enumerate(raw.get(key) or []):
+            where = f"{path} [{key}][{k}]"
+            if isinstance(entry, str) or (isinstance(entry, dict) and "label" not in entry and key == "test"):
+                continue  # unlabelled test images (MSD imagesTs) belong to no part
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                raise DataError(where, "an entry needs 'image' and 'label'")
+            image = inside(root, entry["image"], where)
+            case = Case(case_id(image), image, inside(root, entry["label"], where))
+            if seen.get(case.id, case) != case:
+                raise DataError(path, f"case id {case.id} names two different files")
+            seen[case.id] = case
+            cases.append(case)
+        parts[key] = cases
+    return parts
+
+
+def stored_manifest(task: TaskSpec) -> dict[str, Any]:
+    path = resource_dir("data_manifests") / task.manifest
+    return json.loads(path.read_text())
+
+
+def carve(cases: list[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """(train, validation): ``round(fraction * n)`` cases (at least 1, none when n < 2), drawn by a
+    seeded shuffle of the cases sorted by id."""
+    ordered = sorted(cases, key=lambda c: c.id)
+    if len(ordered) < 2:
+        return ordered, []
+    random.Random(seed).shuffle(ordered)
+    n_val = max(1, round(fraction * len(ordered)))
+    validation = sorted(ordered[:n_val], key=lambda c: c.id)
+    return sorted(ordered[n_val:], key=lambda c: c.id), validation
+
+
+def fold_split(cases: list[Case], fold: int) -> tuple[list[Case], list[Case]]:
+    """(rest, test) for fold ``fold`` of 5 by sorted case id shuffled with seed 0."""
+    ordered = sorted(cases, key=lambda c: c.id)
+    random.Random(FOLD_SEED).shuffle(ordered)
+    test = [c for k, c in enumerate(ordered) if k % FOLDS == fold]
+    return sorted(set(ordered) - set(test), key=lambda c: c.id), sorted(test, key=lambda c: c.id)
+
+
+def load_split(task: TaskSpec, data_root: str | Path | None, manifest: str | Path | None = None,
+               split: str | None = None) -> Split:
+    """The cases of ``task`` at ``data_root`` in the train, validation and test parts of ``split``."""
+    root = resolve_data_root(task, data_root)
+    if task.layout == "chestxray14":
+        from medmae.data.chestxray import chestxray_split
+
+        return chestxray_split(task, root, split)
+    if manifest is None:
+        check_layout(task, root)
+    stored = stored_manifest(task)
+    source, parts = _case_source(task, root, manifest, stored)
+    pool = sorted({c.id: c for cases in parts.values() for c in cases}.values(), key=lambda c: c.id)
+    has_parts = bool(parts.get("validation") or parts.get("test"))
+    name = split or ("datalist" if has_parts else stored["default_split"])
+    validation: list[Case] | None = None
+    if name == "datalist":
+        if not has_parts:
+            raise UserError(f"split 'datalist': {source} names no validation or test cases; use fold0 ... fold4")
+        train = parts["training"]
+        test = parts["test"] or parts["validation"]
+        validation = parts["validation"] if parts["test"] else None
+    elif re.fullmatch(r"fold[0-9]+", name) and int(name[4:]) < FOLDS:
+        train, test = fold_split(pool, int(name[4:]))
+    elif name in stored.get("splits", {}):
+        train, test = (_by_id(pool, stored["splits"][name][part], source, name) for part in ("train", "test"))
+    else:
+        known = ["datalist"] * has_parts + [f"fold{k}" for k in range(FOLDS)] + list(stored.get("splits", {}))
+        raise UserError(f"unknown split {name!r} for task {task.name}; choose one of {', '.join(known)}")
+    if validation is None:
+        train, validation = carve(train, task.validation_fraction, task.validation_seed)
+    result = Split(name, source, train, validation, test)
+    overlap = sorted({c.id for c in test} & {c.id for c in train + validation})
+    if overlap:
+        result.notes.append(f"cases in both the test part and train/validation: {', '.join(overlap)}")
+    if not validation:
+        result.notes.append("no validation part: too few training cases to carve one")
+    return result
+
+
+def _case_source(task: TaskSpec, root: Path, manifest: str | Path | None,
+                 stored: dict[str, Any]) -> tuple[str, dict[str, list[Case]]]:
+    if manifest is not None:
+        path = Path(manifest)
+        if not path.is_file():
+            raise DataError(path, "manifest file not found")
+        return str(path), read_datalist(path, root)
+    for name in DATALISTS:
+        if (root / name).is_file():
+            return str(root / name), read_datalist(root / name, root)
+    if "cases" in stored:
+        cases = [Case(e["id"], inside(root, e["image"], task.manifest), inside(root, e["label"], task.manifest))
+                 for e in stored["cases"]]
+        return f"data_manifests/{task.manifest}", {"training": cases, "validation": [], "test": []}
+    raise DataError(root, f"no {' or '.join(DATALISTS)} here, and task {task.name} lists its cases only "
+                          f"through it.\n{layout_help(task)}\n{found_instead(root)}")
+
+
+def _by_id(pool: list[Case], ids: list[str], source: str, split: str) -> list[Case]:
+    by_id = {c.id: c for c in pool}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UserError(f"split {split!r} needs cases missing from {source}: {', '.join(missing[:10])}"
+                        + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+    return [by_id[i] for i in ids]

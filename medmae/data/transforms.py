@@ -1,0 +1,164 @@
+"""MONAI transform chains per task and stage: ``train``, ``validation`` and ``pretrain`` (no labels).
+
+3D segmentation, all stages: read, orientation, spacing (bilinear image, nearest label), the task's
+intensity rule, label regions (msd_brain), crop to the image's non-zero foreground (where the task says
+so), pad to at least the ROI. Validation stops there (MetaTensors keep every applied operation, so a
+prediction can be inverted to the original grid). Train adds positive/negative-balanced ROI crops,
+random flips, 90-degree rotations in the axial plane and small intensity scale and shift. Pretrain
+takes random ROI crops of the image foreground and random flips only.
+
+2D classification: read as one grey channel, scale to 0..1, histogram equalisation; validation resizes
+to the ROI; train and pretrain take a random resized crop and a horizontal flip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (ClipIntensityPercentilesd, Compose, CropForegroundd, EnsureTyped, HistogramNormalized,
+                              MapTransform, NormalizeIntensityd, Orientationd, RandCropByPosNegLabeld, RandFlipd,
+                              RandomizableTransform, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
+                              RandSpatialCropSamplesd, Resize, Resized, ScaleIntensityd, ScaleIntensityRanged,
+                              Spacingd, SpatialPadd)
+
+from medmae.data.readers import read_image
+from medmae.tasks import TaskSpec
+
+STAGES = ("train", "validation", "pretrain")
+
+
+def is_nonzero(x: torch.Tensor) -> torch.Tensor:
+    """Foreground for cropping: CT below the window maps to exactly 0; MRI background is 0."""
+    return x != 0
+
+
+class ReadImaged(MapTransform):
+    """Read each key's file with :func:`medmae.data.readers.read_image` into a MetaTensor ``[C, *S]``
+    carrying the affine; images become float32, labels keep their integer type."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = read_image(d[key])
+            array = image.array if key == "label" else image.array.astype(np.float32, copy=False)
+            d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=torch.from_numpy(image.affine),
+                                meta={"filename_or_obj": str(image.path)})
+        return d
+
+
+class LabelToRegionsd(MapTransform):
+    """Label map ``[1, *S]`` -> overlapping binary regions ``[R, *S]`` (float32), one per named set of
+    label values, e.g. whole tumour {1, 2, 3}, tumour core {2, 3}, enhancing tumour {3}."""
+
+    def __init__(self, keys: str | Sequence[str], regions: Mapping[str, Sequence[int]]) -> None:
+        super().__init__(keys)
+        self.regions = {name: torch.tensor(values) for name, values in regions.items()}
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            d[key] = torch.cat([torch.isin(label, values).float() for values in self.regions.values()], dim=0)
+        return d
+
+
+class RandResizedCropd(RandomizableTransform, MapTransform):
+    """Crop a random region covering ``scale`` of the image area with aspect ratio in ``ratio`` (log-uniform),
+    then resize it to ``size`` (torchvision's RandomResizedCrop); falls back to the whole image."""
+
+    def __init__(self, keys: str | Sequence[str], size: Sequence[int], scale: tuple[float, float] = (0.5, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.scale, self.ratio = scale, ratio
+        self.resize = Resize(spatial_size=tuple(size), mode="bilinear", anti_aliasing=True)
+        self.box: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def randomize(self, shape: Sequence[int]) -> None:
+        height, width = shape
+        for _ in range(10):
+            area = height * width * self.R.uniform(*self.scale)
+            aspect = math.exp(self.R.uniform(math.log(self.ratio[0]), math.log(self.ratio[1])))
+            w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                self.box = (self.R.randint(0, height - h + 1), self.R.randint(0, width - w + 1), h, w)
+                return
+        self.box = (0, 0, height, width)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        first = next(iter(self.key_iterator(d)))
+        self.randomize(d[first].shape[1:])
+        top, left, h, w = self.box
+        for key in self.key_iterator(d):
+            d[key] = self.resize(d[key][:, top:top + h, left:left + w])
+        return d
+
+
+def intensity_transforms(task: TaskSpec) -> list:
+    rule = task.intensity["rule"]
+    if rule == "window":
+        low, high = task.intensity["window"]
+        return [ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)]
+    if rule == "zscore_nonzero":
+        return [NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
+    if rule == "percentile_zscore":
+        low, high = task.intensity["percentiles"]
+        return [ClipIntensityPercentilesd("image", lower=low, upper=high, channel_wise=True),
+                NormalizeIntensityd("image", channel_wise=True)]
+    return [ScaleIntensityd("image", minv=0.0, maxv=1.0), HistogramNormalized("image", num_bins=256, min=0, max=1)]
+
+
+def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Compose:
+    """3D chains; ``samples`` ROI crops per volume while training and pretraining."""
+    keys = ["image"] if stage == "pretrain" else ["image", "label"]
+    modes = ("bilinear", "nearest")[: len(keys)]
+    chain: list = [ReadImaged(keys)]
+    if task.orientation:
+        chain.append(Orientationd(keys, axcodes=task.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    if task.spacing:
+        chain.append(Spacingd(keys, pixdim=task.spacing, mode=modes))
+    chain += intensity_transforms(task)
+    if task.regions and stage != "pretrain":
+        chain.append(LabelToRegionsd("label", task.regions))
+    if task.crop_foreground:
+        chain.append(CropForegroundd(keys, source_key="image", select_fn=is_nonzero, allow_smaller=True))
+    chain.append(SpatialPadd(keys, spatial_size=task.roi))
+    roi = task.roi
+    if stage == "train":
+        chain += [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1,
+                                         num_samples=samples, image_key="image", image_threshold=0),
+                  *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3)],
+                  RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)),
+                  RandScaleIntensityd("image", factors=0.1, prob=0.5),
+                  RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
+    elif stage == "pretrain":
+        chain += [RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=samples, random_size=False),
+                  *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]]
+    chain.append(EnsureTyped(keys, dtype=[torch.float32, torch.float32 if task.regions else torch.long][: len(keys)]))
+    return Compose(chain)
+
+
+def classification_transform(task: TaskSpec, stage: str) -> Compose:
+    """2D chains; the label is the targets vector, passed through."""
+    chain: list = [ReadImaged("image"), *intensity_transforms(task)]
+    if stage == "validation":
+        chain.append(Resized("image", spatial_size=task.roi, mode="bilinear", anti_aliasing=True))
+    else:
+        chain += [RandResizedCropd("image", size=task.roi), RandFlipd("image", prob=0.5, spatial_axis=1)]
+    chain.append(EnsureTyped("image", dtype=torch.float32))
+    return Compose(chain)
+
+
+def build_transform(task: TaskSpec, stage: str, samples: int = 2) -> Compose:
+    """The chain of ``task`` for ``stage`` (``train``, ``validation`` or ``pretrain``)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r}: choose one of {STAGES}")
+    if task.is_classification:
+        return classification_transform(task, stage)
+    return segmentation_transform(task, stage, samples)

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+
+from medmae.data.manifests import Case, carve, fold_split, load_split, read_datalist, stored_manifest
+from medmae.errors import DataError, UserError
+from medmae.tasks import load_task
+
+from conftest import shared
+
+
+def test_btcv_stored_splits_are_monai_and_transunet():
+    manifest = stored_manifest(load_task("btcv"))
+    ids = [c["id"] for c in manifest["cases"]]
+    assert ids == [f"img{n:04d}" for n in [*range(1, 11), *range(21, 41)]]
+    monai, transunet = manifest["splits"]["monai_dataset_0"], manifest["splits"]["transunet"]
+    assert monai["test"] == [f"img{n:04d}" for n in range(35, 41)] and len(monai["train"]) == 24
+    assert sorted(transunet["test"]) == [f"img{n:04d}" for n in (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)]
+    for split in (monai, transunet):
+        assert not set(split["train"]) & set(split["test"]) and sorted(split["train"] + split["test"]) == ids
+
+
+def test_hippocampus_holdout40_is_fixed_by_case_id(hippocampus_root):
+    split = load_split(load_task("msd_hippocampus"), hippocampus_root, split="holdout40")
+    assert (len(split.train) + len(split.validation), len(split.test)) == (160, 40)
+    stored = stored_manifest(load_task("msd_hippocampus"))["splits"]["holdout40"]
+    assert [c.id for c in split.test] == stored["test"]
+    assert not {c.id for c in split.test} & {c.id for c in split.train + split.validation}
+
+
+def cases(n):
+    return [Case(f"c{k:03d}", f"c{k:03d}.nii.gz") for k in range(n)]
+
+
+def test_folds_partition_the_cases_and_carving_is_seeded():
+    pool = cases(23)
+    tests = [fold_split(pool, k)[1] for k in range(5)]
+    assert sorted(c.id for t in tests for c in t) == [c.id for c in pool]  # every case in exactly one fold
+    assert {len(t) for t in tests} == {4, 5}
+    rest, test = fold_split(pool, 2)
+    assert not set(rest) & set(test) and fold_split(pool, 2) == (rest, test)
+    train, validation = carve(rest, 0.2, seed=0)
+    assert len(validation) == round(0.2 * len(rest)) and not set(train) & set(validation)
+    assert carve(rest, 0.2, seed=0) == (train, validation) and carve(rest, 0.2, seed=1) != (train, validation)
+    assert carve(cases(1), 0.2, 0) == (cases(1), [])
+
+
+def write(path, content):
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_datalist_entries_are_checked(tmp_path):
+    entry = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}
+    parts = read_datalist(write(tmp_path / "d.json", {"training": [entry], "test": ["imagesTs/b.nii.gz"]}), tmp_path)
+    assert [c.id for c in parts["training"]] == ["a"] and parts["test"] == []
+    assert parts["training"][0].image == tmp_path / "imagesTr" / "a.nii.gz"
+    for bad, message in [({"image": "/etc/passwd", "label": "x"}, "must be relative"),
+                         ({"image": "../../secret.nii.gz", "label": "x"}, "stay inside"),
+                         ({"image": "a.nii.gz"}, "needs 'image' and 'label'")]:
+        with pytest.raises(DataError, match=message):
+            read_datalist(write(tmp_path / "d.json", {"training": [bad]}), tmp_path)
+    twice = {"training": [entry, {"image": "imagesTr/a.nii.gz", "label": "labelsTr/other.nii.gz"}]}
+    with pytest.raises(DataError, match="case id a names two different files"):
+        read_datalist(write(tmp_path / "d.json", twice), tmp_path)
+    with pytest.raises(DataError, match="needs a 'training' list"):
+        read_datalist(write(tmp_path / "d.json", {"train": []}), tmp_path)
+    (tmp_path / "d.json").write_text("{not json")
+    with pytest.raises(DataError, match="d.json: unreadable JSON"):
+        read_datalist(tmp_path / "d.json", tmp_path)
+
+
+def test_datalist_parts_and_named_splits(demo_root, tmp_path):
+    task = load_task("demo")
+    split = load_split(task, demo_root)  # dataset_0.json: 5 training, 1 validation -> test
+    assert split.name == "datalist" and [c.id for c in split.test] == ["img0006"]
+    assert len(split.train) + len(split.validation) == 5 and len(split.validation) == 1
+    fold = load_split(task, demo_root, split="fold1")
+    assert len(fold.test) + len(fold.train) + len(fold.validation) == 6
+    own = write(tmp_path / "mine.json", {"training": [{"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"},
+                                                      {"image": "imagesTr/img0002.nii.gz", "label": "labelsTr/label0002.nii.gz"}],
+                                         "validation": [{"image": "imagesTr/img0003.nii.gz", "label": "labelsTr/label0003.nii.gz"}],
+                                         "test": [{"image": "imagesTr/img0004.nii.gz", "label": "labelsTr/label0004.nii.gz"}]})
+    mine = load_split(task, demo_root, manifest=own)
+    assert ([c.id for c in mine.train], [c.id for c in mine.validation], [c.id for c in mine.test]) == (
+        ["img0001", "img0002"], ["img0003"], ["img0004"])
+    with pytest.raises(UserError, match="unknown split 'fold9'.*fold0"):
+        load_split(task, demo_root, split="fold9")
+    with pytest.raises(UserError, match="needs cases missing"):
+        load_split(load_task("btcv"), demo_root, split="transunet")
+
+
+def test_data_root_errors_say_where_data_comes_from(tmp_path, monkeypatch):
+    task = load_task("msd_hippocampus")
+    monkeypatch.delenv("MEDMAE_DATA", raising=False)
+    with pytest.raises(UserError, match="pass --data-root DIR or set MEDMAE_DATA") as error:
+        load_split(task, None)
+    assert "medicaldecathlon.com" in str(error.value) and "dataset.json" in str(error.value)
+    with pytest.raises(DataError, match="no such data folder"):
+        load_split(task, tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="Found instead in .*: notes.txt"):
+        load_split(task, tmp_path)
+    monkeypatch.setenv("MEDMAE_DATA", str(tmp_path))
+    with pytest.raises(DataError, match="msd_hippocampus: no such data folder"):
+        load_split(task, None)
+
+
+def test_real_sets_resolve_with_their_own_datalists():
+    btcv = load_split(load_task("btcv"), shared("btcv_layout_sample"))
+    assert btcv.source.endswith("dataset_0.json") and [c.id for c in btcv.test] == ["img0001"]
+    assert any("both the test part" in note for note in btcv.notes)
+    brain = load_split(load_task("msd_brain"), shared("msd_brain_case"))
+    assert [c.id for c in brain.all_cases()] == ["BRATS_001"]
