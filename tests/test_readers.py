@@ -74,3 +74,13 @@ def test_broken_files_are_named_with_the_problem(tmp_path):
         with pytest.raises(DataError, match=problem) as error:
             read_image(tmp_path / name)
         assert str(error.value).startswith(str(tmp_path / name))
+
+
+def test_simpleitk_is_imported_only_for_files_that_need_it(tmp_path):
+    import subprocess
+    import sys
+
+    path = save_nifti(tmp_path / "a.nii.gz", np.zeros((4, 4, 4), np.float32))
+    code = ("import sys; from medmae.data.readers import read_image; import medmae.data.transforms, medmae.data.check; "
+            f"read_image({str(path)!r}); print('SimpleITK' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -67,4 +67,4 @@ class CaseDataset(Dataset):
             cause = _root_cause(error)
             problem = cause.problem if isinstance(cause, DataError) else f"{type(cause).__name__}: {cause}"
             where = cause.path if isinstance(cause, DataError) else case.image
-            raise DataError(where, f"case {case.id}: {problem} (skip such cases with --skip-bad-cases)") from error
+            raise DataError(where, f"case {case.id}: {problem} (the skip-bad-cases option leaves such cases out)") from error
