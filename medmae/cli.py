@@ -45,7 +45,8 @@ def _data_check(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     split = load_split(task, args.data_root, args.manifest, args.split)
     print(f"task {task.name}: split {split.name} from {split.source}: "
-          f"{len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test")
+          f"{len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test"
+          + (f", {len(split.unlabelled)} unlabelled" if split.unlabelled else ""))
     for note in split.notes:
         print(f"note: {note}")
     reports = check_split(task, split, progress=not args.quiet)
@@ -66,7 +67,7 @@ def _data_check(args: argparse.Namespace) -> int:
 def _data_demo(args: argparse.Namespace) -> int:
     from medmae.data.synthetic import write_demo_dataset
 
-    root = write_demo_dataset(args.output_dir, cases=args.cases, seed=args.seed)
+    root = write_demo_dataset(args.output_dir, cases=args.cases, validation=min(2, args.cases - 1), seed=args.seed)
     print(f"wrote {args.cases} synthetic cases to {root}; check them with: "
           f"medmae data check --task demo --data-root {root}")
     return 0
@@ -79,6 +80,21 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--split", help="datalist, fold0 ... fold4, or a named split of the task's manifest")
     group.add_argument("--fold", type=int, help="the same as --split foldK")
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = data_commands.add_parser("demo", help="write the synthetic demo set (BTCV layout)",
                                     epilog="example: medmae data demo --output-dir demo_data")
     demo.add_argument("--output-dir", required=True)
-    demo.add_argument("--cases", type=int, default=12)
+    demo.add_argument("--cases", type=_at_least(2), default=12, help="cases to write (at least 2; default 12)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_data_demo)
     return parser
@@ -119,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except UserError as error:
+    except (UserError, OSError) as error:  # OSError: an unwritable folder, a full disk, a file for a folder
         if args.debug:
             traceback.print_exc()
-        print(f"medmae: error: {error}", file=sys.stderr)
+        print(f"medmae: error: {_describe(error)}", file=sys.stderr)
         return 2
     except Exception as error:  # an internal error: a bug in medmae
         if args.debug:

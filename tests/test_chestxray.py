@@ -4,7 +4,7 @@ import pytest
 
 from medmae.data.chestxray import read_label_table
 from medmae.data.manifests import load_split
-from medmae.errors import DataError
+from medmae.errors import DataError, UserError
 from medmae.tasks import load_task
 
 from conftest import shared
@@ -41,3 +41,20 @@ def test_table_parsing_rules(tmp_path):
     (tmp_path / "u.csv").write_text(rows.replace("Mass", "Fracture"))
     with pytest.raises(DataError, match=r"u.csv: unknown findings \['Fracture'\]"):
         read_label_table(tmp_path / "u.csv", FINDINGS)
+
+
+def test_list_problems_are_named(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels,Patient ID\na.png,Mass,1\nb.png,No Finding,2\n")
+    (tmp_path / "train_val_list.txt").write_text("a.png\na.png\n")
+    (tmp_path / "test_list.txt").write_text("b.png\n")
+    task = load_task("chestxray14")
+    with pytest.raises(DataError, match=r"train_val_list.txt: images listed more than once: a.png"):
+        load_split(task, tmp_path)
+    (tmp_path / "train_val_list.txt").write_text("a.png\nb.png\n")
+    assert "cases in both train and test: b" in load_split(task, tmp_path).notes  # 2 images: no validation
+    (tmp_path / "train_val_list.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DataError, match="train_val_list.txt: not a text file"):
+        load_split(task, tmp_path)
+    with pytest.raises(UserError, match="--manifest is not used by task chestxray14"):
+        load_split(task, tmp_path, manifest=tmp_path / "x.json")

@@ -1,6 +1,7 @@
 """``medmae data check`` on the real sets, on broken copies (exit 2 naming the file and the problem), and
 on the synthetic demo set; the loader's handling of a bad case."""
 
+import gzip
 import json
 import shutil
 
@@ -57,7 +58,15 @@ def rewrite(path, change):
     nib.save(nib.Nifti1Image(array, image.affine), path)
 
 
+def corrupt_header(path):
+    """Set the NIfTI datatype code (bytes 70-71) to 1234, which no reader knows."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[70:72] = (1234).to_bytes(2, "little")
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
 BROKEN = {
+    "corrupt header": (lambda r: corrupt_header(r / "imagesTr/img0003.nii.gz"), "imagesTr/img0003.nii.gz: unreadable NIfTI"),
     "truncated image": (lambda r: (r / "imagesTr/img0002.nii.gz").write_bytes((r / "imagesTr/img0002.nii.gz").read_bytes()[:300]),
                         "imagesTr/img0002.nii.gz: unreadable NIfTI"),
     "label of another shape": (lambda r: rewrite(r / "labelsTr/label0003.nii.gz", lambda a: a[:-2]),
@@ -132,3 +141,14 @@ def test_the_loader_names_a_bad_case_or_skips_it_when_asked(demo_root, tmp_path,
     assert list(skipping.skipped) == ["img0002"] and len(skipping) == len(cases) - 1
     assert "skipped case img0002" in caplog.text
     assert all(item["image"].shape[0] == 1 for item in skipping)
+    (root / "labelsTr/label0003.nii.gz").unlink()  # pretraining reads no labels: only the bad image is left out
+    assert list(CaseDataset(task, cases, "pretrain", skip_bad_cases=True).skipped) == ["img0002"]
+
+
+def test_demo_anatomy_sits_on_the_right_sides(tmp_path):
+    """RAS+ world x grows towards the patient's right: the liver and right kidney have positive x."""
+    write_demo_dataset(tmp_path, cases=2, validation=1)
+    image = nib.load(tmp_path / "labelsTr" / "label0001.nii.gz")
+    label = np.asarray(image.dataobj)
+    world_x = {value: (image.affine @ [*np.argwhere(label == value).mean(0), 1])[0] for value in (1, 2, 3, 4)}
+    assert world_x[1] > 0 > world_x[2] and world_x[3] > 0 > world_x[4]  # liver, spleen; right, left kidney

@@ -52,12 +52,15 @@ def write(path, content):
 
 def test_datalist_entries_are_checked(tmp_path):
     entry = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}
-    parts = read_datalist(write(tmp_path / "d.json", {"training": [entry], "test": ["imagesTs/b.nii.gz"]}), tmp_path)
+    parts = read_datalist(write(tmp_path / "d.json", {"training": [entry, {"image": "imagesTr/c.nii.gz"}],
+                                                      "test": ["imagesTs/b.nii.gz"]}), tmp_path)
     assert [c.id for c in parts["training"]] == ["a"] and parts["test"] == []
     assert parts["training"][0].image == tmp_path / "imagesTr" / "a.nii.gz"
+    assert [(c.id, c.label) for c in parts["unlabelled"]] == [("c", None), ("b", None)]
     for bad, message in [({"image": "/etc/passwd", "label": "x"}, "must be relative"),
                          ({"image": "../../secret.nii.gz", "label": "x"}, "stay inside"),
-                         ({"image": "a.nii.gz"}, "needs 'image' and 'label'")]:
+                         ({"image": "C:/data/a.nii.gz", "label": "x"}, "must be relative"),
+                         ({"label": "a.nii.gz"}, "needs an 'image'")]:
         with pytest.raises(DataError, match=message):
             read_datalist(write(tmp_path / "d.json", {"training": [bad]}), tmp_path)
     twice = {"training": [entry, {"image": "imagesTr/a.nii.gz", "label": "labelsTr/other.nii.gz"}]}
@@ -84,6 +87,12 @@ def test_datalist_parts_and_named_splits(demo_root, tmp_path):
     mine = load_split(task, demo_root, manifest=own)
     assert ([c.id for c in mine.train], [c.id for c in mine.validation], [c.id for c in mine.test]) == (
         ["img0001", "img0002"], ["img0003"], ["img0004"])
+    no_validation = write(tmp_path / "tv.json", {"training": json.loads(own.read_text())["training"] + [
+        {"image": f"imagesTr/img000{k}.nii.gz", "label": f"labelsTr/label000{k}.nii.gz"} for k in (3, 5, 6)],
+        "test": json.loads(own.read_text())["test"]})
+    carved = load_split(task, demo_root, manifest=no_validation)
+    assert (len(carved.train), len(carved.validation), [c.id for c in carved.test]) == (4, 1, ["img0004"])
+    assert carved.notes == []
     with pytest.raises(UserError, match="unknown split 'fold9'.*fold0"):
         load_split(task, demo_root, split="fold9")
     with pytest.raises(UserError, match="needs cases missing"):
@@ -109,6 +118,6 @@ def test_data_root_errors_say_where_data_comes_from(tmp_path, monkeypatch):
 def test_real_sets_resolve_with_their_own_datalists():
     btcv = load_split(load_task("btcv"), shared("btcv_layout_sample"))
     assert btcv.source.endswith("dataset_0.json") and [c.id for c in btcv.test] == ["img0001"]
-    assert any("both the test part" in note for note in btcv.notes)
+    assert "cases in both train and test: img0001" in btcv.notes
     brain = load_split(load_task("msd_brain"), shared("msd_brain_case"))
     assert [c.id for c in brain.all_cases()] == ["BRATS_001"]

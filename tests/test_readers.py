@@ -84,3 +84,10 @@ def test_simpleitk_is_imported_only_for_files_that_need_it(tmp_path):
     code = ("import sys; from medmae.data.readers import read_image; import medmae.data.transforms, medmae.data.check; "
             f"read_image({str(path)!r}); print('SimpleITK' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_16_bit_png_keeps_its_values(tmp_path):
+    values = np.array([[0, 1000], [2500, 4000]], dtype=np.uint16)
+    PILImage.fromarray(values).save(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png")
+    assert image.array.shape == (1, 2, 2) and np.array_equal(image.array[0], values)

@@ -39,3 +39,32 @@ def test_unknown_and_broken_task_files_are_named(tmp_path):
     broken.write_text("[1, 2")
     with pytest.raises(TaskError, match="broken.yaml: cannot read"):
         load_task(broken)
+
+
+BROKEN_VALUES = {
+    "intensity: {rule: window, window: [-175, 250]}": ["intensity: window", "intensity: {rule: window}",
+                                                       "intensity: {rule: window, window: [250, -175]}"],
+    "roi: [48, 48, 48]": ["roi: 48", "roi: [48, 48, x]", "roi: [48, 48]"],
+    "spacing: [3.0, 3.0, 3.0]": ["spacing: [3, 3, -1]"],
+    "orientation: RAS": ["orientation: XYZ", "orientation: RRS"],
+    "validation: {fraction: 0.2, seed: 0}": ["validation: 0.2", "validation: {fraction: abc}", "validation: {fraction: 1.5}"],
+    "labels: [background, liver, spleen, right_kidney, left_kidney]": ["labels: background"],
+    "url: generated locally by `medmae data demo --output-dir DATA_ROOT`": ["web: nowhere"],
+}
+
+
+@pytest.mark.parametrize("good,bad", [(good, bad) for good, bads in BROKEN_VALUES.items() for bad in bads])
+def test_malformed_task_values_are_refused_by_name(tmp_path, good, bad):
+    text = load_task("demo").path.read_text()
+    assert good in text
+    path = tmp_path / "task.yaml"
+    path.write_text(text.replace(good, bad))
+    with pytest.raises(TaskError, match=r"task.yaml: "):
+        load_task(path)
+
+
+def test_regions_must_name_foreground_labels(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(load_task("demo").path.read_text() + "regions: {a: 1}\n")
+    with pytest.raises(TaskError, match="regions must map names to lists of foreground label values"):
+        load_task(path)

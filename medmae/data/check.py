@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medmae.data.manifests import Case, Split
-from medmae.data.readers import Image, read_image
+from medmae.data.readers import Image, integer_labels, read_image
 from medmae.errors import DataError
 from medmae.tasks import TaskSpec
 
@@ -56,13 +56,14 @@ def _check_label(task: TaskSpec, image: Image, label: Image, report: CaseReport)
         report.errors.append(f"{where}: label shape {tuple(array.shape[1:])} differs from image shape "
                              f"{tuple(image.array.shape[1:])}")
         return
-    if not np.allclose(label.affine, image.affine, atol=AFFINE_TOLERANCE_MM):
+    if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
         report.errors.append(f"{where}: label affine differs from the image affine (largest difference "
                              f"{np.abs(label.affine - image.affine).max():.4g} mm)")
-    if array.dtype.kind == "f" and (not np.isfinite(array).all() or (array != np.round(array)).any()):
-        report.errors.append(f"{where}: label holds non-integer or non-finite values")
+    try:
+        values = set(np.unique(integer_labels(label)).tolist())
+    except DataError as error:
+        report.errors.append(str(error))
         return
-    values = set(np.unique(array).astype(int).tolist())
     outside = sorted(values - set(task.label_values))
     if outside:
         report.errors.append(f"{where}: label values {outside} outside the task's {list(task.label_values)}")

@@ -47,9 +47,17 @@ def read_label_table(path: Path, findings: tuple[str, ...]) -> pd.DataFrame:
 
 
 def read_list(path: Path) -> list[str]:
+    """Image names, one per line; a name listed twice is an error."""
     if not path.is_file():
         raise DataError(path, "official list file not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError as error:
+        raise DataError(path, f"not a text file ({error})") from error
+    repeated = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) < len(names) else []
+    if repeated:
+        raise DataError(path, f"images listed more than once: {', '.join(repeated[:5])}")
+    return names
 
 
 def carve_by_patient(cases: list[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -87,6 +95,7 @@ def chestxray_split(task: TaskSpec, root: Path, split: str | None) -> Split:
     train, validation = carve_by_patient(parts["train_val"], task.validation_fraction, task.validation_seed)
     result = Split("official", f"{LISTS['train_val']}, {LISTS['test']} and {table_path.name}", train, validation,
                    parts["test"])
+    result.note_overlaps()
     shared = {c.patient for c in parts["test"]} & {c.patient for c in parts["train_val"]}
     if shared:
         result.notes.append(f"{len(shared)} patients appear in both the official train_val and test lists")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -47,8 +48,8 @@ class CaseDataset(Dataset):
     def __init__(self, task: TaskSpec, cases: list[Case], stage: str, samples: int = 2,
                  skip_bad_cases: bool = False) -> None:
         self.stage, self.skipped = stage, {}
-        if skip_bad_cases:
-            reports = [check_case(task, case) for case in cases]
+        if skip_bad_cases:  # pretraining reads no labels, so a label problem does not remove its image
+            reports = [check_case(task, replace(case, label=None) if stage == "pretrain" else case) for case in cases]
             self.skipped = {r.case.id: r.errors for r in reports if r.errors}
             for case_id, errors in self.skipped.items():
                 log.warning("skipped case %s: %s", case_id, "; ".join(errors))

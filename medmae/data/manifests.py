@@ -43,20 +43,34 @@ class Case:
 
 @dataclass
 class Split:
+    """Labelled train, validation and test parts, plus ``unlabelled`` images (entries without a label,
+    such as MSD ``imagesTs``), which only pretraining can use."""
+
     name: str
     source: str
     train: list[Case]
     validation: list[Case]
     test: list[Case]
+    unlabelled: list[Case] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def parts(self) -> dict[str, list[Case]]:
-        return {"train": self.train, "validation": self.validation, "test": self.test}
+        return {"train": self.train, "validation": self.validation, "test": self.test, "unlabelled": self.unlabelled}
 
     def all_cases(self) -> list[Case]:
         """Every case of the split once, in order of id."""
         return sorted({c.id: c for part in self.parts.values() for c in part}.values(), key=lambda c: c.id)
+
+    def note_overlaps(self) -> None:
+        """Add a note for every case that sits in two labelled parts."""
+        names = ("train", "validation", "test")
+        for k, first in enumerate(names):
+            for second in names[k + 1:]:
+                shared = sorted({c.id for c in self.parts[first]} & {c.id for c in self.parts[second]})
+                if shared:
+                    self.notes.append(f"cases in both {first} and {second}: {', '.join(shared[:10])}"
+                                      + (f" and {len(shared) - 10} more" if len(shared) > 10 else ""))
 
 
 def layout_help(task: TaskSpec) -> str:
@@ -112,29 +126,33 @@ def case_id(image: Path) -> str:
 
 
 def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
-    """A MONAI datalist / MSD ``dataset.json``: labelled entries of ``training``, ``validation``, ``test``."""
+    """A MONAI datalist / MSD ``dataset.json``: the labelled entries of ``training``, ``validation`` and
+    ``test``, and under ``unlabelled`` every entry without a label (an image path, or a dict with no
+    ``label``)."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(path, f"unreadable JSON manifest ({error})") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
         raise DataError(path, "a manifest needs a 'training' list of {\"image\": ..., \"label\": ...} entries")
-    parts, seen = {}, {}
+    parts, seen = {"training": [], "validation": [], "test": [], "unlabelled": []}, {}
     for key in ("training", "validation", "test"):
-        cases = []
-        for k, entry in enumerate(raw.get(key) or []):
+        entries = raw.get(key) or []
+        if not isinstance(entries, list):
+            raise DataError(path, f"'{key}' must be a list")
+        for k, entry in enumerate(entries):
             where = f"{path} [{key}][{k}]"
-            if isinstance(entry, str) or (isinstance(entry, dict) and "label" not in entry and key == "test"):
-                continue  # unlabelled test images (MSD imagesTs) belong to no part
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise DataError(where, "an entry needs 'image' and 'label'")
+            if isinstance(entry, str):
+                entry = {"image": entry}
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise DataError(where, "an entry needs an 'image' (and a 'label' to be trained or scored on)")
             image = inside(root, entry["image"], where)
-            case = Case(case_id(image), image, inside(root, entry["label"], where))
+            label = inside(root, entry["label"], where) if "label" in entry else None
+            case = Case(case_id(image), image, label)
             if seen.get(case.id, case) != case:
                 raise DataError(path, f"case id {case.id} names two different files")
             seen[case.id] = case
-            cases.append(case)
-        parts[key] = cases
+            parts[key if label else "unlabelled"].append(case)
     return parts
 
 
@@ -170,21 +188,26 @@ def load_split(task: TaskSpec, data_root: str | Path | None, manifest: str | Pat
     if task.layout == "chestxray14":
         from medmae.data.chestxray import chestxray_split
 
+        if manifest is not None:
+            raise UserError(f"--manifest is not used by task {task.name}: its cases come from the official list "
+                            "files at the data root (edit train_val_list.txt and test_list.txt to change them)")
         return chestxray_split(task, root, split)
     if manifest is None:
         check_layout(task, root)
     stored = stored_manifest(task)
     source, parts = _case_source(task, root, manifest, stored)
-    pool = sorted({c.id: c for cases in parts.values() for c in cases}.values(), key=lambda c: c.id)
+    labelled = parts["training"] + parts["validation"] + parts["test"]
+    pool = sorted({c.id: c for c in labelled}.values(), key=lambda c: c.id)
     has_parts = bool(parts.get("validation") or parts.get("test"))
     name = split or ("datalist" if has_parts else stored["default_split"])
     validation: list[Case] | None = None
+    notes: list[str] = []
     if name == "datalist":
         if not has_parts:
             raise UserError(f"split 'datalist': {source} names no validation or test cases; use fold0 ... fold4")
         train = parts["training"]
         test = parts["test"] or parts["validation"]
-        validation = parts["validation"] if parts["test"] else None
+        validation = parts["validation"] if parts["test"] and parts["validation"] else None
     elif re.fullmatch(r"fold[0-9]+", name) and int(name[4:]) < FOLDS:
         train, test = fold_split(pool, int(name[4:]))
     elif name in stored.get("splits", {}):
@@ -194,12 +217,10 @@ def load_split(task: TaskSpec, data_root: str | Path | None, manifest: str | Pat
         raise UserError(f"unknown split {name!r} for task {task.name}; choose one of {', '.join(known)}")
     if validation is None:
         train, validation = carve(train, task.validation_fraction, task.validation_seed)
-    result = Split(name, source, train, validation, test)
-    overlap = sorted({c.id for c in test} & {c.id for c in train + validation})
-    if overlap:
-        result.notes.append(f"cases in both the test part and train/validation: {', '.join(overlap)}")
-    if not validation:
-        result.notes.append("no validation part: too few training cases to carve one")
+        if not validation:
+            notes.append("no validation part: too few training cases to carve one")
+    result = Split(name, source, train, validation, test, parts["unlabelled"], notes)
+    result.note_overlaps()
     return result
 
 
@@ -216,7 +237,7 @@ def _case_source(task: TaskSpec, root: Path, manifest: str | Path | None,
     if "cases" in stored:
         cases = [Case(e["id"], inside(root, e["image"], task.manifest), inside(root, e["label"], task.manifest))
                  for e in stored["cases"]]
-        return f"data_manifests/{task.manifest}", {"training": cases, "validation": [], "test": []}
+        return f"data_manifests/{task.manifest}", {"training": cases, "validation": [], "test": [], "unlabelled": []}
     raise DataError(root, f"no {' or '.join(DATALISTS)} here, and task {task.name} lists its cases only "
                           f"through it.\n{layout_help(task)}\n{found_instead(root)}")
 

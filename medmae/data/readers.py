@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +55,7 @@ def _read_nifti(path: Path) -> Image:
     try:
         image = nib.load(path)
         array = np.asanyarray(image.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError) as error:
+    except Exception as error:  # nibabel raises many types (header, gzip, EOF, value) for broken files
         raise DataError(path, f"unreadable NIfTI ({type(error).__name__}: {error})") from error
     if array.ndim not in (2, 3, 4):
         raise DataError(path, f"a NIfTI of {array.ndim} dimensions {array.shape}; expected 2D, 3D or 3D + channels")
@@ -113,3 +111,18 @@ def _read_sitk(path: Path, series: bool) -> Image:
     if array.dtype.kind == "f" and array.dtype != np.float32:
         array = array.astype(np.float32)
     return Image(array, affine, path)
+
+
+LABEL_ROUNDING = 1e-3
+
+
+def integer_labels(image: Image) -> np.ndarray:
+    """A label map as integers: integer types as stored; floats rounded to the nearest integer when every
+    value lies within 1e-3 of one (as after a float round trip), else :class:`DataError`."""
+    array = image.array
+    if array.dtype.kind in "iub":
+        return array
+    rounded = np.rint(array)
+    if not np.isfinite(array).all() or np.abs(array - rounded).max(initial=0) > LABEL_ROUNDING:
+        raise DataError(image.path, "label holds non-integer or non-finite values")
+    return rounded.astype(np.int16)

@@ -15,11 +15,12 @@ import numpy as np
 
 SHAPE = (64, 64, 48)
 SPACING_MM = 3.0
-ORGANS = (  # label, HU, centre (fraction of the body's semi-axes, RAS: +x left, +y anterior), semi-axes (mm)
-    (1, 60, (-0.35, 0.15, 0.1), (55, 45, 50)),    # liver, patient's right
-    (2, 45, (0.45, -0.25, 0.2), (28, 22, 30)),    # spleen, left and posterior
-    (3, 150, (-0.4, -0.45, -0.15), (16, 18, 28)),  # right kidney
-    (4, 150, (0.4, -0.45, -0.1), (16, 18, 28)),    # left kidney
+ORGANS = (  # label, HU, centre (fraction of the body's semi-axes; RAS+: +x the patient's right,
+    #          +y anterior, +z superior), semi-axes (mm)
+    (1, 60, (0.35, 0.15, 0.1), (55, 45, 50)),     # liver, on the patient's right
+    (2, 45, (-0.45, -0.25, 0.2), (28, 22, 30)),   # spleen, left and posterior
+    (3, 150, (0.4, -0.45, -0.15), (16, 18, 28)),  # right kidney
+    (4, 150, (-0.4, -0.45, -0.1), (16, 18, 28)),  # left kidney
 )
 
 

@@ -1,11 +1,12 @@
 """MONAI transform chains per task and stage: ``train``, ``validation`` and ``pretrain`` (no labels).
 
 3D segmentation, all stages: read, orientation, spacing (bilinear image, nearest label), the task's
-intensity rule, label regions (msd_brain), crop to the image's non-zero foreground (where the task says
-so), pad to at least the ROI. Validation stops there (MetaTensors keep every applied operation, so a
+intensity rule, crop to the image's non-zero foreground (where the task says so), pad to at least the
+ROI. Validation stops there (MetaTensors keep every applied operation, so a
 prediction can be inverted to the original grid). Train adds positive/negative-balanced ROI crops,
-random flips, 90-degree rotations in the axial plane and small intensity scale and shift. Pretrain
-takes random ROI crops of the image foreground and random flips only.
+random flips, 90-degree rotations in the axial plane (where the ROI's axial plane is square) and small
+intensity scale and shift. Pretrain takes random ROI crops of the image foreground and random flips only.
+Regions (msd_brain) are built from the label map after cropping.
 
 2D classification: read as one grey channel, scale to 0..1, histogram equalisation; validation resizes
 to the ROI; train and pretrain take a random resized crop and a horizontal flip.
@@ -26,7 +27,7 @@ from monai.transforms import (ClipIntensityPercentilesd, Compose, CropForeground
                               RandSpatialCropSamplesd, Resize, Resized, ScaleIntensityd, ScaleIntensityRanged,
                               Spacingd, SpatialPadd)
 
-from medmae.data.readers import read_image
+from medmae.data.readers import integer_labels, read_image
 from medmae.tasks import TaskSpec
 
 STAGES = ("train", "validation", "pretrain")
@@ -39,13 +40,14 @@ def is_nonzero(x: torch.Tensor) -> torch.Tensor:
 
 class ReadImaged(MapTransform):
     """Read each key's file with :func:`medmae.data.readers.read_image` into a MetaTensor ``[C, *S]``
-    carrying the affine; images become float32, labels keep their integer type."""
+    carrying the affine; images become float32, labels integers (float labels rounded, see
+    :func:`medmae.data.readers.integer_labels`)."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             image = read_image(d[key])
-            array = image.array if key == "label" else image.array.astype(np.float32, copy=False)
+            array = integer_labels(image) if key == "label" else image.array.astype(np.float32, copy=False)
             d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=torch.from_numpy(image.affine),
                                 meta={"filename_or_obj": str(image.path)})
         return d
@@ -124,22 +126,27 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
     if task.spacing:
         chain.append(Spacingd(keys, pixdim=task.spacing, mode=modes))
     chain += intensity_transforms(task)
-    if task.regions and stage != "pretrain":
-        chain.append(LabelToRegionsd("label", task.regions))
     if task.crop_foreground:
         chain.append(CropForegroundd(keys, source_key="image", select_fn=is_nonzero, allow_smaller=True))
     chain.append(SpatialPadd(keys, spatial_size=task.roi))
     roi = task.roi
     if stage == "train":
+        # Negative centres inside the body for CT (window: air is 0); anywhere in the cropped box for MRI,
+        # whose z-scored tissue can be negative. Crops use the label map itself: MONAI would read a
+        # multi-channel region label as one-hot and drop its first channel (whole tumour).
+        body = {"image_key": "image", "image_threshold": 0} if task.intensity["rule"] == "window" else {}
         chain += [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1,
-                                         num_samples=samples, image_key="image", image_threshold=0),
-                  *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3)],
-                  RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)),
-                  RandScaleIntensityd("image", factors=0.1, prob=0.5),
+                                         num_samples=samples, **body),
+                  *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3)]]
+        if roi[0] == roi[1]:  # a quarter turn of a non-square axial plane would change the crop's shape
+            chain.append(RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)))
+        chain += [RandScaleIntensityd("image", factors=0.1, prob=0.5),
                   RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
     elif stage == "pretrain":
         chain += [RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=samples, random_size=False),
                   *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]]
+    if task.regions and stage != "pretrain":
+        chain.append(LabelToRegionsd("label", task.regions))
     chain.append(EnsureTyped(keys, dtype=[torch.float32, torch.float32 if task.regions else torch.long][: len(keys)]))
     return Compose(chain)
 

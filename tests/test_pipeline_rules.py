@@ -1,0 +1,161 @@
+"""Each rule of the pipelines pinned on small synthetic data: orientation, spacing, the intensity rules,
+label rounding, crop balance, ROI shapes, and the fixed fold assignment."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from medmae.data.check import check_case
+from medmae.data.loaders import CaseDataset, case_dict
+from medmae.data.manifests import Case, fold_split, load_split
+from medmae.data.transforms import build_transform, intensity_transforms
+from monai.transforms import Compose
+from medmae.errors import DataError
+from medmae.tasks import load_task
+
+
+def msd_set(root, images, labels, affine=None):
+    """An MSD-layout dataset: ``images``/``labels`` are lists of arrays ([x, y, z] or [x, y, z, C])."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    entries = []
+    for k, (image, label) in enumerate(zip(images, labels)):
+        name = f"case_{k:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, np.eye(4) if affine is None else affine), root / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(label, np.eye(4) if affine is None else affine), root / "labelsTr" / name)
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (root / "dataset.json").write_text(json.dumps({"training": entries}))
+    return root
+
+
+def validation_item(task, root):
+    case = load_split(task, root).all_cases()[0]
+    return build_transform(task, "validation")(case_dict(case))
+
+
+def test_orientation_makes_an_lps_copy_identical_to_the_ras_original(demo_root, tmp_path):
+    task = load_task("demo")
+    case = load_split(task, demo_root).all_cases()[0]
+    image, label = nib.load(case.image), nib.load(case.label)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = (np.array(image.shape[:2]) - 1)  # voxel i -> n-1-i
+    lps_affine = image.affine @ flip
+    for source, name in ((image, "i.nii.gz"), (label, "l.nii.gz")):
+        nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[::-1, ::-1], lps_affine), tmp_path / name)
+    assert nib.aff2axcodes(lps_affine) == ("L", "P", "S")
+    transform = build_transform(task, "validation")
+    original = transform(case_dict(case))
+    flipped = transform(case_dict(Case("x", tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")))
+    assert torch.equal(original["image"], flipped["image"]) and torch.equal(original["label"], flipped["label"])
+
+
+def test_spacing_resamples_to_the_task_spacing(demo_root, tmp_path):
+    task = load_task("demo")  # 3 mm
+    case = load_split(task, demo_root).all_cases()[0]
+    for path, name in ((case.image, "i.nii.gz"), (case.label, "l.nii.gz")):
+        source = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(source.dataobj), np.diag([1.5, 1.5, 1.5, 1.0])), tmp_path / name)
+    transform = build_transform(task, "validation")
+    item = transform(case_dict(Case("x", tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")))
+    assert torch.allclose(item["image"].pixdim.float(), torch.tensor([3.0, 3.0, 3.0]))
+    assert item["image"].shape[1:] != transform(case_dict(case))["image"].shape[1:]
+
+
+def test_brain_z_score_uses_the_non_zero_voxels_of_each_channel():
+    grid = np.stack(np.meshgrid(*[np.arange(24)] * 3, indexing="ij"))
+    brain = ((grid - 11.5) ** 2).sum(0) < 10 ** 2  # a ball: its bounding box keeps background corners
+    image = np.zeros((4, 24, 24, 24), np.float32)
+    image[:, brain] = np.random.default_rng(0).normal([[100], [300], [500], [700]], 20, (4, int(brain.sum())))
+    out = Compose(intensity_transforms(load_task("msd_brain")))({"image": torch.from_numpy(image)})["image"]
+    for channel in out:
+        assert torch.equal(channel[torch.from_numpy(~brain)], torch.zeros(int((~brain).sum())))  # background stays 0
+        inside = channel[torch.from_numpy(brain)]
+        assert abs(inside.mean().item()) < 1e-3 and abs(inside.std().item() - 1) < 1e-2
+
+
+def test_percentile_clipping_tames_an_outlier_before_the_z_score(tmp_path):
+    image = np.random.default_rng(0).uniform(0, 100, (30, 40, 30)).astype(np.float32)
+    image[3, 3, 3] = 1.7e6
+    label = np.zeros((30, 40, 30), np.uint8)
+    label[10:20, 10:20, 10:20] = 1
+    out = validation_item(load_task("msd_hippocampus"), msd_set(tmp_path, [image], [label]))["image"]
+    assert out.shape[1:] == (48, 64, 48)
+    assert out.max() < 3 and abs(out[out != 0].std() - 1) < 0.05  # unclipped, the outlier would sit at ~150 sigma
+
+
+def test_histogram_equalisation_spreads_a_dark_x_ray(tmp_path):
+    (tmp_path / "images").mkdir()
+    pixels = (np.random.default_rng(0).beta(1, 6, (64, 64)) * 255).astype(np.uint8)  # mostly dark
+    PILImage.fromarray(pixels).save(tmp_path / "images" / "a.png")
+    (tmp_path / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels,Patient ID\na.png,Mass,1\n")
+    (tmp_path / "train_val_list.txt").write_text("a.png\n")
+    (tmp_path / "test_list.txt").write_text("")
+    out = validation_item(load_task("chestxray14"), tmp_path)["image"]
+    assert out.shape == (1, 224, 224)
+    assert (pixels / 255 < 0.5).mean() > 0.9 and 0.4 < (out < 0.5).float().mean() < 0.6
+
+
+def test_float_labels_are_rounded_or_refused(demo_root, tmp_path):
+    task = load_task("demo")
+    case = load_split(task, demo_root).all_cases()[0]
+    source = nib.load(case.label)
+    nearly = np.asarray(source.dataobj).astype(np.float32) - 2e-7
+    nib.save(nib.Nifti1Image(nearly, source.affine), tmp_path / "near.nii.gz")
+    near = Case("x", case.image, tmp_path / "near.nii.gz")
+    assert check_case(task, near).errors == []
+    assert torch.equal(build_transform(task, "validation")(case_dict(near))["label"],
+                       build_transform(task, "validation")(case_dict(case))["label"])
+    nib.save(nib.Nifti1Image(nearly + 0.5, source.affine), tmp_path / "half.nii.gz")
+    half = Case("y", case.image, tmp_path / "half.nii.gz")
+    assert any("non-integer" in e for e in check_case(task, half).errors)
+    with pytest.raises(DataError, match="half.nii.gz: case y: label holds non-integer"):
+        CaseDataset(task, [half], "validation")[0]
+
+
+def test_affine_tolerance_is_a_thousandth_of_a_millimetre(demo_root, tmp_path):
+    task = load_task("demo")
+    case = load_split(task, demo_root).all_cases()[0]
+    source = nib.load(case.label)
+    for shift, ok in ((1e-4, True), (1e-2, False)):
+        affine = source.affine.copy()
+        affine[0, 3] += shift
+        nib.save(nib.Nifti1Image(np.asarray(source.dataobj), affine), tmp_path / "l.nii.gz")
+        errors = check_case(task, Case("x", case.image, tmp_path / "l.nii.gz")).errors
+        assert (errors == []) == ok, errors
+
+
+def test_train_crops_are_balanced_between_foreground_and_background_centres(tmp_path):
+    """Edema-only brain: positive centres must come from the whole tumour, not from the tumour core."""
+    image = np.zeros((40, 40, 40, 4), np.float32)
+    image[2:38, 2:38, 2:38] = np.random.default_rng(0).normal(100, 10, (36, 36, 36, 4))
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[4:8, 4:8, 4:8] = 1  # a small edema, far from the centre
+    task = load_task("msd_brain")
+    root = msd_set(tmp_path, [image], [label])
+    task = type(task)(**{**task.__dict__, "roi": (16, 16, 16)})
+    items = CaseDataset(task, load_split(task, root).all_cases(), "train", samples=40)[0]
+    with_tumour = sum(bool(item["label"][0].any()) for item in items)
+    assert 10 <= with_tumour <= 36, with_tumour  # about half the crops are centred on tumour
+
+
+def test_train_items_keep_the_roi_shape_of_a_non_cubic_task(tmp_path):
+    rng = np.random.default_rng(0)
+    label = np.zeros((35, 50, 35), np.uint8)
+    label[10:20, 20:30, 10:20] = 1
+    root = msd_set(tmp_path, [rng.uniform(0, 100, (35, 50, 35)).astype(np.float32)], [label])
+    task = load_task("msd_hippocampus")
+    dataset = CaseDataset(task, load_split(task, root).all_cases(), "train", samples=8)
+    shapes = {tuple(item["image"].shape) for _ in range(8) for item in dataset[0]}
+    assert shapes == {(1, 48, 64, 48)}
+
+
+def test_fold_assignment_is_pinned():
+    """Published fold numbers must not change silently (5 folds, sorted ids shuffled with seed 0)."""
+    pool = [Case(f"case_{k:02d}", f"{k}.nii.gz") for k in range(10)]
+    assert [[c.id[-2:] for c in fold_split(pool, k)[1]] for k in range(5)] == [
+        ["04", "07"], ["02", "08"], ["00", "01"], ["05", "09"], ["03", "06"]]
+
