@@ -64,6 +64,26 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    """Score predicted label maps against reference label maps and write the reports."""
+    from pathlib import Path
+
+    from medmae.evaluation.scoring import score_to_folder
+    from medmae.tasks import load_task
+
+    pred = Path(args.pred)
+    output = Path(args.output_dir) if args.output_dir else pred.parent / f"{pred.name}_scores"
+    summary, notes = score_to_folder(load_task(args.task), pred, Path(args.ref), output,
+                                     Path(args.images) if args.images else None, args.hd95_penalty,
+                                     progress=not args.quiet)
+    for note in notes:
+        print(f"note: {note}")
+    shown = summary[["class", "dsc_mean", "hd95_mm_mean", "dsc_undefined", "hd95_mm_undefined"]]
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    print(f"wrote {output / 'per_case.csv'}, {output / 'summary.csv'} and {output / 'figures' / 'best_worst.png'}")
+    return 0
+
+
 def _data_demo(args: argparse.Namespace) -> int:
     from medmae.data.synthetic import write_demo_dataset
 
@@ -106,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions, device, resource folders, tasks and models",
                                epilog="example: medmae info")
     info.set_defaults(handler=_info)
+    score = commands.add_parser("score", help="score segmentations on disk: per-case DSC and HD95 (mm), CSV, figures",
+                                epilog="example: medmae score --task btcv --pred runs/btcv/predictions "
+                                       "--ref BTCV/labelsTr --images BTCV/imagesTr")
+    score.add_argument("--task", required=True, help="the task whose classes are scored")
+    score.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI)")
+    score.add_argument("--ref", required=True, help="folder of reference label maps (NIfTI), matched by case id")
+    score.add_argument("--output-dir", help="where the reports go (default: <pred>_scores beside --pred)")
+    score.add_argument("--images", help="folder of the images, for the figure's background")
+    score.add_argument("--hd95-penalty", type=float, metavar="MM",
+                       help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default undefined")
+    score.add_argument("--quiet", action="store_true", help="no progress bar")
+    score.set_defaults(handler=_score)
     data = commands.add_parser("data", help="check datasets, generate the demo set")
     data.set_defaults(handler=None, usage_of=data)
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")

@@ -38,6 +38,7 @@ class TaskSpec:
     orientation: str | None = None
     spacing: tuple[float, ...] | None = None
     crop_foreground: bool = False
+    mean_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     validation_fraction: float = 0.2
     validation_seed: int = 0
 
@@ -112,7 +113,8 @@ def _problems(raw: dict[str, Any]) -> list[str]:
         if not ok:
             problems.append(problem)
 
-    known = set(REQUIRED) | {"labels", "regions", "findings", "orientation", "spacing", "crop_foreground", "validation"}
+    known = set(REQUIRED) | {"labels", "regions", "findings", "orientation", "spacing", "crop_foreground", "validation",
+                             "mean_groups"}
     expect(not set(raw) - known, f"unknown keys {sorted(set(raw) - known)}")
     expect(all(isinstance(raw[k], str) and raw[k] for k in ("name", "title", "manifest")), "name, title and manifest must be text")
     expect(dims in (2, 3), f"spatial_dims must be 2 or 3, not {dims!r}")
@@ -138,6 +140,10 @@ def _problems(raw: dict[str, Any]) -> list[str]:
     valid_regions = isinstance(regions, dict) and all(
         isinstance(v, list) and v and all(isinstance(x, int) and 0 < x < len(labels or ()) for x in v) for v in regions.values())
     expect(valid_regions, "regions must map names to lists of foreground label values")
+    groups = raw.get("mean_groups") or {}
+    names = set(labels or ()) | set(regions if isinstance(regions, dict) else ())
+    expect(isinstance(groups, dict) and all(_strings(v) and set(v) <= names for v in groups.values()),
+           "mean_groups must map names to lists of the task's class names")
     validation = raw.get("validation") or {}
     expect(isinstance(validation, dict) and isinstance(validation.get("fraction", 0.2), (int, float))
            and 0 < validation.get("fraction", 0.2) < 1 and isinstance(validation.get("seed", 0), int),
@@ -161,5 +167,6 @@ def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:
                     findings=tuple(raw.get("findings") or ()), orientation=raw.get("orientation"),
                     spacing=tuple(raw["spacing"]) if raw.get("spacing") else None,
                     crop_foreground=bool(raw.get("crop_foreground", False)),
+                    mean_groups={k: tuple(v) for k, v in (raw.get("mean_groups") or {}).items()},
                     validation_fraction=float(validation.get("fraction", 0.2)),
                     validation_seed=int(validation.get("seed", 0)))

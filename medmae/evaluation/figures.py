@@ -8,7 +8,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+
+def _save(fig, path: str | Path, title: str = "") -> Path:
+    """Title, lay out, write the PNG (folders created) and free the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def middle_slice(volume: torch.Tensor) -> torch.Tensor:
@@ -28,8 +41,6 @@ def save_reconstruction_figure(path: str | Path, original: torch.Tensor, images:
 
     Each row shares the grey scale of its input (1st to 99th percentile).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = {"input": original, **images}
     rows = min(max_rows, original.shape[0])
     fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows), squeeze=False)
@@ -42,9 +53,57 @@ def save_reconstruction_figure(path: str | Path, original: torch.Tensor, images:
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(name, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
+
+
+def largest_reference_slice(reference: np.ndarray) -> int:
+    """Index along the last axis of the slice with the most reference foreground."""
+    return int(np.argmax((reference > 0).reshape(-1, reference.shape[-1]).sum(0)))
+
+
+def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A 3D array reoriented so that its axes run to the patient's right, anterior and superior."""
+    import nibabel as nib
+
+    return nib.orientations.apply_orientation(array, nib.orientations.io_orientation(affine))
+
+
+def save_case_sheet(path: str | Path, rows: list[dict], classes: int, title: str = "") -> Path:
+    """One row per case: image, reference and prediction on the axial slice of largest reference area,
+    in radiological view (the patient's right on the left, anterior up).
+
+    Args:
+        rows: dicts with ``case_id``, ``dsc`` (the case's mean foreground DSC), ``reference`` and
+            ``prediction`` label maps ``[*S]`` and optionally ``image`` ``[*S]``, all on one RAS grid
+            (see :func:`to_ras`).
+        classes: the number of label values (colours), background included.
+    """
+    colours = matplotlib.colors.ListedColormap(
+        [(0, 0, 0, 0)] + [plt.get_cmap("tab10")(k % 10) for k in range(classes - 1)])
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+    for axes_row, row in zip(axes, rows):
+        z = largest_reference_slice(row["reference"])
+        background = row.get("image")
+        background = np.zeros(row["reference"].shape[:-1]) if background is None else background[..., z]
+        low, high = np.percentile(background, [1, 99])
+        for ax, name in zip(axes_row, ("image", "reference", "prediction")):
+            ax.imshow(background.T, cmap="gray", origin="lower", vmin=low, vmax=high)
+            if name != "image":
+                ax.imshow(row[name][..., z].T, cmap=colours, vmin=0, vmax=classes - 1, origin="lower",
+                          alpha=0.55, interpolation="nearest")
+            ax.invert_xaxis()  # radiological view: the patient's right on the left
+            ax.set_axis_off()
+            ax.set_title(f"{row['case_id']} (mean DSC {row['dsc']:.3f}, slice {z})\n{name}" if name == "image" else name,
+                         fontsize=8)
+    return _save(fig, path, title)
+
+
+def save_roc_figure(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Path:
+    """ROC curves, one per finding: ``{finding: (fpr, tpr, auc)}``."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for finding, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, lw=1.2, label=f"{finding} ({auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

@@ -1,0 +1,99 @@
+"""Reports: ``per_case.csv`` and ``summary.csv`` for segmentation, ``per_image.csv`` and
+``per_finding.csv`` for classification. Files are written whole or not at all (temporary file, rename)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medmae.evaluation.metrics import MaskScore
+from medmae.tasks import TaskSpec
+
+PER_CASE_COLUMNS = ["case_id", "class", "dsc", "hd95_mm", "tp", "fp", "fn", "n_ref", "n_pred", "spacing",
+                    "empty", "hd95_penalised"]
+
+
+def empty_rule(penalty_mm: float | None) -> str:
+    one_side = f"HD95 set to the penalty of {penalty_mm} mm" if penalty_mm is not None else "HD95 undefined"
+    return ("empty masks: both empty -> DSC and HD95 undefined, left out of means; one side empty -> DSC 0 "
+            f"and {one_side} (column 'empty' says which side, 'hd95_penalised' whether the penalty was used)")
+
+
+def segmentation_classes(task: TaskSpec) -> dict[str, tuple[int, ...]]:
+    """Scored classes: the task's regions, or each foreground label."""
+    return dict(task.regions) or {name: (value,) for value, name in enumerate(task.labels) if value}
+
+
+def per_case_row(case_id: str, class_name: str, score: MaskScore, spacing: Sequence[float]) -> dict:
+    return {"case_id": case_id, "class": class_name, "dsc": score.dsc, "hd95_mm": score.hd95_mm, "tp": score.tp,
+            "fp": score.fp, "fn": score.fn, "n_ref": score.n_ref, "n_pred": score.n_pred,
+            "spacing": "x".join(f"{s:g}" for s in spacing), "empty": score.empty,
+            "hd95_penalised": score.hd95_penalised}
+
+
+def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
+    """Per class: mean, std (ddof 1), median and undefined count of DSC and HD95 over cases; then the
+    foreground mean (the mean of the class means) and the task's named groups (BTCV's 8-organ mean)."""
+    rows = []
+    for name in segmentation_classes(task):
+        part = per_case[per_case["class"] == name]
+        row = {"class": name, "cases": len(part)}
+        for metric in ("dsc", "hd95_mm"):
+            values = part[metric].dropna()
+            row |= {f"{metric}_mean": values.mean(), f"{metric}_std": values.std(), f"{metric}_median": values.median(),
+                    f"{metric}_undefined": int(part[metric].isna().sum())}
+        row["hd95_penalised"] = int(part["hd95_penalised"].sum())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    groups = {"foreground mean": list(table["class"]), **{k: list(v) for k, v in task.mean_groups.items()}}
+    for group, members in groups.items():
+        chosen = table[table["class"].isin(members)]
+        rows.append({"class": group, "dsc_mean": chosen["dsc_mean"].mean(), "hd95_mm_mean": chosen["hd95_mm_mean"].mean()})
+    counts = ["cases", "dsc_undefined", "hd95_mm_undefined", "hd95_penalised"]
+    return pd.DataFrame(rows).astype({column: "Int64" for column in counts})
+
+
+def write_csv(table: pd.DataFrame, path: Path, comments: Sequence[str] = ()) -> Path:
+    """Write ``table`` (after ``# `` comment lines) to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.writelines(f"# {line}\n" for line in comments)
+            table.to_csv(handle, index=False, float_format="%.6g")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_classification_report(output_dir: Path, image_ids: Sequence[str], probabilities: np.ndarray,
+                                targets: np.ndarray, findings: Sequence[str]) -> tuple[pd.DataFrame, float, list[str]]:
+    """``per_image.csv`` (one probability column per finding), ``per_finding.csv`` (AUC with positive and
+    negative counts; comment lines give the macro mean and the findings left out of it) and
+    ``figures/roc.png``. Returns the per-finding table, the macro AUC and the undefined findings.
+
+    Args:
+        probabilities, targets: ``[N, F]``.
+    """
+    from medmae.evaluation.classification import macro_auc, per_finding_auc, roc_curve
+    from medmae.evaluation.figures import save_roc_figure
+
+    table = per_finding_auc(probabilities, targets, findings)
+    per_image = pd.DataFrame(probabilities, columns=list(findings))
+    per_image.insert(0, "image_id", list(image_ids))
+    write_csv(per_image, output_dir / "per_image.csv")
+    mean, undefined = macro_auc(table)
+    notes = [f"macro AUC {mean:.4f} over {int(table['defined'].sum())} findings with both classes present",
+             f"undefined (one class absent, left out of the mean): {', '.join(undefined) or 'none'}"]
+    write_csv(table, output_dir / "per_finding.csv", notes)
+    curves = {finding: (*roc_curve(probabilities[:, k], targets[:, k]), table.loc[k, "auc"])
+              for k, finding in enumerate(findings) if table.loc[k, "defined"]}
+    save_roc_figure(output_dir / "figures" / "roc.png", curves, title=f"ROC, macro AUC {mean:.3f}")
+    return table, mean, undefined
