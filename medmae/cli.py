@@ -71,16 +71,16 @@ def _score(args: argparse.Namespace) -> int:
     from medmae.evaluation.scoring import score_to_folder
     from medmae.tasks import load_task
 
-    pred = Path(args.pred)
+    pred = Path(args.pred).resolve()
     output = Path(args.output_dir) if args.output_dir else pred.parent / f"{pred.name}_scores"
-    summary, notes = score_to_folder(load_task(args.task), pred, Path(args.ref), output,
-                                     Path(args.images) if args.images else None, args.hd95_penalty,
-                                     progress=not args.quiet)
+    summary, notes, written = score_to_folder(load_task(args.task), pred, Path(args.ref), output,
+                                              Path(args.images) if args.images else None, args.hd95_penalty,
+                                              progress=not args.quiet)
     for note in notes:
         print(f"note: {note}")
     shown = summary[["class", "dsc_mean", "hd95_mm_mean", "dsc_undefined", "hd95_mm_undefined"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
-    print(f"wrote {output / 'per_case.csv'}, {output / 'summary.csv'} and {output / 'figures' / 'best_worst.png'}")
+    print("wrote " + ", ".join(str(path) for path in written))
     return 0
 
 
@@ -117,6 +117,13 @@ def _at_least(minimum: int):
     return parse
 
 
+def _distance_mm(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite distance in mm, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medmae", description="Masked-autoencoder self-pretraining for medical images.")
     parser.add_argument("--version", action="version", version=f"medmae {medmae.__version__}")
@@ -134,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--ref", required=True, help="folder of reference label maps (NIfTI), matched by case id")
     score.add_argument("--output-dir", help="where the reports go (default: <pred>_scores beside --pred)")
     score.add_argument("--images", help="folder of the images, for the figure's background")
-    score.add_argument("--hd95-penalty", type=float, metavar="MM",
+    score.add_argument("--hd95-penalty", type=_distance_mm, metavar="MM",
                        help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default undefined")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=_score)

@@ -141,9 +141,9 @@ def _problems(raw: dict[str, Any]) -> list[str]:
         isinstance(v, list) and v and all(isinstance(x, int) and 0 < x < len(labels or ()) for x in v) for v in regions.values())
     expect(valid_regions, "regions must map names to lists of foreground label values")
     groups = raw.get("mean_groups") or {}
-    names = set(labels or ()) | set(regions if isinstance(regions, dict) else ())
-    expect(isinstance(groups, dict) and all(_strings(v) and set(v) <= names for v in groups.values()),
-           "mean_groups must map names to lists of the task's class names")
+    scored = set(regions) if isinstance(regions, dict) and regions else set((labels or [None])[1:])
+    expect(isinstance(groups, dict) and all(_strings(v) and set(v) <= scored for v in groups.values()),
+           "mean_groups must map names to lists of the task's scored classes (its regions, or its foreground labels)")
     validation = raw.get("validation") or {}
     expect(isinstance(validation, dict) and isinstance(validation.get("fraction", 0.2), (int, float))
            and 0 < validation.get("fraction", 0.2) < 1 and isinstance(validation.get("seed", 0), int),

@@ -43,3 +43,17 @@ def test_a_finding_without_positives_is_undefined_and_left_out(tmp_path):
     assert "# macro AUC" in text and "over 2 findings" in text and "left out of the mean): Hernia" in text
     assert pd.read_csv(tmp_path / "per_finding.csv", comment="#")["finding"].tolist() == ["Mass", "Hernia", "Edema"]
     assert (tmp_path / "figures" / "roc.png").stat().st_size > 10_000
+
+
+def test_report_keeps_each_probability_and_refuses_bad_inputs(tmp_path):
+    rng = np.random.default_rng(1)
+    probabilities, targets = rng.random((7, 2)), np.array([[0, 1], [1, 0]] * 3 + [[1, 1]])
+    write_classification_report(tmp_path, list("abcdefg"), probabilities, targets, ["Mass", "Edema"])
+    per_image = pd.read_csv(tmp_path / "per_image.csv")
+    assert per_image["image_id"].tolist() == list("abcdefg")
+    assert np.allclose(per_image[["Mass", "Edema"]].to_numpy(), probabilities, atol=1e-6)
+    with pytest.raises(ValueError, match="targets must be 0 or 1"):
+        per_finding_auc(probabilities, np.where(targets == 0, -1, targets), ["Mass", "Edema"])
+    probabilities[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite scores for findings \['Edema'\]"):
+        per_finding_auc(probabilities, targets, ["Mass", "Edema"])

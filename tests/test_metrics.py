@@ -125,3 +125,20 @@ def test_summary_means_skip_undefined_and_count_them():
     assert summary.loc["spleen", "dsc_undefined"] == 3 and np.isnan(summary.loc["spleen", "dsc_mean"])
     assert summary.loc["foreground mean", "dsc_mean"] == pytest.approx(0.8)  # spleen has no mean to count
     assert summary.loc["eight_organ_mean", "dsc_mean"] == pytest.approx(0.8)
+
+
+def test_summary_median_class_means_and_group_coverage():
+    task = load_task("btcv")
+    rows = [{"case_id": c, "class": "liver", "dsc": d, "hd95_mm": 1.0, "hd95_penalised": False}
+            for c, d in (("a", 0.9), ("b", 0.8), ("c", 0.1))]
+    rows += [{"case_id": "a", "class": "spleen", "dsc": 0.5, "hd95_mm": 3.0, "hd95_penalised": False}]
+    summary = summarise(pd.DataFrame(rows), task).set_index("class")
+    assert summary.loc["liver", "dsc_median"] == pytest.approx(0.8) and summary.loc["liver", "dsc_mean"] == pytest.approx(0.6)
+    assert summary.loc["foreground mean", "dsc_mean"] == pytest.approx((0.6 + 0.5) / 2)  # class means, not pooled
+    assert summary.loc["eight_organ_mean", "classes"] == "2 of 8"
+    assert summary.loc["foreground mean", "classes"] == "2 of 13"
+
+
+def test_btcv_eight_organ_group_is_the_literature_one():
+    assert load_task("btcv").mean_groups == {"eight_organ_mean": (
+        "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas")}

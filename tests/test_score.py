@@ -98,3 +98,94 @@ def test_files_match_by_id_or_by_their_final_number(tmp_path):
              "img0002": tmp_path / "p/img0002.nii.gz", "case_a": tmp_path / "p/case_a.nii.gz"}
     assert pair_files(refs, preds) == {"label0002": preds["label0002"], "case_a": preds["case_a"],
                                        "label0001": preds["img0001"]}
+    # numbers are compared as text, and must be unique on both sides
+    assert pair_files({"case_10": "r"}, {"pred_010": "p"}) == {}
+    assert pair_files({"label7": "r"}, {"a7": "p1", "b7": "p2"}) == {}
+    assert pair_files({"x7": "r1", "y7": "r2"}, {"a7": "p"}) == {}
+
+
+def test_prediction_shape_orientation_and_image_problems_exit_2(capsys, demo_root, tmp_path):
+    refs = demo_root / "labelsTr"
+    shutil.copytree(refs, tmp_path / "pred")
+    label = np.asarray(nib.load(refs / "label0001.nii.gz").dataobj)
+    resave(tmp_path / "pred" / "label0001.nii.gz", array=np.stack([label == k for k in range(5)], -1).astype(np.uint8))
+    flipped = nib.load(refs / "label0002.nii.gz")
+    lps = flipped.affine @ np.diag([-1.0, -1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(np.asarray(flipped.dataobj), lps), tmp_path / "pred" / "label0002.nii.gz")
+    shifted = nib.load(refs / "label0003.nii.gz").affine.copy()
+    shifted[:3, 3] += 0.01  # 10 micrometres: more than the 1e-3 mm tolerance
+    resave(tmp_path / "pred" / "label0003.nii.gz", affine=shifted)
+    code, out = score(capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs, "--images", tmp_path / "pred")
+    assert code == 2
+    assert "label0001: prediction shape (64, 64, 48, 5) is not a 3D label map with one channel" in out
+    assert "label0002: prediction axes run LPS, the reference's RAS" in out
+    assert "label0003: prediction affine differs from the reference affine by up to 0.01 mm" in out
+    assert not (tmp_path / "pred_scores").exists()
+    (tmp_path / "pred" / "label0001.nii.gz.bak").write_text("ignored")
+    shutil.copy(refs / "label0004.nii.gz", tmp_path / "pred" / "label0004.nii")
+    code, out = score(capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs)
+    assert code == 2 and "two files for case label0004: label0004.nii and label0004.nii.gz" in out
+
+
+def test_every_case_with_bad_values_is_named_and_nothing_written(capsys, demo_root, tmp_path):
+    shutil.copytree(demo_root / "labelsTr", tmp_path / "pred")
+    shutil.copytree(demo_root / "labelsTr", tmp_path / "ref")
+    resave(tmp_path / "pred" / "label0001.nii.gz", array=np.full((64, 64, 48), 7, np.uint8))
+    resave(tmp_path / "ref" / "label0003.nii.gz", array=np.full((64, 64, 48), 9, np.uint8))
+    code, out = score(capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref")
+    assert code == 2 and "label0001.nii.gz: case label0001: label values [7]" in out
+    assert "ref/label0003.nii.gz: case label0003: label values [9]" in out
+    assert not (tmp_path / "pred_scores").exists()
+
+
+def brain_set(root, labels):
+    root.mkdir()
+    for k, label in enumerate(labels):
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), np.eye(4)), root / f"BRATS_{k:03d}.nii.gz")
+    return root
+
+
+def test_msd_brain_scores_the_three_regions(capsys, tmp_path):
+    ref = np.zeros((20, 20, 12), np.uint8)
+    ref[4:16, 4:16, 2:10] = 1   # edema
+    ref[7:13, 7:13, 4:8] = 2    # non-enhancing core
+    ref[9:11, 9:11, 5:7] = 3    # enhancing
+    pred = np.where(ref == 2, 1, ref)  # the core called edema: whole tumour still perfect
+    brain_set(tmp_path / "ref", [ref])
+    brain_set(tmp_path / "pred", [pred])
+    code, out = score(capsys, "--task", "msd_brain", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref",
+                      "--output-dir", tmp_path / "out")
+    assert code == 0, out
+    per_case = pd.read_csv(tmp_path / "out" / "per_case.csv").set_index("class")
+    assert per_case.index.tolist() == ["whole_tumour", "tumour_core", "enhancing_tumour"]
+    assert per_case.loc["whole_tumour", "dsc"] == 1.0 and per_case.loc["enhancing_tumour", "dsc"] == 1.0
+    core = (ref >= 2).sum()
+    assert per_case.loc["tumour_core", "dsc"] == pytest.approx(2 * 8 / (core + 8), rel=1e-5)  # CSV: 6 digits; only ET left
+
+
+def test_default_output_folder_and_figure_rows(capsys, demo_root, tmp_path, monkeypatch):
+    shutil.copytree(demo_root / "labelsTr", tmp_path / "pred")
+    monkeypatch.chdir(tmp_path / "pred")
+    code, out = score(capsys, "--task", "demo", "--pred", ".", "--ref", demo_root / "labelsTr")
+    assert code == 0 and (tmp_path / "pred_scores" / "summary.csv").is_file()
+    assert "best_worst.png" in out
+
+
+def test_sheet_shows_the_best_and_worst_cases_on_their_largest_slice(tmp_path):
+    from medmae.evaluation.figures import largest_reference_slice, to_ras
+    from medmae.evaluation.scoring import _sheet_rows
+
+    reference = np.zeros((4, 4, 6), np.uint8)
+    reference[1:3, 1:3, 4], reference[1, 1, 1] = 2, 1
+    assert largest_reference_slice(reference) == 4
+    volume = np.arange(24).reshape(2, 3, 4)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    assert np.array_equal(to_ras(volume, lps), volume[::-1, ::-1, :]) and np.array_equal(to_ras(volume, np.eye(4)), volume)
+    label = np.zeros((6, 6, 4), np.uint8)
+    label[2:4, 2:4, 1:3] = 1
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "ref.nii.gz")
+    dsc = {f"c{k}": v for k, v in enumerate([0.9, 0.1, 0.5, 0.8, 0.3, 0.7, 0.2, 0.6])}
+    per_case = pd.DataFrame({"case_id": list(dsc), "dsc": list(dsc.values())})
+    pairs = {case: (tmp_path / "ref.nii.gz", tmp_path / "ref.nii.gz") for case in dsc}
+    rows = _sheet_rows(per_case, pairs, {})
+    assert [row["case_id"] for row in rows] == ["c0", "c3", "c5", "c4", "c6", "c1"]  # 3 best, then 3 worst

@@ -68,3 +68,10 @@ def test_regions_must_name_foreground_labels(tmp_path):
     path.write_text(load_task("demo").path.read_text() + "regions: {a: 1}\n")
     with pytest.raises(TaskError, match="regions must map names to lists of foreground label values"):
         load_task(path)
+
+
+def test_mean_groups_must_name_scored_classes(tmp_path):
+    path = tmp_path / "task.yaml"
+    path.write_text(load_task("demo").path.read_text() + "mean_groups: {organs: [liver, background]}\n")
+    with pytest.raises(TaskError, match="mean_groups must map names to lists of the task's scored classes"):
+        load_task(path)

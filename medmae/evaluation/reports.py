@@ -53,7 +53,9 @@ def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
     groups = {"foreground mean": list(table["class"]), **{k: list(v) for k, v in task.mean_groups.items()}}
     for group, members in groups.items():
         chosen = table[table["class"].isin(members)]
-        rows.append({"class": group, "dsc_mean": chosen["dsc_mean"].mean(), "hd95_mm_mean": chosen["hd95_mm_mean"].mean()})
+        defined = int(chosen["dsc_mean"].notna().sum())
+        rows.append({"class": group, "dsc_mean": chosen["dsc_mean"].mean(), "hd95_mm_mean": chosen["hd95_mm_mean"].mean(),
+                     "classes": f"{defined} of {len(members)}"})
     counts = ["cases", "dsc_undefined", "hd95_mm_undefined", "hd95_penalised"]
     return pd.DataFrame(rows).astype({column: "Int64" for column in counts})
 

@@ -25,11 +25,16 @@ from medmae.tasks import TaskSpec
 
 
 def nifti_files(folder: Path) -> dict[str, Path]:
-    """Case id -> NIfTI file of ``folder`` (hidden files such as macOS ``._*`` are ignored)."""
+    """Case id -> NIfTI file of ``folder`` (hidden files such as macOS ``._*`` are ignored); two files
+    of one case id (``a.nii`` and ``a.nii.gz``) are an error."""
     if not folder.is_dir():
         raise DataError(folder, "no such folder")
-    files = {case_id(p): p for p in sorted(folder.iterdir())
-             if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith(".")}
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith((".nii", ".nii.gz")) and not path.name.startswith("."):
+            if case_id(path) in files:
+                raise DataError(folder, f"two files for case {case_id(path)}: {files[case_id(path)].name} and {path.name}")
+            files[case_id(path)] = path
     if not files:
         raise DataError(folder, "holds no .nii or .nii.gz files")
     return files
@@ -55,38 +60,64 @@ def pair_files(references: dict[str, Path], others: dict[str, Path]) -> dict[str
     return pairs
 
 
-def _grid_problem(pred: Path, ref: Path) -> str | None:
+def _spatial_shape(image: nib.Nifti1Image, dims: int) -> tuple[int, ...] | str:
+    """The shape of a single-channel label map, or the problem (a trailing axis of length 1 is allowed)."""
+    shape = image.shape
+    if len(shape) == dims + 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape if len(shape) == dims else f"shape {image.shape} is not a {dims}D label map with one channel"
+
+
+def _grid_problem(task: TaskSpec, pred: Path, ref: Path, what: str = "prediction") -> str | None:
+    """Why ``pred`` (a prediction or an image) does not share the reference's grid, if it does not."""
     try:
         p, r = nib.load(pred), nib.load(ref)
     except Exception as error:  # nibabel raises many types for broken headers
         return f"unreadable NIfTI header ({type(error).__name__}: {error})"
-    if p.shape[:3] != r.shape[:3]:
-        return f"prediction shape {p.shape} differs from reference shape {r.shape}"
+    for name, image in ((what, p), ("reference", r)):
+        shape = _spatial_shape(image, task.spatial_dims)
+        if isinstance(shape, str) and (what == "prediction" or name == "reference"):
+            return f"{name} {shape}"
+    if p.shape[:task.spatial_dims] != r.shape[:task.spatial_dims]:
+        return f"{what} shape {p.shape} differs from reference shape {r.shape}"
+    if nib.aff2axcodes(p.affine) != nib.aff2axcodes(r.affine):
+        return (f"{what} axes run {''.join(nib.aff2axcodes(p.affine))}, the reference's "
+                f"{''.join(nib.aff2axcodes(r.affine))}: save it in the reference's orientation")
     if not np.allclose(p.affine, r.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-        return f"prediction affine differs from the reference affine by up to {np.abs(p.affine - r.affine).max():.4g} mm"
+        return f"{what} affine differs from the reference affine by up to {np.abs(p.affine - r.affine).max():.4g} mm"
     return None
 
 
-def match_and_check(task: TaskSpec, pred_dir: Path, ref_dir: Path) -> tuple[dict[str, tuple[Path, Path]], list[str]]:
-    """Pairs (prediction, reference) per case id and notes; every missing prediction or grid mismatch
-    is collected and raised together as a :class:`UserError` naming the cases, before anything is scored."""
-    references, predictions = nifti_files(ref_dir), nifti_files(pred_dir)
-    matched = pair_files(references, predictions)
-    problems = [f"{case}: no prediction in {pred_dir}" for case in references if case not in matched]
-    problems += [f"{case}: {problem} ({matched[case]} vs {references[case]})" for case in sorted(matched)
-                 if (problem := _grid_problem(matched[case], references[case]))]
+def _refuse(task: TaskSpec, problems: list[str]) -> None:
     if problems:
         raise UserError(f"cannot score task {task.name}:\n  " + "\n  ".join(problems))
+
+
+def match_and_check(task: TaskSpec, pred_dir: Path, ref_dir: Path,
+                    image_dir: Path | None = None) -> tuple[dict[str, tuple[Path, Path]], dict[str, Path], list[str]]:
+    """Pairs (prediction, reference) and images per case id, and notes. Every missing prediction or image
+    and every grid mismatch is collected and raised together as a :class:`UserError` naming the cases,
+    before anything is scored."""
+    references, predictions = nifti_files(ref_dir), nifti_files(pred_dir)
+    matched = pair_files(references, predictions)
+    images = pair_files(references, nifti_files(image_dir)) if image_dir else {}
+    problems = [f"{case}: no prediction in {pred_dir}" for case in references if case not in matched]
+    problems += [f"{case}: no image in {image_dir}" for case in references if image_dir and case not in images]
+    for case in sorted(matched):
+        for what, path in (("prediction", matched[case]), ("image", images.get(case))):
+            if path and (problem := _grid_problem(task, path, references[case], what)):
+                problems.append(f"{case}: {problem} ({path} vs {references[case]})")
+    _refuse(task, problems)
     unused = sorted(set(predictions.values()) - set(matched.values()))
     notes = [f"{len(unused)} predictions have no reference and are not scored: "
              + ", ".join(p.name for p in unused[:5])] if unused else []
-    return {case: (matched[case], references[case]) for case in sorted(matched)}, notes
+    return {case: (matched[case], references[case]) for case in sorted(matched)}, images, notes
 
 
 def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penalty_mm: float | None) -> list[dict]:
     """Rows of ``per_case.csv`` for one case: one per class, on the reference's voxel spacing."""
     pred, ref = read_image(pred_path), read_image(ref_path)
-    pred_labels, ref_labels = integer_labels(pred)[0], integer_labels(ref)[0]
+    pred_labels, ref_labels = integer_labels(pred)[0], integer_labels(ref)[0]  # one channel: checked with the grid
     for image, labels in ((pred, pred_labels), (ref, ref_labels)):
         outside = sorted(set(np.unique(labels).tolist()) - set(task.label_values))
         if outside:
@@ -98,13 +129,19 @@ def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penal
 
 
 def score_directories(task: TaskSpec, pred_dir: Path, ref_dir: Path, penalty_mm: float | None = None,
-                      progress: bool = True) -> tuple[pd.DataFrame, list[str], dict[str, tuple[Path, Path]]]:
-    """``per_case`` table (one row per case and class), notes, and the scored pairs."""
-    pairs, notes = match_and_check(task, pred_dir, ref_dir)
-    rows = []
+                      progress: bool = True, image_dir: Path | None = None
+                      ) -> tuple[pd.DataFrame, list[str], dict[str, tuple[Path, Path]], dict[str, Path]]:
+    """``per_case`` table (one row per case and class), notes, the scored pairs and the images. Cases
+    whose files cannot be scored (unreadable, values outside the task's labels) are all named together."""
+    pairs, images, notes = match_and_check(task, pred_dir, ref_dir, image_dir)
+    rows, problems = [], []
     for case, (pred, ref) in tqdm(pairs.items(), desc=f"scoring {task.name}", unit="case", disable=not progress):
-        rows += score_pair(task, case, pred, ref, penalty_mm)
-    return pd.DataFrame(rows), notes, pairs
+        try:
+            rows += score_pair(task, case, pred, ref, penalty_mm)
+        except DataError as error:
+            problems.append(str(error))
+    _refuse(task, problems)
+    return pd.DataFrame(rows), notes, pairs, images
 
 
 def _sheet_rows(per_case: pd.DataFrame, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path],
@@ -125,23 +162,23 @@ def _sheet_rows(per_case: pd.DataFrame, pairs: dict[str, tuple[Path, Path]], ima
 
 
 def score_to_folder(task: TaskSpec, pred_dir: Path, ref_dir: Path, output_dir: Path, image_dir: Path | None = None,
-                    penalty_mm: float | None = None, progress: bool = True) -> tuple[pd.DataFrame, list[str]]:
+                    penalty_mm: float | None = None, progress: bool = True) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """Score, then write ``per_case.csv``, ``summary.csv`` and ``figures/best_worst.png`` into ``output_dir``.
 
-    Returns the summary table and the notes (also written as comment lines of ``summary.csv``).
+    Returns the summary table, the notes (also written as comment lines of ``summary.csv``) and the files
+    written (no figure when no case has a defined DSC).
     """
 
     if task.is_classification:
         raise UserError(f"medmae score scores segmentations; task {task.name} is a classification task")
-    per_case, notes, pairs = score_directories(task, pred_dir, ref_dir, penalty_mm, progress)
+    per_case, notes, pairs, images = score_directories(task, pred_dir, ref_dir, penalty_mm, progress, image_dir)
     summary = summarise(per_case, task)
     notes = [f"task {task.name}: {len(pairs)} cases, predictions {pred_dir}, references {ref_dir}",
-             empty_rule(penalty_mm), "std: sample standard deviation over cases (ddof 1)", *notes]
-    write_csv(per_case, output_dir / "per_case.csv")
-    write_csv(summary, output_dir / "summary.csv", notes)
-    images = pair_files(nifti_files(ref_dir), nifti_files(image_dir)) if image_dir else {}
+             empty_rule(penalty_mm), "std: sample standard deviation over cases (ddof 1)",
+             "group rows: the mean of the class means that are defined ('classes' says how many)", *notes]
+    written = [write_csv(per_case, output_dir / "per_case.csv"), write_csv(summary, output_dir / "summary.csv", notes)]
     rows = _sheet_rows(per_case, pairs, images)
     if rows:
-        save_case_sheet(output_dir / "figures" / "best_worst.png", rows, len(task.labels),
-                        title=f"{task.name}: best and worst cases by mean foreground DSC")
-    return summary, notes
+        written.append(save_case_sheet(output_dir / "figures" / "best_worst.png", rows, len(task.labels),
+                                       title=f"{task.name}: best and worst cases by mean foreground DSC"))
+    return summary, notes, written
