@@ -68,23 +68,25 @@ def _spatial_shape(image: nib.Nifti1Image, dims: int) -> tuple[int, ...] | str:
     return shape if len(shape) == dims else f"shape {image.shape} is not a {dims}D label map with one channel"
 
 
-def _grid_problem(task: TaskSpec, pred: Path, ref: Path, what: str = "prediction") -> str | None:
-    """Why ``pred`` (a prediction or an image) does not share the reference's grid, if it does not."""
+def _grid_problem(task: TaskSpec, other: Path, ref: Path, what: str = "prediction") -> str | None:
+    """Why ``other`` (a prediction, or an image for the figure) does not share the reference's grid.
+    The reference and a prediction must be single-channel label maps; an image may have channels."""
     try:
-        p, r = nib.load(pred), nib.load(ref)
+        o, r = nib.load(other), nib.load(ref)
     except Exception as error:  # nibabel raises many types for broken headers
         return f"unreadable NIfTI header ({type(error).__name__}: {error})"
-    for name, image in ((what, p), ("reference", r)):
+    label_maps = [("reference", r)] + ([(what, o)] if what == "prediction" else [])
+    for name, image in label_maps:
         shape = _spatial_shape(image, task.spatial_dims)
-        if isinstance(shape, str) and (what == "prediction" or name == "reference"):
+        if isinstance(shape, str):
             return f"{name} {shape}"
-    if p.shape[:task.spatial_dims] != r.shape[:task.spatial_dims]:
-        return f"{what} shape {p.shape} differs from reference shape {r.shape}"
-    if nib.aff2axcodes(p.affine) != nib.aff2axcodes(r.affine):
-        return (f"{what} axes run {''.join(nib.aff2axcodes(p.affine))}, the reference's "
+    if o.shape[:task.spatial_dims] != r.shape[:task.spatial_dims]:
+        return f"{what} shape {o.shape} differs from reference shape {r.shape}"
+    if nib.aff2axcodes(o.affine) != nib.aff2axcodes(r.affine):
+        return (f"{what} axes run {''.join(nib.aff2axcodes(o.affine))}, the reference's "
                 f"{''.join(nib.aff2axcodes(r.affine))}: save it in the reference's orientation")
-    if not np.allclose(p.affine, r.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-        return f"{what} affine differs from the reference affine by up to {np.abs(p.affine - r.affine).max():.4g} mm"
+    if not np.allclose(o.affine, r.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        return f"{what} affine differs from the reference affine by up to {np.abs(o.affine - r.affine).max():.4g} mm"
     return None
 
 
