@@ -93,6 +93,94 @@ def _data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request(args: argparse.Namespace):
+    from medmae.engine.common import RunRequest
+
+    return RunRequest(task=args.task, data_root=args.data_root, manifest=args.manifest, split=args.split,
+                      config_file=args.config, overrides=args.set, output_dir=args.output_dir, resume=args.resume,
+                      pretrained=getattr(args, "pretrained", None), label_fraction=getattr(args, "label_fraction", None))
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from medmae.engine import pretrain
+
+    request = _request(args)
+    pretrain.run(request)
+    print(f"pretraining finished; checkpoints in {_output(request, 'pretrain')}/checkpoints")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from medmae.engine import finetune
+
+    request = _request(args)
+    finetune.run(request)
+    print(f"fine-tuning finished; the best validation checkpoint is {_output(request, 'finetune')}/checkpoints/best.pt")
+    return 0
+
+
+def _output(request, stage: str) -> str:
+    from medmae.tasks import load_task
+
+    return request.output_dir or f"runs/{load_task(request.task).name}_{stage}"
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from medmae.engine.evaluate import evaluate
+
+    summary, notes, written = evaluate(args.checkpoint, args.task, args.data_root, args.manifest, args.split, args.part,
+                                       args.output_dir, progress=not args.quiet)
+    for note in notes:
+        print(f"note: {note}")
+    if isinstance(summary, float):
+        print(f"macro AUC {summary:.4f}")
+    else:
+        shown = summary[["class", "dsc_mean", "hd95_mm_mean", "dsc_undefined", "hd95_mm_undefined"]]
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medmae.engine.evaluate import predict
+
+    written = predict(args.checkpoint, args.input, args.output_dir, progress=not args.quiet)
+    print(f"wrote {len(written)} files to {args.output_dir}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from medmae.engine.demo import run_demo
+
+    for line in run_demo(args.output_dir, quick=args.quick):
+        print(line)
+    return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], not {text}")
+    return value
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    _add_data_flags(parser)
+    parser.add_argument("--config", help="a YAML file over the task's recipe (e.g. configs/test/tiny.yaml)")
+    parser.add_argument("--output-dir", help="the run folder (default: runs/<task>_<stage>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one config key, e.g. --set optim.base_lr=1e-3 (repeatable; keys: "
+                             + ", ".join(_config_keys()) + ")")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output-dir from its newest checkpoint (last.pt, else previous.pt)")
+
+
+def _config_keys() -> list[str]:
+    from medmae.config import known_keys
+
+    return list(known_keys())
+
+
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="a task name (medmae info lists them) or a task YAML file")
     parser.add_argument("--data-root", help="the dataset folder (default: $MEDMAE_DATA/<task>)")
@@ -145,6 +233,41 @@ def build_parser() -> argparse.ArgumentParser:
                        help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default undefined")
     score.add_argument("--quiet", action="store_true", help="no progress bar")
     score.set_defaults(handler=_score)
+    pretrain = commands.add_parser("pretrain", help="MAE self-pretraining on a task's images (no labels used)",
+                                   epilog="example: medmae pretrain --task btcv --data-root BTCV --output-dir runs/btcv_mae")
+    _add_run_flags(pretrain)
+    pretrain.set_defaults(handler=_pretrain)
+    finetune = commands.add_parser("finetune", help="fine-tune UNETR (3D) or the ViT classifier (2D), from an MAE or scratch",
+                                   epilog="example: medmae finetune --task btcv --data-root BTCV "
+                                          "--pretrained runs/btcv_mae/checkpoints/last.pt --output-dir runs/btcv_unetr")
+    _add_run_flags(finetune)
+    finetune.add_argument("--pretrained", metavar="CKPT", help="a medmae checkpoint whose encoder starts the model "
+                                                               "(default: train from scratch)")
+    finetune.add_argument("--label-fraction", type=_fraction, metavar="F",
+                          help="train on a fixed seeded fraction of the labelled training cases (data.label_fraction)")
+    finetune.set_defaults(handler=_finetune)
+    evaluate = commands.add_parser("evaluate", help="predict a split's test (or validation) part and score it on the original grid",
+                                   epilog="example: medmae evaluate --task btcv --data-root BTCV "
+                                          "--checkpoint runs/btcv_unetr/checkpoints/best.pt")
+    _add_data_flags(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (checkpoints/best.pt)")
+    evaluate.add_argument("--part", choices=["test", "val"], default="test", help="which part to score (default: test)")
+    evaluate.add_argument("--output-dir", help="where predictions and reports go (default: evaluate_<part> in the run folder)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.set_defaults(handler=_evaluate)
+    predict = commands.add_parser("predict", help="predict files: label maps on each input's grid (3D), probabilities CSV (2D)",
+                                  epilog="example: medmae predict --checkpoint runs/btcv_unetr/checkpoints/best.pt "
+                                         "--input BTCV/imagesTs --output-dir btcv_predictions")
+    predict.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint; it names its task")
+    predict.add_argument("--input", required=True, help="an image file or a folder of them")
+    predict.add_argument("--output-dir", required=True, help="where predictions go (not inside the input folder)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bars")
+    predict.set_defaults(handler=_predict)
+    demo_run = commands.add_parser("demo", help="the whole workflow on generated data: pretrain, fine-tune, evaluate",
+                                   epilog="example: medmae demo --output-dir medmae_demo")
+    demo_run.add_argument("--output-dir", default="medmae_demo", help="where everything goes (default: medmae_demo)")
+    demo_run.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes) that checks the workflow")
+    demo_run.set_defaults(handler=_demo)
     data = commands.add_parser("data", help="check datasets, generate the demo set")
     data.set_defaults(handler=None, usage_of=data)
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")

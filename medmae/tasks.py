@@ -41,6 +41,7 @@ class TaskSpec:
     mean_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     validation_fraction: float = 0.2
     validation_seed: int = 0
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the task file's mapping
 
     @property
     def in_channels(self) -> int:
@@ -54,6 +55,12 @@ class TaskSpec:
     def class_names(self) -> tuple[str, ...]:
         """What the model predicts: the findings, the regions, or the labels (background included)."""
         return self.findings or tuple(self.regions) or self.labels
+
+    @property
+    def lateral(self) -> bool:
+        """Labels that name a side (``left_kidney``): flips along left-right and axial quarter turns, which
+        would swap the sides without swapping the labels, are left out of training augmentation."""
+        return any(part in ("left", "right") for name in self.labels for part in name.split("_"))
 
     @property
     def label_values(self) -> tuple[int, ...]:
@@ -87,6 +94,13 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
     if missing:
         raise _fail(path, f"missing keys {missing}")
     return _spec(path, raw)
+
+
+def task_from_record(record: dict[str, Any], source: str) -> TaskSpec:
+    """The task a checkpoint describes (its ``task`` entry: the mapping of the task file it was trained on)."""
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED):
+        raise TaskError(f"{source}: holds no complete task description")
+    return _spec(Path(source), record)
 
 
 def _strings(value: Any, minimum: int = 1) -> bool:
@@ -169,4 +183,4 @@ def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:
                     crop_foreground=bool(raw.get("crop_foreground", False)),
                     mean_groups={k: tuple(v) for k, v in (raw.get("mean_groups") or {}).items()},
                     validation_fraction=float(validation.get("fraction", 0.2)),
-                    validation_seed=int(validation.get("seed", 0)))
+                    validation_seed=int(validation.get("seed", 0)), record=raw)

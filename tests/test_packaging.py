@@ -22,7 +22,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     demo, tests = readme_commands()
-    assert "pip install" in demo and "benchmarks/" in demo
+    assert "pip install" in demo and "medmae demo" in demo
     assert "pip install" in tests and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci and ci.index("torch==") < ci.index(tests)
@@ -43,14 +43,18 @@ def test_a_regular_install_ships_the_resource_folders(tmp_path):
     code = ("import medmae; print(medmae.__file__); "
             "print(*(medmae.resource_dir(k) / 'README.md' for k in medmae.RESOURCE_KINDS), sep='\\n'); "
             "from medmae.tasks import load_task, list_tasks; from medmae.data.manifests import stored_manifest; "
-            "import medmae.models, medmae.engine.checkpoint, medmae.evaluation.figures, medmae.data.transforms; "
-            "print(load_task('btcv').path, len(list_tasks()), len(stored_manifest(load_task('btcv'))['cases']))")
+            "import medmae.models, medmae.engine.pretrain, medmae.engine.finetune, medmae.engine.evaluate; "
+            "import medmae.evaluation.figures, medmae.data.transforms; from medmae.config import stage_file, load_config; "
+            "print(load_task('btcv').path, len(list_tasks()), len(stored_manifest(load_task('btcv'))['cases'])); "
+            "print(stage_file('pretrain', 'btcv'), stage_file('finetune', 'btcv'), load_config('pretrain', 'btcv').model.mask_ratio)")
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env,
                          capture_output=True, text=True).stdout.split()
     assert out[0].startswith(str(target))
     assert all(Path(p).is_file() and p.startswith(str(target / "medmae" / "_resources")) for p in out[1:4])
-    assert out[4] == str(target / "medmae" / "_resources" / "tasks" / "btcv.yaml") and out[5:] == ["5", "30"]
+    assert out[4] == str(target / "medmae" / "_resources" / "tasks" / "btcv.yaml") and out[5:7] == ["5", "30"]
+    configs = target / "medmae" / "_resources" / "configs"
+    assert out[7:] == [str(configs / "pretrain" / "btcv.yaml"), str(configs / "finetune" / "btcv.yaml"), "0.125"]
 
 
 def test_cli_info_and_version(capsys):

@@ -7,12 +7,13 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from monai.data import list_data_collate
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medmae.data.check import check_case
 from medmae.data.manifests import Case
-from medmae.data.transforms import build_transform
-from medmae.errors import DataError
+from medmae.data.transforms import IMAGE_ONLY, build_transform
+from medmae.errors import DataError, UserError
 from medmae.tasks import TaskSpec
 
 log = logging.getLogger("medmae")
@@ -49,7 +50,7 @@ class CaseDataset(Dataset):
                  skip_bad_cases: bool = False) -> None:
         self.stage, self.skipped = stage, {}
         if skip_bad_cases:  # pretraining reads no labels, so a label problem does not remove its image
-            reports = [check_case(task, replace(case, label=None) if stage == "pretrain" else case) for case in cases]
+            reports = [check_case(task, replace(case, label=None) if stage in IMAGE_ONLY else case) for case in cases]
             self.skipped = {r.case.id: r.errors for r in reports if r.errors}
             for case_id, errors in self.skipped.items():
                 log.warning("skipped case %s: %s", case_id, "; ".join(errors))
@@ -63,9 +64,69 @@ class CaseDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         case = self.cases[index]
         try:
-            return self.transform(case_dict(case, with_label=self.stage != "pretrain"))
+            return self.transform(case_dict(case, with_label=self.stage not in IMAGE_ONLY))
         except Exception as error:
             cause = _root_cause(error)
             problem = cause.problem if isinstance(cause, DataError) else f"{type(cause).__name__}: {cause}"
             where = cause.path if isinstance(cause, DataError) else case.image
             raise DataError(where, f"case {case.id}: {problem} (the skip-bad-cases option leaves such cases out)") from error
+
+
+def item_seed(seed: int, key: int, index: int) -> int:
+    """The seed of one item: a function of the run seed, the pass over the data and the case index only,
+    so an item's crops, flips and masks do not depend on the worker, the process or the batch it lands in."""
+    return ((seed * 1_000_003 + key) * 1_000_033 + index) % (2**31 - 1)
+
+
+class SeededItems(Dataset):
+    """``dataset[(key, index)]``: the item ``index`` with its transform seeded by :func:`item_seed`; each
+    returned dict (one per crop) gets a ``sample_seed`` for its mask."""
+
+    def __init__(self, dataset: CaseDataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key_index: tuple[int, int]) -> Any:
+        key, index = key_index
+        seed = item_seed(self.seed, key, index)
+        self.dataset.transform.set_random_state(seed=seed)
+        item = self.dataset[index]
+        for k, d in enumerate(item if isinstance(item, list) else [item]):
+            d["sample_seed"] = (seed + 7919 * (k + 1)) % (2**31 - 1)
+        return item
+
+
+class ShardSampler(Sampler):
+    """One process's share of each pass: a seeded permutation of the cases, cut to whole global batches,
+    dealt to the ``world`` processes in turn (rank r takes positions r, r + world, ...). Yields
+    ``(pass_key, index)`` for :class:`SeededItems`; the shards of one pass are disjoint."""
+
+    def __init__(self, size: int, global_batch: int, rank: int, world: int, seed: int) -> None:
+        if global_batch > size:
+            raise UserError(f"data.batch_size={global_batch} is more than the {size} cases available for training")
+        self.size, self.global_batch, self.rank, self.world, self.seed = size, global_batch, rank, world, seed
+        self.key = 0
+
+    def set_pass(self, key: int) -> None:
+        self.key = key
+
+    def order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(item_seed(self.seed, self.key, -1))
+        usable = self.size // self.global_batch * self.global_batch
+        return torch.randperm(self.size, generator=generator)[:usable].tolist()
+
+    def __iter__(self):
+        return iter([(self.key, index) for index in self.order()[self.rank::self.world]])
+
+    def __len__(self) -> int:
+        return self.size // self.global_batch * self.global_batch // self.world
+
+
+def train_loader(dataset: CaseDataset, global_batch: int, rank: int, world: int, seed: int,
+                 num_workers: int) -> DataLoader:
+    """Batches of ``global_batch / world`` items per process (crops of a volume are flattened into the batch)."""
+    sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)
+    return DataLoader(SeededItems(dataset, seed), batch_size=global_batch // world, sampler=sampler, drop_last=True,
+                      num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=list_data_collate)

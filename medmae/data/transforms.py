@@ -1,11 +1,13 @@
-"""MONAI transform chains per task and stage: ``train``, ``validation`` and ``pretrain`` (no labels).
+"""MONAI transform chains per task and stage: ``train``, ``validation``, ``pretrain`` and ``inference``
+(image only, as validation).
 
 3D segmentation, all stages: read, orientation, spacing (bilinear image, nearest label), the task's
 intensity rule, crop to the image's non-zero foreground (where the task says so), pad to at least the
 ROI. Validation stops there (MetaTensors keep every applied operation, so a
 prediction can be inverted to the original grid). Train adds positive/negative-balanced ROI crops,
 random flips, 90-degree rotations in the axial plane (where the ROI's axial plane is square) and small
-intensity scale and shift. Pretrain takes random ROI crops of the image foreground and random flips only.
+intensity scale and shift; where labels name a side (BTCV's left and right kidney), no left-right flip
+and no axial rotation, which would swap the sides but not the labels. Pretrain takes random ROI crops of the image foreground and random flips only.
 Regions (msd_brain) are built from the label map after cropping.
 
 2D classification: read as one grey channel, scale to 0..1, histogram equalisation; validation resizes
@@ -30,7 +32,8 @@ from monai.transforms import (ClipIntensityPercentilesd, Compose, CropForeground
 from medmae.data.readers import integer_labels, read_image
 from medmae.tasks import TaskSpec
 
-STAGES = ("train", "validation", "pretrain")
+STAGES = ("train", "validation", "pretrain", "inference")
+IMAGE_ONLY = ("pretrain", "inference")
 
 
 def is_nonzero(x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +121,7 @@ def intensity_transforms(task: TaskSpec) -> list:
 
 def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Compose:
     """3D chains; ``samples`` ROI crops per volume while training and pretraining."""
-    keys = ["image"] if stage == "pretrain" else ["image", "label"]
+    keys = ["image"] if stage in IMAGE_ONLY else ["image", "label"]
     modes = ("bilinear", "nearest")[: len(keys)]
     chain: list = [ReadImaged(keys)]
     if task.orientation:
@@ -137,15 +140,15 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
         body = {"image_key": "image", "image_threshold": 0} if task.intensity["rule"] == "window" else {}
         chain += [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1,
                                          num_samples=samples, **body),
-                  *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3)]]
-        if roi[0] == roi[1]:  # a quarter turn of a non-square axial plane would change the crop's shape
+                  *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3) if axis or not task.lateral]]
+        if roi[0] == roi[1] and not task.lateral:  # a quarter turn of a non-square axial plane changes the shape
             chain.append(RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)))
         chain += [RandScaleIntensityd("image", factors=0.1, prob=0.5),
                   RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
     elif stage == "pretrain":
         chain += [RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=samples, random_size=False),
                   *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]]
-    if task.regions and stage != "pretrain":
+    if task.regions and stage not in IMAGE_ONLY:
         chain.append(LabelToRegionsd("label", task.regions))
     chain.append(EnsureTyped(keys, dtype=[torch.float32, torch.float32 if task.regions else torch.long][: len(keys)]))
     return Compose(chain)
@@ -154,7 +157,7 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
 def classification_transform(task: TaskSpec, stage: str) -> Compose:
     """2D chains; the label is the targets vector, passed through."""
     chain: list = [ReadImaged("image"), *intensity_transforms(task)]
-    if stage == "validation":
+    if stage in ("validation", "inference"):
         chain.append(Resized("image", spatial_size=task.roi, mode="bilinear", anti_aliasing=True))
     else:
         chain += [RandResizedCropd("image", size=task.roi), RandFlipd("image", prob=0.5, spatial_axis=1)]
@@ -163,7 +166,8 @@ def classification_transform(task: TaskSpec, stage: str) -> Compose:
 
 
 def build_transform(task: TaskSpec, stage: str, samples: int = 2) -> Compose:
-    """The chain of ``task`` for ``stage`` (``train``, ``validation`` or ``pretrain``)."""
+    """The chain of ``task`` for ``stage``: ``train``, ``validation``, ``pretrain`` (image only, random crops) or
+    ``inference`` (image only, as validation)."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: choose one of {STAGES}")
     if task.is_classification:

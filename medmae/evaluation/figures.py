@@ -49,7 +49,7 @@ def save_reconstruction_figure(path: str | Path, original: torch.Tensor, images:
         low, high = torch.quantile(reference.flatten(), torch.tensor([0.01, 0.99])).tolist()
         for col, (name, batch) in enumerate(columns.items()):
             ax = axes[row][col]
-            ax.imshow(middle_slice(batch[row].float().cpu()).T, cmap="gray", vmin=low, vmax=high, origin="lower")
+            ax.imshow(middle_slice(batch[row].float().cpu()).T.numpy(), cmap="gray", vmin=low, vmax=high, origin="lower")
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(name, fontsize=9)

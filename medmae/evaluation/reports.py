@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from medmae.evaluation.metrics import MaskScore
+from medmae.files import atomic_open
 from medmae.tasks import TaskSpec
 
 PER_CASE_COLUMNS = ["case_id", "class", "dsc", "hd95_mm", "tp", "fp", "fn", "n_ref", "n_pred", "spacing",
@@ -62,16 +61,9 @@ def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
 
 def write_csv(table: pd.DataFrame, path: Path, comments: Sequence[str] = ()) -> Path:
     """Write ``table`` (after ``# `` comment lines) to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.writelines(f"# {line}\n" for line in comments)
-            table.to_csv(handle, index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as handle:
+        handle.writelines(f"# {line}\n" for line in comments)
+        table.to_csv(handle, index=False, float_format="%.6g")
     return path
 
 

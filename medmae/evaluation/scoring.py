@@ -90,9 +90,20 @@ def _grid_problem(task: TaskSpec, other: Path, ref: Path, what: str = "predictio
     return None
 
 
-def _refuse(task: TaskSpec, problems: list[str]) -> None:
+def refuse(task: TaskSpec, problems: list[str]) -> None:
     if problems:
         raise UserError(f"cannot score task {task.name}:\n  " + "\n  ".join(problems))
+
+
+def check_pairs(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path]) -> list[str]:
+    """Every case whose prediction (or image) does not share its reference's grid, as messages."""
+    problems = []
+    for case in sorted(pairs):
+        pred, ref = pairs[case]
+        for what, path in (("prediction", pred), ("image", images.get(case))):
+            if path and (problem := _grid_problem(task, path, ref, what)):
+                problems.append(f"{case}: {problem} ({path} vs {ref})")
+    return problems
 
 
 def match_and_check(task: TaskSpec, pred_dir: Path, ref_dir: Path,
@@ -105,15 +116,12 @@ def match_and_check(task: TaskSpec, pred_dir: Path, ref_dir: Path,
     images = pair_files(references, nifti_files(image_dir)) if image_dir else {}
     problems = [f"{case}: no prediction in {pred_dir}" for case in references if case not in matched]
     problems += [f"{case}: no image in {image_dir}" for case in references if image_dir and case not in images]
-    for case in sorted(matched):
-        for what, path in (("prediction", matched[case]), ("image", images.get(case))):
-            if path and (problem := _grid_problem(task, path, references[case], what)):
-                problems.append(f"{case}: {problem} ({path} vs {references[case]})")
-    _refuse(task, problems)
+    pairs = {case: (matched[case], references[case]) for case in sorted(matched)}
+    refuse(task, problems + check_pairs(task, pairs, images))
     unused = sorted(set(predictions.values()) - set(matched.values()))
     notes = [f"{len(unused)} predictions have no reference and are not scored: "
              + ", ".join(p.name for p in unused[:5])] if unused else []
-    return {case: (matched[case], references[case]) for case in sorted(matched)}, images, notes
+    return pairs, images, notes
 
 
 def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penalty_mm: float | None) -> list[dict]:
@@ -130,20 +138,18 @@ def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penal
             for name in classes]
 
 
-def score_directories(task: TaskSpec, pred_dir: Path, ref_dir: Path, penalty_mm: float | None = None,
-                      progress: bool = True, image_dir: Path | None = None
-                      ) -> tuple[pd.DataFrame, list[str], dict[str, tuple[Path, Path]], dict[str, Path]]:
-    """``per_case`` table (one row per case and class), notes, the scored pairs and the images. Cases
-    whose files cannot be scored (unreadable, values outside the task's labels) are all named together."""
-    pairs, images, notes = match_and_check(task, pred_dir, ref_dir, image_dir)
+def score_pairs(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], penalty_mm: float | None = None,
+                progress: bool = True) -> pd.DataFrame:
+    """``per_case`` table (one row per case and class). Cases whose files cannot be scored (unreadable,
+    values outside the task's labels) are all named together in one :class:`UserError`."""
     rows, problems = [], []
     for case, (pred, ref) in tqdm(pairs.items(), desc=f"scoring {task.name}", unit="case", disable=not progress):
         try:
             rows += score_pair(task, case, pred, ref, penalty_mm)
         except DataError as error:
             problems.append(str(error))
-    _refuse(task, problems)
-    return pd.DataFrame(rows), notes, pairs, images
+    refuse(task, problems)
+    return pd.DataFrame(rows)
 
 
 def _sheet_rows(per_case: pd.DataFrame, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path],
@@ -165,19 +171,27 @@ def _sheet_rows(per_case: pd.DataFrame, pairs: dict[str, tuple[Path, Path]], ima
 
 def score_to_folder(task: TaskSpec, pred_dir: Path, ref_dir: Path, output_dir: Path, image_dir: Path | None = None,
                     penalty_mm: float | None = None, progress: bool = True) -> tuple[pd.DataFrame, list[str], list[Path]]:
-    """Score, then write ``per_case.csv``, ``summary.csv`` and ``figures/best_worst.png`` into ``output_dir``.
+    """Match the folders' files by case id, score them, and write the reports (see :func:`write_report`)."""
+    if task.is_classification:
+        raise UserError(f"medmae score scores segmentations; task {task.name} is a classification task")
+    pairs, images, notes = match_and_check(task, pred_dir, ref_dir, image_dir)
+    return write_report(task, pairs, images, output_dir, penalty_mm, progress,
+                        [f"task {task.name}: {len(pairs)} cases, predictions {pred_dir}, references {ref_dir}", *notes])
+
+
+def write_report(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path], output_dir: Path,
+                 penalty_mm: float | None = None, progress: bool = True,
+                 notes: list[str] = ()) -> tuple[pd.DataFrame, list[str], list[Path]]:
+    """Score checked (prediction, reference) pairs, then write ``per_case.csv``, ``summary.csv`` and
+    ``figures/best_worst.png`` into ``output_dir``.
 
     Returns the summary table, the notes (also written as comment lines of ``summary.csv``) and the files
     written (no figure when no case has a defined DSC).
     """
-
-    if task.is_classification:
-        raise UserError(f"medmae score scores segmentations; task {task.name} is a classification task")
-    per_case, notes, pairs, images = score_directories(task, pred_dir, ref_dir, penalty_mm, progress, image_dir)
+    per_case = score_pairs(task, pairs, penalty_mm, progress)
     summary = summarise(per_case, task)
-    notes = [f"task {task.name}: {len(pairs)} cases, predictions {pred_dir}, references {ref_dir}",
-             empty_rule(penalty_mm), "std: sample standard deviation over cases (ddof 1)",
-             "group rows: the mean of the class means that are defined ('classes' says how many)", *notes]
+    notes = [notes[0], empty_rule(penalty_mm), "std: sample standard deviation over cases (ddof 1)",
+             "group rows: the mean of the class means that are defined ('classes' says how many)", *notes[1:]]
     written = [write_csv(per_case, output_dir / "per_case.csv"), write_csv(summary, output_dir / "summary.csv", notes)]
     rows = _sheet_rows(per_case, pairs, images)
     if rows:

@@ -60,20 +60,21 @@ class MaskedAutoencoder(nn.Module):
     def img_size(self) -> tuple[int, ...]:
         return self.encoder.patch_embedding.img_size
 
-    def forward_encoder(self, x: torch.Tensor, mask_ratio: float | None = None,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_encoder(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
+                        noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed, hide, encode the visible patches only.
 
         Args:
             x: ``[B, C, *img_size]``.
             mask_ratio: overrides the model's ratio (0 encodes every patch).
             generator: for reproducible masks.
+            noise: ``[B, N]`` uniform noise that decides the masks (see :func:`random_masking`).
 
         Returns:
             latent ``[B, K (+1 with cls token), D]``, mask ``[B, N]`` (1 = hidden), ids_restore ``[B, N]``.
         """
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        tokens, mask, ids_restore = random_masking(self.encoder.patch_embedding(x), ratio, generator)
+        tokens, mask, ids_restore = random_masking(self.encoder.patch_embedding(x), ratio, generator, noise)
         latent, _ = self.encoder.forward_tokens(tokens)
         return latent, mask, ids_restore
 
@@ -117,10 +118,11 @@ class MaskedAutoencoder(nn.Module):
         per_patch = (pred.float() - target).pow(2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
-    def forward(self, x: torch.Tensor, mask_ratio: float | None = None,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden)."""
-        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator)
+    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden);
+        ``noise`` ``[B, N]`` optionally decides the masks."""
+        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator, noise)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(x, pred, mask), pred, mask
 

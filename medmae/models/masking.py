@@ -6,7 +6,8 @@ import torch
 
 
 def random_masking(
-    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hide a random subset of tokens in each sample, by argsort of uniform noise and gather.
 
@@ -17,6 +18,9 @@ def random_masking(
         tokens: ``[B, N, D]``.
         mask_ratio: fraction to hide, in ``[0, 1)``; at least one token must stay visible.
         generator: optional ``torch.Generator`` on ``tokens.device``, for reproducible masks.
+        noise: optional ``[B, N]`` uniform noise that decides the masks (the lowest ``K`` values stay
+            visible); the training engine draws it per sample, so a sample's mask does not depend on the
+            batch or the process it lands in.
 
     Returns:
         kept: ``[B, K, D]`` the visible tokens, ``K = int(N * (1 - mask_ratio))``.
@@ -29,7 +33,10 @@ def random_masking(
     keep = int(n * (1 - mask_ratio))
     if keep < 1:
         raise ValueError(f"mask_ratio={mask_ratio!r} leaves no visible token out of {n}")
-    noise = torch.rand(b, n, generator=generator, device=tokens.device)
+    if noise is None:
+        noise = torch.rand(b, n, generator=generator, device=tokens.device)
+    elif noise.shape != (b, n):
+        raise ValueError(f"noise of shape {tuple(noise.shape)} for tokens of shape {tuple(tokens.shape)}")
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :keep]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from medmae.engine.checkpoint import load_checkpoint
+from medmae.errors import UserError
 from medmae.models.classifier import ViTClassifier
 from medmae.models.encoder import ViTEncoder
 from medmae.models.patchify import grid_size
@@ -28,7 +29,7 @@ POS_KEY = "patch_embedding.position_embeddings"
 PATCH_KEY = "patch_embedding.patch_embeddings.weight"
 
 
-class WeightTransferError(ValueError):
+class WeightTransferError(UserError, ValueError):
     """A pretrained encoder that does not fit the target; the message lists the keys and shapes."""
 
 

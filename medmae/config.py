@@ -1,0 +1,238 @@
+"""Run configuration: typed defaults <- ``configs/<stage>/<task>.yaml`` <- ``--config FILE`` <- ``--set key=value``.
+
+Keys are ``section.name`` (``optim.base_lr``, ``data.batch_size``). An unknown key is an error that
+lists the close matches; a value of the wrong type is an error naming the key, the value and the source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medmae import resource_dir
+from medmae.errors import UserError
+from medmae.files import write_text
+
+STAGES = ("pretrain", "finetune")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class ModelConfig:
+    size: str = "base"  # base (ViT-B/16) or tiny (width 48, for CPU runs)
+    img_size: list[int] | None = None  # input size; None: the task's ROI
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_width: int | None = None  # None: the registry preset of the size
+    decoder_depth: int | None = None
+    drop_path: float = 0.0
+    feature_size: int = 16  # UNETR decoder channels
+    pool: str = "avg"  # classifier pooling: avg or cls
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 2  # volumes (3D) or images (2D) per step, over all processes together
+    crops_per_volume: int = 4  # 3D: ROI crops drawn from each loaded volume
+    num_workers: int = 2
+    skip_bad_cases: bool = False
+    label_fraction: float = 1.0  # fine-tuning: share of the labelled training cases used
+    label_seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 1.5e-4  # learning rate = base_lr x effective batch / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    layer_decay: float = 1.0  # fine-tuning: block k of L gets layer_decay ** (L + 1 - k) of the rate
+    warmup_epochs: float = 40.0
+    accumulate: int = 1  # gradient accumulation steps
+    clip_grad: float | None = None  # max gradient norm; None: no clipping
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 800
+    steps_per_epoch: int | None = None  # None: one pass over the training cases
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; fp16 uses a gradient scaler
+    device: str = "auto"  # auto, cpu, cuda
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs
+    figure_every: int = 20  # pretraining: reconstruction figure every N epochs (and at the end)
+    val_every: int = 10  # fine-tuning: validation every N epochs (and at the end)
+    log_every: int = 20  # steps between progress-bar loss updates
+
+
+@dataclass
+class InferConfig:
+    overlap: float = 0.5  # sliding-window overlap
+    blend: str = "gaussian"  # gaussian or constant
+    sw_batch_size: int = 4  # windows per forward pass
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def known_keys() -> dict[str, Any]:
+    """``section.name`` -> type hint, for every configurable key."""
+    keys = {}
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(section.default_factory)
+        keys.update({f"{section.name}.{name}": hint for name, hint in hints.items()})
+    return keys
+
+
+def _close_matches(key: str, keys: list[str]) -> list[str]:
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+    return same_leaf or difflib.get_close_matches(key, keys, n=3, cutoff=0.5) or difflib.get_close_matches(
+        leaf, [k.rsplit(".", 1)[-1] for k in keys], n=3, cutoff=0.5)
+
+
+def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """``value`` as ``hint`` (int accepted for float, None for optional keys), else a UserError."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    if typing.get_origin(base) is list:
+        item = typing.get_args(base)[0]
+        if isinstance(value, list):
+            return [_coerce(key, v, item, source) for v in value]
+    elif base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    expected = getattr(base, "__name__", str(base)) + (" or null" if type(None) in args else "")
+    raise UserError(f"{source}: {key} must be {expected}, not {value!r}")
+
+
+def apply(cfg: Config, values: dict[str, Any], source: str) -> None:
+    """Set dotted ``values`` on ``cfg``; unknown keys and wrong types raise a UserError naming ``source``."""
+    keys = known_keys()
+    for key, value in values.items():
+        if key not in keys:
+            matches = _close_matches(key, list(keys))
+            hint = f"; did you mean {', '.join(matches)}?" if matches else "; `medmae pretrain --help` lists the keys"
+            raise UserError(f"{source}: unknown config key {key!r}{hint}")
+        section, name = key.split(".")
+        setattr(getattr(cfg, section), name, _coerce(key, value, keys[key], source))
+
+
+def flatten(mapping: Any, source: str) -> dict[str, Any]:
+    """``{section: {name: value}}`` -> ``{"section.name": value}``."""
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, dict) or not all(isinstance(v, dict) for v in mapping.values()):
+        raise UserError(f"{source}: a config file maps sections ({', '.join(f.name for f in dataclasses.fields(Config))}) "
+                        "to their keys, e.g. 'optim: {base_lr: 1.0e-3}'")
+    return {f"{section}.{name}": value for section, values in mapping.items() for name, value in values.items()}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        return flatten(yaml.safe_load(path.read_text()), str(path))
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({error})") from error
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.base_lr=1e-3"`` -> ``("optim.base_lr", 0.001)``; the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optim.base_lr=1.0e-3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise UserError(f"--set {text!r}: the value is not valid YAML ({error})") from error
+    if isinstance(parsed, str) and _looks_numeric(parsed):
+        parsed = float(parsed)  # YAML 1.1 reads 1e-3 (no dot) as text
+    return key.strip(), parsed
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def stage_file(stage: str, task_name: str) -> Path:
+    """The shipped recipe for ``task_name`` and ``stage``, or the stage's ``default.yaml``."""
+    folder = resource_dir("configs") / stage
+    path = folder / f"{task_name}.yaml"
+    return path if path.is_file() else folder / "default.yaml"
+
+
+def load_config(stage: str, task_name: str, config_file: str | Path | None = None,
+                overrides: list[str] = ()) -> Config:
+    """Typed defaults, then the stage's recipe for the task, then ``config_file``, then ``overrides``."""
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r}: choose one of {STAGES}")
+    cfg = Config()
+    recipe = stage_file(stage, task_name)
+    apply(cfg, read_yaml(recipe), str(recipe))
+    if config_file is not None:
+        apply(cfg, read_yaml(Path(config_file)), str(config_file))
+    apply(cfg, dict(parse_override(text) for text in overrides), "--set")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Ranges and choices that types alone do not say."""
+    checks = [(cfg.model.size in ("base", "tiny"), "model.size must be base or tiny"),
+              (0 <= cfg.model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
+              (cfg.model.pool in ("avg", "cls"), "model.pool must be avg or cls"),
+              (0 <= cfg.model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
+              (cfg.data.batch_size >= 1 and cfg.data.crops_per_volume >= 1, "data.batch_size and data.crops_per_volume must be >= 1"),
+              (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+              (0 < cfg.data.label_fraction <= 1, "data.label_fraction must lie in (0, 1]"),
+              (cfg.optim.base_lr > 0 and cfg.optim.min_lr >= 0, "optim.base_lr must be > 0 and optim.min_lr >= 0"),
+              (len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas must be two numbers in [0, 1)"),
+              (0 < cfg.optim.layer_decay <= 1, "optim.layer_decay must lie in (0, 1]"),
+              (cfg.optim.warmup_epochs >= 0 and cfg.optim.accumulate >= 1, "optim.warmup_epochs must be >= 0, optim.accumulate >= 1"),
+              (cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "optim.clip_grad must be > 0 or null"),
+              (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+              (cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
+              (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
+              (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+              (min(cfg.train.checkpoint_every, cfg.train.figure_every, cfg.train.val_every, cfg.train.log_every) >= 1,
+               "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
+              (0 <= cfg.infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
+              (cfg.infer.blend in ("gaussian", "constant"), "infer.blend must be gaussian or constant"),
+              (cfg.infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1")]
+    problems = [problem for ok, problem in checks if not ok]
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems))
+
+
+def from_dict(values: dict[str, dict[str, Any]], source: str) -> Config:
+    """A Config from a resolved ``to_dict()`` (as stored in checkpoints and ``config.yaml``)."""
+    cfg = Config()
+    apply(cfg, flatten(values, source), source)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> Path:
+    return write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

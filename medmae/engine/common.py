@@ -1,0 +1,100 @@
+"""What every training run does first: resolve the config, the task and its split, join the processes,
+prepare the run folder and find the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmae.config import Config, flatten, from_dict, load_config, save_config
+from medmae.data.manifests import Split, load_split
+from medmae.engine.distributed import Context, setup
+from medmae.engine.run import RunFolder
+from medmae.errors import UserError
+from medmae.tasks import TaskSpec, load_task
+
+log = logging.getLogger("medmae")
+
+
+@dataclass
+class RunRequest:
+    """The command-line arguments of ``medmae pretrain`` and ``medmae finetune``."""
+
+    task: str
+    data_root: str | None = None
+    manifest: str | None = None
+    split: str | None = None
+    config_file: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    output_dir: str | None = None
+    resume: bool = False
+    pretrained: str | None = None
+    label_fraction: float | None = None
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    task: TaskSpec
+    split: Split
+    ctx: Context
+    run: RunFolder
+    resume_from: dict[str, Any] | None
+
+
+def start(stage: str, request: RunRequest) -> Setup:
+    """Resolve everything a run needs; on ``--resume`` the config comes from the newest checkpoint."""
+    task = load_task(request.task)
+    output = Path(request.output_dir or f"runs/{task.name}_{stage}")
+    probe = RunFolder(output, write=False)
+    resume_from = probe.latest() if request.resume else None
+    if resume_from is not None:
+        if resume_from.get("stage") != stage:
+            raise UserError(f"{output}: holds a {resume_from.get('stage')} run, not a {stage} run")
+        cfg = from_dict(resume_from["run_config"], f"{output}/checkpoints")
+        if request.config_file or request.overrides or request.label_fraction is not None:
+            _same_config(cfg, _requested_config(stage, task, request), output)
+    else:
+        if request.resume:
+            log.info("%s: no checkpoint to resume from; starting from the beginning", output)
+        cfg = _requested_config(stage, task, request)
+    task = with_roi(task, cfg.model.img_size)
+    ctx = setup(cfg.train.device)
+    torch.manual_seed(cfg.train.seed + ctx.rank)
+    run = RunFolder(output, write=ctx.is_main)
+    run.prepare(resume=request.resume)
+    split = load_split(task, request.data_root, request.manifest, request.split)
+    for note in split.notes:
+        log.info("note: %s", note)
+    if ctx.is_main:
+        save_config(cfg, output / "config.yaml")
+    return Setup(cfg, task, split, ctx, run, resume_from)
+
+
+def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config:
+    cfg = load_config(stage, task.name, request.config_file, request.overrides)
+    if request.label_fraction is not None:
+        cfg.data.label_fraction = request.label_fraction
+    return cfg
+
+
+def _same_config(saved: Config, requested: Config, output: Path) -> None:
+    """A resumed run keeps its saved config: the same command line is fine, a changed value is refused."""
+    before, after = flatten(saved.to_dict(), "saved"), flatten(requested.to_dict(), "requested")
+    changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in before if before[key] != after[key]]
+    if changed:
+        raise UserError(f"{output}: --resume continues with the saved config, but this command changes "
+                        f"{', '.join(changed)}; drop those changes or start a new run in another --output-dir")
+
+
+def with_roi(task: TaskSpec, img_size: list[int] | None) -> TaskSpec:
+    """The task with ``model.img_size`` as its crop size (the ROI), when the config sets one."""
+    if img_size is None:
+        return task
+    if len(img_size) != task.spatial_dims or any(s < 16 or s % 16 for s in img_size):
+        raise UserError(f"model.img_size {img_size}: task {task.name} needs {task.spatial_dims} multiples of 16")
+    return replace(task, roi=tuple(img_size), record={**task.record, "roi": list(img_size)})

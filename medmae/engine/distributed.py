@@ -1,0 +1,70 @@
+"""One process or many under ``torchrun``: the same command, the global batch split over the ranks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from medmae.errors import UserError
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process runs: its rank among ``world`` processes and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process (rank 0) writes files and shows progress bars."""
+        return self.rank == 0
+
+
+def pick_device(choice: str, local_rank: int = 0) -> torch.device:
+    """``auto``: the local GPU when there is one, else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("train.device=cuda, but torch sees no GPU")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup(device_choice: str) -> Context:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1: NCCL on GPUs, gloo on CPUs)."""
+    world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    device = pick_device(device_choice, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def per_rank(total: int, world: int, what: str) -> int:
+    """``total`` split evenly over ``world`` processes, else a UserError."""
+    if total % world:
+        raise UserError(f"{what}={total} does not split evenly over {world} processes")
+    return total // world
+
+
+def all_mean(value: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The mean of ``value`` over the processes (itself in one process)."""
+    if ctx.world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= ctx.world
+    return value
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.world > 1:
+        dist.barrier()

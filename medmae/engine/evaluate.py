@@ -1,0 +1,136 @@
+"""``medmae evaluate`` (inference on a split's test or validation part, then the scoring of ``medmae
+score`` on the original grid) and ``medmae predict`` (any files, predictions beside nothing of the input)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medmae.config import from_dict
+from medmae.data.loaders import CaseDataset, case_dict
+from medmae.data.manifests import Case, case_id, load_split
+from medmae.data.transforms import build_transform
+from medmae.engine.distributed import pick_device
+from medmae.engine.finetune import classify
+from medmae.engine.inference import model_from_checkpoint, segment, to_label_map, to_original_grid
+from medmae.errors import DataError, UserError
+from medmae.evaluation.reports import write_classification_report, write_csv
+from medmae.evaluation.scoring import refuse, check_pairs, write_report
+from medmae.tasks import TaskSpec, load_task
+
+log = logging.getLogger("medmae")
+PARTS = {"test": "test", "val": "validation"}
+IMAGE_SUFFIXES = {2: (".png", ".dcm", ".jpg", ".jpeg"), 3: (".nii", ".nii.gz", ".mha", ".nrrd")}
+
+
+def save_label_map(labels: np.ndarray, like: Path, path: Path) -> Path:
+    """Write ``labels`` (uint8) as NIfTI with the affine of the image ``like``, atomically."""
+    affine = nib.load(like).affine
+    image = nib.Nifti1Image(labels.astype(np.uint8), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def predict_volumes(model: nn.Module, task: TaskSpec, run_config: dict, cases: list[Case], output: Path,
+                    device: torch.device, progress: bool = True) -> dict[str, Path]:
+    """Segment each case's image and write ``<output>/<case id>.nii.gz`` on the image's own grid."""
+    cfg, transform = from_dict(run_config, "checkpoint"), build_transform(task, "inference")
+    written = {}
+    for case in tqdm(cases, desc="predicting", unit="case", disable=not progress):
+        item = transform(case_dict(case, with_label=False))  # noqa: read errors name the file
+        probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, device)
+        labels = to_label_map(task, to_original_grid(transform, item, probabilities))
+        written[case.id] = save_label_map(labels.numpy(), case.image, output / f"{case.id}.nii.gz")
+    return written
+
+
+def _load(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Module, dict, TaskSpec, torch.device]:
+    model, payload, task = model_from_checkpoint(checkpoint)
+    device = pick_device(device_choice)
+    return model.to(device), payload, task, device
+
+
+def evaluate(checkpoint: str, task_name: str, data_root: str | None, manifest: str | None, split_name: str | None,
+             part: str, output_dir: str | None, progress: bool = True) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
+    """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
+    AUC for classification), the notes and the files written."""
+    model, payload, task, device = _load(checkpoint)
+    if load_task(task_name).name != task.name:
+        raise UserError(f"{checkpoint}: trained on task {task.name}, not {task_name}")
+    cases = getattr(load_split(task, data_root, manifest, split_name), PARTS[part])
+    if not cases:
+        raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
+    output = Path(output_dir or Path(checkpoint).resolve().parent.parent / f"evaluate_{part}")
+    if task.is_classification:
+        cfg = from_dict(payload["run_config"], checkpoint)
+        loader = DataLoader(CaseDataset(task, cases, "validation"), batch_size=cfg.data.batch_size)
+        probabilities, targets, ids = classify(model, loader, task, cfg.train.precision, device)
+        table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
+        return mean, [f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"], [
+            output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"]
+    predictions = predict_volumes(model, task, payload["run_config"], cases, output / "predictions", device, progress)
+    pairs = {case.id: (predictions[case.id], case.label) for case in cases}
+    images = {case.id: case.image for case in cases}
+    refuse(task, check_pairs(task, pairs, images))
+    notes = [f"task {task.name}: {len(pairs)} cases of the {PARTS[part]} part, checkpoint {checkpoint}"]
+    return write_report(task, pairs, images, output, progress=progress, notes=notes)
+
+
+def input_files(source: Path, task: TaskSpec) -> list[Path]:
+    """``source`` itself, or the image files of the folder ``source`` (hidden files ignored)."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise DataError(source, "no such file or folder")
+    suffixes = IMAGE_SUFFIXES[task.spatial_dims]
+    files = sorted(p for p in source.iterdir() if p.name.lower().endswith(suffixes) and not p.name.startswith("."))
+    if not files:
+        raise DataError(source, f"holds no {' or '.join(suffixes)} files")
+    return files
+
+
+def predict(checkpoint: str, source: str, output_dir: str, progress: bool = True) -> list[Path]:
+    """Predictions for a file or a folder of files: label maps (NIfTI, same grid and affine) for 3D tasks,
+    ``probabilities.csv`` for 2D classification. Never writes inside the input folder."""
+    model, payload, task, device = _load(checkpoint)
+    source_path, output = Path(source).resolve(), Path(output_dir).resolve()
+    files = input_files(source_path, task)
+    folder = source_path if source_path.is_dir() else source_path.parent
+    if output == folder or folder in output.parents:
+        raise UserError(f"--output-dir {output} lies inside the input folder {folder}; choose a folder outside it")
+    cases = [Case(case_id(path), path) for path in files]
+    if len({c.id for c in cases}) != len(cases):
+        raise UserError(f"{source}: two files share a case id; predictions would overwrite each other")
+    if task.is_classification:
+        cfg = from_dict(payload["run_config"], checkpoint)
+        loader = DataLoader(CaseDataset(task, cases, "inference"), batch_size=cfg.data.batch_size,
+                            collate_fn=_without_labels)
+        probabilities, _, ids = classify(model, loader, task, cfg.train.precision, device)
+        table = pd.DataFrame(probabilities, columns=list(task.findings))
+        table.insert(0, "image_id", ids)
+        table.insert(1, "file", [str(c.image) for c in cases])
+        return [write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])]
+    return list(predict_volumes(model, task, payload["run_config"], cases, output, device, progress).values())
+
+
+def _without_labels(items: list[dict]) -> dict:
+    """Collate images and ids of unlabelled items (no targets to stack)."""
+    return {"image": torch.stack([torch.as_tensor(i["image"]) for i in items]),
+            "label": np.zeros((len(items), 0)), "case_id": [i["case_id"] for i in items]}

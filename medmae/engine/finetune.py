@@ -1,0 +1,173 @@
+"""Fine-tuning: UNETR (DiceCE) for 3D segmentation tasks, the ViT classifier (BCE with logits) for 2D
+classification; ``medmae finetune --task T [--pretrained CKPT]`` -> ``run(request)``."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medmae.config import Config
+from medmae.data.loaders import CaseDataset, train_loader
+from medmae.data.manifests import Case
+from medmae.engine.common import RunRequest, start
+from medmae.engine.distributed import Context, teardown
+from medmae.engine.inference import dice_counts, output_probabilities, predicted_regions, reference_regions, segment
+from medmae.engine.loop import Job, autocast, effective_batch, effective_lr, fit
+from medmae.engine.optim import build_optimizer
+from medmae.evaluation.classification import macro_auc, per_finding_auc
+from medmae.models import create_model
+from medmae.models.weights import classifier_from_pretrained, encoder_source, unetr_from_pretrained
+from medmae.tasks import TaskSpec
+
+log = logging.getLogger("medmae")
+
+
+def label_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
+    """A fixed seeded share of the labelled cases (at least one). Cases are shuffled once by ``seed`` and
+    the first ``round(fraction * n)`` taken, so a smaller fraction is a subset of a larger one."""
+    order = sorted(cases, key=lambda c: c.id)
+    random.Random(seed).shuffle(order)
+    return sorted(order[:max(1, round(fraction * len(order)))], key=lambda c: c.id)
+
+
+def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) -> nn.Module:
+    """UNETR (3D segmentation) or the ViT classifier, from a pretrained encoder or from scratch."""
+    outputs = len(task.class_names)
+    encoder = {"img_size": task.roi, "in_channels": task.in_channels, "drop_path_rate": cfg.model.drop_path}
+    if pretrained is None:
+        if task.is_classification:
+            return create_model(f"vit_{cfg.model.size}_patch16_{task.spatial_dims}d_cls", num_classes=outputs,
+                                pool=cfg.model.pool, cls_token=cfg.model.pool == "cls", **encoder)
+        return create_model(f"unetr_vit_{cfg.model.size}_patch16_{task.spatial_dims}d", out_channels=outputs,
+                            feature_size=cfg.model.feature_size, **encoder)
+    payload = _pretrained_payload(pretrained, task)
+    if task.is_classification:
+        model, report = classifier_from_pretrained(payload, outputs, pool=cfg.model.pool, **encoder)
+    else:
+        model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
+    log.info("%s", report)
+    return model
+
+
+def _pretrained_payload(path: str, task: TaskSpec) -> dict[str, Any]:
+    """The pretrained checkpoint, with a warning where it was trained on other spacing or intensity."""
+    from medmae.engine.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(path)
+    encoder_source(payload)  # fails early, naming the file, when it holds no encoder
+    source = payload.get("task") or {}
+    for key in ("spacing", "intensity", "channels"):
+        if key in source and source[key] != task.record.get(key):
+            log.warning("%s was pretrained with %s %s; task %s uses %s", path, key, source[key], task.name,
+                        task.record.get(key))
+    return payload
+
+
+def segmentation_loss(task: TaskSpec) -> nn.Module:
+    """DiceCE: softmax over labels, or a sigmoid per (overlapping) region."""
+    if task.regions:
+        return DiceCELoss(sigmoid=True)
+    return DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+@torch.no_grad()
+def validate_segmentation(model: nn.Module, task: TaskSpec, dataset: CaseDataset, cfg: Config, ctx: Context) -> dict[str, float]:
+    """Mean DSC over validation cases and scored classes, on the preprocessed grid (sliding windows)."""
+    model.eval()
+    scores = []
+    for index in tqdm(range(len(dataset)), desc="validation", unit="case", leave=False, disable=None):
+        item = dataset[index]
+        probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, ctx.device)
+        scores.append(dice_counts(predicted_regions(task, probabilities), reference_regions(task, torch.as_tensor(item["label"]))))
+    model.train()
+    table = np.array(scores)
+    per_class = {f"val_dsc_{name}": float(np.nanmean(table[:, k])) if not np.isnan(table[:, k]).all() else float("nan")
+                 for k, name in enumerate(_scored(task))}
+    return {"val_mean_dsc": float(np.nanmean(list(per_class.values()))), **per_class}
+
+
+def _scored(task: TaskSpec) -> tuple[str, ...]:
+    return tuple(task.regions) or task.labels[1:]
+
+
+@torch.no_grad()
+def classify(model: nn.Module, loader: DataLoader, task: TaskSpec, precision: str, device: torch.device) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Probabilities ``[N, F]``, targets ``[N, F]`` and image ids over ``loader``."""
+    model.eval()
+    probabilities, targets, ids = [], [], []
+    for batch in tqdm(loader, desc="classifying", unit="batch", leave=False, disable=None):
+        with autocast(precision, device):
+            logits = model(torch.as_tensor(batch["image"]).to(device))
+        probabilities.append(output_probabilities(task, logits.float()).cpu().numpy())
+        targets.append(np.asarray(batch["label"]))
+        ids += list(batch["case_id"])
+    model.train()
+    return np.concatenate(probabilities), np.concatenate(targets), ids
+
+
+def run(request: RunRequest) -> nn.Module:
+    """Fine-tune on the task's labelled training cases; ``best.pt`` is picked on the validation part."""
+    s = start("finetune", request)
+    cfg, task, ctx, run_folder = s.cfg, s.task, s.ctx, s.run
+    try:
+        cases = label_subset(s.split.train, cfg.data.label_fraction, cfg.data.label_seed)
+        crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
+        dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
+        validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
+        loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
+        pretrained = None if s.resume_from is not None else request.pretrained
+        model = build_finetune_model(cfg, task, pretrained)
+        if s.resume_from is not None:
+            model.load_state_dict(s.resume_from["state_dict"])
+        model.to(ctx.device)
+        log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
+                 "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
+                 model.config["name"], "from " + request.pretrained if request.pretrained else "from scratch",
+                 len(dataset), len(s.split.train), task.name, effective_batch(cfg, crops), effective_lr(cfg, crops),
+                 cfg.optim.base_lr, effective_batch(cfg, crops), cfg.optim.layer_decay, ctx.world, ctx.device)
+        optimizer = build_optimizer(model, effective_lr(cfg, crops), cfg.optim.weight_decay, cfg.optim.betas,
+                                    cfg.optim.layer_decay, model.config["depth"])
+        job = _job(cfg, task, model, validation, ctx, request, crops)
+        fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
+        return model
+    finally:
+        run_folder.close()
+        teardown()
+
+
+def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset | None, ctx: Context,
+         request: RunRequest, crops: int) -> Job:
+    describe = {"stage": "finetune", "task": task.record, "pretrained": request.pretrained}
+    if task.is_classification:
+        criterion: nn.Module = nn.BCEWithLogitsLoss()
+        val_loader = DataLoader(validation, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers) if validation else None
+
+        def validate() -> dict[str, float]:
+            probabilities, targets, _ = classify(model, val_loader, task, cfg.train.precision, ctx.device)
+            return {"val_macro_auc": macro_auc(per_finding_auc(probabilities, targets, task.findings))[0]}
+        score = "val_macro_auc"
+    else:
+        criterion = segmentation_loss(task)
+
+        def validate() -> dict[str, float]:
+            return validate_segmentation(model, task, validation, cfg, ctx)
+        score = "val_mean_dsc"
+
+    def loss(trained: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        images = torch.as_tensor(batch["image"]).to(ctx.device, non_blocking=True)
+        return criterion(trained(images).float(), torch.as_tensor(batch["label"]).to(ctx.device, non_blocking=True))
+
+    def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:
+        if validation is None or not ctx.is_main or not (last or epoch % cfg.train.val_every == 0):
+            return {}
+        return validate()
+
+    return Job(loss=loss, end_of_epoch=end_of_epoch, describe=describe, samples_per_item=crops, score_name=score)

@@ -1,0 +1,90 @@
+"""Inference: sliding windows with Gaussian blending for 3D, whole images for 2D; predictions mapped back
+to each input's original grid (same shape and affine) by inverting the validation transforms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Compose, Invertd
+from torch import nn
+
+from medmae.config import InferConfig
+from medmae.engine.checkpoint import CheckpointError, load_checkpoint
+from medmae.engine.loop import autocast
+from medmae.models import create_model
+from medmae.tasks import TaskSpec, task_from_record
+
+
+def model_from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any], TaskSpec]:
+    """The fine-tuned model (eval mode, CPU), the checkpoint payload and the task it was trained on."""
+    payload = load_checkpoint(path)
+    if payload.get("stage") != "finetune":
+        raise CheckpointError(f"{path}: a {payload.get('stage', 'foreign')} checkpoint; evaluate and predict need "
+                              "one from medmae finetune (checkpoints/best.pt)")
+    config = dict(payload["config"])
+    model = create_model(config.pop("name"), **config)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload, task_from_record(payload["task"], str(path))
+
+
+def output_probabilities(task: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid per region or finding (overlapping classes), softmax over labels otherwise."""
+    return torch.sigmoid(logits) if task.regions or task.is_classification else torch.softmax(logits, dim=1)
+
+
+@torch.no_grad()
+def segment(model: nn.Module, task: TaskSpec, image: torch.Tensor, infer: InferConfig, precision: str,
+            device: torch.device) -> torch.Tensor:
+    """Class probabilities on the preprocessed grid: image ``[C, *S]`` -> ``[K, *S]`` (float32, CPU)."""
+    with autocast(precision, device):
+        logits = sliding_window_inference(torch.as_tensor(image)[None].to(device), task.roi, infer.sw_batch_size, model,
+                                          overlap=infer.overlap, mode=infer.blend)
+    return output_probabilities(task, logits.float())[0].cpu()
+
+
+def to_label_map(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
+    """``[K, *S]`` -> label map ``[*S]`` (uint8) in the task's label values. Regions are painted in the
+    task's order, each with its smallest label value where its probability exceeds 0.5: MSD brain's
+    whole tumour -> 1 (edema), tumour core -> 2 (non-enhancing), enhancing -> 3."""
+    if not task.regions:
+        return probabilities.argmax(dim=0).to(torch.uint8)
+    labels = torch.zeros(probabilities.shape[1:], dtype=torch.uint8)
+    for channel, values in enumerate(task.regions.values()):
+        labels[probabilities[channel] > 0.5] = min(values)
+    return labels
+
+
+def predicted_regions(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
+    """``[K, *S]`` probabilities -> ``[F, *S]`` booleans, one per scored class (regions or foreground labels)."""
+    if task.regions:
+        return probabilities > 0.5
+    labels = probabilities.argmax(dim=0)
+    return torch.stack([labels == value for value in range(1, len(task.labels))])
+
+
+def reference_regions(task: TaskSpec, label: torch.Tensor) -> torch.Tensor:
+    """The training target (``[R, *S]`` regions or ``[1, *S]`` labels) -> ``[F, *S]`` booleans."""
+    if task.regions:
+        return label > 0.5
+    return torch.stack([label[0] == value for value in range(1, len(task.labels))])
+
+
+def dice_counts(pred: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
+    """``[F, *S]`` booleans -> per-class DSC ``[F]`` (NaN where both are empty)."""
+    dims = tuple(range(1, pred.ndim))
+    tp = (pred & ref).sum(dims).double()
+    total = pred.sum(dims).double() + ref.sum(dims).double()
+    return torch.where(total > 0, 2 * tp / total.clamp(min=1), torch.full_like(total, float("nan"))).numpy()
+
+
+def to_original_grid(transform: Compose, item: dict[str, Any], probabilities: torch.Tensor) -> torch.Tensor:
+    """Invert the validation chain on ``probabilities`` ``[K, *S]``: back to the original file's grid
+    (bilinear for the probabilities, then the label decision is made on the original grid)."""
+    image = item["image"]
+    pred = MetaTensor(probabilities, meta=dict(image.meta), applied_operations=list(image.applied_operations))
+    inverter = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)
+    return torch.as_tensor(inverter({"image": image, "pred": pred})["pred"])

@@ -1,0 +1,173 @@
+"""The training loop shared by pretraining and fine-tuning: warm-up and cosine per iteration, gradient
+accumulation and clipping, autocast (bf16; fp16 with a scaler), DDP, checkpoints every N epochs, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+import medmae
+from medmae.config import Config
+from medmae.engine.checkpoint import FORMAT
+from medmae.engine.distributed import Context, all_mean, barrier
+from medmae.engine.optim import learning_rate, set_learning_rate
+from medmae.engine.run import RunFolder, restore_rng, rng_state
+from medmae.errors import UserError
+
+log = logging.getLogger("medmae")
+
+
+class NonFiniteLoss(UserError):
+    """Training diverged; the message says where and what to change."""
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on GPU, none (fp32) on CPU."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs and optimiser steps completed, the best validation score and its epoch."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int | None = None
+
+
+@dataclass
+class Job:
+    """What differs between stages: the loss of one batch, the work at the end of an epoch (validation,
+    figures) returning extra metrics, and the payload fields that describe the run in every checkpoint."""
+
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    end_of_epoch: Callable[[int, bool], dict[str, float]]
+    describe: dict[str, Any]
+    samples_per_item: int = 1
+    score_name: str | None = None  # validation metric that picks best.pt (higher is better)
+
+
+def _batches(loader, epoch: int, steps: int) -> Iterator[Any]:
+    """``steps`` batches for ``epoch``, passing over the data as often as needed (each pass seeded apart)."""
+    passes = 0
+    while True:
+        loader.sampler.set_pass(epoch * 1000 + passes)
+        for batch in loader:
+            yield batch
+            steps -= 1
+            if steps == 0:
+                return
+        passes += 1
+
+
+def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: torch.optim.Optimizer,
+        loader, job: Job, resume_from: dict[str, Any] | None = None) -> Progress:
+    """Train ``model`` for ``cfg.train.epochs`` epochs; returns the final :class:`Progress`."""
+    accumulate = cfg.optim.accumulate
+    steps = cfg.train.steps_per_epoch or len(loader) // accumulate
+    if steps == 0:
+        raise UserError(f"an epoch holds fewer than optim.accumulate={accumulate} batches; lower it or data.batch_size")
+    total, warmup = cfg.train.epochs * steps, round(cfg.optim.warmup_epochs * steps)
+    peak = effective_lr(cfg, job.samples_per_item)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=autocast_dtype(cfg.train.precision, ctx.device) == torch.float16)
+    progress, rows = Progress(), []
+    if resume_from is not None:
+        progress = Progress(**resume_from["progress"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scaler.load_state_dict(resume_from["scaler"])
+        restore_rng(resume_from["rng"])
+        rows = run.history(progress.epoch)
+        log.info("resumed at epoch %d, step %d", progress.epoch, progress.step)
+    trained = DistributedDataParallel(model) if ctx.world > 1 else model
+    for epoch in range(progress.epoch, cfg.train.epochs):
+        model.train()
+        started, loss_sum, lr = time.perf_counter(), torch.zeros((), device=ctx.device), peak
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step", disable=not ctx.is_main or None,
+                   leave=False)
+        batches = _batches(loader, epoch, steps * accumulate)
+        for _ in range(steps):
+            lr = learning_rate(progress.step, total, warmup, peak, cfg.optim.min_lr)
+            set_learning_rate(optimizer, lr)
+            for micro in range(accumulate):
+                sync = contextlib.nullcontext() if micro == accumulate - 1 or ctx.world == 1 else trained.no_sync()
+                with sync:
+                    with autocast(cfg.train.precision, ctx.device):
+                        loss = job.loss(trained, next(batches)) / accumulate
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            if cfg.optim.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            bar.update()
+            if progress.step % cfg.train.log_every == 0:  # the only host-device synchronisation of the loop
+                check_finite(loss.detach() * accumulate, epoch, progress.step)
+                bar.set_postfix(loss=f"{loss.item() * accumulate:.4f}", lr=f"{lr:.3g}")
+        bar.close()
+        epoch_loss = all_mean(loss_sum / steps, ctx).item()
+        check_finite(torch.tensor(epoch_loss), epoch, progress.step)
+        seconds = time.perf_counter() - started
+        progress.epoch = epoch + 1
+        last = progress.epoch == cfg.train.epochs
+        row = {"epoch": progress.epoch, "step": progress.step, "loss": epoch_loss, "lr": lr,
+               "samples_per_s": steps * accumulate * cfg.data.batch_size * job.samples_per_item / seconds,
+               "seconds": seconds, **job.end_of_epoch(progress.epoch, last)}
+        improved = job.score_name is not None and job.score_name in row and not math.isnan(row[job.score_name]) and (
+            progress.best is None or row[job.score_name] > progress.best)
+        if improved:
+            progress.best, progress.best_epoch = row[job.score_name], progress.epoch
+        rows.append(row)
+        run.log_epoch(rows)
+        if improved or last or progress.epoch % cfg.train.checkpoint_every == 0:
+            run.save(payload(cfg, model, optimizer, scaler, progress, job), best=improved)
+        log.info("epoch %d/%d: %s", progress.epoch, cfg.train.epochs,
+                 ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
+        barrier(ctx)
+    return progress
+
+
+def effective_lr(cfg: Config, samples_per_item: int) -> float:
+    """``base_lr x effective batch / 256``; the effective batch counts every crop of every accumulated step."""
+    return cfg.optim.base_lr * effective_batch(cfg, samples_per_item) / 256
+
+
+def effective_batch(cfg: Config, samples_per_item: int) -> int:
+    return cfg.data.batch_size * samples_per_item * cfg.optim.accumulate
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLoss(f"the loss became {loss.item()} in epoch {epoch + 1} by step {step}; nothing was saved after "
+                            "the last checkpoint. Lower optim.base_lr, set optim.clip_grad (e.g. 1.0), or use "
+                            "train.precision=bf16 or fp32 instead of fp16; then --resume from the last checkpoint")
+
+
+def payload(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+            progress: Progress, job: Job) -> dict[str, Any]:
+    """A self-describing checkpoint: model name and geometry, weights, task, resolved config, version,
+    epoch and step, optimiser, scaler and RNG state."""
+    return {"format": FORMAT, "medmae_version": medmae.__version__, "config": dict(model.config),
+            "state_dict": model.state_dict(), "run_config": cfg.to_dict(), "progress": vars(progress).copy(),
+            "epoch": progress.epoch, "step": progress.step, "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rng_state(), **job.describe}

@@ -1,0 +1,64 @@
+"""AdamW parameter groups (no decay on norms, biases, position embedding, tokens; layer-wise rate decay)
+and the per-iteration schedule: linear warm-up, then cosine to ``min_lr``."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("position_embeddings", "pos_embed", "cls_token", "mask_token")
+
+
+def decays(name: str, param: nn.Parameter) -> bool:
+    """Weight decay only on matrices and kernels: not on biases, norm scales, position embeddings or tokens."""
+    return param.ndim > 1 and not name.endswith(NO_DECAY_NAMES)
+
+
+def layer_id(name: str, depth: int) -> int:
+    """Position of a parameter for layer decay: 0 for the patch embedding and tokens, k + 1 for encoder
+    block k, ``depth + 1`` for everything after the encoder blocks (final norm, decoder, head)."""
+    match = re.search(r"(?:^|\.)(?:vit|encoder)\.blocks\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    if re.search(r"(?:^|\.)(?:vit|encoder)\.(?:patch_embedding|cls_token)", name):
+        return 0
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, depth: int = 12) -> list[dict]:
+    """Groups for AdamW; each carries ``lr_scale = layer_decay ** (depth + 1 - layer_id)`` (1 without decay)."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, decay = layer_id(name, depth), decays(name, param)
+        group = groups.setdefault((layer, decay), {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+                                                   "lr_scale": layer_decay ** (depth + 1 - layer)})
+        group["params"].append(param)
+        group["names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                    layer_decay: float = 1.0, depth: int = 12) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (fused on GPU)."""
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay, depth), lr=lr, betas=tuple(betas),
+                             fused=fused or None)
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, minimum: float = 0.0) -> float:
+    """Rate for optimiser step ``step`` (0-based): linear from ``peak / warmup_steps`` to ``peak`` over
+    the warm-up, then half a cosine from ``peak`` down to ``minimum`` at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return minimum + (peak - minimum) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

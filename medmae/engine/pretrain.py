@@ -1,0 +1,107 @@
+"""MAE pretraining: ``medmae pretrain --task T`` -> ``run(request)``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from medmae.config import Config
+from medmae.data.loaders import CaseDataset, item_seed, train_loader
+from medmae.engine.common import RunRequest, start
+from medmae.engine.distributed import teardown
+from medmae.engine.loop import Job, effective_batch, effective_lr, fit
+from medmae.engine.optim import build_optimizer
+from medmae.evaluation.figures import save_reconstruction_figure
+from medmae.models import create_model
+from medmae.tasks import TaskSpec
+
+log = logging.getLogger("medmae")
+FIGURE_SAMPLES = 4
+PATCH = 16  # every registry model uses 16-voxel patches
+
+
+def build_mae(cfg: Config, task: TaskSpec) -> nn.Module:
+    """The registry MAE for the task's dimensionality, channels and ROI, sized by ``model.size``."""
+    extra: dict[str, Any] = {}
+    if cfg.model.decoder_width is not None:
+        extra |= {"decoder_width": cfg.model.decoder_width, "decoder_heads": max(1, cfg.model.decoder_width // 32)}
+    if cfg.model.decoder_depth is not None:
+        extra["decoder_depth"] = cfg.model.decoder_depth
+    return create_model(f"mae_vit_{cfg.model.size}_patch16_{task.spatial_dims}d", img_size=task.roi,
+                        in_channels=task.in_channels, mask_ratio=cfg.model.mask_ratio,
+                        norm_pix_loss=cfg.model.norm_pix_loss, drop_path_rate=cfg.model.drop_path, **extra)
+
+
+def mask_noise(seeds: torch.Tensor | list[int], tokens: int, device: torch.device) -> torch.Tensor:
+    """``[B, tokens]`` uniform noise, each row drawn from its sample's own seed (see ``SeededItems``)."""
+    rows = [torch.rand(tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device)
+
+
+def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The MAE loss of one batch (``image`` ``[B, C, *S]``), masks from each sample's seed."""
+    images = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
+    tokens = int(torch.tensor(images.shape[2:]).div(PATCH, rounding_mode="floor").prod())
+    loss, _, _ = model(images, noise=mask_noise(batch["sample_seed"], tokens, device))
+    return loss
+
+
+@torch.no_grad()
+def save_figure(model: nn.Module, images: torch.Tensor, path, title: str) -> float:
+    """Hidden input, reconstruction and original of fixed samples with fixed masks; returns their loss."""
+    model.eval()
+    tokens = int(torch.tensor(model.encoder.grid).prod())
+    loss, pred, mask = model(images, noise=mask_noise(range(len(images)), tokens, images.device))
+    shown = model.reconstruct(images, pred, mask)
+    save_reconstruction_figure(path, images, {"masked input": shown["masked"], "reconstruction": shown["composite"]},
+                               title=title)
+    model.train()
+    return loss.item()
+
+
+def run(request: RunRequest, progress_bars: bool = True) -> nn.Module:
+    """Pretrain an MAE on the task's images (train, validation and unlabelled parts; never the test part)."""
+    s = start("pretrain", request)
+    cfg, task, ctx, run_folder = s.cfg, s.task, s.ctx, s.run
+    try:
+        cases = sorted({c.id: c for c in s.split.train + s.split.validation + s.split.unlabelled}.values(), key=lambda c: c.id)
+        crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
+        dataset = CaseDataset(task, cases, "pretrain", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
+        loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
+        model = build_mae(cfg, task)
+        if s.resume_from is not None:
+            model.load_state_dict(s.resume_from["state_dict"])
+        model.to(ctx.device)
+        log.info("pretraining %s on %d images of task %s: effective batch %d, learning rate %.3g "
+                 "(base %.3g x %d / 256), %d processes, device %s", model.config["name"], len(dataset), task.name,
+                 effective_batch(cfg, crops), effective_lr(cfg, crops), cfg.optim.base_lr, effective_batch(cfg, crops),
+                 ctx.world, ctx.device)
+        optimizer = build_optimizer(model, effective_lr(cfg, crops), cfg.optim.weight_decay, cfg.optim.betas)
+        figure_images = figure_batch(dataset, cfg, crops).to(ctx.device) if ctx.is_main else None
+
+        def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:
+            if not ctx.is_main or not (last or epoch % cfg.train.figure_every == 0):
+                return {}
+            path = run_folder.figures / f"reconstruction_epoch{epoch:04d}.png"
+            return {"figure_loss": save_figure(model, figure_images, path, f"{task.name}, epoch {epoch}")}
+
+        job = Job(loss=lambda m, batch: mae_loss(m, batch, ctx.device), end_of_epoch=end_of_epoch,
+                  describe={"stage": "pretrain", "task": task.record}, samples_per_item=crops)
+        fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
+        return model
+    finally:
+        run_folder.close()
+        teardown()
+
+
+def figure_batch(dataset: CaseDataset, cfg: Config, crops: int) -> torch.Tensor:
+    """``[min(4, n), C, *roi]``: one fixed crop of each of the first cases, the same in every figure."""
+    images = []
+    for index in range(min(FIGURE_SAMPLES, len(dataset))):
+        dataset.transform.set_random_state(seed=item_seed(cfg.train.seed, -1, index))
+        item = dataset[index]
+        images.append(torch.as_tensor((item[0] if isinstance(item, list) else item)["image"]))
+    return torch.stack(images)

@@ -1,0 +1,105 @@
+"""A run folder: ``config.yaml``, ``metrics.csv``, ``checkpoints/{last,previous,best}.pt``, ``figures/``,
+TensorBoard events when tensorboard is installed. Only the main process writes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from medmae.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from medmae.errors import UserError
+from medmae.evaluation.reports import write_csv
+
+log = logging.getLogger("medmae")
+
+
+class RunFolder:
+    """Where a run writes. ``write`` is False on every process but the main one: then nothing is written."""
+
+    def __init__(self, root: str | Path, write: bool) -> None:
+        self.root, self.write = Path(root), write
+        self.checkpoints, self.figures = self.root / "checkpoints", self.root / "figures"
+        self._board = None
+
+    def prepare(self, resume: bool) -> None:
+        """Refuse to overwrite a finished or running folder unless resuming; create the folders."""
+        if not resume and (self.root / "config.yaml").exists():
+            raise UserError(f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir")
+        if self.write:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint (``last.pt``, else ``previous.pt``), or None when there is none."""
+        for name in ("last.pt", "previous.pt"):
+            path = self.checkpoints / name
+            if not path.exists():
+                continue
+            try:
+                return load_checkpoint(path)
+            except CheckpointError as error:
+                log.warning("passing over %s", error)
+        return None
+
+    def save(self, payload: dict[str, Any], best: bool = False) -> None:
+        """``last.pt`` becomes ``previous.pt``, then the payload is written atomically as ``last.pt``
+        (and copied to ``best.pt`` when ``best``)."""
+        if not self.write:
+            return
+        last = self.checkpoints / "last.pt"
+        if last.exists():
+            last.replace(self.checkpoints / "previous.pt")
+        save_checkpoint(payload, last)
+        if best:
+            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}, self.checkpoints / "best.pt")
+
+    def log_epoch(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.csv`` with ``rows`` (one per epoch) and send the newest row to TensorBoard."""
+        if not self.write:
+            return
+        write_csv(pd.DataFrame(rows), self.root / "metrics.csv")
+        board = self.board()
+        if board is not None:
+            for key, value in rows[-1].items():
+                if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                    board.add_scalar(key, value, rows[-1]["step"])
+            board.flush()
+
+    def history(self, epochs: int) -> list[dict[str, Any]]:
+        """The rows of ``metrics.csv`` up to ``epochs`` (a resumed run drops rows written after its checkpoint)."""
+        path = self.root / "metrics.csv"
+        if not path.exists():
+            return []
+        table = pd.read_csv(path)
+        return table[table["epoch"] <= epochs].to_dict("records")
+
+    def board(self):
+        """A TensorBoard writer, or None when tensorboard is not installed."""
+        if self._board is None and self.write:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._board = False
+            else:
+                self._board = SummaryWriter(str(self.root / "tensorboard"))
+        return self._board or None
+
+    def close(self) -> None:
+        if self._board:
+            self._board.close()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

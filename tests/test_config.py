@@ -1,0 +1,76 @@
+"""Config resolution: typed defaults <- configs/<stage>/<task>.yaml <- --config <- --set; errors name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from medmae import resource_dir
+from medmae.config import Config, from_dict, known_keys, load_config, parse_override, save_config
+from medmae.errors import UserError
+from medmae.tasks import list_tasks
+
+TINY = resource_dir("configs") / "test" / "tiny.yaml"
+
+
+def test_later_sources_win():
+    cfg = load_config("pretrain", "btcv", TINY, ["optim.base_lr=1e-3", "model.mask_ratio=0.5"])
+    assert cfg.model.size == "tiny"  # tiny.yaml over the btcv recipe
+    assert cfg.data.batch_size == 2 and cfg.optim.base_lr == 0.001  # --set over tiny.yaml
+    assert cfg.model.mask_ratio == 0.5
+    assert cfg.optim.betas == [0.9, 0.95]  # from the recipe, untouched by the later sources
+
+
+def test_published_recipes():
+    cx, btcv, brain = (load_config("pretrain", t) for t in ("chestxray14", "btcv", "msd_brain"))
+    assert (cx.model.size, cx.model.mask_ratio, cx.data.batch_size, cx.train.epochs) == ("base", 0.75, 256, 800)
+    assert (btcv.model.mask_ratio, btcv.data.batch_size, btcv.data.crops_per_volume, btcv.train.epochs) == (0.125, 6, 4, 10000)
+    assert (brain.model.mask_ratio, brain.train.epochs) == (0.125, 500)
+    for cfg in (cx, btcv, brain):
+        assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.weight_decay == 0.05
+    for task in ("chestxray14", "btcv", "msd_brain", "msd_hippocampus"):
+        tuned = load_config("finetune", task)
+        assert (tuned.model.size, tuned.optim.layer_decay, tuned.model.drop_path) == ("base", 0.75, 0.1)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+@pytest.mark.parametrize("task", list_tasks() + ["a_task_without_a_recipe"])
+def test_every_shipped_recipe_loads(stage, task):
+    assert isinstance(load_config(stage, task), Config)
+
+
+def test_unknown_keys_list_the_close_matches(tmp_path):
+    with pytest.raises(UserError, match=r"unknown config key 'optim.base_rl'.*optim.base_lr"):
+        load_config("pretrain", "btcv", overrides=["optim.base_rl=1"])
+    with pytest.raises(UserError, match=r"'model.batch_size'.*data.batch_size"):
+        load_config("pretrain", "btcv", overrides=["model.batch_size=4"])
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {epoch: 3}\n")
+    with pytest.raises(UserError, match=rf"{path}: unknown config key 'train.epoch'.*train.epochs"):
+        load_config("pretrain", "btcv", path)
+
+
+def test_wrong_types_and_ranges_are_errors():
+    with pytest.raises(UserError, match=r"--set: data.batch_size must be int, not 'four'"):
+        load_config("pretrain", "btcv", overrides=["data.batch_size=four"])
+    with pytest.raises(UserError, match=r"data.batch_size must be int, not True"):
+        load_config("pretrain", "btcv", overrides=["data.batch_size=true"])
+    with pytest.raises(UserError, match=r"model.mask_ratio must lie in \[0, 1\)"):
+        load_config("pretrain", "btcv", overrides=["model.mask_ratio=1.0"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        load_config("pretrain", "btcv", overrides=["optim.base_lr"])
+    assert load_config("pretrain", "btcv", overrides=["optim.clip_grad=null"]).optim.clip_grad is None
+
+
+def test_override_values_are_read_as_yaml():
+    assert parse_override("optim.base_lr=1e-3") == ("optim.base_lr", 0.001)  # YAML 1.1 alone reads this as text
+    assert parse_override("model.img_size=[64, 64, 32]") == ("model.img_size", [64, 64, 32])
+    assert parse_override("data.skip_bad_cases=true") == ("data.skip_bad_cases", True)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("finetune", "msd_brain", TINY, ["optim.clip_grad=1"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    assert from_dict(yaml.safe_load(path.read_text()), str(path)) == cfg
+    assert cfg.optim.clip_grad == 1.0 and isinstance(cfg.optim.clip_grad, float)
+    assert set(known_keys()) == {f"{s}.{k}" for s, values in cfg.to_dict().items() for k in values}
