@@ -302,7 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"medmae: error: {_describe(error)}", file=sys.stderr)
         return 2
-    except Exception as error:  # an internal error: a bug in medmae
+    except Exception as error:  # an internal error: a bug in medmae, unless the GPU ran out of memory
+        if type(error).__name__ == "OutOfMemoryError":
+            print("medmae: error: out of GPU memory; lower data.batch_size, data.crops_per_volume or "
+                  "infer.sw_batch_size (--set key=value), or use train.precision=bf16", file=sys.stderr)
+            return 2
         if args.debug:
             traceback.print_exc()
         print(f"medmae: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)",

@@ -214,6 +214,7 @@ def validate(cfg: Config) -> None:
               (cfg.optim.warmup_epochs >= 0 and cfg.optim.accumulate >= 1, "optim.warmup_epochs must be >= 0, optim.accumulate >= 1"),
               (cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "optim.clip_grad must be > 0 or null"),
               (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+              (cfg.optim.warmup_epochs < cfg.train.epochs, "optim.warmup_epochs must be fewer than train.epochs"),
               (cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
               (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
               (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),

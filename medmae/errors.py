@@ -12,7 +12,10 @@ class UserError(Exception):
 class DataError(UserError):
     """A file or folder that cannot be used; the message starts with its path."""
 
-    def __init__(self, path: str | Path, problem: str) -> None:
+    def __init__(self, path: str | Path, problem: str | None = None) -> None:
+        if problem is None:  # rebuilt by a DataLoader worker from its formatted traceback: keep the last line
+            last = str(path).strip().splitlines()[-1]
+            path, _, problem = last.split("DataError: ", 1)[-1].partition(": ")
         super().__init__(f"{path}: {problem}")
         self.path, self.problem = str(path), problem
 

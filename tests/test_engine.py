@@ -4,6 +4,7 @@ SIGKILL, two-process DDP against one process, bf16 against fp32, divergence stop
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,9 @@ def test_pretrain_finetune_evaluate_predict_on_hippocampus(tmp_path, hippocampus
         assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2}
     assert main(["predict", "--checkpoint", str(unetr / "checkpoints" / "best.pt"), "--input", str(inputs),
                  "--output-dir", str(inputs / "out")]) == 2  # never inside the input folder
+    (inputs / "hippocampus_004.nii.gz").write_bytes(b"")
+    assert main(["predict", "--checkpoint", str(unetr / "checkpoints" / "best.pt"), "--input", str(inputs),
+                 "--output-dir", str(tmp_path / "again")]) == 2  # an unreadable input is named, not a crash
 
 
 def _pretrain_command(demo_root: Path, output: Path, *extra: str) -> list[str]:
@@ -214,3 +218,14 @@ def test_chest_xray_classifier_from_a_2d_mae(tmp_path):
     probabilities = pd.read_csv(tmp_path / "out" / "probabilities.csv", comment="#")
     assert list(probabilities.columns[2:]) == list(load_task("chestxray14").findings) and len(probabilities) == 3
     assert ((probabilities.iloc[:, 2:] > 0) & (probabilities.iloc[:, 2:] < 1)).all().all()
+
+
+def test_a_broken_case_in_a_loader_worker_exits_2_naming_the_file(tmp_path, demo_root, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    broken = root / "imagesTr" / "img0002.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:200])
+    code = main(["pretrain", "--task", "demo", "--data-root", str(root), "--config", TINY, "--output-dir",
+                 str(tmp_path / "run"), "--set", "data.num_workers=1", "--set", "train.steps_per_epoch=3"])
+    message = capsys.readouterr().err
+    assert code == 2 and str(broken) in message and "Traceback" not in message

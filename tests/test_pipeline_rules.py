@@ -54,14 +54,14 @@ def test_orientation_makes_an_lps_copy_identical_to_the_ras_original(demo_root, 
 
 
 def test_spacing_resamples_to_the_task_spacing(demo_root, tmp_path):
-    task = load_task("demo")  # 3 mm
+    task = load_task("demo")  # 4.5 mm; the files have 3 mm
     case = load_split(task, demo_root).all_cases()[0]
     for path, name in ((case.image, "i.nii.gz"), (case.label, "l.nii.gz")):
         source = nib.load(path)
-        nib.save(nib.Nifti1Image(np.asarray(source.dataobj), np.diag([1.5, 1.5, 1.5, 1.0])), tmp_path / name)
+        nib.save(nib.Nifti1Image(np.asarray(source.dataobj), np.diag([6.0, 6.0, 6.0, 1.0])), tmp_path / name)
     transform = build_transform(task, "validation")
     item = transform(case_dict(Case("x", tmp_path / "i.nii.gz", tmp_path / "l.nii.gz")))
-    assert torch.allclose(item["image"].pixdim.float(), torch.tensor([3.0, 3.0, 3.0]))
+    assert torch.allclose(item["image"].pixdim.float(), torch.tensor([4.5, 4.5, 4.5]))
     assert item["image"].shape[1:] != transform(case_dict(case))["image"].shape[1:]
 
 

@@ -44,8 +44,8 @@ def test_unknown_and_broken_task_files_are_named(tmp_path):
 BROKEN_VALUES = {
     "intensity: {rule: window, window: [-175, 250]}": ["intensity: window", "intensity: {rule: window}",
                                                        "intensity: {rule: window, window: [250, -175]}"],
-    "roi: [48, 48, 48]": ["roi: 48", "roi: [48, 48, x]", "roi: [48, 48]"],
-    "spacing: [3.0, 3.0, 3.0]": ["spacing: [3, 3, -1]"],
+    "roi: [48, 48, 32]": ["roi: 48", "roi: [48, 48, x]", "roi: [48, 48]"],
+    "spacing: [4.5, 4.5, 4.5]": ["spacing: [3, 3, -1]"],
     "orientation: RAS": ["orientation: XYZ", "orientation: RRS"],
     "validation: {fraction: 0.2, seed: 0}": ["validation: 0.2", "validation: {fraction: abc}", "validation: {fraction: 1.5}"],
     "labels: [background, liver, spleen, right_kidney, left_kidney]": ["labels: background"],

@@ -69,7 +69,7 @@ class CaseDataset(Dataset):
             cause = _root_cause(error)
             problem = cause.problem if isinstance(cause, DataError) else f"{type(cause).__name__}: {cause}"
             where = cause.path if isinstance(cause, DataError) else case.image
-            raise DataError(where, f"case {case.id}: {problem} (the skip-bad-cases option leaves such cases out)") from error
+            raise DataError(where, f"case {case.id}: {problem} (--set data.skip_bad_cases=true leaves such cases out)") from error
 
 
 def item_seed(seed: int, key: int, index: int) -> int:
@@ -127,6 +127,8 @@ class ShardSampler(Sampler):
 def train_loader(dataset: CaseDataset, global_batch: int, rank: int, world: int, seed: int,
                  num_workers: int) -> DataLoader:
     """Batches of ``global_batch / world`` items per process (crops of a volume are flattened into the batch)."""
+    if global_batch % world:
+        raise UserError(f"data.batch_size={global_batch} does not split evenly over {world} processes")
     sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)
     return DataLoader(SeededItems(dataset, seed), batch_size=global_batch // world, sampler=sampler, drop_last=True,
                       num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=list_data_collate)

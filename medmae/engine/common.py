@@ -12,7 +12,7 @@ import torch
 
 from medmae.config import Config, flatten, from_dict, load_config, save_config
 from medmae.data.manifests import Split, load_split
-from medmae.engine.distributed import Context, setup
+from medmae.engine.distributed import Context, barrier, setup
 from medmae.engine.run import RunFolder
 from medmae.errors import UserError
 from medmae.tasks import TaskSpec, load_task
@@ -44,6 +44,7 @@ class Setup:
     ctx: Context
     run: RunFolder
     resume_from: dict[str, Any] | None
+    split_record: dict[str, str]  # stored in checkpoints; a resumed run must use the same split
 
 
 def start(stage: str, request: RunRequest) -> Setup:
@@ -67,12 +68,17 @@ def start(stage: str, request: RunRequest) -> Setup:
     torch.manual_seed(cfg.train.seed + ctx.rank)
     run = RunFolder(output, write=ctx.is_main)
     run.prepare(resume=request.resume)
+    barrier(ctx)  # every process has checked the folder before the main one writes into it
     split = load_split(task, request.data_root, request.manifest, request.split)
+    split_record = {"task": task.name, "split": split.name}
+    if resume_from is not None and resume_from.get("split", split_record) != split_record:
+        raise UserError(f"{output}: the run was trained on {resume_from['split']}, not {split_record}; "
+                        "resume with the same --task and --split")
     for note in split.notes:
         log.info("note: %s", note)
     if ctx.is_main:
         save_config(cfg, output / "config.yaml")
-    return Setup(cfg, task, split, ctx, run, resume_from)
+    return Setup(cfg, task, split, ctx, run, resume_from, split_record)
 
 
 def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config:

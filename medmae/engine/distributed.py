@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -40,20 +41,14 @@ def setup(device_choice: str) -> Context:
     world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     device = pick_device(device_choice, local_rank)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # only rank 0 validates while the others wait: allow a long validation before the watchdog fires
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return Context(rank, world, device)
 
 
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def per_rank(total: int, world: int, what: str) -> int:
-    """``total`` split evenly over ``world`` processes, else a UserError."""
-    if total % world:
-        raise UserError(f"{what}={total} does not split evenly over {world} processes")
-    return total // world
 
 
 def all_mean(value: torch.Tensor, ctx: Context) -> torch.Tensor:

@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from medmae.config import from_dict
-from medmae.data.loaders import CaseDataset, case_dict
+from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import Case, case_id, load_split
-from medmae.data.transforms import build_transform
 from medmae.engine.distributed import pick_device
 from medmae.engine.finetune import classify
 from medmae.engine.inference import model_from_checkpoint, segment, to_label_map, to_original_grid
@@ -29,7 +28,7 @@ from medmae.tasks import TaskSpec, load_task
 
 log = logging.getLogger("medmae")
 PARTS = {"test": "test", "val": "validation"}
-IMAGE_SUFFIXES = {2: (".png", ".dcm", ".jpg", ".jpeg"), 3: (".nii", ".nii.gz", ".mha", ".nrrd")}
+IMAGE_SUFFIXES = {2: (".png", ".dcm"), 3: (".nii", ".nii.gz")}
 
 
 def save_label_map(labels: np.ndarray, like: Path, path: Path) -> Path:
@@ -51,12 +50,12 @@ def save_label_map(labels: np.ndarray, like: Path, path: Path) -> Path:
 def predict_volumes(model: nn.Module, task: TaskSpec, run_config: dict, cases: list[Case], output: Path,
                     device: torch.device, progress: bool = True) -> dict[str, Path]:
     """Segment each case's image and write ``<output>/<case id>.nii.gz`` on the image's own grid."""
-    cfg, transform = from_dict(run_config, "checkpoint"), build_transform(task, "inference")
+    cfg, dataset = from_dict(run_config, "checkpoint"), CaseDataset(task, cases, "inference")
     written = {}
-    for case in tqdm(cases, desc="predicting", unit="case", disable=not progress):
-        item = transform(case_dict(case, with_label=False))  # noqa: read errors name the file
+    for index, case in enumerate(tqdm(cases, desc="predicting", unit="case", disable=not progress)):
+        item = dataset[index]  # a file that cannot be read raises a DataError naming it
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, device)
-        labels = to_label_map(task, to_original_grid(transform, item, probabilities))
+        labels = to_label_map(task, to_original_grid(dataset.transform, item, probabilities))
         written[case.id] = save_label_map(labels.numpy(), case.image, output / f"{case.id}.nii.gz")
     return written
 

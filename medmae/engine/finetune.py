@@ -20,7 +20,7 @@ from medmae.data.manifests import Case
 from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import Context, teardown
 from medmae.engine.inference import dice_counts, output_probabilities, predicted_regions, reference_regions, segment
-from medmae.engine.loop import Job, autocast, effective_batch, effective_lr, fit
+from medmae.engine.loop import Job, autocast, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
 from medmae.evaluation.classification import macro_auc, per_finding_auc
 from medmae.models import create_model
@@ -123,19 +123,23 @@ def run(request: RunRequest) -> nn.Module:
         dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
         validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
-        pretrained = None if s.resume_from is not None else request.pretrained
-        model = build_finetune_model(cfg, task, pretrained)
-        if s.resume_from is not None:
+        if s.resume_from is not None:  # the saved architecture, whatever encoder it was started from
+            config = dict(s.resume_from["config"])
+            model = create_model(config.pop("name"), **config)
             model.load_state_dict(s.resume_from["state_dict"])
+        else:
+            model = build_finetune_model(cfg, task, request.pretrained)
         model.to(ctx.device)
         log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
                  "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
-                 model.config["name"], "from " + request.pretrained if request.pretrained else "from scratch",
+                 model.config["name"], "from " + request.pretrained if request.pretrained else
+                 "resumed" if s.resume_from is not None else "from scratch",
                  len(dataset), len(s.split.train), task.name, effective_batch(cfg, crops), effective_lr(cfg, crops),
                  cfg.optim.base_lr, effective_batch(cfg, crops), cfg.optim.layer_decay, ctx.world, ctx.device)
         optimizer = build_optimizer(model, effective_lr(cfg, crops), cfg.optim.weight_decay, cfg.optim.betas,
                                     cfg.optim.layer_decay, model.config["depth"])
-        job = _job(cfg, task, model, validation, ctx, request, crops)
+        pretrained = s.resume_from.get("pretrained") if s.resume_from is not None else request.pretrained
+        job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
         fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
         return model
     finally:
@@ -144,8 +148,10 @@ def run(request: RunRequest) -> nn.Module:
 
 
 def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset | None, ctx: Context,
-         request: RunRequest, crops: int) -> Job:
-    describe = {"stage": "finetune", "task": task.record, "pretrained": request.pretrained}
+         pretrained: str | None, split: dict[str, str], crops: int) -> Job:
+    describe = {"stage": "finetune", "task": task.record, "pretrained": pretrained, "split": split}
+    if validation is None:
+        log.warning("no validation part: best.pt will be the model of the last epoch")
     if task.is_classification:
         criterion: nn.Module = nn.BCEWithLogitsLoss()
         val_loader = DataLoader(validation, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers) if validation else None
@@ -162,8 +168,8 @@ def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset 
         score = "val_mean_dsc"
 
     def loss(trained: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        images = torch.as_tensor(batch["image"]).to(ctx.device, non_blocking=True)
-        return criterion(trained(images).float(), torch.as_tensor(batch["label"]).to(ctx.device, non_blocking=True))
+        images = plain(batch["image"]).to(ctx.device, non_blocking=True)
+        return criterion(trained(images).float(), plain(batch["label"]).to(ctx.device, non_blocking=True))
 
     def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:
         if validation is None or not ctx.is_main or not (last or epoch % cfg.train.val_every == 0):

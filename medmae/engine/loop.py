@@ -94,6 +94,8 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
         optimizer.load_state_dict(resume_from["optimizer"])
         scaler.load_state_dict(resume_from["scaler"])
         restore_rng(resume_from["rng"])
+        if ctx.world > 1:  # the checkpoint holds rank 0's RNG; give each process its own stream again
+            torch.manual_seed(cfg.train.seed + ctx.rank + progress.step)
         rows = run.history(progress.epoch)
         log.info("resumed at epoch %d, step %d", progress.epoch, progress.step)
     trained = DistributedDataParallel(model) if ctx.world > 1 else model
@@ -122,7 +124,7 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
             progress.step += 1
             bar.update()
             if progress.step % cfg.train.log_every == 0:  # the only host-device synchronisation of the loop
-                check_finite(loss.detach() * accumulate, epoch, progress.step)
+                check_finite(all_mean(loss.detach() * accumulate, ctx), epoch, progress.step)
                 bar.set_postfix(loss=f"{loss.item() * accumulate:.4f}", lr=f"{lr:.3g}")
         bar.close()
         epoch_loss = all_mean(loss_sum / steps, ctx).item()
@@ -137,6 +139,8 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
             progress.best is None or row[job.score_name] > progress.best)
         if improved:
             progress.best, progress.best_epoch = row[job.score_name], progress.epoch
+        elif last and job.score_name is not None and progress.best is None:  # never validated: the last model
+            improved, progress.best_epoch = True, progress.epoch
         rows.append(row)
         run.log_epoch(rows)
         if improved or last or progress.epoch % cfg.train.checkpoint_every == 0:
@@ -145,6 +149,11 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
                  ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
         barrier(ctx)
     return progress
+
+
+def plain(x: Any) -> torch.Tensor:
+    """A MONAI MetaTensor as a plain tensor (no metadata tracking in the training step)."""
+    return torch.as_tensor(x).as_subclass(torch.Tensor)
 
 
 def effective_lr(cfg: Config, samples_per_item: int) -> float:
@@ -159,8 +168,9 @@ def effective_batch(cfg: Config, samples_per_item: int) -> int:
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss).all():
         raise NonFiniteLoss(f"the loss became {loss.item()} in epoch {epoch + 1} by step {step}; nothing was saved after "
-                            "the last checkpoint. Lower optim.base_lr, set optim.clip_grad (e.g. 1.0), or use "
-                            "train.precision=bf16 or fp32 instead of fp16; then --resume from the last checkpoint")
+                            "the last checkpoint. Start a new run (another --output-dir, or --pretrained with the last "
+                            "checkpoint) with a lower optim.base_lr, optim.clip_grad set (e.g. 1.0), or "
+                            "train.precision=bf16 or fp32 instead of fp16")
 
 
 def payload(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

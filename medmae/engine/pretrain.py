@@ -12,7 +12,7 @@ from medmae.config import Config
 from medmae.data.loaders import CaseDataset, item_seed, train_loader
 from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import teardown
-from medmae.engine.loop import Job, effective_batch, effective_lr, fit
+from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
@@ -43,7 +43,7 @@ def mask_noise(seeds: torch.Tensor | list[int], tokens: int, device: torch.devic
 
 def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
     """The MAE loss of one batch (``image`` ``[B, C, *S]``), masks from each sample's seed."""
-    images = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
+    images = plain(batch["image"]).to(device, non_blocking=True)
     tokens = int(torch.tensor(images.shape[2:]).div(PATCH, rounding_mode="floor").prod())
     loss, _, _ = model(images, noise=mask_noise(batch["sample_seed"], tokens, device))
     return loss
@@ -89,7 +89,7 @@ def run(request: RunRequest, progress_bars: bool = True) -> nn.Module:
             return {"figure_loss": save_figure(model, figure_images, path, f"{task.name}, epoch {epoch}")}
 
         job = Job(loss=lambda m, batch: mae_loss(m, batch, ctx.device), end_of_epoch=end_of_epoch,
-                  describe={"stage": "pretrain", "task": task.record}, samples_per_item=crops)
+                  describe={"stage": "pretrain", "task": task.record, "split": s.split_record}, samples_per_item=crops)
         fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
         return model
     finally:

@@ -45,16 +45,16 @@ class RunFolder:
         return None
 
     def save(self, payload: dict[str, Any], best: bool = False) -> None:
-        """``last.pt`` becomes ``previous.pt``, then the payload is written atomically as ``last.pt``
-        (and copied to ``best.pt`` when ``best``)."""
+        """Write ``best.pt`` (without optimiser state) when ``best``; then ``last.pt`` becomes ``previous.pt``
+        and the payload is written atomically as ``last.pt``."""
         if not self.write:
             return
+        if best:  # first: a crash before last.pt is written then never leaves a best.pt older than the record
+            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}, self.checkpoints / "best.pt")
         last = self.checkpoints / "last.pt"
         if last.exists():
             last.replace(self.checkpoints / "previous.pt")
         save_checkpoint(payload, last)
-        if best:
-            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}, self.checkpoints / "best.pt")
 
     def log_epoch(self, rows: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.csv`` with ``rows`` (one per epoch) and send the newest row to TensorBoard."""

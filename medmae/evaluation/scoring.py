@@ -7,6 +7,7 @@ prefix only (BTCV's ``img0001`` and ``label0001``), by the number that ends them
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -181,7 +182,7 @@ def score_to_folder(task: TaskSpec, pred_dir: Path, ref_dir: Path, output_dir: P
 
 def write_report(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path], output_dir: Path,
                  penalty_mm: float | None = None, progress: bool = True,
-                 notes: list[str] = ()) -> tuple[pd.DataFrame, list[str], list[Path]]:
+                 notes: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """Score checked (prediction, reference) pairs, then write ``per_case.csv``, ``summary.csv`` and
     ``figures/best_worst.png`` into ``output_dir``.
 
@@ -190,7 +191,7 @@ def write_report(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: di
     """
     per_case = score_pairs(task, pairs, penalty_mm, progress)
     summary = summarise(per_case, task)
-    notes = [notes[0], empty_rule(penalty_mm), "std: sample standard deviation over cases (ddof 1)",
+    notes = [*notes[:1], empty_rule(penalty_mm), "std: sample standard deviation over cases (ddof 1)",
              "group rows: the mean of the class means that are defined ('classes' says how many)", *notes[1:]]
     written = [write_csv(per_case, output_dir / "per_case.csv"), write_csv(summary, output_dir / "summary.csv", notes)]
     rows = _sheet_rows(per_case, pairs, images)
