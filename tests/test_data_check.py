@@ -135,7 +135,7 @@ def test_the_loader_names_a_bad_case_or_skips_it_when_asked(demo_root, tmp_path,
     task = load_task("demo")
     cases = load_split(task, root, split="fold0").all_cases()
     dataset = CaseDataset(task, cases, "validation")
-    with pytest.raises(DataError, match=r"img0002.nii.gz: case img0002: unreadable NIfTI .*skip-bad-cases option"):
+    with pytest.raises(DataError, match=r"img0002.nii.gz: case img0002: unreadable NIfTI .*data.skip_bad_cases=true"):
         [dataset[i] for i in range(len(dataset))]
     skipping = CaseDataset(task, cases, "validation", skip_bad_cases=True)
     assert list(skipping.skipped) == ["img0002"] and len(skipping) == len(cases) - 1

@@ -23,7 +23,7 @@ from medmae.engine.finetune import classify
 from medmae.engine.inference import model_from_checkpoint, segment, to_label_map, to_original_grid
 from medmae.errors import DataError, UserError
 from medmae.evaluation.reports import write_classification_report, write_csv
-from medmae.evaluation.scoring import refuse, check_pairs, write_report
+from medmae.evaluation.scoring import check_pairs, refuse, write_report
 from medmae.tasks import TaskSpec, load_task
 
 log = logging.getLogger("medmae")

@@ -4,6 +4,7 @@ accumulation and clipping, autocast (bf16; fp16 with a scaler), DDP, checkpoints
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -99,33 +100,14 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
         rows = run.history(progress.epoch)
         log.info("resumed at epoch %d, step %d", progress.epoch, progress.step)
     trained = DistributedDataParallel(model) if ctx.world > 1 else model
+    schedule = functools.partial(learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr)
     for epoch in range(progress.epoch, cfg.train.epochs):
         model.train()
-        started, loss_sum, lr = time.perf_counter(), torch.zeros((), device=ctx.device), peak
+        started = time.perf_counter()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step", disable=not ctx.is_main or None,
                    leave=False)
-        batches = _batches(loader, epoch, steps * accumulate)
-        for _ in range(steps):
-            lr = learning_rate(progress.step, total, warmup, peak, cfg.optim.min_lr)
-            set_learning_rate(optimizer, lr)
-            for micro in range(accumulate):
-                sync = contextlib.nullcontext() if micro == accumulate - 1 or ctx.world == 1 else trained.no_sync()
-                with sync:
-                    with autocast(cfg.train.precision, ctx.device):
-                        loss = job.loss(trained, next(batches)) / accumulate
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if cfg.optim.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            progress.step += 1
-            bar.update()
-            if progress.step % cfg.train.log_every == 0:  # the only host-device synchronisation of the loop
-                check_finite(all_mean(loss.detach() * accumulate, ctx), epoch, progress.step)
-                bar.set_postfix(loss=f"{loss.item() * accumulate:.4f}", lr=f"{lr:.3g}")
+        loss_sum, lr = train_epoch(cfg, ctx, trained, optimizer, scaler, _batches(loader, epoch, steps * accumulate),
+                                   job, progress, steps, schedule, bar, epoch)
         bar.close()
         epoch_loss = all_mean(loss_sum / steps, ctx).item()
         check_finite(torch.tensor(epoch_loss), epoch, progress.step)
@@ -154,6 +136,36 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
 def plain(x: Any) -> torch.Tensor:
     """A MONAI MetaTensor as a plain tensor (no metadata tracking in the training step)."""
     return torch.as_tensor(x).as_subclass(torch.Tensor)
+
+
+def train_epoch(cfg: Config, ctx: Context, trained: nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, batches: Iterator[Any], job: Job, progress: Progress, steps: int,
+                schedule: Callable[[int], float], bar: tqdm, epoch: int) -> tuple[torch.Tensor, float]:
+    """``steps`` optimiser steps of ``optim.accumulate`` micro-batches each; returns the summed loss (on the
+    device, not synchronised) and the last learning rate."""
+    accumulate, loss_sum, lr = cfg.optim.accumulate, torch.zeros((), device=ctx.device), 0.0
+    for _ in range(steps):
+        lr = schedule(progress.step)
+        set_learning_rate(optimizer, lr)
+        for micro in range(accumulate):
+            sync = contextlib.nullcontext() if micro == accumulate - 1 or ctx.world == 1 else trained.no_sync()
+            with sync:
+                with autocast(cfg.train.precision, ctx.device):
+                    loss = job.loss(trained, next(batches)) / accumulate
+                scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if cfg.optim.clip_grad is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(trained.parameters(), cfg.optim.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        bar.update()
+        if progress.step % cfg.train.log_every == 0:  # the only host-device synchronisation of the loop
+            check_finite(all_mean(loss.detach() * accumulate, ctx), epoch, progress.step)
+            bar.set_postfix(loss=f"{loss.item() * accumulate:.4f}", lr=f"{lr:.3g}")
+    return loss_sum, lr
 
 
 def effective_lr(cfg: Config, samples_per_item: int) -> float:
