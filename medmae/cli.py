@@ -304,8 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as error:  # an internal error: a bug in medmae, unless the GPU ran out of memory
         if type(error).__name__ == "OutOfMemoryError":
-            print("medmae: error: out of GPU memory; lower data.batch_size, data.crops_per_volume or "
-                  "infer.sw_batch_size (--set key=value), or use train.precision=bf16", file=sys.stderr)
+            print("medmae: error: out of GPU memory; train with a smaller data.batch_size or data.crops_per_volume "
+                  "(--set key=value), or a smaller infer.sw_batch_size for validation and inference", file=sys.stderr)
             return 2
         if args.debug:
             traceback.print_exc()

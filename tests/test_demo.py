@@ -29,7 +29,8 @@ def test_quick_demo_writes_every_output(tmp_path):
     printed = run_demo(output, "--quick").stdout
     for path in ("pretrain/figures/reconstruction_epoch0006.png", "pretrain/checkpoints/last.pt",
                  "finetune/checkpoints/best.pt", "finetune/metrics.csv", "evaluate/per_case.csv",
-                 "evaluate/summary.csv", "evaluate/figures/best_worst.png", "data/dataset_0.json"):
+                 "evaluate/summary.csv", "evaluate/figures/best_worst.png", "evaluate/predictions/img0013.nii.gz",
+                 "data/dataset_0.json"):
         assert (output / path).is_file(), path
         assert str(output / path.split("/")[0]) in printed
     assert len(pd.read_csv(output / "evaluate" / "per_case.csv")) == 4 * 4  # 4 test cases x 4 organs

@@ -23,29 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import (
-    ClipIntensityPercentilesd,
-    Compose,
-    CropForegroundd,
-    EnsureTyped,
-    HistogramNormalized,
-    MapTransform,
-    NormalizeIntensityd,
-    Orientationd,
-    RandCropByPosNegLabeld,
-    RandFlipd,
-    RandomizableTransform,
-    RandRotate90d,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    RandSpatialCropSamplesd,
-    Resize,
-    Resized,
-    ScaleIntensityd,
-    ScaleIntensityRanged,
-    Spacingd,
-    SpatialPadd,
-)
+from monai.transforms import (ClipIntensityPercentilesd, Compose, CropForegroundd, EnsureTyped, HistogramNormalized,
+                              MapTransform, NormalizeIntensityd, Orientationd, RandCropByPosNegLabeld, RandFlipd,
+                              RandomizableTransform, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
+                              RandSpatialCropSamplesd, Resize, Resized, ScaleIntensityd, ScaleIntensityRanged,
+                              Spacingd, SpatialPadd)
 
 from medmae.data.readers import integer_labels, read_image
 from medmae.tasks import TaskSpec
