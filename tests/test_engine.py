@@ -255,3 +255,18 @@ def test_without_pretrained_weights_the_same_command_trains_from_scratch(task_na
     assert model.config.get("out_channels", model.config.get("num_classes")) == outputs
     blocks = model.vit.blocks if hasattr(model, "vit") else model.encoder.blocks
     assert blocks[-1].drop_path.rate == pytest.approx(0.1)
+
+
+def test_a_resumed_finetuning_repeats_the_lost_epoch_exactly(tmp_path, demo_root):
+    """Resume from previous.pt (as after a crash that cost last.pt): drop path, optimiser and RNG state
+    come back, so the repeated epoch ends with the same weights."""
+    command = ["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir",
+               str(tmp_path / "run"), "--set", "train.epochs=3", "--set", "model.drop_path=0.1"]
+    assert main(command) == 0
+    checkpoints = tmp_path / "run" / "checkpoints"
+    finished = load_checkpoint(checkpoints / "last.pt")["state_dict"]
+    (checkpoints / "last.pt").write_bytes(b"lost in a crash")
+    assert main([*command, "--resume"]) == 0
+    resumed = load_checkpoint(checkpoints / "last.pt")
+    assert resumed["epoch"] == 3 and list(pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"]) == [1, 2, 3]
+    assert all(torch.equal(finished[k], resumed["state_dict"][k]) for k in finished)

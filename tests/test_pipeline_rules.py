@@ -159,3 +159,17 @@ def test_fold_assignment_is_pinned():
     assert [[c.id[-2:] for c in fold_split(pool, k)[1]] for k in range(5)] == [
         ["04", "07"], ["02", "08"], ["00", "01"], ["05", "09"], ["03", "06"]]
 
+
+
+@pytest.mark.parametrize("name, lateral", [("btcv", True), ("demo", True), ("msd_brain", False), ("msd_hippocampus", False)])
+def test_no_left_right_flip_or_axial_turn_where_labels_name_a_side(name, lateral):
+    task = load_task(name)
+    assert task.lateral == lateral
+    chain = build_transform(task, "train").transforms
+    flipped_axes = {t.flipper.spatial_axis for t in chain if type(t).__name__ == "RandFlipd"}
+    turns = [t for t in chain if type(t).__name__ == "RandRotate90d"]
+    assert flipped_axes == ({1, 2} if lateral else {0, 1, 2})
+    assert not turns if lateral else len(turns) == (task.roi[0] == task.roi[1])
+    pretrain_axes = {t.flipper.spatial_axis for t in build_transform(task, "pretrain").transforms
+                     if type(t).__name__ == "RandFlipd"}
+    assert pretrain_axes == {0, 1, 2}  # no labels to swap while pretraining

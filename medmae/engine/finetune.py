@@ -123,13 +123,7 @@ def run(request: RunRequest) -> nn.Module:
         dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
         validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
-        if s.resume_from is not None:  # the saved architecture, whatever encoder it was started from
-            config = dict(s.resume_from["config"])
-            model = create_model(config.pop("name"), **config)
-            model.load_state_dict(s.resume_from["state_dict"])
-        else:
-            model = build_finetune_model(cfg, task, request.pretrained)
-        model.to(ctx.device)
+        model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device)
         log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
                  "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
                  model.config["name"], "from " + request.pretrained if request.pretrained else
@@ -145,6 +139,17 @@ def run(request: RunRequest) -> nn.Module:
     finally:
         run_folder.close()
         teardown()
+
+
+def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pretrained: str | None) -> nn.Module:
+    """A resumed run rebuilds its saved architecture (whatever encoder it started from); a new one is
+    built from ``pretrained`` or from scratch."""
+    if resume_from is None:
+        return build_finetune_model(cfg, task, pretrained)
+    config = dict(resume_from["config"])
+    model = create_model(config.pop("name"), **config, drop_path_rate=cfg.model.drop_path)
+    model.load_state_dict(resume_from["state_dict"])
+    return model
 
 
 def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset | None, ctx: Context,
