@@ -29,6 +29,7 @@ from medmae.engine.common import RunRequest, with_roi
 from medmae.engine.finetune import build_finetune_model, label_subset
 from medmae.engine.inference import to_label_map
 from medmae.engine.loop import autocast
+from medmae.engine.optim import learning_rate
 from medmae.engine.pretrain import mae_loss
 from medmae.models import create_model
 from medmae.tasks import load_task
@@ -114,13 +115,17 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
 
 DDP_SCRIPT = """
 import os, sys, torch
-from medmae.engine import pretrain
+from medmae.engine import finetune, pretrain
 from medmae.engine.common import RunRequest
 rank = int(os.environ.get("RANK", 0))
 output = sys.argv[2] if rank == 0 else sys.argv[3]  # rank 1 is pointed elsewhere: it must write nothing there
-model = pretrain.run(RunRequest(task="demo", data_root=sys.argv[1], config_file=sys.argv[4], output_dir=output,
-                                overrides=["data.batch_size=4", "train.epochs=2", "train.steps_per_epoch=2"]))
-torch.save(model.state_dict(), os.path.join(sys.argv[5], f"weights_{sys.argv[6]}_rank{rank}.pt"))
+run = dict(task="demo", data_root=sys.argv[1], config_file=sys.argv[4],
+           overrides=["data.batch_size=4", "train.epochs=2", "train.steps_per_epoch=2"])
+if sys.argv[7] == "pretrain":
+    model = pretrain.run(RunRequest(**run, output_dir=output + "/mae"))
+else:
+    model = finetune.run(RunRequest(**run, output_dir=output + "/unetr", pretrained=sys.argv[2] + "/mae/checkpoints/last.pt"))
+torch.save(model.state_dict(), os.path.join(sys.argv[5], f"{sys.argv[7]}_{sys.argv[6]}_rank{rank}.pt"))
 """
 
 
@@ -130,19 +135,32 @@ def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path
     script.write_text(DDP_SCRIPT)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for name, prefix in (("ddp", launcher), ("single", [sys.executable])):
-        run = subprocess.run([*prefix, str(script), str(demo_root), str(tmp_path / f"{name}_run"),
-                              str(tmp_path / f"{name}_rank1_folder"), TINY, str(tmp_path), name],
-                             capture_output=True, text=True, env=env, check=False)
-        assert run.returncode == 0, run.stderr[-3000:]
-    rank0, rank1, single = (torch.load(tmp_path / f"weights_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0"))
+    for stage in ("pretrain", "finetune"):  # one process group per command, as on the command line
+        for name, prefix in (("ddp", launcher), ("single", [sys.executable])):
+            run = subprocess.run([*prefix, str(script), str(demo_root), str(tmp_path / f"{name}_run"),
+                                  str(tmp_path / f"{name}_rank1_folder"), TINY, str(tmp_path), name, stage],
+                                 capture_output=True, text=True, env=env, check=False)
+            assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0"))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     # Same samples, crops and masks; only the order of float32 sums differs (gloo averages two half-batch
     # gradients, one process sums the whole batch): round-off of about 1e-7 relative, which four AdamW
     # steps of at most lr = 7.8e-4 each keep far below 1e-5.
     assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) < 1e-5
     assert not (tmp_path / "ddp_rank1_folder").exists()  # only rank 0 writes
-    assert len(pd.read_csv(tmp_path / "ddp_run" / "metrics.csv")) == 2
+    assert len(pd.read_csv(tmp_path / "ddp_run" / "mae" / "metrics.csv")) == 2
+    # Fine-tuning UNETR from those weights: the first epoch's loss (same samples, same crops) agrees to
+    # round-off. The weights agree only to Adam's bound: Adam's first updates are close to lr x sign(g), so
+    # an element whose gradient is at round-off level (common in the ReLU / InstanceNorm conv decoder)
+    # can step either way, up to 2 x the sum of the learning rates apart. Validation is sharded over the
+    # ranks and gathered: both ranks agree on the score, and so on which checkpoint is best.
+    rank0, rank1, single = (torch.load(tmp_path / f"finetune_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0"))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    rates = sum(learning_rate(step, total_steps=4, warmup_steps=2, peak=0.05 * 4 / 256) for step in range(4))
+    assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) <= 2 * rates
+    ddp, one = (pd.read_csv(tmp_path / f"{name}_run" / "unetr" / "metrics.csv") for name in ("ddp", "single"))
+    assert ddp["loss"][0] == pytest.approx(one["loss"][0], rel=1e-5)
+    assert ddp["val_mean_dsc"].tolist() == pytest.approx(one["val_mean_dsc"].tolist(), abs=0.02)
 
 
 def test_shards_are_disjoint_and_make_up_the_global_batches():

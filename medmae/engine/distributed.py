@@ -41,8 +41,8 @@ def setup(device_choice: str) -> Context:
     world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     device = pick_device(device_choice, local_rank)
     if world > 1 and not dist.is_initialized():
-        # only rank 0 validates while the others wait: allow a long validation before the watchdog fires
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
+        # rank 0 writes checkpoints and figures while the others wait: allow slow disks before the watchdog fires
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=1))
     return Context(rank, world, device)
 
 
@@ -58,6 +58,15 @@ def all_mean(value: torch.Tensor, ctx: Context) -> torch.Tensor:
         dist.all_reduce(value)
         value /= ctx.world
     return value
+
+
+def gather(items: list, ctx: Context) -> list:
+    """Every process's ``items`` concatenated in rank order, on every process (``items`` itself in one)."""
+    if ctx.world == 1:
+        return items
+    parts: list = [None] * ctx.world
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
 
 
 def barrier(ctx: Context) -> None:

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from medmae.config import Config
 from medmae.data.loaders import CaseDataset, train_loader
 from medmae.data.manifests import Case
 from medmae.engine.common import RunRequest, start
-from medmae.engine.distributed import Context, teardown
+from medmae.engine.distributed import Context, gather, teardown
 from medmae.engine.inference import dice_counts, output_probabilities, predicted_regions, reference_regions, segment
 from medmae.engine.loop import Job, autocast, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
@@ -80,15 +80,17 @@ def segmentation_loss(task: TaskSpec) -> nn.Module:
 
 @torch.no_grad()
 def validate_segmentation(model: nn.Module, task: TaskSpec, dataset: CaseDataset, cfg: Config, ctx: Context) -> dict[str, float]:
-    """Mean DSC over validation cases and scored classes, on the preprocessed grid (sliding windows)."""
+    """Mean DSC over validation cases and scored classes, on the preprocessed grid (sliding windows). Each
+    process takes every ``world``-th case; all of them return the same scores."""
     model.eval()
     scores = []
-    for index in tqdm(range(len(dataset)), desc="validation", unit="case", leave=False, disable=None):
+    shard = range(ctx.rank, len(dataset), ctx.world)
+    for index in tqdm(shard, desc="validation", unit="case", leave=False, disable=not ctx.is_main or None):
         item = dataset[index]
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, ctx.device)
         scores.append(dice_counts(predicted_regions(task, probabilities), reference_regions(task, torch.as_tensor(item["label"]))))
     model.train()
-    table = np.array(scores)
+    table = np.array(gather(scores, ctx))
     per_class = {f"val_dsc_{name}": float(np.nanmean(table[:, k])) if not np.isnan(table[:, k]).all() else float("nan")
                  for k, name in enumerate(_scored(task))}
     return {"val_mean_dsc": float(np.nanmean(list(per_class.values()))), **per_class}
@@ -110,6 +112,8 @@ def classify(model: nn.Module, loader: DataLoader, task: TaskSpec, precision: st
         targets.append(np.asarray(batch["label"]))
         ids += list(batch["case_id"])
     model.train()
+    if not probabilities:  # an empty shard of a small validation part
+        return np.zeros((0, len(task.class_names))), np.zeros((0, len(task.class_names))), []
     return np.concatenate(probabilities), np.concatenate(targets), ids
 
 
@@ -159,10 +163,12 @@ def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset 
         log.warning("no validation part: best.pt will be the model of the last epoch")
     if task.is_classification:
         criterion: nn.Module = nn.BCEWithLogitsLoss()
-        val_loader = DataLoader(validation, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers) if validation else None
+        shard = Subset(validation, range(ctx.rank, len(validation), ctx.world)) if validation else None
+        val_loader = DataLoader(shard, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers) if shard else None
 
         def validate() -> dict[str, float]:
             probabilities, targets, _ = classify(model, val_loader, task, cfg.train.precision, ctx.device)
+            probabilities, targets = (np.concatenate(gather([a], ctx)) for a in (probabilities, targets))
             return {"val_macro_auc": macro_auc(per_finding_auc(probabilities, targets, task.findings))[0]}
         score = "val_macro_auc"
     else:
@@ -177,7 +183,7 @@ def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset 
         return criterion(trained(images).float(), plain(batch["label"]).to(ctx.device, non_blocking=True))
 
     def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:
-        if validation is None or not ctx.is_main or not (last or epoch % cfg.train.val_every == 0):
+        if validation is None or not (last or epoch % cfg.train.val_every == 0):
             return {}
         return validate()
 
