@@ -1,0 +1,57 @@
+"""Batched crops: exact sub-volumes of the cached volumes, uniform over every valid start, fair flips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medmae.data.fast import CropSampler
+
+from conftest import shared
+
+
+def volumes() -> list[torch.Tensor]:
+    return [torch.randn(2, 10, 9, 8), torch.randn(2, 6, 7, 5)]
+
+
+def test_each_crop_is_the_sub_volume_at_its_start_flipped_as_reported():
+    vols = volumes()
+    sampler = CropSampler(vols, roi=(5, 4, 5))
+    ids = torch.tensor([0, 1, 1, 0, 1, 0] * 5)
+    crops, starts, flips = sampler.draw(ids, torch.Generator().manual_seed(0))
+    assert crops.shape == (30, 2, 5, 4, 5)
+    for crop, k, start, flip in zip(crops, ids.tolist(), starts.tolist(), flips):
+        expected = vols[k][:, start[0]:start[0] + 5, start[1]:start[1] + 4, start[2]:start[2] + 5]
+        axes = [1 + a for a in range(3) if flip[a]]
+        assert torch.equal(crop, expected.flip(axes) if axes else expected)
+
+
+def test_starts_cover_every_valid_position_evenly_and_flips_are_fair():
+    sampler = CropSampler(volumes(), roi=(5, 4, 5))
+    draws = 20000
+    _, starts, flips = sampler.draw(torch.ones(draws, dtype=torch.long), torch.Generator().manual_seed(1))
+    for axis, positions in enumerate((6 - 5 + 1, 7 - 4 + 1, 5 - 5 + 1)):  # volume 1: 6 x 7 x 5
+        counts = torch.bincount(starts[:, axis], minlength=positions)
+        assert len(counts) == positions  # never beyond the last valid start
+        assert (counts - draws / positions).abs().max() < 0.05 * draws / positions + 4 * (draws / positions) ** 0.5
+    assert flips.float().mean(0).sub(0.5).abs().max() < 0.02
+
+
+def test_volumes_smaller_than_the_roi_are_refused():
+    with pytest.raises(ValueError, match="at least"):
+        CropSampler(volumes(), roi=(8, 8, 8))
+
+
+def test_crop_benchmark_prints_both_rates():
+    root = shared("msd_hippocampus")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "crop_sampler.py"
+    result = subprocess.run([sys.executable, str(script), "--data-root", str(root), "--seconds", "0.2"],
+                            capture_output=True, text=True, check=True)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["case"] for line in lines] == ["monai_chain", "medmae_crop_sampler", "ratio"]
+    assert all(line["crops_per_s"] > 0 for line in lines[:2]) and lines[2]["medmae_over_monai"] > 0
