@@ -6,8 +6,8 @@ per case.
     python benchmarks/crop_sampler.py --device cuda --roi 96 96 96 --task btcv --data-root BTCV
 
 Both sides start from the same volumes, preprocessed once by the task's deterministic chain and kept
-in memory; only the random crops and flips are timed. This is the data-path half of the pretraining
-speed issue; the engine does not use the sampler yet.
+in memory; only the random crops and flips are timed. Pretraining uses the sampler with
+``--set data.sampler=cached``.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ class DataConfig:
     batch_size: int = 2  # volumes (3D) or images (2D) per step, over all processes together
     crops_per_volume: int = 4  # 3D: ROI crops drawn from each loaded volume
     num_workers: int = 2
+    sampler: str = "monai"  # 3D pretraining crops: monai (per-sample chain) or cached (medmae.data.fast)
     skip_bad_cases: bool = False
     label_fraction: float = 1.0  # fine-tuning: share of the labelled training cases used
     label_seed: int = 0
@@ -207,6 +208,7 @@ def validate(cfg: Config) -> None:
               (0 <= cfg.model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
               (cfg.data.batch_size >= 1 and cfg.data.crops_per_volume >= 1, "data.batch_size and data.crops_per_volume must be >= 1"),
               (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+              (cfg.data.sampler in ("monai", "cached"), "data.sampler must be monai or cached"),
               (0 < cfg.data.label_fraction <= 1, "data.label_fraction must lie in (0, 1]"),
               (cfg.optim.base_lr > 0 and cfg.optim.min_lr >= 0, "optim.base_lr must be > 0 and optim.min_lr >= 0"),
               (len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas must be two numbers in [0, 1)"),

@@ -7,10 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
-from medmae.data.fast import CropSampler
+from medmae import resource_dir
+from medmae.cli import main
+from medmae.data.fast import CachedCrops, CropSampler
+from medmae.data.loaders import CaseDataset
+from medmae.data.manifests import load_split
+from medmae.tasks import load_task
 
 from conftest import shared
 
@@ -55,3 +61,24 @@ def test_crop_benchmark_prints_both_rates():
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["case"] for line in lines] == ["monai_chain", "medmae_crop_sampler", "ratio"]
     assert all(line["crops_per_s"] > 0 for line in lines[:2]) and lines[2]["medmae_over_monai"] > 0
+
+
+def test_cached_crops_deal_disjoint_shards_of_whole_batches(demo_root):
+    task = load_task("demo")
+    dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
+    ranks = [CachedCrops(dataset, task.roi, global_batch=4, crops=2, rank=r, world=2, seed=0, device=torch.device("cpu"),
+                         progress=False) for r in range(2)]
+    for loader in ranks:
+        loader.sampler.set_pass(3)
+    batches = [list(loader) for loader in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0]) == 1  # 6 volumes: one global batch of 4
+    assert all(b["image"].shape == (4, 1, *task.roi) for b in batches[0] + batches[1])  # 2 volumes x 2 crops
+    seeds = [set(b["sample_seed"].tolist()) for b in (batches[0][0], batches[1][0])]
+    assert not seeds[0] & seeds[1]
+
+
+def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):
+    tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
+    assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--config", tiny, "--output-dir",
+                 str(tmp_path / "run"), "--set", "data.sampler=cached", "--set", "data.crops_per_volume=2"]) == 0
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()

@@ -9,9 +9,12 @@ probability 1/2, the distribution of MONAI's ``RandSpatialCropSamplesd(random_si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
+from tqdm import tqdm
+
+from medmae.data.loaders import CaseDataset, ShardSampler, item_seed
 
 
 class CropSampler:
@@ -67,3 +70,35 @@ class CropSampler:
             shape[2 + axis] = size
             index.append(along.view(shape))
         return self.store[tuple(index)], starts, flips
+
+
+class CachedCrops:
+    """A drop-in for the pretraining DataLoader over ``dataset`` (its ``inference`` chain: preprocessed and
+    padded to the ROI, read once): each pass deals a seeded permutation of the volumes to
+    the processes (:class:`ShardSampler`) and yields ``{"image": [b x crops, C, *roi], "sample_seed": [...]}``
+    batches drawn by a :class:`CropSampler` on ``device``.
+
+    Crops are seeded per batch and process, so unlike the MONAI path they differ between one process and
+    several; the masks stay seeded per sample.
+    """
+
+    def __init__(self, dataset: CaseDataset, roi: Sequence[int], global_batch: int, crops: int, rank: int, world: int,
+                 seed: int, device: torch.device, progress: bool = True) -> None:
+        volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
+                   for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)]
+        self.crops = CropSampler(volumes, roi, device)
+        self.sampler = ShardSampler(len(volumes), global_batch, rank, world, seed)
+        self.per_rank, self.copies, self.seed, self.device = global_batch // world, crops, seed, device
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.per_rank
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = [index for _, index in self.sampler]
+        key = self.sampler.key
+        for first in range(0, len(self) * self.per_rank, self.per_rank):
+            chosen = order[first:first + self.per_rank]
+            generator = torch.Generator(device=self.device).manual_seed(item_seed(self.seed, key, chosen[0]))
+            ids = torch.tensor(chosen).repeat_interleave(self.copies)
+            seeds = [(item_seed(self.seed, key, i) + 7919 * (k + 1)) % (2**31 - 1) for i in chosen for k in range(self.copies)]
+            yield {"image": self.crops.draw(ids, generator)[0], "sample_seed": torch.tensor(seeds)}

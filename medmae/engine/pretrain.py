@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 from medmae.config import Config
+from medmae.data.fast import CachedCrops
 from medmae.data.loaders import CaseDataset, item_seed, train_loader
 from medmae.engine.common import RunRequest, start
-from medmae.engine.distributed import teardown
+from medmae.engine.distributed import Context, teardown
 from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
+from medmae.errors import UserError
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
 from medmae.tasks import TaskSpec
@@ -70,7 +72,7 @@ def run(request: RunRequest, progress_bars: bool = True) -> nn.Module:
         cases = sorted({c.id: c for c in s.split.train + s.split.validation + s.split.unlabelled}.values(), key=lambda c: c.id)
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
         dataset = CaseDataset(task, cases, "pretrain", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
-        loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
+        loader = _loader(cfg, task, dataset, crops, ctx)
         model = build_mae(cfg, task)
         if s.resume_from is not None:
             model.load_state_dict(s.resume_from["state_dict"])
@@ -95,6 +97,18 @@ def run(request: RunRequest, progress_bars: bool = True) -> nn.Module:
     finally:
         run_folder.close()
         teardown()
+
+
+def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: Context):
+    """MONAI's per-sample chain in loader processes, or (``data.sampler=cached``, 3D) crops drawn in
+    batches from volumes cached on the training device."""
+    if cfg.data.sampler == "monai" or task.spatial_dims != 3:
+        return train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
+    if cfg.data.batch_size % ctx.world:
+        raise UserError(f"data.batch_size={cfg.data.batch_size} does not split evenly over {ctx.world} processes")
+    cached = CaseDataset(task, dataset.cases, "inference")
+    return CachedCrops(cached, task.roi, cfg.data.batch_size, crops, ctx.rank, ctx.world, cfg.train.seed, ctx.device,
+                       progress=ctx.is_main)
 
 
 def figure_batch(dataset: CaseDataset, cfg: Config, crops: int) -> torch.Tensor:
