@@ -64,7 +64,7 @@ def save_figure(model: nn.Module, images: torch.Tensor, path, title: str) -> flo
     return loss.item()
 
 
-def run(request: RunRequest, progress_bars: bool = True) -> nn.Module:
+def run(request: RunRequest) -> nn.Module:
     """Pretrain an MAE on the task's images (train, validation and unlabelled parts; never the test part)."""
     s = start("pretrain", request)
     cfg, task, ctx, run_folder = s.cfg, s.task, s.ctx, s.run
