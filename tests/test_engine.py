@@ -31,6 +31,7 @@ from medmae.engine.inference import to_label_map
 from medmae.engine.loop import autocast
 from medmae.engine.optim import learning_rate
 from medmae.engine.pretrain import mae_loss
+from medmae.errors import UserError
 from medmae.models import create_model
 from medmae.tasks import load_task
 
@@ -288,3 +289,8 @@ def test_a_resumed_finetuning_repeats_the_lost_epoch_exactly(tmp_path, demo_root
     resumed = load_checkpoint(checkpoints / "last.pt")
     assert resumed["epoch"] == 3 and list(pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"]) == [1, 2, 3]
     assert all(torch.equal(finished[k], resumed["state_dict"][k]) for k in finished)
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
+    with pytest.raises(UserError, match="does not split evenly over 4 processes"):
+        ShardSampler(size=20, global_batch=6, rank=0, world=4, seed=0)

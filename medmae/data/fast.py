@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from medmae.data.loaders import CaseDataset, ShardSampler, item_seed
+from medmae.data.loaders import CaseDataset, ShardSampler, crop_seed, item_seed
 
 
 class CropSampler:
@@ -100,5 +100,5 @@ class CachedCrops:
             chosen = order[first:first + self.per_rank]
             generator = torch.Generator(device=self.device).manual_seed(item_seed(self.seed, key, chosen[0]))
             ids = torch.tensor(chosen).repeat_interleave(self.copies)
-            seeds = [(item_seed(self.seed, key, i) + 7919 * (k + 1)) % (2**31 - 1) for i in chosen for k in range(self.copies)]
+            seeds = [crop_seed(item_seed(self.seed, key, i), k) for i in chosen for k in range(self.copies)]
             yield {"image": self.crops.draw(ids, generator)[0], "sample_seed": torch.tensor(seeds)}

@@ -78,6 +78,11 @@ def item_seed(seed: int, key: int, index: int) -> int:
     return ((seed * 1_000_003 + key) * 1_000_033 + index) % (2**31 - 1)
 
 
+def crop_seed(seed: int, crop: int) -> int:
+    """The mask seed of crop ``crop`` of the item seeded ``seed``."""
+    return (seed + 7919 * (crop + 1)) % (2**31 - 1)
+
+
 class SeededItems(Dataset):
     """``dataset[(key, index)]``: the item ``index`` with its transform seeded by :func:`item_seed`; each
     returned dict (one per crop) gets a ``sample_seed`` for its mask."""
@@ -94,7 +99,7 @@ class SeededItems(Dataset):
         self.dataset.transform.set_random_state(seed=seed)
         item = self.dataset[index]
         for k, d in enumerate(item if isinstance(item, list) else [item]):
-            d["sample_seed"] = (seed + 7919 * (k + 1)) % (2**31 - 1)
+            d["sample_seed"] = crop_seed(seed, k)
         return item
 
 
@@ -106,6 +111,8 @@ class ShardSampler(Sampler):
     def __init__(self, size: int, global_batch: int, rank: int, world: int, seed: int) -> None:
         if global_batch > size:
             raise UserError(f"data.batch_size={global_batch} is more than the {size} cases available for training")
+        if global_batch % world:
+            raise UserError(f"data.batch_size={global_batch} does not split evenly over {world} processes")
         self.size, self.global_batch, self.rank, self.world, self.seed = size, global_batch, rank, world, seed
         self.key = 0
 
@@ -127,8 +134,6 @@ class ShardSampler(Sampler):
 def train_loader(dataset: CaseDataset, global_batch: int, rank: int, world: int, seed: int,
                  num_workers: int) -> DataLoader:
     """Batches of ``global_batch / world`` items per process (crops of a volume are flattened into the batch)."""
-    if global_batch % world:
-        raise UserError(f"data.batch_size={global_batch} does not split evenly over {world} processes")
     sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)
     return DataLoader(SeededItems(dataset, seed), batch_size=global_batch // world, sampler=sampler, drop_last=True,
                       num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=list_data_collate)

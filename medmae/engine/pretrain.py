@@ -15,7 +15,6 @@ from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import Context, teardown
 from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
-from medmae.errors import UserError
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
 from medmae.tasks import TaskSpec
@@ -104,8 +103,6 @@ def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: 
     batches from volumes cached on the training device."""
     if cfg.data.sampler == "monai" or task.spatial_dims != 3:
         return train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
-    if cfg.data.batch_size % ctx.world:
-        raise UserError(f"data.batch_size={cfg.data.batch_size} does not split evenly over {ctx.world} processes")
     cached = CaseDataset(task, dataset.cases, "inference")
     return CachedCrops(cached, task.roi, cfg.data.batch_size, crops, ctx.rank, ctx.world, cfg.train.seed, ctx.device,
                        progress=ctx.is_main)
