@@ -42,6 +42,7 @@ class DataConfig:
     crops_per_volume: int = 4  # 3D: ROI crops drawn from each loaded volume
     num_workers: int = 2
     sampler: str = "monai"  # 3D pretraining crops: monai (per-sample chain) or cached (medmae.data.fast)
+    cache_dir: str | None = None  # cached sampler: memory-map the volumes from a file here; None: on the device
     skip_bad_cases: bool = False
     label_fraction: float = 1.0  # fine-tuning: share of the labelled training cases used
     label_seed: int = 0
@@ -70,6 +71,9 @@ class TrainConfig:
     figure_every: int = 20  # pretraining: reconstruction figure every N epochs (and at the end)
     val_every: int = 10  # fine-tuning: validation every N epochs (and at the end)
     log_every: int = 20  # steps between progress-bar loss updates
+    compile: bool = False  # torch.compile the training model
+    activation_checkpointing: bool = False  # recompute each transformer block in the backward pass
+    channels_last: bool = False  # fine-tuning: channels-last memory layout for UNETR's convolutions
 
 
 @dataclass

@@ -13,8 +13,8 @@ import torch
 
 from medmae import resource_dir
 from medmae.cli import main
-from medmae.data.fast import CachedCrops, CropSampler
-from medmae.data.loaders import CaseDataset
+from medmae.data.fast import CachedCrops, CropSampler, crop_seeds, disk_store, item_seeds, prefetched
+from medmae.data.loaders import CaseDataset, crop_seed, item_seed
 from medmae.data.manifests import load_split
 from medmae.tasks import load_task
 
@@ -82,3 +82,58 @@ def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):
     assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--config", tiny, "--output-dir",
                  str(tmp_path / "run"), "--set", "data.sampler=cached", "--set", "data.crops_per_volume=2"]) == 0
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
+
+
+def test_vectorised_seeds_equal_the_per_item_rules():
+    indices = torch.tensor([5, 0, 17, 3])
+    seeds = item_seeds(11, 4003, indices)
+    assert seeds.tolist() == [item_seed(11, 4003, i) for i in indices.tolist()]
+    assert crop_seeds(seeds, 3).tolist() == [crop_seed(s, k) for s in seeds.tolist() for k in range(3)]
+
+
+def _cached(dataset, task, **kwargs):
+    return CachedCrops(dataset, task.roi, global_batch=2, crops=2, rank=0, world=1, seed=0, device=torch.device("cpu"),
+                       progress=False, **kwargs)
+
+
+def test_disk_cache_gives_the_same_batches_as_memory_and_is_reused(tmp_path, demo_root):
+    task = load_task("demo")
+    dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
+    in_memory, on_disk = _cached(dataset, task), _cached(dataset, task, cache_dir=tmp_path / "cache")
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".npy")  # no temporary parts left
+    for loader in (in_memory, on_disk):
+        loader.sampler.set_pass(2)
+    for a, b in zip(in_memory, on_disk, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["sample_seed"], b["sample_seed"])
+    store, shapes = disk_store(dataset, tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == files  # reused, not rewritten
+    first = torch.as_tensor(dataset[0]["image"]).as_subclass(torch.Tensor)
+    assert torch.equal(store[0, :, :shapes[0, 0], :shapes[0, 1], :shapes[0, 2]], first)
+    disk_store(CaseDataset(task, dataset.cases[:3], "inference"), tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # other cases: another file
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops_when_abandoned():
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad volume")
+
+    with pytest.raises(ValueError, match="bad volume"):
+        list(prefetched(failing()))
+    produced = []
+
+    def counting():
+        for k in range(1000):
+            produced.append(k)
+            yield k
+
+    stream = prefetched(counting(), depth=2)
+    assert next(stream) == 0
+    stream.close()
+    import time
+
+    time.sleep(0.5)
+    assert len(produced) <= 5  # the producer stopped instead of drawing the whole pass

@@ -1,20 +1,29 @@
 """Random ROI crops and flips drawn for a whole batch in one indexing operation, on any device.
 
 The volumes are preprocessed once (the task's deterministic chain: orientation, spacing, intensity,
-foreground crop, padding to the ROI) and kept in one zero-padded tensor. A batch is then drawn with
-no per-sample Python: uniform crop starts over every valid position and a flip per axis with
-probability 1/2, the distribution of MONAI's ``RandSpatialCropSamplesd(random_size=False)`` followed by
-``RandFlipd(prob=0.5)`` on each axis.
+foreground crop, padding to the ROI) and kept in one zero-padded tensor, on the training device or
+memory-mapped from a file on disk for sets that do not fit. A batch is then drawn with no per-sample
+Python: uniform crop starts over every valid position and a flip per axis with probability 1/2, the
+distribution of MONAI's ``RandSpatialCropSamplesd(random_size=False)`` followed by ``RandFlipd(prob=0.5)``
+on each axis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from medmae.data.loaders import CaseDataset, ShardSampler, crop_seed, item_seed
+import medmae
+from medmae.data.loaders import CaseDataset, ShardSampler, item_seed
+from medmae.files import write_text
 
 
 class CropSampler:
@@ -42,6 +51,17 @@ class CropSampler:
         for k, volume in enumerate(volumes):
             self.store[(k, slice(None), *[slice(0, s) for s in volume.shape[1:]])] = volume.to(self.device)
         self.span = (shapes - torch.tensor(self.roi) + 1).to(self.device)  # valid start positions per axis
+
+    @classmethod
+    def from_store(cls, store: torch.Tensor, shapes: torch.Tensor, roi: Sequence[int], flips: bool = True) -> CropSampler:
+        """A sampler over a ready zero-padded store ``[V, C, *S_max]`` (e.g. memory-mapped) whose volume ``k``
+        fills ``store[k, :, :shapes[k, 0], ...]``; crops are drawn where the store lives."""
+        sampler = cls.__new__(cls)
+        sampler.roi, sampler.flips, sampler.device, sampler.store = tuple(roi), flips, store.device, store
+        if (shapes < torch.tensor(sampler.roi)).any():
+            raise ValueError(f"every volume must be at least {sampler.roi}; shapes {shapes.tolist()}")
+        sampler.span = (shapes - torch.tensor(sampler.roi) + 1).to(store.device)
+        return sampler
 
     def __len__(self) -> int:
         return self.store.shape[0]
@@ -74,31 +94,138 @@ class CropSampler:
 
 class CachedCrops:
     """A drop-in for the pretraining DataLoader over ``dataset`` (its ``inference`` chain: preprocessed and
-    padded to the ROI, read once): each pass deals a seeded permutation of the volumes to
-    the processes (:class:`ShardSampler`) and yields ``{"image": [b x crops, C, *roi], "sample_seed": [...]}``
-    batches drawn by a :class:`CropSampler` on ``device``.
+    padded to the ROI, read once): each pass deals a seeded permutation of the volumes to the processes
+    (:class:`ShardSampler`) and yields ``{"image": [b x crops, C, *roi], "sample_seed": [b x crops]}``
+    batches on ``device``, drawn by a :class:`CropSampler`.
+
+    With ``cache_dir`` the volumes live in a memory-mapped file there (see :func:`disk_store`); crops are
+    then drawn on the CPU one batch ahead in a background thread and copied to ``device``. Otherwise they
+    live on ``device`` and everything per batch runs there, with one host-to-device copy per pass.
 
     Crops are seeded per batch and process, so unlike the MONAI path they differ between one process and
     several; the masks stay seeded per sample.
     """
 
     def __init__(self, dataset: CaseDataset, roi: Sequence[int], global_batch: int, crops: int, rank: int, world: int,
-                 seed: int, device: torch.device, progress: bool = True) -> None:
-        volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
-                   for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)]
-        self.crops = CropSampler(volumes, roi, device)
-        self.sampler = ShardSampler(len(volumes), global_batch, rank, world, seed)
+                 seed: int, device: torch.device, progress: bool = True, cache_dir: str | Path | None = None) -> None:
+        if cache_dir is None:
+            volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
+                       for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)]
+            self.crops = CropSampler(volumes, roi, device)
+        else:
+            self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress), roi)
+        self.sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)
         self.per_rank, self.copies, self.seed, self.device = global_batch // world, crops, seed, device
 
     def __len__(self) -> int:
         return len(self.sampler) // self.per_rank
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = [index for _, index in self.sampler]
-        key = self.sampler.key
-        for first in range(0, len(self) * self.per_rank, self.per_rank):
-            chosen = order[first:first + self.per_rank]
-            generator = torch.Generator(device=self.device).manual_seed(item_seed(self.seed, key, chosen[0]))
-            ids = torch.tensor(chosen).repeat_interleave(self.copies)
-            seeds = [crop_seed(item_seed(self.seed, key, i), k) for i in chosen for k in range(self.copies)]
-            yield {"image": self.crops.draw(ids, generator)[0], "sample_seed": torch.tensor(seeds)}
+        batches = self._draw_all()
+        if self.crops.device == self.device:
+            return batches
+        pin = self.device.type == "cuda"
+        return (to_device(batch, self.device, pin) for batch in prefetched(batches))
+
+    def _draw_all(self) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's batches of the pass: ids, sample seeds and batch seeds built once per pass."""
+        order = torch.tensor([index for _, index in self.sampler], dtype=torch.int64)
+        ids = order.repeat_interleave(self.copies).to(self.crops.device)
+        seeds = item_seeds(self.seed, self.sampler.key, order)
+        sample_seeds = crop_seeds(seeds, self.copies).to(self.crops.device)
+        step = self.per_rank * self.copies
+        for k, batch_seed in enumerate(seeds[::self.per_rank][:len(self)].tolist()):
+            generator = torch.Generator(device=self.crops.device).manual_seed(batch_seed)
+            chosen = slice(k * step, (k + 1) * step)
+            yield {"image": self.crops.draw(ids[chosen], generator)[0], "sample_seed": sample_seeds[chosen]}
+
+
+def item_seeds(seed: int, key: int, indices: torch.Tensor) -> torch.Tensor:
+    """:func:`item_seed` of each of ``indices`` ``[N]`` (int64) -> ``[N]``."""
+    return (item_seed(seed, key, 0) + indices) % (2**31 - 1)
+
+
+def crop_seeds(seeds: torch.Tensor, copies: int) -> torch.Tensor:
+    """:func:`crop_seed` of crops ``0 .. copies - 1`` of each item seed ``[N]`` -> ``[N x copies]``, item-major."""
+    crops = torch.arange(copies, dtype=torch.int64)
+    return ((seeds[:, None] + 7919 * (crops + 1)) % (2**31 - 1)).flatten()
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, pin: bool) -> dict[str, torch.Tensor]:
+    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items()}
+
+
+def prefetched(items: Iterable, depth: int = 1) -> Iterator:
+    """``items`` produced ``depth`` ahead by a background thread, in order; errors are raised in the caller.
+    Torch's crop indexing releases the GIL, so drawing overlaps the training step."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer thread, which raises it
+            ready.put(error)
+
+    worker = threading.Thread(target=produce, daemon=True, name="medmae-prefetch")
+    worker.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def disk_store(dataset: CaseDataset, cache_dir: str | Path, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The preprocessed volumes of ``dataset`` as one zero-padded float32 file ``[V, C, *S_max]`` in
+    ``cache_dir``, memory-mapped, and their shapes ``[V, D]``.
+
+    The file is named by a hash of the task's definition, the cases' image files (path, size, modification
+    time) and the medmae version, so a later run over the same data reuses it and any change writes a new one. Each volume is preprocessed
+    once; the file appears only when complete (a crash leaves no half-written cache behind).
+    """
+    folder = Path(cache_dir)
+    key = {"medmae": medmae.__version__, "task": dataset.task.record,
+           "cases": [[c.id, str(c.image), c.image.stat().st_size, c.image.stat().st_mtime_ns] for c in dataset.cases]}
+    name = f"{dataset.task.name}_{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
+    data, index = folder / f"{name}.npy", folder / f"{name}.json"
+    if not index.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_store(dataset, data, index, progress)
+    shapes = torch.tensor(json.loads(index.read_text())["shapes"])
+    return torch.from_numpy(np.load(data, mmap_mode="c")), shapes
+
+
+def _write_store(dataset: CaseDataset, data: Path, index: Path, progress: bool) -> None:
+    """Preprocess each volume into its own temporary file, then pad them all into ``data``; ``index``
+    (the shapes) is written last and marks the cache complete."""
+    parts, shapes = [], []
+    for k in tqdm(range(len(dataset)), desc="caching volumes on disk", unit="volume", disable=not progress or None):
+        volume = np.asarray(torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor), dtype=np.float32)
+        parts.append(data.with_name(f"{data.stem}.part{k}.npy"))
+        np.save(parts[-1], volume)
+        shapes.append(list(volume.shape[1:]))
+    channels = np.load(parts[0], mmap_mode="r").shape[0]
+    partial = data.with_name(f"{data.stem}.partial.npy")
+    store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                                      shape=(len(parts), channels, *np.max(shapes, axis=0).tolist()))
+    for k, part in enumerate(parts):
+        volume = np.load(part)
+        store[(k, slice(None), *[slice(0, s) for s in volume.shape[1:]])] = volume
+        part.unlink()
+    store.flush()
+    del store
+    partial.replace(data)
+    write_text(index, json.dumps({"shapes": shapes, "cases": [c.id for c in dataset.cases]}) + "\n")

@@ -48,7 +48,7 @@ class CaseDataset(Dataset):
 
     def __init__(self, task: TaskSpec, cases: list[Case], stage: str, samples: int = 2,
                  skip_bad_cases: bool = False) -> None:
-        self.stage, self.skipped = stage, {}
+        self.task, self.stage, self.skipped = task, stage, {}
         if skip_bad_cases:  # pretraining reads no labels, so a label problem does not remove its image
             reports = [check_case(task, replace(case, label=None) if stage in IMAGE_ONLY else case) for case in cases]
             self.skipped = {r.case.id: r.errors for r in reports if r.errors}

@@ -127,7 +127,7 @@ def run(request: RunRequest) -> nn.Module:
         dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
         validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
-        model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device)
+        model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
         log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
                  "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
                  model.config["name"], "from " + request.pretrained if request.pretrained else
@@ -156,6 +156,12 @@ def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pret
     return model
 
 
+def _layout(cfg: Config, task: TaskSpec) -> torch.memory_format:
+    """Channels-last 3D for UNETR's convolutions when ``train.channels_last`` is set."""
+    use = cfg.train.channels_last and task.spatial_dims == 3 and not task.is_classification
+    return torch.channels_last_3d if use else torch.preserve_format
+
+
 def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset | None, ctx: Context,
          pretrained: str | None, split: dict[str, str], crops: int) -> Job:
     describe = {"stage": "finetune", "task": task.record, "pretrained": pretrained, "split": split}
@@ -179,7 +185,7 @@ def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset 
         score = "val_mean_dsc"
 
     def loss(trained: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        images = plain(batch["image"]).to(ctx.device, non_blocking=True)
+        images = plain(batch["image"]).to(ctx.device, non_blocking=True, memory_format=_layout(cfg, task))
         return criterion(trained(images).float(), plain(batch["label"]).to(ctx.device, non_blocking=True))
 
     def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:

@@ -24,6 +24,7 @@ from medmae.engine.distributed import Context, all_mean, barrier
 from medmae.engine.optim import learning_rate, set_learning_rate
 from medmae.engine.run import RunFolder, restore_rng, rng_state
 from medmae.errors import UserError
+from medmae.models.encoder import set_activation_checkpointing
 
 log = logging.getLogger("medmae")
 
@@ -99,7 +100,10 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
             torch.manual_seed(cfg.train.seed + ctx.rank + progress.step)
         rows = run.history(progress.epoch)
         log.info("resumed at epoch %d, step %d", progress.epoch, progress.step)
+    set_activation_checkpointing(model, cfg.train.activation_checkpointing)
     trained = DistributedDataParallel(model) if ctx.world > 1 else model
+    if cfg.train.compile:  # compiled on the first step; the raw model is what checkpoints save
+        trained = torch.compile(trained)
     schedule = functools.partial(learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr)
     for epoch in range(progress.epoch, cfg.train.epochs):
         model.train()

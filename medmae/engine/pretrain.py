@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from medmae.config import Config
-from medmae.data.fast import CachedCrops
+from medmae.data.fast import CachedCrops, disk_store
 from medmae.data.loaders import CaseDataset, item_seed, train_loader
 from medmae.engine.common import RunRequest, start
-from medmae.engine.distributed import Context, teardown
+from medmae.engine.distributed import Context, barrier, teardown
 from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
+from medmae.models.masking import seeded_noise
 from medmae.tasks import TaskSpec
 
 log = logging.getLogger("medmae")
@@ -36,16 +38,16 @@ def build_mae(cfg: Config, task: TaskSpec) -> nn.Module:
                         norm_pix_loss=cfg.model.norm_pix_loss, drop_path_rate=cfg.model.drop_path, **extra)
 
 
-def mask_noise(seeds: torch.Tensor | list[int], tokens: int, device: torch.device) -> torch.Tensor:
-    """``[B, tokens]`` uniform noise, each row drawn from its sample's own seed (see ``SeededItems``)."""
-    rows = [torch.rand(tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.stack(rows).to(device)
+def mask_noise(seeds: torch.Tensor | list[int] | range, tokens: int, device: torch.device) -> torch.Tensor:
+    """``[B, tokens]`` uniform noise on ``device``, each row a function of its sample's seed only (see
+    ``SeededItems`` and :func:`seeded_noise`)."""
+    return seeded_noise(torch.as_tensor(seeds).to(device, non_blocking=True), tokens)
 
 
 def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
     """The MAE loss of one batch (``image`` ``[B, C, *S]``), masks from each sample's seed."""
     images = plain(batch["image"]).to(device, non_blocking=True)
-    tokens = int(torch.tensor(images.shape[2:]).div(PATCH, rounding_mode="floor").prod())
+    tokens = math.prod(s // PATCH for s in images.shape[2:])
     loss, _, _ = model(images, noise=mask_noise(batch["sample_seed"], tokens, device))
     return loss
 
@@ -54,7 +56,7 @@ def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> t
 def save_figure(model: nn.Module, images: torch.Tensor, path, title: str) -> float:
     """Hidden input, reconstruction and original of fixed samples with fixed masks; returns their loss."""
     model.eval()
-    tokens = int(torch.tensor(model.encoder.grid).prod())
+    tokens = math.prod(model.encoder.grid)
     loss, pred, mask = model(images, noise=mask_noise(range(len(images)), tokens, images.device))
     shown = model.reconstruct(images, pred, mask)
     save_reconstruction_figure(path, images, {"masked input": shown["masked"], "reconstruction": shown["composite"]},
@@ -100,12 +102,15 @@ def run(request: RunRequest) -> nn.Module:
 
 def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: Context):
     """MONAI's per-sample chain in loader processes, or (``data.sampler=cached``, 3D) crops drawn in
-    batches from volumes cached on the training device."""
+    batches from volumes cached once, on the training device or memory-mapped from ``data.cache_dir``."""
     if cfg.data.sampler == "monai" or task.spatial_dims != 3:
         return train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
     cached = CaseDataset(task, dataset.cases, "inference")
+    if cfg.data.cache_dir is not None and ctx.is_main:  # one process writes the file, the others wait and map it
+        disk_store(cached, cfg.data.cache_dir)
+    barrier(ctx)
     return CachedCrops(cached, task.roi, cfg.data.batch_size, crops, ctx.rank, ctx.world, cfg.train.seed, ctx.device,
-                       progress=ctx.is_main)
+                       progress=ctx.is_main, cache_dir=cfg.data.cache_dir)
 
 
 def figure_batch(dataset: CaseDataset, cfg: Config, crops: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from medmae.models.patchify import as_tuple, grid_size
 from medmae.models.pos_embed import sincos_pos_embed
@@ -70,7 +71,13 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``, with drop path."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``, with drop path.
+
+    With ``checkpointed`` set (see :func:`set_activation_checkpointing`) a training forward keeps only the
+    block's input and recomputes the rest in the backward pass (same RNG, so drop path repeats itself).
+    """
+
+    checkpointed = False
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -82,8 +89,21 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, N, D]`` -> ``[B, N, D]``."""
+        if self.checkpointed and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
+    """Turn activation checkpointing of every transformer block in ``model`` on or off; returns how many."""
+    blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
+    for block in blocks:
+        block.checkpointed = enabled
+    return len(blocks)
 
 
 class PatchEmbedding(nn.Module):

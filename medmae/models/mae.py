@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -40,7 +41,7 @@ class MaskedAutoencoder(nn.Module):
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.config = dict(self.encoder.config, decoder_width=decoder_width, decoder_depth=decoder_depth,
                            decoder_heads=decoder_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)
-        patch_voxels = int(torch.tensor(self.patch_size).prod())
+        patch_voxels = math.prod(self.patch_size)
         self.decoder_embed = nn.Linear(width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(decoder_width, self.encoder.grid), requires_grad=False)

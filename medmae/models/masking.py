@@ -45,3 +45,27 @@ def random_masking(
     mask[:, :keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return kept, mask, ids_restore
+
+
+_GOLDEN, _MIX1, _MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def seeded_noise(seeds: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Uniform noise in ``[0, 1)`` that is a pure function of (seed, token): ``seeds`` ``[B]`` (ints in
+    ``[0, 2^31)``) -> ``[B, tokens]`` float64, on ``seeds.device``.
+
+    SplitMix64 (Steele et al., 2014) of the counter ``seed * tokens + token``, in int64 arithmetic that
+    wraps the same way on CPU and GPU: no generator objects, no host work per sample, so a batch's masks
+    are drawn where the batch lives without a host-device round trip.
+    """
+    counters = seeds.to(torch.int64)[:, None] * tokens + torch.arange(tokens, device=seeds.device)
+    z = (counters + 1) * _GOLDEN
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return _shift_right(z, 11).to(torch.float64) * 2.0**-53

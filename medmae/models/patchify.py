@@ -7,6 +7,7 @@ token ``i`` of the encoder. Inside a patch, values are ordered ``(p_1, ..., p_d,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -50,7 +51,7 @@ def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
     x = x.reshape(split)
     # [B, C, g1, p1, ..., gd, pd] -> [B, g1..gd, p1..pd, C]
     order = [0] + [2 + 2 * i for i in range(dims)] + [3 + 2 * i for i in range(dims)] + [1]
-    return x.permute(order).reshape(b, -1, c * int(torch.tensor(patch_size).prod()))
+    return x.permute(order).reshape(b, -1, c * math.prod(patch_size))
 
 
 def unpatchify(patches: torch.Tensor, patch_size: Sequence[int], img_size: Sequence[int]) -> torch.Tensor:
@@ -67,8 +68,8 @@ def unpatchify(patches: torch.Tensor, patch_size: Sequence[int], img_size: Seque
     dims = len(patch_size)
     grid = grid_size(img_size, patch_size)
     b, n, length = patches.shape
-    voxels = int(torch.tensor(patch_size).prod())
-    if n != int(torch.tensor(grid).prod()) or length % voxels:
+    voxels = math.prod(patch_size)
+    if n != math.prod(grid) or length % voxels:
         raise ValueError(f"patches of shape {tuple(patches.shape)} do not fit img_size {tuple(img_size)} "
                          f"with patch_size {tuple(patch_size)}")
     c = length // voxels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -91,8 +92,8 @@ def resample_pos_embed(pos_embed: torch.Tensor, old_grid: Sequence[int], new_gri
     if len(old_grid) != len(new_grid) or len(old_grid) not in (2, 3):
         raise ValueError(f"cannot resample a position embedding from grid {old_grid} to grid {new_grid}")
     n, width = pos_embed.shape[1:]
-    if n != int(torch.tensor(old_grid).prod()):
-        raise ValueError(f"position embedding holds {n} tokens, grid {old_grid} needs {int(torch.tensor(old_grid).prod())}")
+    if n != math.prod(old_grid):
+        raise ValueError(f"position embedding holds {n} tokens, grid {old_grid} needs {math.prod(old_grid)}")
     if old_grid == new_grid:
         return pos_embed.clone()
     grid = pos_embed.detach().to(torch.float64).reshape(*old_grid, width)

@@ -7,6 +7,7 @@ missing and unexpected keys are exactly the ones it announced.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,7 @@ def _fit_pos_embed(tensor: torch.Tensor, source_config: dict[str, Any], target: 
     count alone can agree on different grids); return a problem when it cannot fit."""
     old_grid = grid_size(source_config["img_size"], source_config["patch_size"])
     width = target.patch_embedding.position_embeddings.shape[-1]
-    tokens = int(torch.tensor(old_grid).prod())
+    tokens = math.prod(old_grid)
     if len(old_grid) != len(target.grid) or tensor.shape[-1] != width or tensor.shape[1] != tokens:
         return (f"shape of {POS_KEY}: checkpoint {tuple(tensor.shape)} on grid {old_grid}, "
                 f"model {tuple(target.patch_embedding.position_embeddings.shape)} on grid {target.grid}")
