@@ -25,9 +25,11 @@ def volumes() -> list[torch.Tensor]:
     return [torch.randn(2, 10, 9, 8), torch.randn(2, 6, 7, 5)]
 
 
-def test_each_crop_is_the_sub_volume_at_its_start_flipped_as_reported():
+@pytest.mark.parametrize("copy", ["_slices", "_gather"])  # the CPU's per-crop copies and the GPU's single gather
+def test_each_crop_is_the_sub_volume_at_its_start_flipped_as_reported(copy, monkeypatch):
     vols = volumes()
     sampler = CropSampler(vols, roi=(5, 4, 5))
+    monkeypatch.setattr(sampler, "_slices", getattr(sampler, copy))
     ids = torch.tensor([0, 1, 1, 0, 1, 0] * 5)
     crops, starts, flips = sampler.draw(ids, torch.Generator().manual_seed(0))
     assert crops.shape == (30, 2, 5, 4, 5)

@@ -60,6 +60,19 @@ def test_norm_pix_target_is_normalised_per_patch():
     assert torch.equal(raw, patchify(x, (16, 16, 16)))
 
 
+def test_norm_pix_statistics_survive_a_large_mean_and_bf16_autocast():
+    """CT in Hounsfield units: a mean of 1000 over a spread of 0.5 must not cancel the variance away."""
+    x = 1000 + 0.5 * torch.randn(2, 1, *SIZE_3D)
+    patches = patchify(x.double(), (16, 16, 16))
+    var, mean = torch.var_mean(patches, -1, keepdim=True, unbiased=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        target, got_mean, got_std = tiny_mae().patch_target(x)
+    assert target.dtype == torch.float32
+    assert torch.allclose(got_mean.double(), mean, rtol=0, atol=1e-4)
+    assert torch.allclose(got_std.double(), (var + 1e-6).sqrt(), rtol=1e-4)
+    assert torch.allclose(target.double(), (patches - mean) / (var + 1e-6).sqrt(), atol=2e-3)
+
+
 @pytest.mark.parametrize("spatial_dims,cls_token", [(3, False), (3, True), (2, False)])
 def test_every_trainable_parameter_receives_a_gradient(spatial_dims, cls_token):
     model = tiny_mae(spatial_dims, cls_token=cls_token)
@@ -168,3 +181,14 @@ def test_drop_path_drops_whole_samples_rescales_and_is_off_in_eval():
     assert torch.equal(layer.eval()(x), x)
     rates = [block.drop_path.rate for block in tiny_mae(drop_path_rate=0.2).encoder.blocks]
     assert rates == pytest.approx(torch.linspace(0, 0.2, 12).tolist())
+
+
+@pytest.mark.parametrize("dims, channels", [(2, 3), (3, 4)])
+def test_patch_embedding_as_one_matrix_product_equals_the_strided_convolution(dims, channels):
+    """The weights stay MONAI's convolution; applying them to patchify's patches is the same map."""
+    from medmae.models.encoder import PatchEmbedding
+
+    embedding = PatchEmbedding(dims, (32,) * dims, (16,) * dims, channels, width=24)
+    x = torch.randn(2, channels, *(32,) * dims)
+    by_convolution = embedding.patch_embeddings(x).flatten(2).transpose(1, 2) + embedding.position_embeddings
+    assert torch.allclose(embedding(x), by_convolution, atol=1e-5)

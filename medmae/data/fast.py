@@ -70,6 +70,10 @@ class CropSampler:
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One crop of each listed volume.
 
+        Starts and flips are drawn for the whole batch at once. On a GPU the crops are then gathered in one
+        indexing operation; on the CPU one slice copy per crop is about 5 times faster than that gather
+        (its index arithmetic per voxel costs more than the copy), so the CPU copies crop by crop.
+
         Args:
             volume_ids: ``[B]`` indices into the volumes (repeat an index for several crops of it).
             generator: a ``torch.Generator`` on the sampler's device, for reproducible batches.
@@ -82,6 +86,12 @@ class CropSampler:
         u = torch.rand(len(ids), dims, generator=generator, device=self.device)
         starts = (u * self.span[ids]).long()
         flips = (torch.rand(len(ids), dims, generator=generator, device=self.device) < 0.5) & self.flips
+        copy = self._gather if self.device.type == "cuda" else self._slices
+        return copy(ids, starts, flips), starts, flips
+
+    def _gather(self, ids: torch.Tensor, starts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """All crops by one advanced index: per axis, start + offset (or its mirror where flipped)."""
+        dims = len(self.roi)
         index = [ids.view(-1, *[1] * (dims + 1)), torch.arange(self.store.shape[1], device=self.device).view(1, -1, *[1] * dims)]
         for axis, size in enumerate(self.roi):
             offset = torch.arange(size, device=self.device)
@@ -89,7 +99,16 @@ class CropSampler:
             shape = [len(ids), 1] + [1] * dims
             shape[2 + axis] = size
             index.append(along.view(shape))
-        return self.store[tuple(index)], starts, flips
+        return self.store[tuple(index)]
+
+    def _slices(self, ids: torch.Tensor, starts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Crop by crop: a slice of the store, flipped where drawn, copied into the batch."""
+        crops = torch.empty(len(ids), self.store.shape[1], *self.roi, dtype=self.store.dtype)
+        for k, (volume, start, flip) in enumerate(zip(ids.tolist(), starts.tolist(), flips.tolist())):
+            crop = self.store[(volume, slice(None), *[slice(a, a + size) for a, size in zip(start, self.roi)])]
+            axes = [1 + axis for axis, flipped in enumerate(flip) if flipped]
+            crops[k] = crop.flip(axes) if axes else crop
+        return crops
 
 
 class CachedCrops:

@@ -44,8 +44,8 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                     layer_decay: float = 1.0, depth: int = 12) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (fused on GPU)."""
-    fused = next(model.parameters()).is_cuda
+    """AdamW over :func:`param_groups`, fused (one kernel over all parameters) on GPU and CPU."""
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
     return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay, depth), lr=lr, betas=tuple(betas),
                              fused=fused or None)
 

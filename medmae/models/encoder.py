@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from medmae.models.patchify import as_tuple, grid_size
+from medmae.models.patchify import as_tuple, grid_size, patchify
 from medmae.models.pos_embed import sincos_pos_embed
 
 
@@ -107,7 +107,13 @@ def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:
 
 
 class PatchEmbedding(nn.Module):
-    """Strided-convolution patch embedding plus a sin-cos position embedding (frozen unless trainable)."""
+    """Patch embedding plus a sin-cos position embedding (frozen unless trainable).
+
+    The projection is stored as MONAI's strided convolution (``patch_embeddings``, for weight
+    compatibility) but applied as one matrix product over :func:`patchify`'s patches, which is the same
+    map and faster than a convolution whose kernel equals its stride, on CPU and GPU alike. The MAE also
+    reuses those patches for its target.
+    """
 
     def __init__(self, spatial_dims: int, img_size: Sequence[int], patch_size: Sequence[int], in_channels: int,
                  width: int, trainable_pos_embed: bool = False) -> None:
@@ -122,7 +128,13 @@ class PatchEmbedding(nn.Module):
         """x: ``[B, C, *img_size]`` -> tokens ``[B, N, D]`` with position embedding added."""
         if tuple(x.shape[2:]) != self.img_size:
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])} given to an encoder built for {self.img_size}")
-        return self.patch_embeddings(x).flatten(2).transpose(1, 2) + self.position_embeddings
+        return self.embed(patchify(x, self.patch_size))
+
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches ``[B, N, prod(p) * C]`` (:func:`patchify` order) -> tokens ``[B, N, D]`` with position embedding."""
+        weight = self.patch_embeddings.weight  # [D, C, *p] -> [D, (*p, C)], patchify's order inside a patch
+        weight = weight.movedim(1, -1).reshape(weight.shape[0], -1)
+        return F.linear(patches, weight, self.patch_embeddings.bias) + self.position_embeddings
 
 
 class ViTEncoder(nn.Module):

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medmae.models.encoder import TransformerBlock, ViTEncoder, init_transformer_weights
@@ -74,10 +75,20 @@ class MaskedAutoencoder(nn.Module):
         Returns:
             latent ``[B, K (+1 with cls token), D]``, mask ``[B, N]`` (1 = hidden), ids_restore ``[B, N]``.
         """
+        self._check_size(x)
+        return self._encode(patchify(x, self.patch_size), mask_ratio, generator, noise)
+
+    def _encode(self, patches: torch.Tensor, mask_ratio: float | None, generator: torch.Generator | None,
+                noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_encoder` from patches ``[B, N, prod(p) * C]``."""
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        tokens, mask, ids_restore = random_masking(self.encoder.patch_embedding(x), ratio, generator, noise)
+        tokens, mask, ids_restore = random_masking(self.encoder.patch_embedding.embed(patches), ratio, generator, noise)
         latent, _ = self.encoder.forward_tokens(tokens)
         return latent, mask, ids_restore
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        if tuple(x.shape[2:]) != self.img_size:
+            raise ValueError(f"input of spatial size {tuple(x.shape[2:])} given to an MAE built for {self.img_size}")
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent ``[B, K (+1), D]``, ids_restore ``[B, N]`` -> per-patch predictions ``[B, N, prod(p) * C]``."""
@@ -99,12 +110,24 @@ class MaskedAutoencoder(nn.Module):
         With ``norm_pix_loss`` the target is each patch minus its mean over its voxels and channels,
         divided by ``sqrt(var + 1e-6)``; otherwise the raw patch with mean 0 and std 1.
         """
-        target = patchify(x.float(), self.patch_size)
-        if not self.norm_pix_loss:
-            return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
-        mean = target.mean(dim=-1, keepdim=True)
-        std = (target.var(dim=-1, keepdim=True, unbiased=False) + NORM_PIX_EPS).sqrt()
-        return (target - mean) / std, mean, std
+        return self._target(patchify(x, self.patch_size))
+
+    def _target(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`patch_target` from patches ``[B, N, L]``, always in float32 (outside autocast).
+
+        Statistics come from the patch minus its first voxel (same variance, none of the cancellation a
+        large mean causes), the sum of squares as a batched dot product: a third of ``var_mean``'s time.
+        """
+        with torch.autocast(patches.device.type, enabled=False):
+            target = patches.float()
+            if not self.norm_pix_loss:
+                return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
+            first = target[..., :1]
+            shifted = target - first
+            shifted_mean = shifted.mean(dim=-1, keepdim=True)
+            squares = torch.einsum("bnl,bnl->bn", shifted, shifted).unsqueeze(-1) / shifted.shape[-1]
+            std = ((squares - shifted_mean.square()).clamp(min=0) + NORM_PIX_EPS).sqrt()
+            return (shifted - shifted_mean).div_(std), shifted_mean + first, std
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the hidden patches only.
@@ -115,17 +138,23 @@ class MaskedAutoencoder(nn.Module):
         Returns:
             scalar float32: ``sum_n mask * mean_L (pred - target)^2 / sum_n mask`` (0 when nothing is hidden).
         """
-        target, _, _ = self.patch_target(x)
-        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        return self._loss(patchify(x, self.patch_size), pred, mask)
+
+    def _loss(self, patches: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        target, _, _ = self._target(patches)
+        per_patch = F.mse_loss(pred.float(), target, reduction="none").mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
     def forward(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden);
-        ``noise`` ``[B, N]`` optionally decides the masks."""
-        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator, noise)
+        ``noise`` ``[B, N]`` optionally decides the masks. The input is cut into patches once, for both the
+        encoder and the target."""
+        self._check_size(x)
+        patches = patchify(x, self.patch_size)
+        latent, mask, ids_restore = self._encode(patches, mask_ratio, generator, noise)
         pred = self.forward_decoder(latent, ids_restore)
-        return self.forward_loss(x, pred, mask), pred, mask
+        return self._loss(patches, pred, mask), pred, mask
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,523 @@
+"""medmae against MONAI's own MAE, UNETR and data pipelines, in one process on one device. Prints one
+JSON line per measurement, then one line per ratio and a summary against the speed targets.
+
+    python benchmarks/speed.py                          # GPU: ViT-B/16 at 96^3, bf16, about 6 minutes
+    python benchmarks/speed.py --device cpu --tiny      # 2 CPU cores: tiny models, MSD hippocampus, < 5 minutes
+
+Cases (``--cases``, default all):
+
+- ``pretrain``: 3D MAE pretraining end to end from cached volumes, data path included: medmae's batched
+  crops on the device + its MAE, against MONAI's ``MaskedAutoEncoderViT`` fed by MONAI's label-free chain
+  (CacheDataset, RandSpatialCropSamplesd x4, flips, loader workers) and by the medical paper's label-based
+  chain (RandCropByPosNegLabeld x4 instead).
+- ``model``: the MAE training step alone on a fixed batch, with FLOPs counted by
+  ``torch.utils.flop_counter`` and the share of this device's measured matmul peak.
+- ``unetr``: the UNETR training step (DiceCE, AdamW): medmae's, also channels-last (and compiled on GPU),
+  against MONAI's ``UNETR``.
+- ``inference``: sliding-window segmentation of one volume (Gaussian, overlap 0.5) to probabilities on
+  the CPU, as ``medmae evaluate`` does, against MONAI's ``sliding_window_inference`` with its UNETR.
+- ``pretrain2d``: 2D MAE pretraining at 224^2 (ChestX-ray14 style) from images cached on the device,
+  against MONAI's 2D ``MaskedAutoEncoderViT`` on the same batches.
+
+Both sides use the same sizes, batch, optimiser (AdamW) and precision policy: bf16 autocast on GPU for
+medmae and MONAI's UNETR; fp32 with TF32 for MONAI's MAE, which fails under bf16 autocast ("Index put
+requires the source and destination dtypes match"); fp32 on CPU. Peak memory is the CUDA allocator's
+peak on GPU and the process's peak resident memory on CPU (loader workers not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Self
+
+import torch
+from monai.data import CacheDataset, DataLoader, list_data_collate
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNETR, MaskedAutoEncoderViT
+from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandSpatialCropSamplesd
+from torch.utils.flop_counter import FlopCounterMode
+
+from medmae.config import InferConfig
+from medmae.data.fast import CropSampler
+from medmae.data.loaders import CaseDataset
+from medmae.data.manifests import load_split
+from medmae.engine.common import with_roi
+from medmae.engine.inference import segment
+from medmae.engine.loop import autocast
+from medmae.engine.optim import build_optimizer
+from medmae.models import create_model
+from medmae.models.masking import seeded_noise
+from medmae.models.patchify import patchify
+from medmae.models.registry import DECODERS, ENCODERS
+from medmae.tasks import load_task
+
+HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
+CASES = ("pretrain", "model", "unetr", "inference", "pretrain2d")
+CROPS_PER_VOLUME = 4
+TARGETS = {  # from the speed issue; GPU targets need an H100 or H200
+    "gpu": {"pretrain medmae crops/s": 5000, "model share of matmul peak": 0.30, "pretrain2d medmae images/s": 5000,
+            "unetr medmae over monai": 1.5, "inference medmae seconds (at most)": 0.2},
+    "cpu": {"pretrain medmae over monai_label_free": 2.0},
+}
+
+
+@dataclass
+class Settings:
+    """Sizes of one benchmark mode."""
+
+    size: str  # registry size: base (ViT-B/16) or tiny
+    roi: tuple[int, ...]
+    batch: int  # 3D crops per pretraining step
+    unetr_batch: int
+    classes: int
+    volume: tuple[int, ...]  # inference volume
+    sw_batch: int  # medmae's windows per forward pass
+    roi2d: tuple[int, int]
+    image2d: tuple[int, int]  # cached 2D image size (crops of roi2d are drawn from it)
+    batch2d: int
+    workers: int
+    seconds: float  # timed seconds per variant
+    rounds: int  # alternating windows per variant (CPU) or 1 (GPU: one variant at a time)
+    compile: bool
+
+
+GPU = Settings("base", (96, 96, 96), 192, 4, 14, (320, 320, 128), 8, (224, 224), (256, 256), 256,
+               min(12, os.cpu_count() or 1), 8.0, 1, True)
+TINY = Settings("tiny", (48, 48, 32), 32, 2, 3, (96, 96, 64), 4, (48, 48), (64, 64), 64, 2, 7.0, 3, False)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step: Callable[[], object], device: torch.device, seconds: float, warmup: int = 2) -> tuple[int, float]:
+    """(steps, elapsed seconds) of ``step()`` run for about ``seconds`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    steps, started = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - started < seconds:
+        step()
+        steps += 1
+        if steps % 4 == 0:
+            synchronize(device)
+    synchronize(device)
+    return steps, time.perf_counter() - started
+
+
+class PeakMemory:
+    """Peak memory in MiB over a ``with`` block: CUDA allocator peak, or sampled process RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self._stop = device, 0.0, threading.Event()
+
+    def __enter__(self) -> Self:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.wait(0.02):
+            resident = int(Path("/proc/self/statm").read_text().split()[1]) * page
+            self.peak = max(self.peak, resident / 2**20)
+
+    def __exit__(self, *_) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+@dataclass
+class Variant:
+    """One implementation of a case: ``build()`` returns its step, run only when measured."""
+
+    impl: str
+    build: Callable[[], Callable[[], object]]
+    extra: dict = field(default_factory=dict)
+
+
+def compare(case: str, variants: list[Variant], items_per_step: int, unit: str, s: Settings,
+            device: torch.device, **common) -> list[dict]:
+    """Rate of each variant, printed as it is measured.
+
+    On CPU the variants take turns in ``s.rounds`` windows (a shared machine's drift then hits all of
+    them alike); on GPU each is built, timed for ``s.seconds`` and freed before the next, so the CUDA peak
+    memory is its own.
+    """
+    steps: dict[str, Callable[[], object]] = {}
+    totals = {v.impl: {"steps": 0, "seconds": 0.0, "peak": 0.0} for v in variants}
+    for round_ in range(s.rounds):
+        for variant in variants:
+            with PeakMemory(device) as memory:
+                step = steps.setdefault(variant.impl, variant.build())
+                done, elapsed = timed(step, device, s.seconds / s.rounds, warmup=2 if round_ == 0 else 0)
+            total = totals[variant.impl]
+            total["steps"] += done
+            total["seconds"] += elapsed
+            total["peak"] = max(total["peak"], memory.peak)
+            if s.rounds == 1:
+                del steps[variant.impl], step
+                free(device)
+    records = []
+    for variant in variants:
+        total = totals[variant.impl]
+        records.append({"case": case, "impl": variant.impl, "rate": round(total["steps"] * items_per_step / total["seconds"], 2),
+                        "unit": unit, "seconds_per_step": round(total["seconds"] / total["steps"], 5),
+                        "steps": total["steps"], "peak_memory_mb": round(total["peak"]), **common, **variant.extra})
+        print(json.dumps(records[-1]), flush=True)
+    return records
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def medmae_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Module:
+    return create_model(f"mae_vit_{s.size}_patch16_{dims}d", img_size=img_size, mask_ratio=0.75)
+
+
+def monai_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Module:
+    """MONAI's MAE with medmae's encoder and decoder sizes (q/k/v bias on, as in medmae)."""
+    enc, dec = ENCODERS[s.size], DECODERS[(s.size, dims)]
+    return MaskedAutoEncoderViT(1, img_size, 16, hidden_size=enc["width"], mlp_dim=enc["mlp_dim"],
+                                num_layers=enc["depth"], num_heads=enc["num_heads"], masking_ratio=0.75,
+                                decoder_hidden_size=dec["decoder_width"], decoder_mlp_dim=4 * dec["decoder_width"],
+                                decoder_num_layers=dec["decoder_depth"], decoder_num_heads=dec["decoder_heads"],
+                                spatial_dims=dims, qkv_bias=True)
+
+
+def monai_mae_loss(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The same per-patch normalised MSE over hidden patches as medmae's, on MONAI's outputs."""
+    pred, mask = model(images)
+    target = patchify(images.float(), (16,) * (images.ndim - 2))
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True, unbiased=False) + 1e-6).sqrt()
+    per_patch = (pred.float() - target).pow(2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def train_step(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precision: str,
+               device: torch.device) -> Callable[[], None]:
+    """One optimiser step (AdamW, fused on GPU) of ``loss_of()`` under ``precision``'s autocast."""
+    optimizer = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95))
+
+    def step() -> None:
+        with autocast(precision, device):
+            loss = loss_of()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def medmae_pretrain_step(model: torch.nn.Module, batches: Callable[[], torch.Tensor], device: torch.device
+                         ) -> Callable[[], None]:
+    """medmae's step: a batch from ``batches()``, masks hashed from per-sample seeds on the device."""
+    tokens = math.prod(model.encoder.grid)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def loss() -> torch.Tensor:
+        images = batches()
+        seeds = torch.randint(2**31 - 1, (len(images),), generator=generator, device=device)
+        return model(images, noise=seeded_noise(seeds, tokens))[0]
+    return train_step(model, loss, "auto", device)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def hippocampus_volumes(root: Path) -> list[dict[str, torch.Tensor]]:
+    """The MSD hippocampus cases preprocessed once by the task's chain (padded to its 48 x 64 x 48 ROI)."""
+    task = load_task("msd_hippocampus")
+    split = load_split(task, root)
+    dataset = CaseDataset(task, split.train + split.validation + split.test, "validation")
+    items = [dataset[k] for k in range(len(dataset))]
+    return [{key: torch.as_tensor(item[key]).as_subclass(torch.Tensor) for key in ("image", "label")} for item in items]
+
+
+def synthetic_volumes(count: int, shape: tuple[int, ...], seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``count`` noise volumes ``[1, *shape]``, each with a labelled ball (2 classes) for the label-based chain."""
+    generator = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    volumes = []
+    for _ in range(count):
+        centre = (torch.rand(3, generator=generator) - 0.5).view(3, 1, 1, 1)
+        label = ((grid - centre).pow(2).sum(0) < 0.1).to(torch.uint8)[None]
+        volumes.append({"image": torch.randn(1, *shape, generator=generator) + label, "label": label})
+    return volumes
+
+
+def monai_loader(volumes: list[dict[str, torch.Tensor]], roi: tuple[int, ...], volumes_per_step: int, workers: int,
+                 label_based: bool, device: torch.device) -> Iterator[torch.Tensor]:
+    """Endless batches from MONAI's CPU crop chain over cached volumes, as the medical paper's code uses it
+    (``label_based``: RandCropByPosNegLabeld) or label-free (RandSpatialCropSamplesd)."""
+    keys = ["image", "label"] if label_based else ["image"]
+    crop = (RandCropByPosNegLabeld(keys, "label", roi, pos=1, neg=1, num_samples=CROPS_PER_VOLUME) if label_based
+            else RandSpatialCropSamplesd(keys, roi, num_samples=CROPS_PER_VOLUME, random_size=False))
+    chain = Compose([crop, *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(len(roi))]])
+    dataset = CacheDataset([{k: v[k].numpy() for k in keys} for v in volumes], chain, progress=False)
+    loader = DataLoader(dataset, batch_size=volumes_per_step, shuffle=True, drop_last=True, num_workers=workers,
+                        persistent_workers=workers > 0, pin_memory=device.type == "cuda", collate_fn=list_data_collate)
+    for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
+        yield batch["image"].as_tensor().to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------------- cases
+
+
+def case_pretrain(s: Settings, device: torch.device, volumes: list[dict[str, torch.Tensor]]) -> list[dict]:
+    sampler = CropSampler([v["image"] for v in volumes], s.roi, device)
+    generator = torch.Generator(device=device).manual_seed(1)
+
+    def crops() -> torch.Tensor:
+        ids = torch.randint(len(sampler), (s.batch // CROPS_PER_VOLUME,), generator=generator, device=device)
+        return sampler.draw(ids.repeat_interleave(CROPS_PER_VOLUME), generator)[0]
+
+    def medmae(compiled: bool) -> Callable[[], None]:
+        model = medmae_mae(s, 3, s.roi).to(device)
+        return medmae_pretrain_step(torch.compile(model) if compiled else model, crops, device)
+
+    def monai(label_based: bool) -> Callable[[], None]:
+        model = monai_mae(s, 3, s.roi).to(device)
+        batches = monai_loader(volumes, s.roi, s.batch // CROPS_PER_VOLUME, s.workers, label_based, device)
+        return train_step(model, lambda: monai_mae_loss(model, next(batches)), "fp32", device)
+
+    variants = [Variant("medmae", lambda: medmae(False))]
+    if s.compile:
+        variants.append(Variant("medmae_compiled", lambda: medmae(True)))
+    variants += [Variant("monai_label_free", lambda: monai(False), {"workers": s.workers}),
+                 Variant("monai_label_based", lambda: monai(True), {"workers": s.workers})]
+    return compare("pretrain", variants, s.batch, "crops/s", s, device, batch=s.batch, roi=list(s.roi),
+                   volumes=len(volumes))
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    """This device's dense matmul rate (bf16 on GPU, fp32 on CPU) in TFLOP/s: the reference for 'peak'."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    steps, elapsed = timed(lambda: a @ b, device, 2.0)
+    return 2 * n**3 * steps / elapsed / 1e12
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def case_model(s: Settings, device: torch.device) -> list[dict]:
+    images = torch.randn(s.batch, 1, *s.roi, device=device)
+    peak = matmul_peak_tflops(device)
+
+    def monai() -> Callable[[], None]:
+        model = monai_mae(s, 3, s.roi).to(device)
+        return train_step(model, lambda: monai_mae_loss(model, images), "fp32", device)
+
+    builders = {"medmae": lambda: medmae_pretrain_step(medmae_mae(s, 3, s.roi).to(device), lambda: images, device),
+                "monai": monai}
+    flops = {}
+
+    def counted(impl: str) -> Callable[[], None]:
+        step = builders[impl]()
+        flops[impl] = step_flops(step)
+        return step
+
+    records = compare("model", [Variant(impl, lambda i=impl: counted(i)) for impl in builders], s.batch, "crops/s", s,
+                      device, batch=s.batch, matmul_peak_tflops=round(peak, 2))
+    for record in records:
+        record["gflop_per_crop"] = round(flops[record["impl"]] / s.batch / 1e9, 3)
+        record["tflops"] = round(flops[record["impl"]] * record["rate"] / s.batch / 1e12, 3)
+        record["share_of_matmul_peak"] = round(record["tflops"] / peak, 3)
+        print(json.dumps({key: record[key] for key in ("case", "impl", "gflop_per_crop", "tflops", "share_of_matmul_peak")}),
+              flush=True)
+    return records
+
+
+def case_unetr(s: Settings, device: torch.device) -> list[dict]:
+    images = torch.randn(s.unetr_batch, 1, *s.roi, device=device)
+    labels = torch.randint(s.classes, (s.unetr_batch, 1, *s.roi), device=device)
+    criterion = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def medmae(layout: torch.memory_format, compiled: bool) -> Callable[[], None]:
+        model = create_model(f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=s.classes,
+                             feature_size=16).to(device, memory_format=layout)
+        x, forward = images.contiguous(memory_format=layout), torch.compile(model) if compiled else model
+        return train_step(model, lambda: criterion(forward(x).float(), labels), "auto", device)
+
+    def monai() -> Callable[[], None]:
+        model = monai_unetr(s, s.classes).to(device)
+        return train_step(model, lambda: criterion(model(images).float(), labels), "auto", device)
+
+    variants = [Variant("medmae", lambda: medmae(torch.preserve_format, False)),
+                Variant("medmae_channels_last", lambda: medmae(torch.channels_last_3d, False))]
+    if s.compile:
+        variants.append(Variant("medmae_compiled", lambda: medmae(torch.preserve_format, True)))
+    variants.append(Variant("monai", monai))
+    return compare("unetr", variants, s.unetr_batch, "crops/s", s, device, batch=s.unetr_batch, roi=list(s.roi))
+
+
+def monai_unetr(s: Settings, classes: int) -> torch.nn.Module:
+    enc = ENCODERS[s.size]
+    return UNETR(1, classes, s.roi, feature_size=16, hidden_size=enc["width"], mlp_dim=enc["mlp_dim"],
+                 num_heads=enc["num_heads"], qkv_bias=True)
+
+
+def case_inference(s: Settings, device: torch.device) -> list[dict]:
+    image = torch.randn(1, *s.volume)
+    task = with_roi(load_task("btcv"), list(s.roi))
+    classes = len(task.class_names)
+
+    def medmae(windows: int) -> Callable[[], torch.Tensor]:
+        model = create_model(f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=classes,
+                             feature_size=16).to(device).eval()
+        infer = InferConfig(overlap=0.5, blend="gaussian", sw_batch_size=windows)
+        return lambda: segment(model, task, image, infer, "auto", device)
+
+    def monai() -> Callable[[], torch.Tensor]:
+        model = monai_unetr(s, classes).to(device).eval()
+
+        @torch.no_grad()
+        def run() -> torch.Tensor:
+            with autocast("auto", device):
+                logits = sliding_window_inference(image[None].to(device), s.roi, 4, model, overlap=0.5, mode="gaussian")
+            return torch.softmax(logits.float(), 1)[0].cpu()
+        return run
+
+    variants = [Variant("medmae", lambda: medmae(s.sw_batch), {"sw_batch_size": s.sw_batch}),
+                Variant("medmae_sw4", lambda: medmae(4), {"sw_batch_size": 4}),
+                Variant("monai", monai, {"sw_batch_size": 4})]
+    records = compare("inference", variants, 1, "volumes/s", s, device, volume=list(s.volume), roi=list(s.roi))
+    for record in records:
+        record["seconds_per_volume"] = record["seconds_per_step"]
+    return records
+
+
+def case_pretrain2d(s: Settings, device: torch.device) -> list[dict]:
+    images = [torch.randn(1, *s.image2d) for _ in range(512)]
+    sampler = CropSampler(images, s.roi2d, device)
+    generator = torch.Generator(device=device).manual_seed(2)
+
+    def crops() -> torch.Tensor:
+        ids = torch.randint(len(sampler), (s.batch2d,), generator=generator, device=device)
+        return sampler.draw(ids, generator)[0]
+
+    def monai() -> Callable[[], None]:
+        model = monai_mae(s, 2, s.roi2d).to(device)
+        return train_step(model, lambda: monai_mae_loss(model, crops()), "fp32", device)
+
+    variants = [Variant("medmae", lambda: medmae_pretrain_step(medmae_mae(s, 2, s.roi2d).to(device), crops, device)),
+                Variant("monai", monai)]
+    return compare("pretrain2d", variants, s.batch2d, "images/s", s, device, batch=s.batch2d, image=list(s.roi2d),
+                   cached_image=list(s.image2d))
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def ratios(records: list[dict]) -> list[dict]:
+    """medmae's rate over each other implementation of the same case."""
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in records):
+        rows = {r["impl"]: r["rate"] for r in records if r["case"] == case}
+        best = max(v for k, v in rows.items() if k.startswith("medmae"))
+        lines += [{"case": case, "ratio": f"medmae_best_over_{impl}", "value": round(best / rate, 2)}
+                  for impl, rate in rows.items() if not impl.startswith("medmae")]
+    return lines
+
+
+def summary(records: list[dict], ratio_lines: list[dict], device: torch.device) -> dict:
+    """Each target of the speed issue for this kind of device, with the measured value and whether it holds."""
+    best = {}
+    for r in records:
+        key = (r["case"], r["impl"].startswith("medmae"))
+        best[key] = max(best.get(key, 0.0), r["rate"])
+    by_ratio = {(line["case"], line["ratio"]): line["value"] for line in ratio_lines}
+    model = next((r for r in records if r["case"] == "model" and r["impl"] == "medmae"), None)
+    values = {"pretrain medmae crops/s": best.get(("pretrain", True)),
+              "pretrain medmae over monai_label_free": by_ratio.get(("pretrain", "medmae_best_over_monai_label_free")),
+              "model share of matmul peak": model and model["share_of_matmul_peak"],
+              "pretrain2d medmae images/s": best.get(("pretrain2d", True)),
+              "unetr medmae over monai": by_ratio.get(("unetr", "medmae_best_over_monai")),
+              "inference medmae seconds (at most)": 1 / best[("inference", True)] if ("inference", True) in best else None}
+    checks = {}
+    for name, target in TARGETS["gpu" if device.type == "cuda" else "cpu"].items():
+        value = values[name]
+        met = None if value is None else (value <= target if "at most" in name else value >= target)
+        checks[name] = {"value": None if value is None else round(value, 3), "target": target, "met": met}
+    return {"case": "summary", "checks": checks}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny models and small inputs (CPU; under 5 minutes)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--data", choices=["hippocampus", "synthetic"], default=None,
+                        help="3D volumes: MSD hippocampus (default with --tiny) or generated CT-sized volumes")
+    parser.add_argument("--data-root", type=Path, default=HIPPOCAMPUS)
+    parser.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--output", type=Path, default=None, help="also write every line to this JSON-lines file")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    s = TINY if args.tiny else GPU
+    s = Settings(**{**asdict(s), "seconds": args.seconds or s.seconds, "compile": s.compile and not args.no_compile})
+    cases = args.cases.split(",")
+    if unknown := set(cases) - set(CASES):
+        parser.error(f"unknown cases {sorted(unknown)}; choose from {', '.join(CASES)}")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # MONAI's fp32 anchor as TF32
+    torch.manual_seed(0)
+    header = {"case": "setup", "device": device_name(device), "torch": torch.__version__, "mode": "tiny" if args.tiny else "full",
+              **asdict(s)}
+    print(json.dumps(header), flush=True)
+    records = []
+    if "pretrain" in cases:
+        data = args.data or ("hippocampus" if args.tiny else "synthetic")
+        if data == "hippocampus" and not (args.data_root / "dataset.json").is_file():
+            parser.error(f"{args.data_root}: no dataset.json; give --data-root (MSD Task04_Hippocampus) or --data synthetic")
+        volumes = hippocampus_volumes(args.data_root) if data == "hippocampus" else synthetic_volumes(48, (160, 160, 128))
+        records += case_pretrain(s, device, volumes)
+    for name, run in (("model", case_model), ("unetr", case_unetr), ("inference", case_inference),
+                      ("pretrain2d", case_pretrain2d)):
+        if name in cases:
+            records += run(s, device)
+    ratio_lines = ratios(records)
+    lines = [header, *records, *ratio_lines, summary(records, ratio_lines, device)]
+    for line in lines[len(records) + 1:]:
+        print(json.dumps(line), flush=True)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+if __name__ == "__main__":
+    main()
