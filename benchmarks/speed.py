@@ -293,7 +293,8 @@ def case_pretrain(s: Settings, device: torch.device, volumes: list[dict[str, tor
 
     def crops() -> torch.Tensor:
         ids = torch.randint(len(sampler), (s.batch // CROPS_PER_VOLUME,), generator=generator, device=device)
-        return sampler.draw(ids.repeat_interleave(CROPS_PER_VOLUME), generator)[0]
+        seeds = torch.randint(2**31 - 1, (s.batch,), generator=generator, device=device)  # as training: a seed per crop
+        return sampler.draw(ids.repeat_interleave(CROPS_PER_VOLUME), seeds=seeds)[0]
 
     def medmae(compiled: bool) -> Callable[[], None]:
         model = medmae_mae(s, 3, s.roi).to(device)
@@ -422,7 +423,7 @@ def case_pretrain2d(s: Settings, device: torch.device) -> list[dict]:
 
     def crops() -> torch.Tensor:
         ids = torch.randint(len(sampler), (s.batch2d,), generator=generator, device=device)
-        return sampler.draw(ids, generator)[0]
+        return sampler.draw(ids, seeds=torch.randint(2**31 - 1, (s.batch2d,), generator=generator, device=device))[0]
 
     def monai() -> Callable[[], None]:
         model = monai_mae(s, 2, s.roi2d).to(device)

@@ -41,7 +41,7 @@ class DataConfig:
     batch_size: int = 2  # volumes (3D) or images (2D) per step, over all processes together
     crops_per_volume: int = 4  # 3D: ROI crops drawn from each loaded volume
     num_workers: int = 2
-    sampler: str = "monai"  # 3D pretraining crops: monai (per-sample chain) or cached (medmae.data.fast)
+    sampler: str = "cached"  # 3D pretraining crops: cached (medmae.data.fast) or monai (per-sample chain)
     cache_dir: str | None = None  # cached sampler: memory-map the volumes from a file here; None: on the device
     skip_bad_cases: bool = False
     label_fraction: float = 1.0  # fine-tuning: share of the labelled training cases used

@@ -84,8 +84,9 @@ def _pretrain_command(demo_root: Path, output: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, demo_root):
-    epochs = ["--set", "train.epochs=12"]
+@pytest.mark.parametrize("sampler", ["cached", "monai"])
+def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, demo_root, sampler):
+    epochs = ["--set", "train.epochs=12", "--set", f"data.sampler={sampler}"]
     subprocess.run(_pretrain_command(demo_root, tmp_path / "whole", *epochs), check=True, capture_output=True)
     killed = tmp_path / "killed"
     process = subprocess.Popen(_pretrain_command(demo_root, killed, *epochs), stdout=subprocess.DEVNULL,
@@ -121,7 +122,7 @@ from medmae.engine.common import RunRequest
 rank = int(os.environ.get("RANK", 0))
 output = sys.argv[2] if rank == 0 else sys.argv[3]  # rank 1 is pointed elsewhere: it must write nothing there
 run = dict(task="demo", data_root=sys.argv[1], config_file=sys.argv[4],
-           overrides=["data.batch_size=4", "train.epochs=2", "train.steps_per_epoch=2"])
+           overrides=["data.batch_size=4", "train.epochs=2", "train.steps_per_epoch=2", *sys.argv[8:]])
 if sys.argv[7] == "pretrain":
     model = pretrain.run(RunRequest(**run, output_dir=output + "/mae"))
 else:
@@ -162,6 +163,21 @@ def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path
     ddp, one = (pd.read_csv(tmp_path / f"{name}_run" / "unetr" / "metrics.csv") for name in ("ddp", "single"))
     assert ddp["loss"][0] == pytest.approx(one["loss"][0], rel=1e-5)
     assert ddp["val_mean_dsc"].tolist() == pytest.approx(one["val_mean_dsc"].tolist(), abs=0.02)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_pretraining_matches_one_process_with_the_monai_sampler(tmp_path, demo_root):
+    """The fallback chain (MONAI transforms in loader processes) seeds each item alike, so it agrees too."""
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    for name, prefix in (("ddp", launcher), ("single", [sys.executable])):
+        run = subprocess.run([*prefix, str(script), str(demo_root), str(tmp_path / f"{name}_run"), str(tmp_path / "elsewhere"),
+                              TINY, str(tmp_path), name, "pretrain", "data.sampler=monai"],
+                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+        assert run.returncode == 0, run.stderr[-3000:]
+    rank0, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "single_rank0"))
+    assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) < 1e-5
 
 
 def test_shards_are_disjoint_and_make_up_the_global_batches():

@@ -39,15 +39,27 @@ def test_each_crop_is_the_sub_volume_at_its_start_flipped_as_reported(copy, monk
         assert torch.equal(crop, expected.flip(axes) if axes else expected)
 
 
-def test_starts_cover_every_valid_position_evenly_and_flips_are_fair():
+@pytest.mark.parametrize("seeded", [False, True])  # a generator per batch, or one hashed seed per crop
+def test_starts_cover_every_valid_position_evenly_and_flips_are_fair(seeded):
     sampler = CropSampler(volumes(), roi=(5, 4, 5))
     draws = 20000
-    _, starts, flips = sampler.draw(torch.ones(draws, dtype=torch.long), torch.Generator().manual_seed(1))
+    ids = torch.ones(draws, dtype=torch.long)
+    if seeded:
+        _, starts, flips = sampler.draw(ids, seeds=torch.arange(draws) * 7919 % (2**31 - 1))
+    else:
+        _, starts, flips = sampler.draw(ids, torch.Generator().manual_seed(1))
     for axis, positions in enumerate((6 - 5 + 1, 7 - 4 + 1, 5 - 5 + 1)):  # volume 1: 6 x 7 x 5
         counts = torch.bincount(starts[:, axis], minlength=positions)
         assert len(counts) == positions  # never beyond the last valid start
         assert (counts - draws / positions).abs().max() < 0.05 * draws / positions + 4 * (draws / positions) ** 0.5
     assert flips.float().mean(0).sub(0.5).abs().max() < 0.02
+
+
+def test_a_seeded_crop_depends_on_its_seed_only():
+    sampler = CropSampler(volumes(), roi=(5, 4, 5))
+    crops, starts, flips = sampler.draw(torch.tensor([0, 1, 1]), seeds=torch.tensor([11, 12, 13]))
+    alone, start, flip = sampler.draw(torch.tensor([1]), seeds=torch.tensor([12]))
+    assert torch.equal(alone[0], crops[1]) and torch.equal(start[0], starts[1]) and torch.equal(flip[0], flips[1])
 
 
 def test_volumes_smaller_than_the_roi_are_refused():
@@ -65,18 +77,20 @@ def test_crop_benchmark_prints_both_rates():
     assert all(line["crops_per_s"] > 0 for line in lines[:2]) and lines[2]["medmae_over_monai"] > 0
 
 
-def test_cached_crops_deal_disjoint_shards_of_whole_batches(demo_root):
+def test_cached_crops_deal_disjoint_shards_that_make_up_the_single_process_batch(demo_root):
     task = load_task("demo")
     dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
-    ranks = [CachedCrops(dataset, task.roi, global_batch=4, crops=2, rank=r, world=2, seed=0, device=torch.device("cpu"),
-                         progress=False) for r in range(2)]
-    for loader in ranks:
+    loaders = [CachedCrops(dataset, task.roi, global_batch=4, crops=2, rank=r, world=w, seed=0, device=torch.device("cpu"),
+                           progress=False) for r, w in ((0, 2), (1, 2), (0, 1))]
+    for loader in loaders:
         loader.sampler.set_pass(3)
-    batches = [list(loader) for loader in ranks]
-    assert len(batches[0]) == len(batches[1]) == len(ranks[0]) == 1  # 6 volumes: one global batch of 4
-    assert all(b["image"].shape == (4, 1, *task.roi) for b in batches[0] + batches[1])  # 2 volumes x 2 crops
-    seeds = [set(b["sample_seed"].tolist()) for b in (batches[0][0], batches[1][0])]
+    ranks, single = [list(loader) for loader in loaders[:2]], list(loaders[2])
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 1  # 6 volumes: one global batch of 4
+    assert all(b["image"].shape == (4, 1, *task.roi) for b in ranks[0] + ranks[1])  # 2 volumes x 2 crops
+    seeds = [set(b["sample_seed"].tolist()) for b in (ranks[0][0], ranks[1][0])]
     assert not seeds[0] & seeds[1]
+    by_seed = {int(s): crop for b in ranks[0] + ranks[1] for s, crop in zip(b["sample_seed"], b["image"], strict=True)}
+    assert all(torch.equal(by_seed[int(s)], crop) for s, crop in zip(single[0]["sample_seed"], single[0]["image"], strict=True))
 
 
 def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):

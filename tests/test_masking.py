@@ -66,3 +66,11 @@ def test_seeded_noise_rows_depend_on_their_seed_only_and_look_uniform():
     assert abs(rows.mean().item() - 0.5) < 0.005 and abs(rows.var().item() - 1 / 12) < 0.002
     assert 0.0 <= rows.min().item() and rows.max().item() < 1.0
     assert len({tuple(torch.argsort(r).tolist()) for r in rows}) == 5000  # no two samples share a mask order
+
+
+def test_seeded_noise_streams_are_apart_and_bad_sizes_are_refused():
+    seeds = torch.arange(100)
+    masks, crops = seeded_noise(seeds, 6), seeded_noise(seeds, 6, stream=1)
+    assert not torch.isin(masks, crops).any()  # crops and masks of one sample draw unrelated numbers
+    with pytest.raises(ValueError, match="tokens"):
+        seeded_noise(seeds, 2**17)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 import medmae
 from medmae.data.loaders import CaseDataset, ShardSampler, item_seed
 from medmae.files import write_text
+from medmae.models.masking import seeded_noise
 
 
 class CropSampler:
@@ -66,8 +67,8 @@ class CropSampler:
     def __len__(self) -> int:
         return self.store.shape[0]
 
-    def draw(self, volume_ids: torch.Tensor, generator: torch.Generator | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(self, volume_ids: torch.Tensor, generator: torch.Generator | None = None,
+             seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One crop of each listed volume.
 
         Starts and flips are drawn for the whole batch at once. On a GPU the crops are then gathered in one
@@ -77,15 +78,20 @@ class CropSampler:
         Args:
             volume_ids: ``[B]`` indices into the volumes (repeat an index for several crops of it).
             generator: a ``torch.Generator`` on the sampler's device, for reproducible batches.
+            seeds: ``[B]`` per-crop seeds instead: each crop's start and flips are then a function of its
+                seed alone (:func:`seeded_noise`, stream 1), whatever batch or process it is drawn in.
 
         Returns:
             crops ``[B, C, *roi]``, starts ``[B, D]`` and flips ``[B, D]`` (bool) of each crop.
         """
         ids = volume_ids.to(self.device)
         dims = len(self.roi)
-        u = torch.rand(len(ids), dims, generator=generator, device=self.device)
-        starts = (u * self.span[ids]).long()
-        flips = (torch.rand(len(ids), dims, generator=generator, device=self.device) < 0.5) & self.flips
+        if seeds is None:
+            u = torch.rand(len(ids), 2 * dims, generator=generator, device=self.device, dtype=torch.float64)
+        else:
+            u = seeded_noise(seeds.to(self.device), 2 * dims, stream=1)
+        starts = (u[:, :dims] * self.span[ids]).long()
+        flips = (u[:, dims:] < 0.5) & self.flips
         copy = self._gather if self.device.type == "cuda" else self._slices
         return copy(ids, starts, flips), starts, flips
 
@@ -121,8 +127,9 @@ class CachedCrops:
     then drawn on the CPU one batch ahead in a background thread and copied to ``device``. Otherwise they
     live on ``device`` and everything per batch runs there, with one host-to-device copy per pass.
 
-    Crops are seeded per batch and process, so unlike the MONAI path they differ between one process and
-    several; the masks stay seeded per sample.
+    Each crop's position, flips and mask are functions of its seed (run seed, pass, case, crop) only, so
+    several processes see exactly the crops and masks of one process over the same global batch, and a
+    resumed run repeats an uninterrupted one.
     """
 
     def __init__(self, dataset: CaseDataset, roi: Sequence[int], global_batch: int, crops: int, rank: int, world: int,
@@ -147,16 +154,14 @@ class CachedCrops:
         return (to_device(batch, self.device, pin) for batch in prefetched(batches))
 
     def _draw_all(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This process's batches of the pass: ids, sample seeds and batch seeds built once per pass."""
+        """This process's batches of the pass; volume ids and per-crop seeds are built once per pass."""
         order = torch.tensor([index for _, index in self.sampler], dtype=torch.int64)
         ids = order.repeat_interleave(self.copies).to(self.crops.device)
-        seeds = item_seeds(self.seed, self.sampler.key, order)
-        sample_seeds = crop_seeds(seeds, self.copies).to(self.crops.device)
+        sample_seeds = crop_seeds(item_seeds(self.seed, self.sampler.key, order), self.copies).to(self.crops.device)
         step = self.per_rank * self.copies
-        for k, batch_seed in enumerate(seeds[::self.per_rank][:len(self)].tolist()):
-            generator = torch.Generator(device=self.crops.device).manual_seed(batch_seed)
-            chosen = slice(k * step, (k + 1) * step)
-            yield {"image": self.crops.draw(ids[chosen], generator)[0], "sample_seed": sample_seeds[chosen]}
+        for first in range(0, len(self) * step, step):
+            chosen = slice(first, first + step)
+            yield {"image": self.crops.draw(ids[chosen], seeds=sample_seeds[chosen])[0], "sample_seed": sample_seeds[chosen]}
 
 
 def item_seeds(seed: int, key: int, indices: torch.Tensor) -> torch.Tensor:

@@ -55,15 +55,21 @@ def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     return (x >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def seeded_noise(seeds: torch.Tensor, tokens: int) -> torch.Tensor:
-    """Uniform noise in ``[0, 1)`` that is a pure function of (seed, token): ``seeds`` ``[B]`` (ints in
-    ``[0, 2^31)``) -> ``[B, tokens]`` float64, on ``seeds.device``.
+STREAM_BITS = 48  # counters of different streams never meet while seed * count < 2^48
 
-    SplitMix64 (Steele et al., 2014) of the counter ``seed * tokens + token``, in int64 arithmetic that
-    wraps the same way on CPU and GPU: no generator objects, no host work per sample, so a batch's masks
-    are drawn where the batch lives without a host-device round trip.
+
+def seeded_noise(seeds: torch.Tensor, tokens: int, stream: int = 0) -> torch.Tensor:
+    """Uniform noise in ``[0, 1)`` that is a pure function of (stream, seed, token): ``seeds`` ``[B]``
+    (ints in ``[0, 2^31)``) -> ``[B, tokens]`` float64, on ``seeds.device``.
+
+    SplitMix64 (Steele et al., 2014) of the counter ``stream * 2^48 + seed * tokens + token``, in int64
+    arithmetic that wraps the same way on CPU and GPU: no generator objects, no host work per sample, so
+    a batch's masks (stream 0) and crops (stream 1) are drawn where the batch lives without a host-device
+    round trip, and each sample's draws depend on its seed only.
     """
-    counters = seeds.to(torch.int64)[:, None] * tokens + torch.arange(tokens, device=seeds.device)
+    if not 0 < tokens < 2**17 or not 0 <= stream < 2**15:
+        raise ValueError(f"tokens={tokens} must lie in [1, 2^17) and stream={stream} in [0, 2^15)")
+    counters = (seeds.to(torch.int64)[:, None] * tokens + torch.arange(tokens, device=seeds.device)) + (stream << STREAM_BITS)
     z = (counters + 1) * _GOLDEN
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2
