@@ -13,9 +13,10 @@ import torch
 
 from medmae import resource_dir
 from medmae.cli import main
-from medmae.data.fast import CachedCrops, CropSampler, crop_seeds, disk_store, item_seeds, prefetched
+from medmae.data.fast import CachedCrops, CropSampler, check_fits, crop_seeds, disk_store, item_seeds, prefetched
 from medmae.data.loaders import CaseDataset, crop_seed, item_seed
 from medmae.data.manifests import load_split
+from medmae.errors import UserError
 from medmae.tasks import load_task
 
 from conftest import shared
@@ -153,3 +154,11 @@ def test_prefetched_keeps_order_raises_errors_and_stops_when_abandoned():
 
     time.sleep(0.5)
     assert len(produced) <= 5  # the producer stopped instead of drawing the whole pass
+
+
+def test_a_gpu_cache_larger_than_half_the_free_memory_is_refused_with_the_remedies(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 2**30, 80 * 2**30))
+    big = [torch.zeros(1).expand(4, 256, 256, 160)] * 20  # 20 volumes x 160 MiB, no memory behind them
+    with pytest.raises(UserError, match=r"need 3\.1 GiB on cuda, more than half of its 4\.0 GiB free: set data\.cache_dir"):
+        check_fits(big, torch.device("cuda"))
+    check_fits(big[:5], torch.device("cuda"))  # 0.8 GiB fits

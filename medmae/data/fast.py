@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 import medmae
 from medmae.data.loaders import CaseDataset, ShardSampler, item_seed
+from medmae.errors import UserError
 from medmae.files import write_text
 from medmae.models.masking import seeded_noise
 
@@ -137,6 +138,7 @@ class CachedCrops:
         if cache_dir is None:
             volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
                        for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)]
+            check_fits(volumes, device)
             self.crops = CropSampler(volumes, roi, device)
         else:
             self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress), roi)
@@ -162,6 +164,19 @@ class CachedCrops:
         for first in range(0, len(self) * step, step):
             chosen = slice(first, first + step)
             yield {"image": self.crops.draw(ids[chosen], seeds=sample_seeds[chosen])[0], "sample_seed": sample_seeds[chosen]}
+
+
+def check_fits(volumes: Sequence[torch.Tensor], device: torch.device, share: float = 0.5) -> None:
+    """Refuse a GPU cache that would take more than ``share`` of the free device memory (training needs the rest)."""
+    if device.type != "cuda":
+        return
+    shapes = torch.tensor([tuple(v.shape) for v in volumes])
+    needed = len(volumes) * int(shapes.max(0).values.prod()) * 4
+    free, _ = torch.cuda.mem_get_info(device)
+    if needed > share * free:
+        raise UserError(f"the {len(volumes)} preprocessed volumes need {needed / 2**30:.1f} GiB on {device}, more than "
+                        f"half of its {free / 2**30:.1f} GiB free: set data.cache_dir=FOLDER to memory-map them from "
+                        "disk, or data.sampler=monai")
 
 
 def item_seeds(seed: int, key: int, indices: torch.Tensor) -> torch.Tensor:
