@@ -31,7 +31,8 @@ def test_ratios_take_the_best_medmae_variant_over_each_anchor():
 def test_tiny_cpu_run_prints_every_variant_its_ratio_and_the_summary(tmp_path):
     output = tmp_path / "speed.jsonl"
     result = subprocess.run([sys.executable, str(BENCHMARKS / "speed.py"), "--device", "cpu", "--tiny", "--cases",
-                             "model,pretrain2d", "--seconds", "0.6", "--output", str(output)],
+                             "model,pretrain2d", "--seconds", "0.6", "--output", str(output),
+                             "--figure", str(tmp_path / "speed.png")],
                             capture_output=True, text=True, check=True)
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert lines[0]["case"] == "setup" and lines[0]["mode"] == "tiny" and lines[-1]["case"] == "summary"
@@ -44,6 +45,7 @@ def test_tiny_cpu_run_prints_every_variant_its_ratio_and_the_summary(tmp_path):
     written = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(w["case"], w["impl"]) for w in written if "rate" in w] == rates
     assert written[0] == lines[0] and written[-1] == lines[-1]
+    assert (tmp_path / "speed.png").stat().st_size > 10_000
 
 
 def test_unknown_cases_are_refused():
