@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -74,3 +76,9 @@ def test_resolved_config_round_trips(tmp_path):
     assert from_dict(yaml.safe_load(path.read_text()), str(path)) == cfg
     assert cfg.optim.clip_grad == 1.0 and isinstance(cfg.optim.clip_grad, float)
     assert set(known_keys()) == {f"{s}.{k}" for s, values in cfg.to_dict().items() for k in values}
+
+
+def test_the_readme_documents_every_config_key():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("### Configuration"):readme.index("### The run folder")]
+    assert [key for key in known_keys() if f"`{key}`" not in table] == []
