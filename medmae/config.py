@@ -20,6 +20,7 @@ from medmae.errors import UserError
 from medmae.files import write_text
 
 STAGES = ("pretrain", "finetune")
+MAX_CROPS = 64  # crops per volume (crop seeds are item seed x 64 + crop)
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -210,7 +211,8 @@ def validate(cfg: Config) -> None:
               (0 <= cfg.model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
               (cfg.model.pool in ("avg", "cls"), "model.pool must be avg or cls"),
               (0 <= cfg.model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
-              (cfg.data.batch_size >= 1 and cfg.data.crops_per_volume >= 1, "data.batch_size and data.crops_per_volume must be >= 1"),
+              (cfg.data.batch_size >= 1 and 1 <= cfg.data.crops_per_volume <= MAX_CROPS,
+               f"data.batch_size must be >= 1 and data.crops_per_volume in [1, {MAX_CROPS}]"),
               (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
               (cfg.data.sampler in ("monai", "cached"), "data.sampler must be monai or cached"),
               (0 < cfg.data.label_fraction <= 1, "data.label_fraction must lie in (0, 1]"),

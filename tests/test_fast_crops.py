@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -150,10 +152,18 @@ def test_prefetched_keeps_order_raises_errors_and_stops_when_abandoned():
     stream = prefetched(counting(), depth=2)
     assert next(stream) == 0
     stream.close()
-    import time
-
-    time.sleep(0.5)
     assert len(produced) <= 5  # the producer stopped instead of drawing the whole pass
+    assert not [t for t in threading.enumerate() if t.name == "medmae-prefetch"]
+
+
+def test_an_epoch_that_ends_inside_a_pass_leaves_no_prefetch_thread_behind():
+    for _ in range(3):
+        stream = prefetched(iter(range(10)))
+        for _ in range(9):  # the last item is already queued, the end-of-pass marker waits behind it
+            next(stream)
+            time.sleep(0.01)
+        stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "medmae-prefetch"]
 
 
 def test_a_gpu_cache_larger_than_half_the_free_memory_is_refused_with_the_remedies(monkeypatch):
@@ -162,3 +172,33 @@ def test_a_gpu_cache_larger_than_half_the_free_memory_is_refused_with_the_remedi
     with pytest.raises(UserError, match=r"need 3\.1 GiB on cuda, more than half of its 4\.0 GiB free: set data\.cache_dir"):
         check_fits(big, torch.device("cuda"))
     check_fits(big[:5], torch.device("cuda"))  # 0.8 GiB fits
+
+
+def test_crops_for_another_device_come_through_the_prefetch_thread_unchanged(demo_root):
+    task = load_task("demo")
+    dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
+    direct, fetched = _cached(dataset, task), _cached(dataset, task)
+    fetched.device = torch.device("cpu", 0)  # not the sampler's device: batches are drawn ahead and copied
+    for a, b in zip(direct, fetched, strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["sample_seed"], b["sample_seed"])
+
+
+def test_a_waiting_process_maps_the_cache_once_another_has_written_it(tmp_path, demo_root):
+    task = load_task("demo")
+    dataset = CaseDataset(task, load_split(task, demo_root).all_cases()[:2], "inference")
+    writer = threading.Timer(0.3, disk_store, args=(dataset, tmp_path, False))
+    writer.start()
+    store, shapes = disk_store(dataset, tmp_path, progress=False, write=False, poll_seconds=0.05)
+    writer.join()
+    assert store.shape[0] == 2 and len(shapes) == 2
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy"]  # no temporary files left
+
+
+def test_a_volume_with_other_channels_stops_the_disk_cache_naming_it(tmp_path, demo_root, monkeypatch):
+    task = load_task("demo")
+    dataset = CaseDataset(task, load_split(task, demo_root).all_cases()[:3], "inference")
+    original = dataset.__getitem__
+    monkeypatch.setattr(CaseDataset, "__getitem__", lambda self, k: {"image": original(k)["image"].repeat(1 + (k == 2), 1, 1, 1)})
+    with pytest.raises(ValueError, match=str(dataset.cases[2].image)):
+        disk_store(dataset, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # the scratch files went with the failure

@@ -61,8 +61,10 @@ def test_norm_pix_target_is_normalised_per_patch():
 
 
 def test_norm_pix_statistics_survive_a_large_mean_and_bf16_autocast():
-    """CT in Hounsfield units: a mean of 1000 over a spread of 0.5 must not cancel the variance away."""
+    """CT in Hounsfield units: a mean of 1000 over a spread of 0.5 must not cancel the variance away, nor
+    must one outlying voxel (air at -1000) at the start of a patch."""
     x = 1000 + 0.5 * torch.randn(2, 1, *SIZE_3D)
+    x[:, :, 0, 0, 0] = -1000.0
     patches = patchify(x.double(), (16, 16, 16))
     var, mean = torch.var_mean(patches, -1, keepdim=True, unbiased=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -10,10 +10,14 @@ on each axis.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import queue
+import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 import medmae
+from medmae.config import MAX_CROPS
 from medmae.data.loaders import CaseDataset, ShardSampler, item_seed
 from medmae.errors import UserError
 from medmae.files import write_text
@@ -135,6 +140,7 @@ class CachedCrops:
 
     def __init__(self, dataset: CaseDataset, roi: Sequence[int], global_batch: int, crops: int, rank: int, world: int,
                  seed: int, device: torch.device, progress: bool = True, cache_dir: str | Path | None = None) -> None:
+        self.sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)  # refuses a bad batch size first
         if cache_dir is None:
             volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
                        for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)]
@@ -142,7 +148,6 @@ class CachedCrops:
             self.crops = CropSampler(volumes, roi, device)
         else:
             self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress), roi)
-        self.sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)
         self.per_rank, self.copies, self.seed, self.device = global_batch // world, crops, seed, device
 
     def __len__(self) -> int:
@@ -152,8 +157,9 @@ class CachedCrops:
         batches = self._draw_all()
         if self.crops.device == self.device:
             return batches
-        pin = self.device.type == "cuda"
-        return (to_device(batch, self.device, pin) for batch in prefetched(batches))
+        if self.device.type == "cuda":  # pinned in the background thread, copied without blocking
+            batches = (pinned(batch) for batch in batches)
+        return (to_device(batch, self.device) for batch in prefetched(batches))
 
     def _draw_all(self) -> Iterator[dict[str, torch.Tensor]]:
         """This process's batches of the pass; volume ids and per-crop seeds are built once per pass."""
@@ -187,34 +193,44 @@ def item_seeds(seed: int, key: int, indices: torch.Tensor) -> torch.Tensor:
 def crop_seeds(seeds: torch.Tensor, copies: int) -> torch.Tensor:
     """:func:`crop_seed` of crops ``0 .. copies - 1`` of each item seed ``[N]`` -> ``[N x copies]``, item-major."""
     crops = torch.arange(copies, dtype=torch.int64)
-    return ((seeds[:, None] + 7919 * (crops + 1)) % (2**31 - 1)).flatten()
+    return ((seeds[:, None] * MAX_CROPS + crops) % (2**31 - 1)).flatten()
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device, pin: bool) -> dict[str, torch.Tensor]:
-    return {k: (v.pin_memory() if pin else v).to(device, non_blocking=pin) for k, v in batch.items()}
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A (pinned, for CUDA) host batch copied to ``device`` without blocking the host."""
+    return {k: v.to(device, non_blocking=device.type == "cuda") for k, v in batch.items()}
+
+
+def pinned(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.pin_memory() for k, v in batch.items()}
 
 
 def prefetched(items: Iterable, depth: int = 1) -> Iterator:
     """``items`` produced ``depth`` ahead by a background thread, in order; errors are raised in the caller.
-    Torch's crop indexing releases the GIL, so drawing overlaps the training step."""
+    Torch's crop indexing releases the GIL, so drawing overlaps the training step. When the caller stops
+    early (an epoch ends inside a pass), the thread stops too and drops what it holds."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
 
+    def offer(item: object) -> bool:
+        """Queue ``item`` unless the caller has gone; True when queued."""
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            ready.put(done)
+            offer(done)
         except BaseException as error:  # noqa: BLE001 - handed to the consumer thread, which raises it
-            ready.put(error)
+            offer(error)
 
     worker = threading.Thread(target=produce, daemon=True, name="medmae-prefetch")
     worker.start()
@@ -225,24 +241,35 @@ def prefetched(items: Iterable, depth: int = 1) -> Iterator:
             yield item
     finally:
         stop.set()
+        while worker.is_alive():  # drain so that a blocked put returns, then let the thread end
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)
+        worker.join()
 
 
-def disk_store(dataset: CaseDataset, cache_dir: str | Path, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def disk_store(dataset: CaseDataset, cache_dir: str | Path, progress: bool = True, write: bool = True,
+               poll_seconds: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The preprocessed volumes of ``dataset`` as one zero-padded float32 file ``[V, C, *S_max]`` in
     ``cache_dir``, memory-mapped, and their shapes ``[V, D]``.
 
     The file is named by a hash of the task's definition, the cases' image files (path, size, modification
-    time) and the medmae version, so a later run over the same data reuses it and any change writes a new one. Each volume is preprocessed
-    once; the file appears only when complete (a crash leaves no half-written cache behind).
+    time) and the medmae version, so a later run over the same data reuses it and any change writes a new
+    one. Each volume is preprocessed once, into temporary files of unique names that are removed whatever
+    happens; the cache appears (by rename) only when complete, so concurrent writers cannot spoil it. With
+    ``write=False`` the call waits for another process to finish the file instead (no collective, so no
+    timeout on a long first run).
     """
     folder = Path(cache_dir)
     key = {"medmae": medmae.__version__, "task": dataset.task.record,
            "cases": [[c.id, str(c.image), c.image.stat().st_size, c.image.stat().st_mtime_ns] for c in dataset.cases]}
     name = f"{dataset.task.name}_{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
     data, index = folder / f"{name}.npy", folder / f"{name}.json"
-    if not index.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_store(dataset, data, index, progress)
+    while not index.is_file():
+        if write:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_store(dataset, data, index, progress)
+        else:
+            time.sleep(poll_seconds)
     shapes = torch.tensor(json.loads(index.read_text())["shapes"])
     return torch.from_numpy(np.load(data, mmap_mode="c")), shapes
 
@@ -250,21 +277,25 @@ def disk_store(dataset: CaseDataset, cache_dir: str | Path, progress: bool = Tru
 def _write_store(dataset: CaseDataset, data: Path, index: Path, progress: bool) -> None:
     """Preprocess each volume into its own temporary file, then pad them all into ``data``; ``index``
     (the shapes) is written last and marks the cache complete."""
-    parts, shapes = [], []
-    for k in tqdm(range(len(dataset)), desc="caching volumes on disk", unit="volume", disable=not progress or None):
-        volume = np.asarray(torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor), dtype=np.float32)
-        parts.append(data.with_name(f"{data.stem}.part{k}.npy"))
-        np.save(parts[-1], volume)
-        shapes.append(list(volume.shape[1:]))
-    channels = np.load(parts[0], mmap_mode="r").shape[0]
-    partial = data.with_name(f"{data.stem}.partial.npy")
-    store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                      shape=(len(parts), channels, *np.max(shapes, axis=0).tolist()))
-    for k, part in enumerate(parts):
-        volume = np.load(part)
-        store[(k, slice(None), *[slice(0, s) for s in volume.shape[1:]])] = volume
-        part.unlink()
-    store.flush()
-    del store
-    partial.replace(data)
+    with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.stem}.") as scratch:
+        parts, shapes, channels = [], [], None
+        for k in tqdm(range(len(dataset)), desc="caching volumes on disk", unit="volume", disable=not progress or None):
+            volume = np.asarray(torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor), dtype=np.float32)
+            channels = channels or volume.shape[0]
+            if volume.shape[0] != channels or volume.ndim != len(dataset.task.roi) + 1:
+                raise ValueError(f"{dataset.cases[k].image}: preprocessed to shape {volume.shape}, unlike the "
+                                 f"{channels}-channel {len(dataset.task.roi)}D volumes before it")
+            parts.append(Path(scratch) / f"{k}.npy")
+            np.save(parts[-1], volume)
+            shapes.append(list(volume.shape[1:]))
+        partial = Path(scratch) / "store.npy"
+        store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
+                                          shape=(len(parts), channels, *np.max(shapes, axis=0).tolist()))
+        for k, part in enumerate(parts):
+            volume = np.load(part)
+            store[(k, slice(None), *[slice(0, s) for s in volume.shape[1:]])] = volume
+            part.unlink()
+        store.flush()
+        del store
+        os.replace(partial, data)
     write_text(index, json.dumps({"shapes": shapes, "cases": [c.id for c in dataset.cases]}) + "\n")

@@ -10,6 +10,7 @@ import torch
 from monai.data import list_data_collate
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from medmae.config import MAX_CROPS
 from medmae.data.check import check_case
 from medmae.data.manifests import Case
 from medmae.data.transforms import IMAGE_ONLY, build_transform
@@ -79,8 +80,9 @@ def item_seed(seed: int, key: int, index: int) -> int:
 
 
 def crop_seed(seed: int, crop: int) -> int:
-    """The mask seed of crop ``crop`` of the item seeded ``seed``."""
-    return (seed + 7919 * (crop + 1)) % (2**31 - 1)
+    """The seed of crop ``crop`` (< MAX_CROPS) of the item seeded ``seed``: its mask and, on the cached
+    path, its position and flips. Item seeds are consecutive within a pass, so crop seeds never meet."""
+    return (seed * MAX_CROPS + crop) % (2**31 - 1)
 
 
 class SeededItems(Dataset):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from medmae.config import Config
 from medmae.data.fast import CachedCrops, disk_store
 from medmae.data.loaders import CaseDataset, item_seed, train_loader
 from medmae.engine.common import RunRequest, start
-from medmae.engine.distributed import Context, barrier, teardown
+from medmae.engine.distributed import Context, teardown
 from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
 from medmae.evaluation.figures import save_reconstruction_figure
@@ -106,9 +107,8 @@ def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: 
     if cfg.data.sampler == "monai" or task.spatial_dims != 3:
         return train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
     cached = CaseDataset(task, dataset.cases, "inference")
-    if cfg.data.cache_dir is not None and ctx.is_main:  # one process writes the file, the others wait and map it
-        disk_store(cached, cfg.data.cache_dir)
-    barrier(ctx)
+    if cfg.data.cache_dir is not None:  # one process per node writes the file; the others wait for it
+        disk_store(cached, cfg.data.cache_dir, progress=ctx.is_main, write=int(os.environ.get("LOCAL_RANK", "0")) == 0)
     return CachedCrops(cached, task.roi, cfg.data.batch_size, crops, ctx.rank, ctx.world, cfg.train.seed, ctx.device,
                        progress=ctx.is_main, cache_dir=cfg.data.cache_dir)
 

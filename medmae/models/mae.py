@@ -115,19 +115,19 @@ class MaskedAutoencoder(nn.Module):
     def _target(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`patch_target` from patches ``[B, N, L]``, always in float32 (outside autocast).
 
-        Statistics come from the patch minus its first voxel (same variance, none of the cancellation a
-        large mean causes), the sum of squares as a batched dot product: a third of ``var_mean``'s time.
+        Two passes (the mean, then the sum of squares of the centred patch as a batched dot product, whose
+        buffer becomes the target in place): exact where a one-pass formula cancels, and about a third of
+        ``var_mean``'s time on CPU.
         """
         with torch.autocast(patches.device.type, enabled=False):
             target = patches.float()
             if not self.norm_pix_loss:
                 return target, torch.zeros_like(target[..., :1]), torch.ones_like(target[..., :1])
-            first = target[..., :1]
-            shifted = target - first
-            shifted_mean = shifted.mean(dim=-1, keepdim=True)
-            squares = torch.einsum("bnl,bnl->bn", shifted, shifted).unsqueeze(-1) / shifted.shape[-1]
-            std = ((squares - shifted_mean.square()).clamp(min=0) + NORM_PIX_EPS).sqrt()
-            return (shifted - shifted_mean).div_(std), shifted_mean + first, std
+            mean = target.mean(dim=-1, keepdim=True)
+            centred = target - mean
+            var = torch.einsum("bnl,bnl->bn", centred, centred).unsqueeze(-1) / centred.shape[-1]
+            std = (var + NORM_PIX_EPS).sqrt()
+            return centred.div_(std), mean, std
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the hidden patches only.

@@ -69,7 +69,8 @@ def seeded_noise(seeds: torch.Tensor, tokens: int, stream: int = 0) -> torch.Ten
     """
     if not 0 < tokens < 2**17 or not 0 <= stream < 2**15:
         raise ValueError(f"tokens={tokens} must lie in [1, 2^17) and stream={stream} in [0, 2^15)")
-    counters = (seeds.to(torch.int64)[:, None] * tokens + torch.arange(tokens, device=seeds.device)) + (stream << STREAM_BITS)
+    seeds = seeds.to(torch.int64).remainder(2**31)  # keeps the streams apart whatever the caller passes
+    counters = (seeds[:, None] * tokens + torch.arange(tokens, device=seeds.device)) + (stream << STREAM_BITS)
     z = (counters + 1) * _GOLDEN
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2
