@@ -27,6 +27,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 @dataclass
 class ModelConfig:
     size: str = "base"  # base (ViT-B/16) or tiny (width 48, for CPU runs)
+    arch: str = "unetr"  # fine-tuning 3D segmentation: unetr (ViT encoder) or unet (MONAI U-Net, from scratch)
     img_size: list[int] | None = None  # input size; None: the task's ROI
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True
@@ -210,6 +211,7 @@ def validate(cfg: Config) -> None:
     checks = [(cfg.model.size in ("base", "tiny"), "model.size must be base or tiny"),
               (0 <= cfg.model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
               (cfg.model.pool in ("avg", "cls"), "model.pool must be avg or cls"),
+              (cfg.model.arch in ("unetr", "unet"), "model.arch must be unetr or unet"),
               (0 <= cfg.model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
               (cfg.data.batch_size >= 1 and 1 <= cfg.data.crops_per_volume <= MAX_CROPS,
                f"data.batch_size must be >= 1 and data.crops_per_volume in [1, {MAX_CROPS}]"),

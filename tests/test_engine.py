@@ -310,3 +310,17 @@ def test_a_resumed_finetuning_repeats_the_lost_epoch_exactly(tmp_path, demo_root
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
     with pytest.raises(UserError, match="does not split evenly over 4 processes"):
         ShardSampler(size=20, global_batch=6, rank=0, world=4, seed=0)
+
+
+def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_root):
+    """``model.arch=unet``: the baseline a user would otherwise pick, through the same finetune and evaluate."""
+    run = tmp_path / "unet"
+    assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir", str(run),
+                 "--set", "model.arch=unet"]) == 0
+    saved = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert saved["config"]["name"] == "unet_3d" and saved["config"]["out_channels"] == len(load_task("demo").class_names)
+    assert main(["evaluate", "--task", "demo", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data-root", str(demo_root),
+                 "--output-dir", str(tmp_path / "scores"), "--quiet"]) == 0
+    assert pd.read_csv(tmp_path / "scores" / "per_case.csv")["case_id"].nunique() >= 1
+    assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir",
+                 str(tmp_path / "refused"), "--set", "model.arch=unet", "--pretrained", str(run / "checkpoints" / "best.pt")]) == 2

@@ -22,6 +22,7 @@ from medmae.engine.distributed import Context, gather, teardown
 from medmae.engine.inference import dice_counts, output_probabilities, predicted_regions, reference_regions, segment
 from medmae.engine.loop import Job, autocast, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
+from medmae.errors import UserError
 from medmae.evaluation.classification import macro_auc, per_finding_auc
 from medmae.models import create_model
 from medmae.models.weights import classifier_from_pretrained, encoder_source, unetr_from_pretrained
@@ -39,8 +40,15 @@ def label_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
 
 
 def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) -> nn.Module:
-    """UNETR (3D segmentation) or the ViT classifier, from a pretrained encoder or from scratch."""
+    """UNETR (3D segmentation) or the ViT classifier, from a pretrained encoder or from scratch; or, with
+    ``model.arch=unet``, MONAI's U-Net from scratch."""
     outputs = len(task.class_names)
+    if cfg.model.arch == "unet":
+        if task.is_classification or pretrained is not None:
+            raise UserError("model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained "
+                            f"encoder{' and does not classify' if task.is_classification else ''}")
+        return create_model(f"unet_{task.spatial_dims}d", in_channels=task.in_channels, out_channels=outputs,
+                            img_size=task.roi)
     encoder = {"img_size": task.roi, "in_channels": task.in_channels, "drop_path_rate": cfg.model.drop_path}
     if pretrained is None:
         if task.is_classification:
@@ -135,7 +143,7 @@ def run(request: RunRequest) -> nn.Module:
                  len(dataset), len(s.split.train), task.name, effective_batch(cfg, crops), effective_lr(cfg, crops),
                  cfg.optim.base_lr, effective_batch(cfg, crops), cfg.optim.layer_decay, ctx.world, ctx.device)
         optimizer = build_optimizer(model, effective_lr(cfg, crops), cfg.optim.weight_decay, cfg.optim.betas,
-                                    cfg.optim.layer_decay, model.config["depth"])
+                                    cfg.optim.layer_decay, model.config.get("depth", 12))
         pretrained = s.resume_from.get("pretrained") if s.resume_from is not None else request.pretrained
         job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
         fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
@@ -151,7 +159,8 @@ def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pret
     if resume_from is None:
         return build_finetune_model(cfg, task, pretrained)
     config = dict(resume_from["config"])
-    model = create_model(config.pop("name"), **config, drop_path_rate=cfg.model.drop_path)
+    stochastic_depth = {"drop_path_rate": cfg.model.drop_path} if "depth" in config else {}  # ViT models only
+    model = create_model(config.pop("name"), **config, **stochastic_depth)
     model.load_state_dict(resume_from["state_dict"])
     return model
 

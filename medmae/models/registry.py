@@ -20,6 +20,7 @@ from torch import nn
 from medmae.models.classifier import ViTClassifier
 from medmae.models.encoder import ViTEncoder
 from medmae.models.mae import MaskedAutoencoder
+from medmae.models.unet import BaselineUNet
 from medmae.models.unetr import EncoderUNETR
 
 ENCODERS = {
@@ -49,9 +50,12 @@ def _names() -> dict[str, tuple[str, str, int]]:
 MODELS = _names()
 
 
+BASELINES = {"unet_3d": 3, "unet_2d": 2}  # MONAI U-Nets, trained from scratch only
+
+
 def list_models() -> list[str]:
     """Every registered model name."""
-    return sorted(MODELS)
+    return sorted([*MODELS, *BASELINES])
 
 
 def _accepted(target: Any) -> set[str]:
@@ -69,6 +73,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     The model's ``config`` dict records its registry ``name`` and its architecture and geometry.
     """
+    if name in BASELINES:
+        _check_known(name, kwargs, BaselineUNet)
+        model = BaselineUNet(**{"spatial_dims": BASELINES[name], **kwargs})
+        model.config["name"] = name
+        return model
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
     kind, size, dims = MODELS[name]
