@@ -41,10 +41,10 @@ UNET_BASE_LR = 0.064  # AdamW at 1e-3 for a batch of 4 (base_lr x batch / 256); 
 
 # Budgets: (pretraining overrides, fine-tuning overrides shared by every model).
 SIZES = {
-    "cpu": (["model.size=tiny", "data.batch_size=16", "train.epochs=300", "train.figure_every=50",
-             "optim.base_lr=1.5e-3", "optim.warmup_epochs=15", "data.num_workers=1"],
-            ["model.size=tiny", "model.feature_size=8", "data.batch_size=4", "train.epochs=30",
-             "train.steps_per_epoch=25", "train.val_every=10", "optim.base_lr=0.32", "optim.warmup_epochs=2",
+    "cpu": (["model.size=tiny", "data.batch_size=16", "train.epochs=600", "train.figure_every=100",  # about 9 minutes
+             "optim.base_lr=1.5e-3", "optim.warmup_epochs=30", "data.num_workers=1"],
+            ["model.size=tiny", "model.feature_size=8", "data.batch_size=4", "train.epochs=8",  # 200 steps, about 7 minutes
+             "train.steps_per_epoch=25", "train.val_every=4", "optim.base_lr=0.64", "optim.warmup_epochs=1",
              "optim.clip_grad=1.0", "data.num_workers=1"]),
     "full": (["model.size=base", "train.epochs=400"],
              ["model.size=base", "train.epochs=100", "train.steps_per_epoch=20", "train.val_every=10"]),
