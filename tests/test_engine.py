@@ -312,7 +312,7 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
         ShardSampler(size=20, global_batch=6, rank=0, world=4, seed=0)
 
 
-def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_root):
+def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_root, capsys):
     """``model.arch=unet``: the baseline a user would otherwise pick, through the same finetune and evaluate."""
     run = tmp_path / "unet"
     assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir", str(run),
@@ -324,3 +324,4 @@ def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_
     assert pd.read_csv(tmp_path / "scores" / "per_case.csv")["case_id"].nunique() >= 1
     assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir",
                  str(tmp_path / "refused"), "--set", "model.arch=unet", "--pretrained", str(run / "checkpoints" / "best.pt")]) == 2
+    assert "model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained" in capsys.readouterr().err
