@@ -1,11 +1,12 @@
-"""Random ROI crops and flips drawn for a whole batch in one indexing operation, on any device.
+"""Random ROI crops and flips drawn for a whole batch at once, on any device.
 
 The volumes are preprocessed once (the task's deterministic chain: orientation, spacing, intensity,
 foreground crop, padding to the ROI) and kept in one zero-padded tensor, on the training device or
-memory-mapped from a file on disk for sets that do not fit. A batch is then drawn with no per-sample
-Python: uniform crop starts over every valid position and a flip per axis with probability 1/2, the
-distribution of MONAI's ``RandSpatialCropSamplesd(random_size=False)`` followed by ``RandFlipd(prob=0.5)``
-on each axis.
+memory-mapped from a file on disk for sets that do not fit. A batch's crop starts (uniform over every
+valid position) and flips (each axis with probability 1/2: the distribution of MONAI's
+``RandSpatialCropSamplesd(random_size=False)`` followed by ``RandFlipd(prob=0.5)`` on each axis) are
+drawn in single tensor operations; the crops are then gathered in one indexing operation on a GPU, and
+copied slice by slice on a CPU, where that is about 5 times faster.
 """
 
 from __future__ import annotations
