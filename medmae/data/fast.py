@@ -130,7 +130,8 @@ class CachedCrops:
     (:class:`ShardSampler`) and yields ``{"image": [b x crops, C, *roi], "sample_seed": [b x crops]}``
     batches on ``device``, drawn by a :class:`CropSampler`.
 
-    With ``cache_dir`` the volumes live in a memory-mapped file there (see :func:`disk_store`); crops are
+    With ``cache_dir`` the volumes live in a memory-mapped file there (see :func:`disk_store`; without
+    ``write_cache`` this process waits for another to write it); crops are
     then drawn on the CPU one batch ahead in a background thread and copied to ``device``. Otherwise they
     live on ``device`` and everything per batch runs there, with one host-to-device copy per pass.
 
@@ -140,7 +141,8 @@ class CachedCrops:
     """
 
     def __init__(self, dataset: CaseDataset, roi: Sequence[int], global_batch: int, crops: int, rank: int, world: int,
-                 seed: int, device: torch.device, progress: bool = True, cache_dir: str | Path | None = None) -> None:
+                 seed: int, device: torch.device, progress: bool = True, cache_dir: str | Path | None = None,
+                 write_cache: bool = True) -> None:
         self.sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)  # refuses a bad batch size first
         if cache_dir is None:
             volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
@@ -148,7 +150,7 @@ class CachedCrops:
             check_fits(volumes, device)
             self.crops = CropSampler(volumes, roi, device)
         else:
-            self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress), roi)
+            self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress, write=write_cache), roi)
         self.per_rank, self.copies, self.seed, self.device = global_batch // world, crops, seed, device
 
     def __len__(self) -> int:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from medmae.config import Config
-from medmae.data.fast import CachedCrops, disk_store
+from medmae.data.fast import CachedCrops
 from medmae.data.loaders import CaseDataset, item_seed, train_loader
 from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import Context, teardown
@@ -107,10 +107,9 @@ def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: 
     if cfg.data.sampler == "monai" or task.spatial_dims != 3:
         return train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
     cached = CaseDataset(task, dataset.cases, "inference")
-    if cfg.data.cache_dir is not None:  # one process per node writes the file; the others wait for it
-        disk_store(cached, cfg.data.cache_dir, progress=ctx.is_main, write=int(os.environ.get("LOCAL_RANK", "0")) == 0)
+    writer = int(os.environ.get("LOCAL_RANK", "0")) == 0  # one process per node writes a disk cache; the others wait
     return CachedCrops(cached, task.roi, cfg.data.batch_size, crops, ctx.rank, ctx.world, cfg.train.seed, ctx.device,
-                       progress=ctx.is_main, cache_dir=cfg.data.cache_dir)
+                       progress=ctx.is_main, cache_dir=cfg.data.cache_dir, write_cache=writer)
 
 
 def figure_batch(dataset: CaseDataset, cfg: Config, crops: int) -> torch.Tensor:
