@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 
 def _save(fig, path: str | Path, title: str = "") -> Path:
@@ -30,6 +30,16 @@ def middle_slice(volume: torch.Tensor) -> torch.Tensor:
     return image[..., image.shape[-1] // 2] if image.ndim == 3 else image
 
 
+def screen_image(sample: torch.Tensor) -> np.ndarray:
+    """``[C, *S]`` -> the picture to draw with ``imshow(origin="upper")``: first row on top.
+
+    2D images are stored as read (rows top to bottom, as PIL gives them) and pass through; 3D volumes
+    (RAS, ``[X, Y, Z]``) show the middle axial slice with x to the right and y (anterior) up.
+    """
+    image = middle_slice(sample.float().cpu())
+    return image.numpy() if sample.ndim == 3 else image.T.flip(0).numpy()
+
+
 def save_reconstruction_figure(path: str | Path, original: torch.Tensor, images: dict[str, torch.Tensor],
                                max_rows: int = 4, title: str = "") -> Path:
     """One row per sample: the input, then each image of ``images`` (e.g. ``MaskedAutoencoder.reconstruct``).
@@ -45,11 +55,10 @@ def save_reconstruction_figure(path: str | Path, original: torch.Tensor, images:
     rows = min(max_rows, original.shape[0])
     fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows), squeeze=False)
     for row in range(rows):
-        reference = middle_slice(original[row].float().cpu())
-        low, high = torch.quantile(reference.flatten(), torch.tensor([0.01, 0.99])).tolist()
+        low, high = np.quantile(screen_image(original[row]), [0.01, 0.99])
         for col, (name, batch) in enumerate(columns.items()):
             ax = axes[row][col]
-            ax.imshow(middle_slice(batch[row].float().cpu()).T.numpy(), cmap="gray", vmin=low, vmax=high, origin="lower")
+            ax.imshow(screen_image(batch[row]), cmap="gray", vmin=low, vmax=high)
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(name, fontsize=9)
