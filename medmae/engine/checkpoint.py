@@ -1,7 +1,15 @@
-"""Self-describing checkpoints, written atomically and read without unpickling code."""
+"""Self-describing checkpoints, written atomically with a SHA-256 beside them, and read without unpickling code.
+
+Invariant: a ``<name>.sha256`` file, when present, always matches ``<name>``. It is removed before its
+checkpoint changes and written only after the checkpoint is complete; a crash in between leaves a
+checkpoint without a checksum (still read, it is whole: it appeared by rename), never a stale one.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +18,7 @@ from torch import nn
 
 import medmae
 from medmae.errors import UserError
-from medmae.files import atomic_open
+from medmae.files import atomic_open, write_text
 
 FORMAT = "medmae-checkpoint-1"
 
@@ -25,22 +33,87 @@ def model_checkpoint(model: nn.Module, **extra: Any) -> dict[str, Any]:
             "state_dict": model.state_dict(), **extra}
 
 
+def checksum_file(path: Path) -> Path:
+    """Where the SHA-256 of checkpoint ``path`` is kept: ``<name>.sha256`` beside it."""
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, rename."""
+    """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, fsync, rename), then
+    its checksum file (``sha256sum -c`` reads it)."""
+    path = Path(path)
+    checksum_file(path).unlink(missing_ok=True)
     with atomic_open(path, "wb") as handle:
         torch.save(payload, handle)
-    return Path(path)
+    write_text(checksum_file(path), f"{sha256(path)}  {path.name}\n")
+    return path
+
+
+def move_checkpoint(source: Path, target: Path) -> None:
+    """Rename checkpoint ``source`` (and then its checksum) to ``target``, replacing ``target``."""
+    checksum_file(target).unlink(missing_ok=True)
+    source.replace(target)
+    if checksum_file(source).exists():
+        checksum_file(source).replace(checksum_file(target))
+
+
+def verify_checksum(path: Path) -> None:
+    """Raise :class:`CheckpointError` when ``path`` disagrees with its checksum file (absent: nothing to check)."""
+    try:
+        expected = checksum_file(path).read_text().split()[0]
+    except FileNotFoundError:
+        return
+    except (OSError, IndexError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{checksum_file(path)}: unreadable checksum file ({error})") from error
+    found = sha256(path)
+    if found != expected:
+        raise CheckpointError(f"{path}: corrupt or changed after it was written (SHA-256 {found[:12]}..., "
+                              f"but {checksum_file(path).name} says {expected[:12]}...)")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a medmae checkpoint onto the CPU with ``weights_only=True`` (no code is ever unpickled)."""
+    """Read a medmae checkpoint onto the CPU with ``weights_only=True`` (no code is ever unpickled), after
+    checking it against its ``.sha256`` file when there is one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    verify_checksum(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: not a readable weights-only checkpoint ({error})") from error
+        raise CheckpointError(f"{path}: {_unreadable(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medmae checkpoint (no format tag {FORMAT!r})")
     return payload
+
+
+def _unreadable(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file: code in its pickle, or damage."""
+    if isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower():
+        culprit = re.search(r"GLOBAL (\S+)", str(error))
+        return ("refused: its pickle would call " + (culprit.group(1) if culprit else "code other than tensor loading")
+                + ", and medmae never unpickles code (weights_only=True). Use checkpoints written by medmae")
+    return f"not a readable weights-only checkpoint: truncated or damaged ({type(error).__name__}: {error})"
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``model`` only when every key and shape agrees; otherwise raise
+    :class:`CheckpointError` naming ``source`` and what disagrees, before any weight is touched."""
+    wanted = model.state_dict()
+    problems = [f"missing {key} {tuple(wanted[key].shape)}" for key in wanted if key not in state]
+    problems += [f"unexpected {key}" for key in state if key not in wanted]
+    problems += [f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(wanted[key].shape)}"
+                 for key in wanted if key in state and tuple(state[key].shape) != tuple(wanted[key].shape)]
+    if problems:
+        shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        raise CheckpointError(f"{source}: its weights do not fit {model.config.get('name', type(model).__name__)} "
+                              f"{dict(model.config)}: " + "; ".join(shown))
+    model.load_state_dict(state)

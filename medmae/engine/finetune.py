@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from medmae.config import Config
 from medmae.data.loaders import CaseDataset, train_loader
 from medmae.data.manifests import Case
+from medmae.engine.checkpoint import load_weights
 from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import Context, gather, teardown
 from medmae.engine.inference import dice_counts, output_probabilities, predicted_regions, reference_regions, segment
@@ -25,7 +27,7 @@ from medmae.engine.optim import build_optimizer
 from medmae.errors import UserError
 from medmae.evaluation.classification import macro_auc, per_finding_auc
 from medmae.models import create_model
-from medmae.models.weights import classifier_from_pretrained, encoder_source, unetr_from_pretrained
+from medmae.models.weights import WeightTransferError, classifier_from_pretrained, encoder_source, unetr_from_pretrained
 from medmae.tasks import TaskSpec
 
 log = logging.getLogger("medmae")
@@ -57,10 +59,13 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
         return create_model(f"unetr_vit_{cfg.model.size}_patch16_{task.spatial_dims}d", out_channels=outputs,
                             feature_size=cfg.model.feature_size, **encoder)
     payload = _pretrained_payload(pretrained, task)
-    if task.is_classification:
-        model, report = classifier_from_pretrained(payload, outputs, pool=cfg.model.pool, **encoder)
-    else:
-        model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
+    try:
+        if task.is_classification:
+            model, report = classifier_from_pretrained(payload, outputs, pool=cfg.model.pool, **encoder)
+        else:
+            model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
+    except WeightTransferError as error:
+        raise WeightTransferError(f"{pretrained}: {error}") from error
     log.info("%s", report)
     return model
 
@@ -70,7 +75,13 @@ def _pretrained_payload(path: str, task: TaskSpec) -> dict[str, Any]:
     from medmae.engine.checkpoint import load_checkpoint
 
     payload = load_checkpoint(path)
-    encoder_source(payload)  # fails early, naming the file, when it holds no encoder
+    try:
+        _, config = encoder_source(payload)
+    except WeightTransferError as error:
+        raise WeightTransferError(f"{path}: {error}") from error
+    if config.get("spatial_dims") != task.spatial_dims:
+        raise WeightTransferError(f"{path}: a {config.get('spatial_dims')}D encoder ({config.get('name')}); task "
+                                  f"{task.name} is {task.spatial_dims}D")
     source = payload.get("task") or {}
     for key in ("spacing", "intensity", "channels"):
         if key in source and source[key] != task.record.get(key):
@@ -135,7 +146,7 @@ def run(request: RunRequest) -> nn.Module:
         dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
         validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
-        model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
+        model = _model(cfg, task, s.resume_from, request.pretrained, s.run.checkpoints).to(ctx.device, memory_format=_layout(cfg, task))
         log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
                  "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
                  model.config["name"], "from " + request.pretrained if request.pretrained else
@@ -153,7 +164,8 @@ def run(request: RunRequest) -> nn.Module:
         teardown()
 
 
-def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pretrained: str | None) -> nn.Module:
+def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pretrained: str | None,
+           checkpoints: Path) -> nn.Module:
     """A resumed run rebuilds its saved architecture (whatever encoder it started from); a new one is
     built from ``pretrained`` or from scratch."""
     if resume_from is None:
@@ -161,7 +173,7 @@ def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pret
     config = dict(resume_from["config"])
     stochastic_depth = {"drop_path_rate": cfg.model.drop_path} if "depth" in config else {}  # ViT models only
     model = create_model(config.pop("name"), **config, **stochastic_depth)
-    model.load_state_dict(resume_from["state_dict"])
+    load_weights(model, resume_from["state_dict"], checkpoints)
     return model
 
 

@@ -13,7 +13,7 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from medmae.config import InferConfig
-from medmae.engine.checkpoint import CheckpointError, load_checkpoint
+from medmae.engine.checkpoint import CheckpointError, load_checkpoint, load_weights
 from medmae.engine.loop import autocast
 from medmae.models import create_model
 from medmae.tasks import TaskSpec, task_from_record
@@ -26,8 +26,11 @@ def model_from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any], TaskSpe
         raise CheckpointError(f"{path}: a {payload.get('stage', 'foreign')} checkpoint; evaluate and predict need "
                               "one from medmae finetune (checkpoints/best.pt)")
     config = dict(payload["config"])
-    model = create_model(config.pop("name"), **config)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = create_model(config.pop("name", None), **config)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: describes no model medmae can build ({error})") from error
+    load_weights(model, payload["state_dict"], path)
     return model.eval(), payload, task_from_record(payload["task"], str(path))
 
 

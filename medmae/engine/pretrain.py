@@ -13,6 +13,7 @@ from torch import nn
 from medmae.config import Config
 from medmae.data.fast import CachedCrops
 from medmae.data.loaders import CaseDataset, item_seed, train_loader
+from medmae.engine.checkpoint import load_weights
 from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import Context, teardown
 from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
@@ -77,7 +78,7 @@ def run(request: RunRequest) -> nn.Module:
         loader = _loader(cfg, task, dataset, crops, ctx)
         model = build_mae(cfg, task)
         if s.resume_from is not None:
-            model.load_state_dict(s.resume_from["state_dict"])
+            load_weights(model, s.resume_from["state_dict"], run_folder.checkpoints)
         model.to(ctx.device)
         log.info("pretraining %s on %d images of task %s: effective batch %d, learning rate %.3g "
                  "(base %.3g x %d / 256), %d processes, device %s", model.config["name"], len(dataset), task.name,

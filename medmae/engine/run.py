@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from medmae.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from medmae.engine.checkpoint import CheckpointError, load_checkpoint, move_checkpoint, save_checkpoint
 from medmae.errors import UserError
 from medmae.evaluation.reports import write_csv
 
@@ -31,29 +31,41 @@ class RunFolder:
             raise UserError(f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir")
         if self.write:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
+            for stale in self.checkpoints.glob(".*.tmp"):  # a write cut short by a crash: never a checkpoint
+                log.info("removing %s, left by an interrupted checkpoint write", stale)
+                stale.unlink(missing_ok=True)
 
     def latest(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint (``last.pt``, else ``previous.pt``), or None when there is none."""
+        """The newest sound checkpoint (``last.pt``, else ``previous.pt``; a truncated or corrupt one is reported
+        and passed over), or None when there is none. Raises :class:`UserError` when every one is unusable."""
+        problems = []
         for name in ("last.pt", "previous.pt"):
             path = self.checkpoints / name
             if not path.exists():
                 continue
             try:
-                return load_checkpoint(path)
+                payload = load_checkpoint(path)
             except CheckpointError as error:
                 log.warning("passing over %s", error)
+                problems.append(str(error))
+                continue
+            log.info("resuming from %s", path)
+            return payload
+        if problems:
+            raise UserError("no usable checkpoint to resume from: " + "; ".join(problems)
+                            + ". Move the checkpoints folder away to start the run again")
         return None
 
     def save(self, payload: dict[str, Any], best: bool = False) -> None:
         """Write ``best.pt`` (without optimiser state) when ``best``; then ``last.pt`` becomes ``previous.pt``
-        and the payload is written atomically as ``last.pt``."""
+        and the payload is written atomically as ``last.pt``, each with its ``.sha256``."""
         if not self.write:
             return
         if best:  # first: a crash before last.pt is written then never leaves a best.pt older than the record
             save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}, self.checkpoints / "best.pt")
         last = self.checkpoints / "last.pt"
         if last.exists():
-            last.replace(self.checkpoints / "previous.pt")
+            move_checkpoint(last, self.checkpoints / "previous.pt")
         save_checkpoint(payload, last)
 
     def log_epoch(self, rows: list[dict[str, Any]]) -> None:
