@@ -201,7 +201,7 @@ def main() -> None:
         pretrain_overrides, finetune_overrides = CHEST_CPU
     output = args.output or Path("docs/results") / args.task
     work = args.work_dir or Path("runs") / f"label_efficiency_{args.task}_{mode}"
-    started = time.time()
+    started, code = time.time(), git_state()  # the code as it was imported, not as it is when the run ends
 
     mae_run = work / "mae"
     pretrain.run(RunRequest(args.task, str(args.data_root), split=args.split, output_dir=str(mae_run), resume=True,
@@ -225,8 +225,16 @@ def main() -> None:
                 rows.append({"method": "scratch_unet", **finetune_run(args, work, f"scratch_unet_{tag}", budget, fraction, seed)})
                 rows[-1]["time_vs_scratch_unetr"] = round(rows[-1]["train_seconds"] / rows[-2]["train_seconds"], 2)
             pd.DataFrame(rows).to_csv(work / "runs_so_far.csv", index=False)
-    provenance = {"unet_seconds_per_step": per_step, "work_dir": str(work), "data_root": str(args.data_root)}
+    provenance = {**code, "unet_seconds_per_step": per_step, "work_dir": str(work), "data_root": str(args.data_root)}
     write_results(args, mode, output, work, pd.DataFrame(rows), time.time() - started, provenance)
+
+
+def git_state() -> dict:
+    """The commit of this checkout and whether tracked files differ from it."""
+    repo = Path(__file__).resolve().parents[1]
+    git = [subprocess.run(["git", *command], capture_output=True, text=True, check=False, cwd=repo).stdout.strip()
+           for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])]
+    return {"commit": git[0] or None, "uncommitted_changes": bool(git[1])}
 
 
 def write_results(args, mode: str, output: Path, work: Path, runs: pd.DataFrame, seconds: float, extra: dict) -> None:
@@ -244,15 +252,11 @@ def write_results(args, mode: str, output: Path, work: Path, runs: pd.DataFrame,
     configs.mkdir()
     for name in ["mae", *runs["run"]]:
         shutil.copy(work / name / "config.yaml", configs / f"{name}.yaml")
-    repo = Path(__file__).resolve().parents[1]
-    git = [subprocess.run(["git", *command], capture_output=True, text=True, check=False, cwd=repo).stdout.strip()
-           for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])]
-    provenance = {"commit": git[0] or None, "uncommitted_changes": bool(git[1]),
-                  "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "mode": mode, "split": args.split,
+    provenance = {**extra, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "mode": mode, "split": args.split,
                   "scored_part": args.part, "machine": f"{platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads, "
                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-                  "torch": torch.__version__, "wall_seconds_this_invocation": round(seconds), **extra}
+                  "torch": torch.__version__, "wall_seconds_this_invocation": round(seconds)}
     (output / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(markdown(table))
 
