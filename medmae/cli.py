@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import medmae
 from medmae.errors import UserError
+from medmae.files import removed_on_error
 
 log = logging.getLogger("medmae")
 
@@ -73,9 +74,10 @@ def _score(args: argparse.Namespace) -> int:
 
     pred = Path(args.pred).resolve()
     output = Path(args.output_dir) if args.output_dir else pred.parent / f"{pred.name}_scores"
-    summary, notes, written = score_to_folder(load_task(args.task), pred, Path(args.ref), output,
-                                              Path(args.images) if args.images else None, args.hd95_penalty,
-                                              progress=not args.quiet)
+    with removed_on_error(output):
+        summary, notes, written = score_to_folder(load_task(args.task), pred, Path(args.ref), output,
+                                                  Path(args.images) if args.images else None, args.hd95_penalty,
+                                                  progress=not args.quiet)
     for note in notes:
         print(f"note: {note}")
     shown = summary[["class", "dsc_mean", "hd95_mm_mean", "dsc_undefined", "hd95_mm_undefined"]]
@@ -87,7 +89,8 @@ def _score(args: argparse.Namespace) -> int:
 def _data_demo(args: argparse.Namespace) -> int:
     from medmae.data.synthetic import write_demo_dataset
 
-    root = write_demo_dataset(args.output_dir, cases=args.cases, validation=min(2, args.cases - 1), seed=args.seed)
+    with removed_on_error(args.output_dir):
+        root = write_demo_dataset(args.output_dir, cases=args.cases, validation=min(2, args.cases - 1), seed=args.seed)
     print(f"wrote {args.cases} synthetic cases to {root}; check them with: "
           f"medmae data check --task demo --data-root {root}")
     return 0
@@ -144,7 +147,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from medmae.engine.evaluate import predict
 
-    written = predict(args.checkpoint, args.input, args.output_dir, progress=not args.quiet)
+    written = predict(args.checkpoint, args.input, args.output_dir, progress=not args.quiet,
+                      inside_input=args.allow_output_inside_input)
     print(f"wrote {len(written)} files to {args.output_dir}")
     return 0
 
@@ -261,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint; it names its task")
     predict.add_argument("--input", required=True, help="an image file or a folder of them")
     predict.add_argument("--output-dir", required=True, help="where predictions go (not inside the input folder)")
+    predict.add_argument("--allow-output-inside-input", action="store_true",
+                         help="let --output-dir lie inside the input folder (an input file is still never overwritten)")
     predict.add_argument("--quiet", action="store_true", help="no progress bars")
     predict.set_defaults(handler=_predict)
     demo_run = commands.add_parser("demo", help="the whole workflow on generated data: pretrain, fine-tune, evaluate",

@@ -1,13 +1,18 @@
-"""Files written whole or not at all: a temporary file in the same folder, fsync, then rename."""
+"""Files written whole or not at all (a temporary file in the same folder, fsync, then rename), and output
+folders that a failed command leaves as they were."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from medmae.errors import UserError
 
 
 def _umask() -> int:
@@ -16,22 +21,34 @@ def _umask() -> int:
     return mask
 
 
+class OutputError(UserError, OSError):
+    """A file that cannot be written (no permission, a full disk); the message names the file."""
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path`` (``mode`` ``"w"`` or ``"wb"``); on success it replaces ``path``,
-    on any error it is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    on any error it is removed and ``path`` is left as it was. An ``OSError`` on the way (no permission, a
+    full disk) becomes an :class:`OutputError` naming ``path``."""
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
         with os.fdopen(fd, mode, **({"newline": ""} if "b" not in mode else {})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OutputError):
+            raise
+        raise OutputError(f"{path}: cannot be written ({error.strerror or error})") from error
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -40,3 +57,34 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_open(path) as handle:
         handle.write(text)
     return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def write_nifti(image, path: str | Path) -> Path:
+    """Write a nibabel image to ``path`` atomically, gzipped when the name ends in ``.gz``."""
+    data = image.to_bytes()
+    return write_bytes(path, gzip.compress(data, compresslevel=1) if str(path).endswith(".gz") else data)
+
+
+@contextmanager
+def removed_on_error(folder: str | Path) -> Iterator[Path]:
+    """Whatever this block adds under ``folder`` is removed again if it raises: a folder it created goes
+    whole; in a folder that existed, only the new files and folders go (files it replaced stay replaced,
+    complete, as every write is atomic). Output of a failed command is never left half made."""
+    folder = Path(folder)
+    before = set(folder.rglob("*")) if folder.exists() else None
+    try:
+        yield folder
+    except BaseException:
+        if before is None:
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise

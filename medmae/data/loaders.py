@@ -65,7 +65,12 @@ class CaseDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         case = self.cases[index]
         try:
-            return self.transform(case_dict(case, with_label=self.stage not in IMAGE_ONLY))
+            item = self.transform(case_dict(case, with_label=self.stage not in IMAGE_ONLY))
+            for sample in item if isinstance(item, list) else [item]:
+                if not torch.isfinite(torch.as_tensor(sample["image"])).all():
+                    raise DataError(case.image, "non-finite values after preprocessing: its intensities are too "
+                                                f"extreme for the {self.task.intensity['rule']} rule (see medmae data check)")
+            return item
         except Exception as error:
             cause = _root_cause(error)
             problem = cause.problem if isinstance(cause, DataError) else f"{type(cause).__name__}: {cause}"

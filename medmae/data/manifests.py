@@ -135,7 +135,7 @@ def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
         raise DataError(path, f"unreadable JSON manifest ({error})") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
         raise DataError(path, "a manifest needs a 'training' list of {\"image\": ..., \"label\": ...} entries")
-    parts, seen = {"training": [], "validation": [], "test": [], "unlabelled": []}, {}
+    parts, seen, listed = {"training": [], "validation": [], "test": [], "unlabelled": []}, {}, set()
     for key in ("training", "validation", "test"):
         entries = raw.get(key) or []
         if not isinstance(entries, list):
@@ -151,7 +151,10 @@ def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
             case = Case(case_id(image), image, label)
             if seen.get(case.id, case) != case:
                 raise DataError(path, f"case id {case.id} names two different files")
+            if (key, case.id) in listed:
+                raise DataError(where, f"case {case.id} is listed twice in '{key}'")
             seen[case.id] = case
+            listed.add((key, case.id))
             parts[key if label else "unlabelled"].append(case)
     return parts
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medmae.files import write_nifti, write_text
+
 SHAPE = (64, 64, 48)
 SPACING_MM = 3.0
 ORGANS = (  # label, HU, centre (fraction of the body's semi-axes; RAS+: +x the patient's right,
@@ -65,11 +67,11 @@ def write_demo_dataset(root: str | Path, cases: int = 12, validation: int = 2, s
     for k in range(1, cases + 1):
         image, label = demo_case(rng)
         entry = {"image": f"imagesTr/img{k:04d}.nii.gz", "label": f"labelsTr/label{k:04d}.nii.gz"}
-        nib.save(nib.Nifti1Image(image, affine), root / entry["image"])
-        nib.save(nib.Nifti1Image(label, affine), root / entry["label"])
+        write_nifti(nib.Nifti1Image(image, affine), root / entry["image"])
+        write_nifti(nib.Nifti1Image(label, affine), root / entry["label"])
         entries.append(entry)
     datalist = {"name": "medmae demo", "description": f"synthetic CT-like volumes, seed {seed}",
                 "labels": {"0": "background", "1": "liver", "2": "spleen", "3": "right_kidney", "4": "left_kidney"},
                 "training": entries[:-validation], "validation": entries[-validation:]}
-    (root / "dataset_0.json").write_text(json.dumps(datalist, indent=1) + "\n")
+    write_text(root / "dataset_0.json", json.dumps(datalist, indent=1) + "\n")
     return root

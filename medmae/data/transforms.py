@@ -29,7 +29,9 @@ from monai.transforms import (ClipIntensityPercentilesd, Compose, CropForeground
                               RandSpatialCropSamplesd, Resize, Resized, ScaleIntensityd, ScaleIntensityRanged,
                               Spacingd, SpatialPadd)
 
+from medmae.data.check import read_errors
 from medmae.data.readers import integer_labels, read_image
+from medmae.errors import DataError
 from medmae.tasks import TaskSpec
 
 STAGES = ("train", "validation", "pretrain", "inference")
@@ -44,12 +46,22 @@ def is_nonzero(x: torch.Tensor) -> torch.Tensor:
 class ReadImaged(MapTransform):
     """Read each key's file with :func:`medmae.data.readers.read_image` into a MetaTensor ``[C, *S]``
     carrying the affine; images become float32, labels integers (float labels rounded, see
-    :func:`medmae.data.readers.integer_labels`)."""
+    :func:`medmae.data.readers.integer_labels`). With ``task``, a file that ``medmae data check`` would
+    call an error (dimensionality, channels, NaN or inf, label grid or values) raises :class:`DataError`."""
+
+    def __init__(self, keys: str | Sequence[str], task: TaskSpec | None = None) -> None:
+        super().__init__(keys)
+        self.task = task
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key in self.key_iterator(d):
-            image = read_image(d[key])
+        read = {key: read_image(d[key]) for key in self.key_iterator(d)}
+        if self.task is not None and "image" in read:
+            errors = read_errors(self.task, read["image"], read.get("label"))
+            if errors:
+                path, _, problem = errors[0].partition(": ")
+                raise DataError(path, problem)
+        for key, image in read.items():
             array = integer_labels(image) if key == "label" else image.array.astype(np.float32, copy=False)
             d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=torch.from_numpy(image.affine),
                                 meta={"filename_or_obj": str(image.path)})
@@ -123,7 +135,7 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
     """3D chains; ``samples`` ROI crops per volume while training and pretraining."""
     keys = ["image"] if stage in IMAGE_ONLY else ["image", "label"]
     modes = ("bilinear", "nearest")[: len(keys)]
-    chain: list = [ReadImaged(keys)]
+    chain: list = [ReadImaged(keys, task)]
     if task.orientation:
         chain.append(Orientationd(keys, axcodes=task.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if task.spacing:
@@ -156,7 +168,7 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
 
 def classification_transform(task: TaskSpec, stage: str) -> Compose:
     """2D chains; the label is the targets vector, passed through."""
-    chain: list = [ReadImaged("image"), *intensity_transforms(task)]
+    chain: list = [ReadImaged("image", task), *intensity_transforms(task)]
     if stage in ("validation", "inference"):
         chain.append(Resized("image", spatial_size=task.roi, mode="bilinear", anti_aliasing=True))
     else:

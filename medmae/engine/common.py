@@ -66,10 +66,11 @@ def start(stage: str, request: RunRequest) -> Setup:
     task = with_roi(task, cfg.model.img_size)
     ctx = setup(cfg.train.device)
     torch.manual_seed(cfg.train.seed + ctx.rank)
+    split = load_split(task, request.data_root, request.manifest, request.split)  # before any folder is made
     run = RunFolder(output, write=ctx.is_main)
     run.prepare(resume=request.resume)
+    run.set_aside(probe.unusable)
     barrier(ctx)  # every process has checked the folder before the main one writes into it
-    split = load_split(task, request.data_root, request.manifest, request.split)
     split_record = {"task": task.name, "split": split.name}
     if resume_from is not None and resume_from.get("split", split_record) != split_record:
         raise UserError(f"{output}: the run was trained on {resume_from['split']}, not {split_record}; "
@@ -77,7 +78,11 @@ def start(stage: str, request: RunRequest) -> Setup:
     for note in split.notes:
         log.info("note: %s", note)
     if ctx.is_main:
-        save_config(cfg, output / "config.yaml")
+        try:
+            save_config(cfg, output / "config.yaml")
+        except BaseException:
+            run.discard_if_unsaved()
+            raise
     return Setup(cfg, task, split, ctx, run, resume_from, split_record)
 
 

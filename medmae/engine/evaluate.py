@@ -4,7 +4,6 @@ score`` on the original grid) and ``medmae predict`` (any files, predictions bes
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -16,14 +15,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from medmae.config import from_dict
+from medmae.data.check import read_errors
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import Case, case_id, load_split
+from medmae.data.readers import read_image
 from medmae.engine.distributed import pick_device
 from medmae.engine.finetune import classify
 from medmae.engine.inference import model_from_checkpoint, segment, to_label_map, to_original_grid
 from medmae.errors import DataError, UserError
 from medmae.evaluation.reports import write_classification_report, write_csv
 from medmae.evaluation.scoring import check_pairs, refuse, write_report
+from medmae.files import removed_on_error, write_nifti
 from medmae.tasks import TaskSpec, load_task
 
 log = logging.getLogger("medmae")
@@ -37,14 +39,7 @@ def save_label_map(labels: np.ndarray, like: Path, path: Path) -> Path:
     image = nib.Nifti1Image(labels.astype(np.uint8), affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_nifti(image, path)
 
 
 def predict_volumes(model: nn.Module, task: TaskSpec, run_config: dict, cases: list[Case], output: Path,
@@ -77,19 +72,20 @@ def evaluate(checkpoint: str, task_name: str, data_root: str | None, manifest: s
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
     output = Path(output_dir or Path(checkpoint).resolve().parent.parent / f"evaluate_{part}")
-    if task.is_classification:
-        cfg = from_dict(payload["run_config"], checkpoint)
-        loader = DataLoader(CaseDataset(task, cases, "validation"), batch_size=cfg.data.batch_size)
-        probabilities, targets, ids = classify(model, loader, task, cfg.train.precision, device)
-        table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
-        return mean, [f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"], [
-            output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"]
-    predictions = predict_volumes(model, task, payload["run_config"], cases, output / "predictions", device, progress)
-    pairs = {case.id: (predictions[case.id], case.label) for case in cases}
-    images = {case.id: case.image for case in cases}
-    refuse(task, check_pairs(task, pairs, images))
-    notes = [f"task {task.name}: {len(pairs)} cases of the {PARTS[part]} part, checkpoint {checkpoint}"]
-    return write_report(task, pairs, images, output, progress=progress, notes=notes)
+    with removed_on_error(output):
+        if task.is_classification:
+            cfg = from_dict(payload["run_config"], checkpoint)
+            loader = DataLoader(CaseDataset(task, cases, "validation"), batch_size=cfg.data.batch_size)
+            probabilities, targets, ids = classify(model, loader, task, cfg.train.precision, device)
+            table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
+            note = f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"
+            return mean, [note], [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"]
+        predictions = predict_volumes(model, task, payload["run_config"], cases, output / "predictions", device, progress)
+        pairs = {case.id: (predictions[case.id], case.label) for case in cases}
+        images = {case.id: case.image for case in cases}
+        refuse(task, check_pairs(task, pairs, images))
+        notes = [f"task {task.name}: {len(pairs)} cases of the {PARTS[part]} part, checkpoint {checkpoint}"]
+        return write_report(task, pairs, images, output, progress=progress, notes=notes)
 
 
 def input_files(source: Path, task: TaskSpec) -> list[Path]:
@@ -105,28 +101,50 @@ def input_files(source: Path, task: TaskSpec) -> list[Path]:
     return files
 
 
-def predict(checkpoint: str, source: str, output_dir: str, progress: bool = True) -> list[Path]:
+def predict(checkpoint: str, source: str, output_dir: str, progress: bool = True,
+            inside_input: bool = False) -> list[Path]:
     """Predictions for a file or a folder of files: label maps (NIfTI, same grid and affine) for 3D tasks,
-    ``probabilities.csv`` for 2D classification. Never writes inside the input folder."""
+    ``probabilities.csv`` for 2D classification. Every input is read and checked before anything is written;
+    the output folder may lie inside the input folder only with ``inside_input``, and an input file is
+    never overwritten. A failure leaves nothing new in the output folder."""
     model, payload, task, device = _load(checkpoint)
     source_path, output = Path(source).resolve(), Path(output_dir).resolve()
     files = input_files(source_path, task)
     folder = source_path if source_path.is_dir() else source_path.parent
-    if output == folder or folder in output.parents:
-        raise UserError(f"--output-dir {output} lies inside the input folder {folder}; choose a folder outside it")
+    if not inside_input and (output == folder or folder in output.parents):
+        raise UserError(f"--output-dir {output} lies inside the input folder {folder}; choose a folder outside it "
+                        "(or pass --allow-output-inside-input)")
     cases = [Case(case_id(path), path) for path in files]
     if len({c.id for c in cases}) != len(cases):
         raise UserError(f"{source}: two files share a case id; predictions would overwrite each other")
-    if task.is_classification:
-        cfg = from_dict(payload["run_config"], checkpoint)
-        loader = DataLoader(CaseDataset(task, cases, "inference"), batch_size=cfg.data.batch_size,
-                            collate_fn=_without_labels)
-        probabilities, _, ids = classify(model, loader, task, cfg.train.precision, device)
-        table = pd.DataFrame(probabilities, columns=list(task.findings))
-        table.insert(0, "image_id", ids)
-        table.insert(1, "file", [str(c.image) for c in cases])
-        return [write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])]
-    return list(predict_volumes(model, task, payload["run_config"], cases, output, device, progress).values())
+    targets = {output / "probabilities.csv"} if task.is_classification else {output / f"{c.id}.nii.gz" for c in cases}
+    clash = sorted(str(path) for path in targets & set(files))
+    if clash:
+        raise UserError(f"{clash[0]}: an input file would be overwritten by its prediction; choose another --output-dir")
+    refuse_unreadable(task, files, progress)
+    with removed_on_error(output):
+        if task.is_classification:
+            cfg = from_dict(payload["run_config"], checkpoint)
+            loader = DataLoader(CaseDataset(task, cases, "inference"), batch_size=cfg.data.batch_size,
+                                collate_fn=_without_labels)
+            probabilities, _, ids = classify(model, loader, task, cfg.train.precision, device)
+            table = pd.DataFrame(probabilities, columns=list(task.findings))
+            table.insert(0, "image_id", ids)
+            table.insert(1, "file", [str(c.image) for c in cases])
+            return [write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])]
+        return list(predict_volumes(model, task, payload["run_config"], cases, output, device, progress).values())
+
+
+def refuse_unreadable(task: TaskSpec, files: list[Path], progress: bool = True) -> None:
+    """Read every file as the model would and raise :class:`UserError` listing each that cannot be used."""
+    problems = []
+    for path in tqdm(files, desc="checking inputs", unit="file", disable=not progress or len(files) < 2):
+        try:
+            problems += read_errors(task, read_image(path))
+        except DataError as error:
+            problems.append(str(error))
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) in the input, nothing predicted:\n  " + "\n  ".join(problems))
 
 
 def _without_labels(items: list[dict]) -> dict:

@@ -159,6 +159,9 @@ def run(request: RunRequest) -> nn.Module:
         job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
         fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
         return model
+    except BaseException:
+        run_folder.discard_if_unsaved()
+        raise
     finally:
         run_folder.close()
         teardown()

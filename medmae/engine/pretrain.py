@@ -97,6 +97,9 @@ def run(request: RunRequest) -> nn.Module:
                   describe={"stage": "pretrain", "task": task.record, "split": s.split_record}, samples_per_item=crops)
         fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
         return model
+    except BaseException:
+        run_folder.discard_if_unsaved()
+        raise
     finally:
         run_folder.close()
         teardown()

@@ -4,6 +4,7 @@ TensorBoard events when tensorboard is installed. Only the main process writes."
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ class RunFolder:
     def __init__(self, root: str | Path, write: bool) -> None:
         self.root, self.write = Path(root), write
         self.checkpoints, self.figures = self.root / "checkpoints", self.root / "figures"
-        self._board = None
+        self._board, self.created, self.unusable = None, False, []
 
     def prepare(self, resume: bool) -> None:
         """Refuse to overwrite a finished or running folder unless resuming; create the folders."""
         if not resume and (self.root / "config.yaml").exists():
             raise UserError(f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir")
+        self.created = not self.root.exists()
         if self.write:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             for stale in self.checkpoints.glob(".*.tmp"):  # a write cut short by a crash: never a checkpoint
@@ -48,6 +50,7 @@ class RunFolder:
             except CheckpointError as error:
                 log.warning("passing over %s", error)
                 problems.append(str(error))
+                self.unusable.append(path)
                 continue
             log.info("resuming from %s", path)
             return payload
@@ -55,6 +58,14 @@ class RunFolder:
             raise UserError("no usable checkpoint to resume from: " + "; ".join(problems)
                             + ". Move the checkpoints folder away to start the run again")
         return None
+
+    def set_aside(self, paths: list[Path]) -> None:
+        """Rename unusable checkpoints to ``<name>.corrupt`` (kept for a look), so that the next save does
+        not rotate a corrupt ``last.pt`` over a sound ``previous.pt``."""
+        for path in paths if self.write else []:
+            if path.exists():
+                move_checkpoint(path, path.with_name(path.name + ".corrupt"))
+                log.warning("set aside %s as %s.corrupt", path, path.name)
 
     def save(self, payload: dict[str, Any], best: bool = False) -> None:
         """Write ``best.pt`` (without optimiser state) when ``best``; then ``last.pt`` becomes ``previous.pt``
@@ -99,9 +110,17 @@ class RunFolder:
                 self._board = SummaryWriter(str(self.root / "tensorboard"))
         return self._board or None
 
+    def discard_if_unsaved(self) -> None:
+        """After a failure: remove the folder when this run created it and saved no checkpoint (a run
+        stopped by bad data leaves nothing behind, and the same command works once the data is fixed)."""
+        if self.write and self.created and not any(self.checkpoints.glob("*.pt")):
+            self.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+
     def close(self) -> None:
         if self._board:
             self._board.close()
+            self._board = False
 
 
 def rng_state() -> dict[str, Any]:

@@ -11,17 +11,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from medmae.files import atomic_open
+
 
 def _save(fig, path: str | Path, title: str = "") -> Path:
-    """Title, lay out, write the PNG (folders created) and free the figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Title, lay out, write the PNG atomically (folders created) and free the figure."""
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def middle_slice(volume: torch.Tensor) -> torch.Tensor:
