@@ -33,3 +33,23 @@ def test_reconstruction_figure_is_written(tmp_path):
     images = torch.rand(2, 1, 16, 24)
     path = save_reconstruction_figure(tmp_path / "f" / "recon.png", images, {"reconstruction": images})
     assert PILImage.open(path).size[0] > 0
+
+
+def test_a_finished_run_figure_is_redrawn_from_its_checkpoint(tmp_path, demo_root):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from medmae import resource_dir
+    from medmae.cli import main
+
+    run = tmp_path / "mae"
+    assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--config",
+                 str(resource_dir("configs") / "test" / "tiny.yaml"), "--output-dir", str(run), "--set", "train.epochs=1",
+                 "--set", "optim.warmup_epochs=0"]) == 0
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "reconstruction_figure.py"
+    done = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "again.png"), "--data-root", str(demo_root)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    drawn, redrawn = (np.asarray(PILImage.open(p)) for p in (run / "figures" / "reconstruction_epoch0001.png", tmp_path / "again.png"))
+    assert np.array_equal(drawn, redrawn)  # the same samples, masks and weights draw the same picture
