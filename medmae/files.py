@@ -72,19 +72,29 @@ def write_nifti(image, path: str | Path) -> Path:
     return write_bytes(path, gzip.compress(data, compresslevel=1) if str(path).endswith(".gz") else data)
 
 
+def snapshot(folder: Path) -> set[Path] | None:
+    """Every path under ``folder`` now, or None when it does not exist (see :func:`remove_added`)."""
+    return set(folder.rglob("*")) if folder.exists() else None
+
+
+def remove_added(folder: Path, before: set[Path] | None) -> None:
+    """Remove what was added under ``folder`` since ``before = snapshot(folder)``: the whole folder when it
+    did not exist, else the new files and folders (files replaced since stay replaced)."""
+    if before is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 @contextmanager
 def removed_on_error(folder: str | Path) -> Iterator[Path]:
-    """Whatever this block adds under ``folder`` is removed again if it raises: a folder it created goes
-    whole; in a folder that existed, only the new files and folders go (files it replaced stay replaced,
-    complete, as every write is atomic). Output of a failed command is never left half made."""
+    """Whatever this block adds under ``folder`` is removed again if it raises (:func:`remove_added`); as
+    every write is atomic, a file it replaced is whole. Output of a failed command is never left half made."""
     folder = Path(folder)
-    before = set(folder.rglob("*")) if folder.exists() else None
+    before = snapshot(folder)
     try:
         yield folder
     except BaseException:
-        if before is None:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            for path in sorted(set(folder.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        remove_added(folder, before)
         raise

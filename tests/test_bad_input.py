@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -241,7 +243,29 @@ def test_predict_never_writes_over_its_input(capsys, tmp_path, clean):
     assert main([*argv, "--output-dir", str(inputs / "out")]) == 2
     assert "--allow-output-inside-input" in capsys.readouterr().err
     assert main([*argv, "--output-dir", str(inputs), "--allow-output-inside-input"]) == 2
-    assert "an input file would be overwritten by its prediction" in capsys.readouterr().err
+    assert "a file of the input folder would be overwritten by a prediction" in capsys.readouterr().err
     assert main([*argv, "--output-dir", str(inputs / "out"), "--allow-output-inside-input"]) == 0
     assert {p.name: p.read_bytes() for p in inputs.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in (inputs / "out").iterdir()) == sorted(before)
+
+
+def _file_size_limit(limit: int = 2_000_000):
+    """A real write failure, without root's exemptions: files may grow to ``limit`` bytes, then the
+    kernel refuses with EFBIG (SIGXFSZ ignored, as a full disk refuses with ENOSPC)."""
+    def apply():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.slow
+def test_a_real_write_failure_in_torch_save_exits_2_and_leaves_nothing(tmp_path, clean):
+    out = tmp_path / "mae"
+    argv = [sys.executable, "-m", "medmae", *commands(clean["root"], clean["checkpoint"], out)["pretrain"]]
+    run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_file_size_limit(), check=False)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "last.pt: cannot be written" in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert not out.exists()

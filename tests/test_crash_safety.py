@@ -22,14 +22,16 @@ from medmae import resource_dir
 from medmae.engine.checkpoint import load_checkpoint
 
 TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
-STAGES = {"pretrain": ["--set", "train.epochs=8"],
-          "finetune": ["--set", "train.epochs=8", "--set", "train.val_every=2", "--label-fraction", "0.5"]}
+EPOCHS = 40  # 12 kills at the 1st to 3rd checkpoint passage use up at most 36 epochs
+STAGES = {"pretrain": ["--set", f"train.epochs={EPOCHS}"],
+          "finetune": ["--set", f"train.epochs={EPOCHS}", "--set", "train.val_every=5", "--label-fraction", "0.5"]}
 
 # Runs medmae's command line after arranging to SIGKILL itself at the COUNT-th passage through POINT:
 # write (half-way through torch.save's bytes), checksum (the checkpoint renamed into place, its .sha256
-# not yet written), rotate (last.pt renamed to previous.pt, the checksum not yet moved), or never.
+# not yet written), rotate (inside the real move_checkpoint: last.pt renamed to previous.pt, its checksum
+# not yet moved), or never.
 DRIVER = """
-import io, os, signal, sys
+import io, os, pathlib, signal, sys
 import torch
 import medmae.engine.checkpoint as checkpoint
 import medmae.engine.run as run
@@ -62,12 +64,15 @@ elif point == "checksum":
         return real_write(path, text)
     checkpoint.write_text = write_text
 elif point == "rotate":
-    real_move = run.move_checkpoint
+    real_move, real_replace = run.move_checkpoint, pathlib.Path.replace
     def move(source, target):
         if due():
-            checkpoint.checksum_file(target).unlink(missing_ok=True)
-            source.replace(target)
-            die()
+            def replace(self, other):
+                result = real_replace(self, other)
+                if self == source:
+                    die()
+                return result
+            pathlib.Path.replace = replace
         real_move(source, target)
     run.move_checkpoint = move
 from medmae.cli import main
@@ -89,8 +94,9 @@ def kill_schedule(seed: int, kills: int) -> list[tuple[str, int, float]]:
 
 
 def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule, corrupt_after: int) -> dict[str, int]:
-    """Run ``stage`` under each kill of ``schedule`` (resuming every time), then to the end. After kill
-    number ``corrupt_after`` a byte of ``last.pt`` is flipped. Returns what happened."""
+    """Run ``stage`` under each kill of ``schedule`` (resuming every time), then to the end. After the first
+    kill from number ``corrupt_after`` on that leaves a ``last.pt`` with its checksum, a byte of it is
+    flipped. Returns what happened."""
     seen = {"killed": 0, "finished_early": 0, "passed_over": 0}
     for k, (point, count, delay) in enumerate(schedule):
         process = subprocess.Popen(command(driver, stage, root, output, point if point != "random" else "never", count),
@@ -109,7 +115,7 @@ def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule,
             seen["finished_early"] += 1
             break
         last = output / "checkpoints" / "last.pt"
-        if k == corrupt_after and last.exists() and last.with_name("last.pt.sha256").exists():
+        if k >= corrupt_after and "corrupted" not in seen and last.exists() and last.with_name("last.pt.sha256").exists():
             raw = bytearray(last.read_bytes())
             raw[len(raw) // 2] ^= 0xFF
             last.write_bytes(bytes(raw))
@@ -128,7 +134,8 @@ def test_runs_killed_again_and_again_end_with_the_uninterrupted_weights(tmp_path
     whole = subprocess.run(command(driver, stage, demo_root, tmp_path / "whole"), capture_output=True, text=True, check=False)
     assert whole.returncode == 0, whole.stderr[-3000:]
     output = tmp_path / "killed"
-    seen = run_until_done(driver, stage, demo_root, output, kill_schedule(seed=len(stage), kills=kills), corrupt_after=kills // 2)
+    seen = run_until_done(driver, stage, demo_root, output, kill_schedule(seed=sorted(STAGES).index(stage), kills=kills),
+                          corrupt_after=kills // 2)
     assert seen["killed"] >= kills - 2, seen  # a late kill may find the run already finished
     assert seen.get("corrupted") and seen["passed_over"] >= 1, seen
     assert (output / "checkpoints" / "last.pt.corrupt").exists()  # set aside, never rotated over previous.pt

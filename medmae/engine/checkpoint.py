@@ -52,7 +52,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     checksum_file(path).unlink(missing_ok=True)
     with atomic_open(path, "wb") as handle:
-        torch.save(payload, handle)
+        try:
+            torch.save(payload, handle)
+        except RuntimeError:  # torch's zip writer reports a short write (full disk, size limit) as a RuntimeError;
+            handle.write(b"\0")  # probe the temporary file: such a failure raises its OSError here
+            handle.flush()
+            raise
     write_text(checksum_file(path), f"{sha256(path)}  {path.name}\n")
     return path
 
@@ -92,6 +97,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {_unreadable(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medmae checkpoint (no format tag {FORMAT!r})")
+    state, config = payload.get("state_dict"), payload.get("config")
+    if not (isinstance(config, dict) and isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise CheckpointError(f"{path}: a medmae checkpoint without a model 'config' and a 'state_dict' of tensors")
+    return payload
+
+
+def require(payload: dict[str, Any], keys: tuple[str, ...], path: str | Path, why: str) -> dict[str, Any]:
+    """``payload`` when it holds every one of ``keys``, else :class:`CheckpointError` saying what ``why`` needs."""
+    missing = [key for key in keys if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: holds no {', '.join(missing)}; {why}")
     return payload
 
 

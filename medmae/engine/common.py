@@ -68,13 +68,13 @@ def start(stage: str, request: RunRequest) -> Setup:
     torch.manual_seed(cfg.train.seed + ctx.rank)
     split = load_split(task, request.data_root, request.manifest, request.split)  # before any folder is made
     run = RunFolder(output, write=ctx.is_main)
-    run.prepare(resume=request.resume)
-    run.set_aside(probe.unusable)
-    barrier(ctx)  # every process has checked the folder before the main one writes into it
     split_record = {"task": task.name, "split": split.name}
     if resume_from is not None and resume_from.get("split", split_record) != split_record:
         raise UserError(f"{output}: the run was trained on {resume_from['split']}, not {split_record}; "
                         "resume with the same --task and --split")
+    run.prepare(resume=request.resume)
+    run.set_aside(probe.unusable)
+    barrier(ctx)  # every process has checked the folder before the main one writes into it
     for note in split.notes:
         log.info("note: %s", note)
     if ctx.is_main:

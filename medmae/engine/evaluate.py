@@ -118,9 +118,10 @@ def predict(checkpoint: str, source: str, output_dir: str, progress: bool = True
     if len({c.id for c in cases}) != len(cases):
         raise UserError(f"{source}: two files share a case id; predictions would overwrite each other")
     targets = {output / "probabilities.csv"} if task.is_classification else {output / f"{c.id}.nii.gz" for c in cases}
-    clash = sorted(str(path) for path in targets & set(files))
+    clash = sorted(str(t) for t in targets if t in files or (folder in t.parents and t.exists()))
     if clash:
-        raise UserError(f"{clash[0]}: an input file would be overwritten by its prediction; choose another --output-dir")
+        raise UserError(f"{clash[0]}: a file of the input folder would be overwritten by a prediction; "
+                        "choose another --output-dir")
     refuse_unreadable(task, files, progress)
     with removed_on_error(output):
         if task.is_classification:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from medmae.config import Config
 from medmae.data.loaders import CaseDataset, train_loader
 from medmae.data.manifests import Case
-from medmae.engine.checkpoint import load_weights
+from medmae.engine.checkpoint import CheckpointError, load_weights
 from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import Context, gather, teardown
 from medmae.engine.inference import dice_counts, output_probabilities, predicted_regions, reference_regions, segment
@@ -146,7 +145,7 @@ def run(request: RunRequest) -> nn.Module:
         dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
         validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
-        model = _model(cfg, task, s.resume_from, request.pretrained, s.run.checkpoints).to(ctx.device, memory_format=_layout(cfg, task))
+        model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
         log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
                  "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
                  model.config["name"], "from " + request.pretrained if request.pretrained else
@@ -167,16 +166,18 @@ def run(request: RunRequest) -> nn.Module:
         teardown()
 
 
-def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pretrained: str | None,
-           checkpoints: Path) -> nn.Module:
+def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pretrained: str | None) -> nn.Module:
     """A resumed run rebuilds its saved architecture (whatever encoder it started from); a new one is
     built from ``pretrained`` or from scratch."""
     if resume_from is None:
         return build_finetune_model(cfg, task, pretrained)
-    config = dict(resume_from["config"])
+    config, source = dict(resume_from["config"]), resume_from["loaded_from"]
     stochastic_depth = {"drop_path_rate": cfg.model.drop_path} if "depth" in config else {}  # ViT models only
-    model = create_model(config.pop("name"), **config, **stochastic_depth)
-    load_weights(model, resume_from["state_dict"], checkpoints)
+    try:
+        model = create_model(config.pop("name", None), **config, **stochastic_depth)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{source}: describes no model medmae can build ({error})") from error
+    load_weights(model, resume_from["state_dict"], source)
     return model
 
 

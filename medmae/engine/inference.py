@@ -13,7 +13,7 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from medmae.config import InferConfig
-from medmae.engine.checkpoint import CheckpointError, load_checkpoint, load_weights
+from medmae.engine.checkpoint import CheckpointError, load_checkpoint, load_weights, require
 from medmae.engine.loop import autocast
 from medmae.models import create_model
 from medmae.tasks import TaskSpec, task_from_record
@@ -25,6 +25,7 @@ def model_from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any], TaskSpe
     if payload.get("stage") != "finetune":
         raise CheckpointError(f"{path}: a {payload.get('stage', 'foreign')} checkpoint; evaluate and predict need "
                               "one from medmae finetune (checkpoints/best.pt)")
+    require(payload, ("task", "run_config"), path, "evaluate and predict need the task and run config it was trained with")
     config = dict(payload["config"])
     try:
         model = create_model(config.pop("name", None), **config)

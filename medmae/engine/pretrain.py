@@ -78,7 +78,7 @@ def run(request: RunRequest) -> nn.Module:
         loader = _loader(cfg, task, dataset, crops, ctx)
         model = build_mae(cfg, task)
         if s.resume_from is not None:
-            load_weights(model, s.resume_from["state_dict"], run_folder.checkpoints)
+            load_weights(model, s.resume_from["state_dict"], s.resume_from["loaded_from"])
         model.to(ctx.device)
         log.info("pretraining %s on %d images of task %s: effective batch %d, learning rate %.3g "
                  "(base %.3g x %d / 256), %d processes, device %s", model.config["name"], len(dataset), task.name,

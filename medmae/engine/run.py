@@ -4,18 +4,19 @@ TensorBoard events when tensorboard is installed. Only the main process writes."
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from medmae.engine.checkpoint import CheckpointError, load_checkpoint, move_checkpoint, save_checkpoint
+from medmae.engine.checkpoint import CheckpointError, load_checkpoint, move_checkpoint, require, save_checkpoint
 from medmae.errors import UserError
 from medmae.evaluation.reports import write_csv
+from medmae.files import remove_added, snapshot
 
 log = logging.getLogger("medmae")
+RESUME_KEYS = ("stage", "run_config", "progress", "optimizer", "scaler", "rng")
 
 
 class RunFolder:
@@ -24,36 +25,38 @@ class RunFolder:
     def __init__(self, root: str | Path, write: bool) -> None:
         self.root, self.write = Path(root), write
         self.checkpoints, self.figures = self.root / "checkpoints", self.root / "figures"
-        self._board, self.created, self.unusable = None, False, []
+        self._board, self.before, self.unusable = None, set(), []
 
     def prepare(self, resume: bool) -> None:
         """Refuse to overwrite a finished or running folder unless resuming; create the folders."""
         if not resume and (self.root / "config.yaml").exists():
             raise UserError(f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir")
-        self.created = not self.root.exists()
+        self.before = snapshot(self.root)
         if self.write:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
-            for stale in self.checkpoints.glob(".*.tmp"):  # a write cut short by a crash: never a checkpoint
-                log.info("removing %s, left by an interrupted checkpoint write", stale)
-                stale.unlink(missing_ok=True)
+            for folder in (self.root, self.checkpoints, self.figures):
+                for stale in folder.glob(".*.tmp"):  # a write cut short by a crash: never a whole file
+                    log.info("removing %s, left by an interrupted write", stale)
+                    stale.unlink(missing_ok=True)
 
     def latest(self) -> dict[str, Any] | None:
         """The newest sound checkpoint (``last.pt``, else ``previous.pt``; a truncated or corrupt one is reported
-        and passed over), or None when there is none. Raises :class:`UserError` when every one is unusable."""
+        and passed over), its path under ``loaded_from``, or None when there is none. Raises :class:`UserError` when every one is unusable."""
         problems = []
         for name in ("last.pt", "previous.pt"):
             path = self.checkpoints / name
             if not path.exists():
                 continue
             try:
-                payload = load_checkpoint(path)
+                payload = require(load_checkpoint(path), RESUME_KEYS, path, "resuming needs a checkpoint of this "
+                                  "run folder (checkpoints/last.pt or previous.pt, not best.pt)")
             except CheckpointError as error:
                 log.warning("passing over %s", error)
                 problems.append(str(error))
                 self.unusable.append(path)
                 continue
             log.info("resuming from %s", path)
-            return payload
+            return {**payload, "loaded_from": str(path)}
         if problems:
             raise UserError("no usable checkpoint to resume from: " + "; ".join(problems)
                             + ". Move the checkpoints folder away to start the run again")
@@ -111,11 +114,12 @@ class RunFolder:
         return self._board or None
 
     def discard_if_unsaved(self) -> None:
-        """After a failure: remove the folder when this run created it and saved no checkpoint (a run
-        stopped by bad data leaves nothing behind, and the same command works once the data is fixed)."""
-        if self.write and self.created and not any(self.checkpoints.glob("*.pt")):
-            self.close()
-            shutil.rmtree(self.root, ignore_errors=True)
+        """After a failure before any checkpoint: remove what this run added (the whole folder when it made
+        it), so a run stopped by bad data leaves nothing behind and the same command works once it is fixed."""
+        if not self.write or any(self.checkpoints.glob("*.pt")):
+            return
+        self.close()
+        remove_added(self.root, self.before)
 
     def close(self) -> None:
         if self._board:
