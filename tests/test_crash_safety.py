@@ -1,5 +1,5 @@
-"""Crash safety: pretraining and fine-tuning runs SIGKILLed again and again, at random moments and inside
-each step of a checkpoint write, each time continued with ``--resume``, end with the same weights as runs
+"""Crash safety: pretraining and fine-tuning runs SIGKILLed again and again, at random moments, between
+checkpoints and inside each step of a checkpoint write, each time continued with ``--resume``, end with the same weights as runs
 never interrupted (bitwise, on CPU). A byte flipped in ``last.pt`` is caught by its checksum and the run
 goes on from ``previous.pt``. Under ``torchrun --max-restarts 1`` a worker killed mid-run is restarted
 and resumes from the last checkpoint."""
@@ -29,7 +29,7 @@ STAGES = {"pretrain": ["--set", f"train.epochs={EPOCHS}"],
 # Runs medmae's command line after arranging to SIGKILL itself at the COUNT-th passage through POINT:
 # write (half-way through torch.save's bytes), checksum (the checkpoint renamed into place, its .sha256
 # not yet written), rotate (inside the real move_checkpoint: last.pt renamed to previous.pt, its checksum
-# not yet moved), or never.
+# not yet moved), between (on entering the COUNT-th checkpoint save: the one before is whole), or never.
 DRIVER = """
 import io, os, pathlib, signal, sys
 import torch
@@ -75,6 +75,13 @@ elif point == "rotate":
             pathlib.Path.replace = replace
         real_move(source, target)
     run.move_checkpoint = move
+elif point == "between":
+    real_run_save = run.RunFolder.save
+    def run_save(self, payload, best=False):
+        if due():
+            die()
+        real_run_save(self, payload, best)
+    run.RunFolder.save = run_save
 from medmae.cli import main
 sys.exit(main(argv))
 """
@@ -94,11 +101,13 @@ def kill_schedule(seed: int, kills: int) -> list[tuple[str, int, float]]:
 
 
 def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule, corrupt_after: int) -> dict[str, int]:
-    """Run ``stage`` under each kill of ``schedule`` (resuming every time), then to the end. After the first
-    kill from number ``corrupt_after`` on that leaves a ``last.pt`` with its checksum, a byte of it is
-    flipped. Returns what happened."""
+    """Run ``stage`` under each kill of ``schedule`` (resuming every time), then to the end. Kill number
+    ``corrupt_after`` comes between two checkpoints instead, and then a byte of ``last.pt`` is flipped.
+    Returns what happened."""
     seen = {"killed": 0, "finished_early": 0, "passed_over": 0}
     for k, (point, count, delay) in enumerate(schedule):
+        if k == corrupt_after:
+            point, count = "between", 2
         process = subprocess.Popen(command(driver, stage, root, output, point if point != "random" else "never", count),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if point == "random":
@@ -115,7 +124,8 @@ def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule,
             seen["finished_early"] += 1
             break
         last = output / "checkpoints" / "last.pt"
-        if k >= corrupt_after and "corrupted" not in seen and last.exists() and last.with_name("last.pt.sha256").exists():
+        if k == corrupt_after:
+            assert last.exists() and last.with_name("last.pt.sha256").exists()
             raw = bytearray(last.read_bytes())
             raw[len(raw) // 2] ^= 0xFF
             last.write_bytes(bytes(raw))
