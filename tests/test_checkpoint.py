@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from medmae import resource_dir
+from medmae.config import load_config
 from medmae.engine.checkpoint import CheckpointError, load_checkpoint, load_weights, model_checkpoint, save_checkpoint
 from medmae.errors import UserError
 from medmae.models import create_model, unetr_from_pretrained
+from medmae.tasks import load_task
 
 
 def test_round_trip_describes_the_model_and_leaves_no_temporary_file(tmp_path):
@@ -30,7 +32,7 @@ def test_round_trip_describes_the_model_and_leaves_no_temporary_file(tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = save_checkpoint({"format": "medmae-checkpoint-1", "value": 1}, tmp_path / "last.pt")
+    path = save_checkpoint({"format": "medmae-checkpoint-1", "config": {}, "state_dict": {}, "value": 1}, tmp_path / "last.pt")
 
     def broken_save(obj, handle):
         handle.write(b"half")
@@ -38,7 +40,7 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="No space"):
-        save_checkpoint({"format": "medmae-checkpoint-1", "value": 2}, path)
+        save_checkpoint({"format": "medmae-checkpoint-1", "config": {}, "state_dict": {}, "value": 2}, path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # its checksum went first, as it was to change
     assert load_checkpoint(path)["value"] == 1
 
@@ -62,7 +64,8 @@ def test_a_flipped_byte_is_caught_by_the_checksum_and_resume_falls_back(tmp_path
     run = RunFolder(tmp_path, write=True)
     run.prepare(resume=False)
     for epoch in (1, 2):
-        run.save({"format": "medmae-checkpoint-1", "epoch": epoch, "weights": torch.arange(1000.0) * epoch})
+        run.save({"format": "medmae-checkpoint-1", "epoch": epoch, "config": {}, "state_dict": {"w": torch.arange(1000.0) * epoch},
+                  "stage": "pretrain", "run_config": {}, "progress": {}, "optimizer": {}, "scaler": {}, "rng": {}})
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.pt", "last.pt.sha256", "previous.pt",
                                                                   "previous.pt.sha256"]
     last = run.checkpoints / "last.pt"
@@ -132,8 +135,11 @@ def test_an_evaluated_checkpoint_whose_weights_disagree_with_its_config_exits_2(
 
     model = create_model("unetr_vit_tiny_patch16_3d", img_size=32, out_channels=3)
     payload = model_checkpoint(model, stage="finetune")
+    save_checkpoint(payload, tmp_path / "untold.pt")
+    payload.update(task=load_task("demo").record, run_config=load_config("finetune", "demo").to_dict())
     payload["config"]["img_size"] = [48, 48, 48]
     save_checkpoint(payload, tmp_path / "best.pt")
-    assert main(["predict", "--checkpoint", str(tmp_path / "best.pt"), "--input", str(tmp_path),
-                 "--output-dir", str(tmp_path.parent / "out")]) == 2
-    assert "best.pt: its weights do not fit" in capsys.readouterr().err
+    for name, problem in (("untold.pt", "untold.pt: holds no task, run_config"), ("best.pt", "best.pt: its weights do not fit")):
+        assert main(["predict", "--checkpoint", str(tmp_path / name), "--input", str(tmp_path),
+                     "--output-dir", str(tmp_path.parent / "out")]) == 2
+        assert problem in capsys.readouterr().err

@@ -8,13 +8,16 @@ import types
 import pytest
 import torch
 
+from medmae.engine.checkpoint import move_checkpoint
 from medmae.engine.run import RunFolder
 from medmae.errors import UserError
 
 
 def payload(epoch: int) -> dict:
-    return {"format": "medmae-checkpoint-1", "epoch": epoch, "state_dict": {"w": torch.full((2,), float(epoch))},
-            "optimizer": {"state": {}}, "scaler": {}}
+    """The smallest checkpoint a run can resume from: model config and tensors, and the training state."""
+    return {"format": "medmae-checkpoint-1", "epoch": epoch, "config": {"name": "w"},
+            "state_dict": {"w": torch.full((2,), float(epoch))}, "stage": "pretrain", "run_config": {},
+            "progress": {"epoch": epoch}, "optimizer": {"state": {}}, "scaler": {}, "rng": {}}
 
 
 def test_last_becomes_previous_and_best_has_no_optimiser(tmp_path):
@@ -37,6 +40,15 @@ def test_a_corrupt_last_checkpoint_is_passed_over_for_the_previous_one(tmp_path,
     (run.checkpoints / "last.pt").write_bytes(b"truncated")
     assert run.latest()["epoch"] == 1
     assert "passing over" in caplog.text and "last.pt" in caplog.text
+
+
+def test_best_pt_in_place_of_last_pt_is_passed_over(tmp_path, caplog):
+    run = RunFolder(tmp_path, write=True)
+    run.prepare(resume=False)
+    run.save(payload(1))
+    run.save(payload(2), best=True)
+    move_checkpoint(run.checkpoints / "best.pt", run.checkpoints / "last.pt")  # checksum and all
+    assert run.latest()["epoch"] == 1 and "holds no optimizer, scaler" in caplog.text  # nothing to resume with
 
 
 def test_only_the_main_process_writes(tmp_path):
