@@ -181,9 +181,12 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path, demo_ro
     output = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", "1"]
     started = time.time()
-    run = subprocess.run([*launcher, str(script), "pretrain", "--task", "demo", "--data-root", str(demo_root), "--config", TINY,
-                          "--output-dir", str(output), "--resume", "--set", "train.epochs=6"],
-                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+    for launch in range(3):  # gloo's connect can time out when a restarted group starts on a loaded machine
+        run = subprocess.run([*launcher, str(script), "pretrain", "--task", "demo", "--data-root", str(demo_root),
+                              "--config", TINY, "--output-dir", str(output), "--resume", "--set", "train.epochs=6"],
+                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+        if run.returncode == 0 or "connectFullMesh failed" not in run.stderr:
+            break  # a launch that gloo's connect did not stop: medmae's own result, asserted below
     assert run.returncode == 0, run.stderr[-4000:]
     assert "resuming from" in run.stderr and "restart" in run.stderr.lower(), run.stderr[-4000:]
     final = load_checkpoint(output / "checkpoints" / "last.pt")
