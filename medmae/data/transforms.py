@@ -47,7 +47,8 @@ class ReadImaged(MapTransform):
     """Read each key's file with :func:`medmae.data.readers.read_image` into a MetaTensor ``[C, *S]``
     carrying the affine; images become float32, labels integers (float labels rounded, see
     :func:`medmae.data.readers.integer_labels`). With ``task``, a file that ``medmae data check`` would
-    call an error (dimensionality, channels, NaN or inf, label grid or values) raises :class:`DataError`."""
+    call an error (dimensionality, channels, NaN, inf or intensities beyond 1e10, label grid or values;
+    not a label without foreground) raises :class:`DataError`."""
 
     def __init__(self, keys: str | Sequence[str], task: TaskSpec | None = None) -> None:
         super().__init__(keys)
