@@ -68,6 +68,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: one pass over the training cases
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; fp16 uses a gradient scaler
     device: str = "auto"  # auto, cpu, cuda
+    dist_timeout_min: float = 60.0  # torchrun: minutes a process waits for the others before its group gives up
     seed: int = 0
     checkpoint_every: int = 1  # epochs
     figure_every: int = 20  # pretraining: reconstruction figure every N epochs (and at the end)
@@ -228,6 +229,7 @@ def validate(cfg: Config) -> None:
               (cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
               (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
               (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+              (cfg.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
               (min(cfg.train.checkpoint_every, cfg.train.figure_every, cfg.train.val_every, cfg.train.log_every) >= 1,
                "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
               (0 <= cfg.infer.overlap < 1, "infer.overlap must lie in [0, 1)"),

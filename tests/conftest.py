@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +38,22 @@ def demo_root(tmp_path_factory) -> Path:
     from medmae.data.synthetic import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("demo"), cases=6, validation=1, seed=0)
+
+
+def run_torchrun(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run ARGS`` with two gloo processes on this machine's loopback device,
+    one thread each; the whole process tree is killed, and the test fails, if it outlives ``timeout``
+    seconds (a hung collective must fail CI, never stall it)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # not whatever address the host name resolves to
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stderr = process.communicate()[1]
+        pytest.fail(f"torchrun still running after {timeout:.0f} s, killed:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

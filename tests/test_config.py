@@ -59,6 +59,8 @@ def test_wrong_types_and_ranges_are_errors():
         load_config("pretrain", "btcv", overrides=["data.batch_size=true"])
     with pytest.raises(UserError, match=r"model.mask_ratio must lie in \[0, 1\)"):
         load_config("pretrain", "btcv", overrides=["model.mask_ratio=1.0"])
+    with pytest.raises(UserError, match=r"train.dist_timeout_min must be > 0"):
+        load_config("pretrain", "btcv", overrides=["train.dist_timeout_min=0"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         load_config("pretrain", "btcv", overrides=["optim.base_lr"])
     assert load_config("pretrain", "btcv", overrides=["optim.clip_grad=null"]).optim.clip_grad is None

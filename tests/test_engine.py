@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import shared
+from conftest import run_torchrun, shared
 
 from medmae import resource_dir
 from medmae.cli import main
@@ -135,13 +135,12 @@ torch.save(model.state_dict(), os.path.join(sys.argv[5], f"{sys.argv[7]}_{sys.ar
 def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path, demo_root):
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     for stage in ("pretrain", "finetune"):  # one process group per command, as on the command line
-        for name, prefix in (("ddp", launcher), ("single", [sys.executable])):
-            run = subprocess.run([*prefix, str(script), str(demo_root), str(tmp_path / f"{name}_run"),
-                                  str(tmp_path / f"{name}_rank1_folder"), TINY, str(tmp_path), name, stage],
-                                 capture_output=True, text=True, env=env, check=False)
+        for name in ("ddp", "single"):
+            args = [str(script), str(demo_root), str(tmp_path / f"{name}_run"), str(tmp_path / f"{name}_rank1_folder"),
+                    TINY, str(tmp_path), name, stage]
+            run = run_torchrun(args) if name == "ddp" else subprocess.run(
+                [sys.executable, *args], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
             assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0"))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
@@ -170,11 +169,11 @@ def test_two_process_ddp_pretraining_matches_one_process_with_the_monai_sampler(
     """The fallback chain (MONAI transforms in loader processes) seeds each item alike, so it agrees too."""
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    for name, prefix in (("ddp", launcher), ("single", [sys.executable])):
-        run = subprocess.run([*prefix, str(script), str(demo_root), str(tmp_path / f"{name}_run"), str(tmp_path / "elsewhere"),
-                              TINY, str(tmp_path), name, "pretrain", "data.sampler=monai"],
-                             capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+    for name in ("ddp", "single"):
+        args = [str(script), str(demo_root), str(tmp_path / f"{name}_run"), str(tmp_path / "elsewhere"),
+                TINY, str(tmp_path), name, "pretrain", "data.sampler=monai"]
+        run = run_torchrun(args) if name == "ddp" else subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
         assert run.returncode == 0, run.stderr[-3000:]
     rank0, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "single_rank0"))
     assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) < 1e-5

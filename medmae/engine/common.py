@@ -64,7 +64,7 @@ def start(stage: str, request: RunRequest) -> Setup:
             log.info("%s: no checkpoint to resume from; starting from the beginning", output)
         cfg = _requested_config(stage, task, request)
     task = with_roi(task, cfg.model.img_size)
-    ctx = setup(cfg.train.device)
+    ctx = setup(cfg.train.device, cfg.train.dist_timeout_min)
     torch.manual_seed(cfg.train.seed + ctx.rank)
     split = load_split(task, request.data_root, request.manifest, request.split)  # before any folder is made
     run = RunFolder(output, write=ctx.is_main)
