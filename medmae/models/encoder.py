@@ -79,11 +79,12 @@ class TransformerBlock(nn.Module):
 
     checkpointed = False
 
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, drop_path: float = 0.0) -> None:
+    def __init__(self, width: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, drop_path: float = 0.0,
+                 norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(width)
+        self.norm1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = SelfAttention(width, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(width)
+        self.norm2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, mlp_dim)
         self.drop_path = DropPath(drop_path)
 
@@ -150,12 +151,14 @@ class ViTEncoder(nn.Module):
         cls_token: prepend a learned class token (off by default: UNETR has none).
         drop_path_rate: stochastic depth, rising linearly from 0 to this rate over the blocks.
         trainable_pos_embed: let the sin-cos position embedding learn (fine-tuning); frozen otherwise.
+        norm_eps: the LayerNorms' epsilon (1e-5 as MONAI's ViT; 1e-6 for encoders imported from timm or
+            torchvision).
     """
 
     def __init__(self, spatial_dims: int, img_size: int | Sequence[int], patch_size: int | Sequence[int] = 16,
                  in_channels: int = 1, width: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_dim: int = 3072, qkv_bias: bool = True, cls_token: bool = False,
-                 drop_path_rate: float = 0.0, trainable_pos_embed: bool = False) -> None:
+                 drop_path_rate: float = 0.0, trainable_pos_embed: bool = False, norm_eps: float = 1e-5) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims={spatial_dims!r} must be 2 or 3")
@@ -163,13 +166,13 @@ class ViTEncoder(nn.Module):
         patch_size = as_tuple(patch_size, spatial_dims, "patch_size")
         self.config = dict(spatial_dims=spatial_dims, img_size=list(img_size), patch_size=list(patch_size),
                            in_channels=in_channels, width=width, depth=depth, num_heads=num_heads,
-                           mlp_dim=mlp_dim, qkv_bias=qkv_bias, cls_token=cls_token)
+                           mlp_dim=mlp_dim, qkv_bias=qkv_bias, cls_token=cls_token, norm_eps=norm_eps)
         self.patch_embedding = PatchEmbedding(spatial_dims, img_size, patch_size, in_channels, width, trainable_pos_embed)
         if cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, mlp_dim, qkv_bias, r) for r in rates)
-        self.norm = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, mlp_dim, qkv_bias, r, norm_eps) for r in rates)
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
         init_transformer_weights(self)
 
     @property

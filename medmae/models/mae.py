@@ -33,12 +33,12 @@ class MaskedAutoencoder(nn.Module):
                  in_channels: int = 1, width: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_dim: int = 3072, qkv_bias: bool = True, cls_token: bool = False, drop_path_rate: float = 0.0,
                  decoder_width: int = 384, decoder_depth: int = 8, decoder_heads: int = 12,
-                 mask_ratio: float = 0.75, norm_pix_loss: bool = True) -> None:
+                 mask_ratio: float = 0.75, norm_pix_loss: bool = True, norm_eps: float = 1e-5) -> None:
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio={mask_ratio!r} must lie in [0, 1)")
         self.encoder = ViTEncoder(spatial_dims, img_size, patch_size, in_channels, width, depth, num_heads,
-                                  mlp_dim, qkv_bias, cls_token, drop_path_rate)
+                                  mlp_dim, qkv_bias, cls_token, drop_path_rate, norm_eps=norm_eps)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.config = dict(self.encoder.config, decoder_width=decoder_width, decoder_depth=decoder_depth,
                            decoder_heads=decoder_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)

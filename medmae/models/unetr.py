@@ -52,8 +52,10 @@ def to_monai_unetr(model: EncoderUNETR) -> UNETR:
     """A plain MONAI ``UNETR`` holding the same weights, for users who want MONAI's class.
 
     The only keys MONAI has and medmae lacks are the unused ``norm_cross_attn`` LayerNorms; any other
-    difference raises.
+    difference raises, and so does an encoder whose LayerNorm epsilon is not MONAI's 1e-5.
     """
+    if model.config.get("norm_eps", 1e-5) != 1e-5:
+        raise RuntimeError(f"MONAI's UNETR uses LayerNorm epsilon 1e-5; this encoder uses {model.config['norm_eps']}")
     monai_model = UNETR(**model.unetr_config)
     missing, unexpected = monai_model.load_state_dict(model.state_dict(), strict=False)
     stray = [k for k in missing if ".norm_cross_attn." not in k]

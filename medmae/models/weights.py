@@ -145,7 +145,7 @@ def load_encoder(target: ViTEncoder, source: dict[str, torch.Tensor], source_con
 def _target_encoder(config: dict[str, Any], overrides: dict[str, Any]) -> ViTEncoder:
     """An encoder with the pretrained architecture; ``overrides`` may change img_size, in_channels,
     drop_path_rate, cls_token or trainable_pos_embed."""
-    architecture = {key: config[key] for key in ARCHITECTURE_KEYS}
+    architecture = {key: config[key] for key in ARCHITECTURE_KEYS} | {"norm_eps": config.get("norm_eps", 1e-5)}
     return ViTEncoder(**{**architecture, "trainable_pos_embed": True, **overrides})
 
 
