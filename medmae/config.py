@@ -18,6 +18,7 @@ import yaml
 from medmae import resource_dir
 from medmae.errors import UserError
 from medmae.files import write_text
+from medmae.models.masking import ENCODER_MODES, STRATEGIES
 
 STAGES = ("pretrain", "finetune")
 MAX_CROPS = 64  # crops per volume (crop seeds are item seed x 64 + crop)
@@ -30,7 +31,9 @@ class ModelConfig:
     arch: str = "unetr"  # fine-tuning 3D segmentation: unetr (ViT encoder) or unet (MONAI U-Net, from scratch)
     img_size: list[int] | None = None  # input size; None: the task's ROI
     mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
+    norm_pix_loss: bool = True  # reconstruction target: per-patch normalised pixels (true) or raw pixels
+    mask_strategy: str = "random"  # pretraining: random, block (BEiT) or grid
+    encoder_mode: str = "skip"  # pretraining: skip (encoder sees visible patches only) or mask_tokens
     decoder_width: int | None = None  # None: the registry preset of the size
     decoder_depth: int | None = None
     drop_path: float = 0.0
@@ -229,6 +232,8 @@ def validate(cfg: Config) -> None:
               (cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
               (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
               (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+              (cfg.model.mask_strategy in STRATEGIES, f"model.mask_strategy must be one of {', '.join(STRATEGIES)}"),
+              (cfg.model.encoder_mode in ENCODER_MODES, f"model.encoder_mode must be one of {', '.join(ENCODER_MODES)}"),
               (cfg.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
               (min(cfg.train.checkpoint_every, cfg.train.figure_every, cfg.train.val_every, cfg.train.log_every) >= 1,
                "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),

@@ -194,3 +194,66 @@ def test_patch_embedding_as_one_matrix_product_equals_the_strided_convolution(di
     x = torch.randn(2, channels, *(32,) * dims)
     by_convolution = embedding.patch_embeddings(x).flatten(2).transpose(1, 2) + embedding.position_embeddings
     assert torch.allclose(embedding(x), by_convolution, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims,cls_token", [(3, False), (2, True)])
+def test_mask_token_encoder_equals_the_skipping_encoder_at_mask_ratio_0(spatial_dims, cls_token):
+    skip = tiny_mae(spatial_dims, cls_token=cls_token, mask_ratio=0.0)
+    tokens = tiny_mae(spatial_dims, cls_token=cls_token, mask_ratio=0.0, encoder_mode="mask_tokens")
+    missing, unexpected = tokens.load_state_dict(skip.state_dict(), strict=False)
+    assert missing == ["encoder_mask_token"] and not unexpected
+    x = torch.randn(2, 1, *skip.img_size)
+    in_order = torch.arange(12.0).expand(2, 12)  # noise that keeps the tokens in their order
+    assert torch.equal(skip.forward_encoder(x, noise=in_order)[0], tokens.forward_encoder(x, noise=in_order)[0])
+    shuffled = torch.rand(2, 12)  # the skipping encoder then sees the tokens in another order
+    latent, _, ids_restore = skip.forward_encoder(x, noise=shuffled)
+    start = int(cls_token)
+    back = torch.gather(latent[:, start:], 1, ids_restore.unsqueeze(-1).expand(-1, -1, 48))
+    torch.testing.assert_close(back, tokens.forward_encoder(x, noise=shuffled)[0][:, start:])
+    assert torch.equal(skip(x, noise=in_order)[1], tokens(x, noise=in_order)[1])  # and the same predictions
+
+
+def test_mask_token_encoder_sees_every_position_and_hidden_ones_as_its_mask_token():
+    model = tiny_mae(mask_ratio=0.75, encoder_mode="mask_tokens")
+    seen = []
+    model.encoder.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(2, 1, *SIZE_3D)
+    latent, mask, _ = model.forward_encoder(x)
+    assert latent.shape == (2, 12, 48) and seen[0].shape == (2, 12, 48)
+    position = model.encoder.patch_embedding.position_embeddings
+    expected = torch.where(mask.unsqueeze(-1).bool(), model.encoder_mask_token + position,
+                           model.encoder.patch_embedding(x))
+    torch.testing.assert_close(seen[0], expected)
+    loss, pred, _ = model(x)
+    loss.backward()
+    assert pred.shape == (2, 12, 4096) and model.encoder_mask_token.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("strategy,ratio", [("block", 0.5), ("grid", 0.875)])
+def test_the_mae_hides_what_its_strategy_draws(strategy, ratio):
+    from medmae.models.masking import strategy_mask
+
+    model = create_model("mae_vit_tiny_patch16_3d", img_size=(64, 64, 64), mask_strategy=strategy, mask_ratio=ratio)
+    x = torch.randn(3, 1, 64, 64, 64)
+    from medmae.engine.pretrain import mask_noise
+
+    _, _, mask = model(x, noise=mask_noise([4, 5, 6], (4, 4, 4), torch.device("cpu"), strategy, ratio))
+    drawn = torch.stack([torch.from_numpy(strategy_mask(strategy, (4, 4, 4), ratio, s)) for s in (4, 5, 6)])
+    assert torch.equal(mask.bool(), drawn)
+    _, _, unseeded = model(x)  # without noise the model draws its own masks of the same strategy
+    assert torch.equal(unseeded.sum(1), drawn.sum(1).float())
+
+
+def test_the_config_records_target_strategy_and_encoder_mode_and_rebuilds_them():
+    from medmae.engine.checkpoint import model_checkpoint
+
+    model = tiny_mae(norm_pix_loss=False, mask_strategy="block", encoder_mode="mask_tokens", mask_ratio=0.5)
+    config = dict(model_checkpoint(model)["config"])
+    assert (config["norm_pix_loss"], config["mask_strategy"], config["encoder_mode"]) == (False, "block", "mask_tokens")
+    rebuilt = create_model(config.pop("name"), **config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert (rebuilt.norm_pix_loss, rebuilt.mask_strategy, rebuilt.encoder_mode) == (False, "block", "mask_tokens")
+    with pytest.raises(ValueError, match=r"mask_ratio must be 1 - 1/k\^3"):
+        tiny_mae(mask_strategy="grid", mask_ratio=0.75)
+    with pytest.raises(ValueError, match="encoder_mode"):
+        tiny_mae(encoder_mode="dense")

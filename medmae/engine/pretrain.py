@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any
 
@@ -18,9 +17,10 @@ from medmae.engine.common import RunRequest, start
 from medmae.engine.distributed import Context, teardown
 from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.engine.optim import build_optimizer
+from medmae.errors import UserError
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
-from medmae.models.masking import seeded_noise
+from medmae.models.masking import masking_noise
 from medmae.tasks import TaskSpec
 
 log = logging.getLogger("medmae")
@@ -35,22 +35,28 @@ def build_mae(cfg: Config, task: TaskSpec) -> nn.Module:
         extra |= {"decoder_width": cfg.model.decoder_width, "decoder_heads": max(1, cfg.model.decoder_width // 32)}
     if cfg.model.decoder_depth is not None:
         extra["decoder_depth"] = cfg.model.decoder_depth
-    return create_model(f"mae_vit_{cfg.model.size}_patch16_{task.spatial_dims}d", img_size=task.roi,
-                        in_channels=task.in_channels, mask_ratio=cfg.model.mask_ratio,
-                        norm_pix_loss=cfg.model.norm_pix_loss, drop_path_rate=cfg.model.drop_path, **extra)
+    try:
+        return create_model(f"mae_vit_{cfg.model.size}_patch16_{task.spatial_dims}d", img_size=task.roi,
+                            in_channels=task.in_channels, mask_ratio=cfg.model.mask_ratio,
+                            norm_pix_loss=cfg.model.norm_pix_loss, mask_strategy=cfg.model.mask_strategy,
+                            encoder_mode=cfg.model.encoder_mode, drop_path_rate=cfg.model.drop_path, **extra)
+    except ValueError as error:  # a ratio the mask strategy cannot give on this patch grid
+        raise UserError(f"task {task.name}, ROI {task.roi}: {error}") from error
 
 
-def mask_noise(seeds: torch.Tensor | list[int] | range, tokens: int, device: torch.device) -> torch.Tensor:
-    """``[B, tokens]`` uniform noise on ``device``, each row a function of its sample's seed only (see
-    ``SeededItems`` and :func:`seeded_noise`)."""
-    return seeded_noise(torch.as_tensor(seeds).to(device, non_blocking=True), tokens)
+def mask_noise(seeds: torch.Tensor | list[int] | range, grid: tuple[int, ...], device: torch.device,
+               strategy: str = "random", mask_ratio: float = 0.75) -> torch.Tensor:
+    """``[B, N]`` noise on ``device`` that decides the masks of ``strategy``, each row a function of its
+    sample's seed only (see ``SeededItems`` and :func:`masking_noise`)."""
+    return masking_noise(strategy, torch.as_tensor(seeds).to(device, non_blocking=True), grid, mask_ratio)
 
 
-def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device, strategy: str = "random",
+             mask_ratio: float = 0.75) -> torch.Tensor:
     """The MAE loss of one batch (``image`` ``[B, C, *S]``), masks from each sample's seed."""
     images = plain(batch["image"]).to(device, non_blocking=True)
-    tokens = math.prod(s // PATCH for s in images.shape[2:])
-    loss, _, _ = model(images, noise=mask_noise(batch["sample_seed"], tokens, device))
+    grid = tuple(s // PATCH for s in images.shape[2:])
+    loss, _, _ = model(images, noise=mask_noise(batch["sample_seed"], grid, device, strategy, mask_ratio))
     return loss
 
 
@@ -58,8 +64,8 @@ def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> t
 def save_figure(model: nn.Module, images: torch.Tensor, path, title: str) -> float:
     """Hidden input, reconstruction and original of fixed samples with fixed masks; returns their loss."""
     model.eval()
-    tokens = math.prod(model.encoder.grid)
-    loss, pred, mask = model(images, noise=mask_noise(range(len(images)), tokens, images.device))
+    noise = mask_noise(range(len(images)), model.encoder.grid, images.device, model.mask_strategy, model.mask_ratio)
+    loss, pred, mask = model(images, noise=noise)
     shown = model.reconstruct(images, pred, mask)
     save_reconstruction_figure(path, images, {"masked input": shown["masked"], "reconstruction": shown["composite"]},
                                title=title)
@@ -93,7 +99,8 @@ def run(request: RunRequest) -> nn.Module:
             path = run_folder.figures / f"reconstruction_epoch{epoch:04d}.png"
             return {"figure_loss": save_figure(model, figure_images, path, f"{task.name}, epoch {epoch}")}
 
-        job = Job(loss=lambda m, batch: mae_loss(m, batch, ctx.device), end_of_epoch=end_of_epoch,
+        masking = (cfg.model.mask_strategy, cfg.model.mask_ratio)
+        job = Job(loss=lambda m, batch: mae_loss(m, batch, ctx.device, *masking), end_of_epoch=end_of_epoch,
                   describe={"stage": "pretrain", "task": task.record, "split": s.split_record}, samples_per_item=crops)
         fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
         return model

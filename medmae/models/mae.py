@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmae.models.encoder import TransformerBlock, ViTEncoder, init_transformer_weights
-from medmae.models.masking import random_masking
+from medmae.models.masking import ENCODER_MODES, masking_noise, random_masking, visible_count
 from medmae.models.patchify import patchify, unpatchify
 from medmae.models.pos_embed import sincos_pos_embed
 
@@ -26,22 +26,35 @@ class MaskedAutoencoder(nn.Module):
         width, depth, num_heads, mlp_dim, qkv_bias, cls_token, drop_path_rate: encoder (see ``ViTEncoder``).
         decoder_width, decoder_depth, decoder_heads: decoder size (MAE: 512 x 8 in 2D; 384 x 8 in 3D here).
         mask_ratio: fraction of patches hidden per sample.
-        norm_pix_loss: target is each patch normalised to zero mean and unit variance (default on).
+        norm_pix_loss: target is each patch normalised to zero mean and unit variance (default on); off:
+            the raw pixels.
+        mask_strategy: ``random`` (default), ``block`` or ``grid`` (see :mod:`medmae.models.masking`).
+        encoder_mode: ``skip`` (default: the encoder sees the visible patches only) or ``mask_tokens`` (the
+            encoder sees every position, hidden ones as a learned mask token plus their position
+            embedding, and the decoder adds no mask tokens: the efficiency ablation of the MAE paper).
+        norm_eps: the encoder's LayerNorm epsilon.
     """
 
     def __init__(self, spatial_dims: int, img_size: int | Sequence[int], patch_size: int | Sequence[int] = 16,
                  in_channels: int = 1, width: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_dim: int = 3072, qkv_bias: bool = True, cls_token: bool = False, drop_path_rate: float = 0.0,
                  decoder_width: int = 384, decoder_depth: int = 8, decoder_heads: int = 12,
-                 mask_ratio: float = 0.75, norm_pix_loss: bool = True, norm_eps: float = 1e-5) -> None:
+                 mask_ratio: float = 0.75, norm_pix_loss: bool = True, mask_strategy: str = "random",
+                 encoder_mode: str = "skip", norm_eps: float = 1e-5) -> None:
         super().__init__()
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={mask_ratio!r} must lie in [0, 1)")
+        if encoder_mode not in ENCODER_MODES:
+            raise ValueError(f"encoder_mode={encoder_mode!r}: choose one of {', '.join(ENCODER_MODES)}")
         self.encoder = ViTEncoder(spatial_dims, img_size, patch_size, in_channels, width, depth, num_heads,
                                   mlp_dim, qkv_bias, cls_token, drop_path_rate, norm_eps=norm_eps)
+        self.keep = visible_count(mask_strategy, self.encoder.grid, mask_ratio)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.mask_strategy, self.encoder_mode = mask_strategy, encoder_mode
         self.config = dict(self.encoder.config, decoder_width=decoder_width, decoder_depth=decoder_depth,
-                           decoder_heads=decoder_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)
+                           decoder_heads=decoder_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
+                           mask_strategy=mask_strategy, encoder_mode=encoder_mode)
+        if encoder_mode == "mask_tokens":
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, width))
+            nn.init.normal_(self.encoder_mask_token, std=0.02)
         patch_voxels = math.prod(self.patch_size)
         self.decoder_embed = nn.Linear(width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
@@ -68,12 +81,15 @@ class MaskedAutoencoder(nn.Module):
 
         Args:
             x: ``[B, C, *img_size]``.
-            mask_ratio: overrides the model's ratio (0 encodes every patch).
+            mask_ratio: overrides the model's ratio and strategy with random masking at this ratio (0
+                encodes every patch).
             generator: for reproducible masks.
-            noise: ``[B, N]`` uniform noise that decides the masks (see :func:`random_masking`).
+            noise: ``[B, N]`` noise that decides the masks (see :func:`random_masking` and
+                :func:`masking_noise`).
 
         Returns:
-            latent ``[B, K (+1 with cls token), D]``, mask ``[B, N]`` (1 = hidden), ids_restore ``[B, N]``.
+            latent ``[B, K (+1 with cls token), D]`` (``mask_tokens`` mode: ``[B, N (+1), D]`` in token
+            order), mask ``[B, N]`` (1 = hidden), ids_restore ``[B, N]``.
         """
         self._check_size(x)
         return self._encode(patchify(x, self.patch_size), mask_ratio, generator, noise)
@@ -81,9 +97,16 @@ class MaskedAutoencoder(nn.Module):
     def _encode(self, patches: torch.Tensor, mask_ratio: float | None, generator: torch.Generator | None,
                 noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward_encoder` from patches ``[B, N, prod(p) * C]``."""
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        tokens, mask, ids_restore = random_masking(self.encoder.patch_embedding.embed(patches), ratio, generator, noise)
-        latent, _ = self.encoder.forward_tokens(tokens)
+        ratio, keep = (self.mask_ratio, self.keep) if mask_ratio is None else (mask_ratio, None)
+        if noise is None and mask_ratio is None and self.mask_strategy != "random":
+            seeds = torch.randint(0, 2**31, (patches.shape[0],), generator=generator, device=patches.device)
+            noise = masking_noise(self.mask_strategy, seeds, self.encoder.grid, self.mask_ratio)
+        tokens = self.encoder.patch_embedding.embed(patches)
+        kept, mask, ids_restore = random_masking(tokens, ratio, generator, noise, keep)
+        if self.encoder_mode == "mask_tokens":
+            hidden = self.encoder_mask_token.to(tokens.dtype) + self.encoder.patch_embedding.position_embeddings.to(tokens.dtype)
+            kept = torch.where(mask.unsqueeze(-1).bool(), hidden, tokens)
+        latent, _ = self.encoder.forward_tokens(kept)
         return latent, mask, ids_restore
 
     def _check_size(self, x: torch.Tensor) -> None:
@@ -91,14 +114,15 @@ class MaskedAutoencoder(nn.Module):
             raise ValueError(f"input of spatial size {tuple(x.shape[2:])} given to an MAE built for {self.img_size}")
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent ``[B, K (+1), D]``, ids_restore ``[B, N]`` -> per-patch predictions ``[B, N, prod(p) * C]``."""
+        """latent ``[B, K (+1), D]``, ids_restore ``[B, N]`` -> per-patch predictions ``[B, N, prod(p) * C]``
+        (``mask_tokens`` mode: latent ``[B, N (+1), D]`` already in token order, no mask tokens added)."""
         x = self.decoder_embed(latent)
         has_cls = hasattr(self.encoder, "cls_token")
-        cls, visible = (x[:, :1], x[:, 1:]) if has_cls else (x[:, :0], x)
-        b, n = ids_restore.shape
-        hidden = self.mask_token.to(x.dtype).expand(b, n - visible.shape[1], -1)
-        full = torch.cat([visible, hidden], dim=1)
-        full = torch.gather(full, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        cls, full = (x[:, :1], x[:, 1:]) if has_cls else (x[:, :0], x)
+        if self.encoder_mode == "skip":
+            b, n = ids_restore.shape
+            hidden = self.mask_token.to(x.dtype).expand(b, n - full.shape[1], -1)
+            full = torch.gather(torch.cat([full, hidden], dim=1), 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         x = torch.cat([cls, full + self.decoder_pos_embed.to(x.dtype)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
