@@ -18,6 +18,7 @@ import yaml
 from medmae import resource_dir
 from medmae.errors import UserError
 from medmae.files import write_text
+from medmae.models.classifier import TUNING
 from medmae.models.masking import ENCODER_MODES, STRATEGIES
 
 STAGES = ("pretrain", "finetune")
@@ -39,6 +40,8 @@ class ModelConfig:
     drop_path: float = 0.0
     feature_size: int = 16  # UNETR decoder channels
     pool: str = "avg"  # classifier pooling: avg or cls
+    tuning: str = "full"  # classifier fine-tuning: full, linear (probe: frozen encoder, BatchNorm + linear head) or partial
+    tuning_blocks: int = 1  # partial: the last N encoder blocks train (with the final norm and the head)
 
 
 @dataclass
@@ -233,6 +236,8 @@ def validate(cfg: Config) -> None:
               (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
               (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
               (cfg.model.mask_strategy in STRATEGIES, f"model.mask_strategy must be one of {', '.join(STRATEGIES)}"),
+              (cfg.model.tuning in TUNING, f"model.tuning must be one of {', '.join(TUNING)}"),
+              (cfg.model.tuning_blocks >= 0, "model.tuning_blocks must be >= 0"),
               (cfg.model.encoder_mode in ENCODER_MODES, f"model.encoder_mode must be one of {', '.join(ENCODER_MODES)}"),
               (cfg.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
               (min(cfg.train.checkpoint_every, cfg.train.figure_every, cfg.train.val_every, cfg.train.log_every) >= 1,

@@ -51,16 +51,17 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
         return create_model(f"unet_{task.spatial_dims}d", in_channels=task.in_channels, out_channels=outputs,
                             img_size=task.roi)
     encoder = {"img_size": task.roi, "in_channels": task.in_channels, "drop_path_rate": cfg.model.drop_path}
+    probe = cfg.model.tuning == "linear"
     if pretrained is None:
         if task.is_classification:
             return create_model(f"vit_{cfg.model.size}_patch16_{task.spatial_dims}d_cls", num_classes=outputs,
-                                pool=cfg.model.pool, cls_token=cfg.model.pool == "cls", **encoder)
+                                pool=cfg.model.pool, cls_token=cfg.model.pool == "cls", head_norm=probe, **encoder)
         return create_model(f"unetr_vit_{cfg.model.size}_patch16_{task.spatial_dims}d", out_channels=outputs,
                             feature_size=cfg.model.feature_size, **encoder)
     payload = _pretrained_payload(pretrained, task)
     try:
         if task.is_classification:
-            model, report = classifier_from_pretrained(payload, outputs, pool=cfg.model.pool, **encoder)
+            model, report = classifier_from_pretrained(payload, outputs, pool=cfg.model.pool, head_norm=probe, **encoder)
         else:
             model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
     except WeightTransferError as error:
@@ -146,6 +147,7 @@ def run(request: RunRequest) -> nn.Module:
         validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
         model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
+        _set_tuning(model, cfg, task)
         log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
                  "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
                  model.config["name"], "from " + request.pretrained if request.pretrained else
@@ -179,6 +181,22 @@ def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pret
         raise CheckpointError(f"{source}: describes no model medmae can build ({error})") from error
     load_weights(model, resume_from["state_dict"], source)
     return model
+
+
+def _set_tuning(model: nn.Module, cfg: Config, task: TaskSpec) -> None:
+    """Freeze what ``model.tuning`` leaves untrained (classifiers only) and say what trains."""
+    if cfg.model.tuning == "full":
+        return
+    if not task.is_classification:
+        raise UserError(f"model.tuning={cfg.model.tuning} is for classification tasks; task {task.name} segments: "
+                        "fine-tune UNETR fully (model.tuning=full)")
+    try:
+        trained = model.set_tuning(cfg.model.tuning, cfg.model.tuning_blocks)
+    except ValueError as error:
+        raise UserError(f"model.tuning_blocks={cfg.model.tuning_blocks}: {error}") from error
+    log.info("%s: training %d parameter tensors (%s), the rest frozen", cfg.model.tuning, len(trained),
+             ", ".join(sorted({name.split(".")[0] if not name.startswith("encoder.blocks.") else ".".join(name.split(".")[:3])
+                               for name in trained})))
 
 
 def _layout(cfg: Config, task: TaskSpec) -> torch.memory_format:

@@ -177,12 +177,13 @@ def unetr_from_pretrained(checkpoint: str | Path | dict[str, Any], out_channels:
 
 
 def classifier_from_pretrained(checkpoint: str | Path | dict[str, Any], num_classes: int, pool: str = "avg",
-                               **encoder_overrides: Any) -> tuple[ViTClassifier, TransferReport]:
+                               head_norm: bool = False, **encoder_overrides: Any) -> tuple[ViTClassifier, TransferReport]:
     """Multi-label ViT classifier (raw logits) with the pretrained encoder; ``pool="cls"`` adds a cls token
-    (kept from the checkpoint when it has one). Arguments as :func:`unetr_from_pretrained`."""
+    (kept from the checkpoint when it has one); ``head_norm`` a linear probe's BatchNorm. Other arguments
+    as :func:`unetr_from_pretrained`."""
     source, config = encoder_source(checkpoint)
     encoder = _target_encoder(config, {"cls_token": pool == "cls", **encoder_overrides})
-    model = ViTClassifier(encoder, num_classes, pool=pool)
+    model = ViTClassifier(encoder, num_classes, pool=pool, head_norm=head_norm)
     report = load_encoder(model.encoder, source, config)
     model.config["name"] = _derived_name(config, "vit_", "_cls")
     return model, report
