@@ -128,6 +128,20 @@ def _output(request, stage: str) -> str:
     return request.output_dir or f"runs/{load_task(request.task).name}_{stage}"
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from medmae.engine.sweep import SweepRequest, parse_param, run_sweep
+
+    fixed = [*args.set, *(["finetune:model.tuning=linear"] if args.linear_probe else [])]
+    request = SweepRequest(args.task, [parse_param(text) for text in args.param], args.data_root, args.manifest,
+                           args.split, args.output_dir, args.pretrain_config, args.finetune_config, tuple(fixed),
+                           args.label_fraction, args.part)
+    table, written = run_sweep(request)
+    shown = [column for column in table.columns if not column.endswith("_run")]
+    print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from medmae.engine.evaluate import evaluate
 
@@ -245,11 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
                                    epilog="example: medmae finetune --task btcv --data-root BTCV "
                                           "--pretrained runs/btcv_mae/checkpoints/last.pt --output-dir runs/btcv_unetr")
     _add_run_flags(finetune)
-    finetune.add_argument("--pretrained", metavar="CKPT", help="a medmae checkpoint whose encoder starts the model "
-                                                               "(default: train from scratch)")
+    finetune.add_argument("--pretrained", metavar="CKPT", help="a medmae checkpoint whose encoder starts the model, or "
+                          "imagenet:FILE for a downloaded timm or torchvision ViT (default: train from scratch)")
     finetune.add_argument("--label-fraction", type=_fraction, metavar="F",
                           help="train on a fixed seeded fraction of the labelled training cases (data.label_fraction)")
     finetune.set_defaults(handler=_finetune)
+    sweep = commands.add_parser("sweep", help="pretrain then fine-tune (or probe) over a grid of config values; one table and plot",
+                                epilog="example: medmae sweep --task msd_hippocampus --data-root Task04_Hippocampus "
+                                       "--param mask_ratio=0.125,0.25,0.5,0.75,0.9 --param decoder_depth=1,2,4")
+    _add_data_flags(sweep)
+    sweep.add_argument("--param", action="append", default=[], metavar="[STAGE:]KEY=V1,V2,...", required=True,
+                       help="a config key and its values (repeatable: the grid of all combinations); a key applies to "
+                            "both stages unless prefixed pretrain: or finetune: (e.g. pretrain:epochs=100,200,400)")
+    sweep.add_argument("--set", action="append", default=[], metavar="[STAGE:]KEY=VALUE",
+                       help="a fixed setting of every point (repeatable), e.g. --set finetune:train.epochs=20")
+    sweep.add_argument("--pretrain-config", help="a YAML file over the task's pretraining recipe")
+    sweep.add_argument("--finetune-config", help="a YAML file over the task's fine-tuning recipe")
+    sweep.add_argument("--linear-probe", action="store_true", help="score each MAE by a linear probe "
+                       "(finetune:model.tuning=linear; classification tasks) instead of full fine-tuning")
+    sweep.add_argument("--label-fraction", type=_fraction, metavar="F", help="fine-tune on this fraction of the labels")
+    sweep.add_argument("--part", choices=["test", "val"], default="test", help="which part scores each point (default: test)")
+    sweep.add_argument("--output-dir", help="the sweep folder (default: runs/<task>_sweep); rerun to resume")
+    sweep.set_defaults(handler=_sweep)
     evaluate = commands.add_parser("evaluate", help="predict a split's test (or validation) part and score it on the original grid",
                                    epilog="example: medmae evaluate --task btcv --data-root BTCV "
                                           "--checkpoint runs/btcv_unetr/checkpoints/best.pt")

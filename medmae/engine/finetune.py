@@ -70,10 +70,21 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
     return model
 
 
-def _pretrained_payload(path: str, task: TaskSpec) -> dict[str, Any]:
-    """The pretrained checkpoint, with a warning where it was trained on other spacing or intensity."""
-    from medmae.engine.checkpoint import load_checkpoint
+IMAGENET = "imagenet:"
 
+
+def _pretrained_payload(path: str, task: TaskSpec) -> dict[str, Any]:
+    """The pretrained checkpoint, with a warning where it was trained on other spacing or intensity; or,
+    for ``imagenet:FILE``, a timm or torchvision ViT converted to medmae's encoder (see
+    :mod:`medmae.models.imagenet`)."""
+    from medmae.engine.checkpoint import load_checkpoint
+    from medmae.models.imagenet import imagenet_payload
+
+    if path.startswith(IMAGENET):
+        payload, notes = imagenet_payload(path.removeprefix(IMAGENET), task.spatial_dims)
+        for note in notes:
+            log.info("%s", note)
+        return payload
     payload = load_checkpoint(path)
     try:
         _, config = encoder_source(payload)

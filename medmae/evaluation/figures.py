@@ -119,3 +119,22 @@ def save_roc_figure(path: str | Path, curves: dict[str, tuple[np.ndarray, np.nda
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def save_sweep_figure(path: str | Path, table, swept: list[str], metric: str, title: str = "") -> Path:
+    """One panel per swept key: ``metric`` of every point against the key's value (dots), and its mean
+    over the other keys' values per value (line). Numeric values on a numeric axis, others in order."""
+    fig, axes = plt.subplots(1, len(swept), figsize=(4 * len(swept), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], swept):
+        values = list(dict.fromkeys(table[key].map(repr)))
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table[key])
+        x = table[key].astype(float) if numeric else table[key].map(repr).map(values.index)
+        ax.scatter(x, table[metric], s=18, color="tab:blue", alpha=0.6)
+        means = table.assign(_x=x).groupby("_x")[metric].mean().sort_index()
+        ax.plot(means.index, means.values, color="tab:blue", marker="o")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [v.strip("'") for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    return _save(fig, path, title)

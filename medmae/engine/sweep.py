@@ -1,0 +1,178 @@
+"""``medmae sweep``: the grid of pretrain-then-finetune runs over config values, one table and one plot.
+
+A point of the grid is one value of every swept key. Each point pretrains an MAE (shared by the points
+whose pretraining settings agree), fine-tunes from it (or trains a linear probe) and scores the best
+checkpoint with ``medmae evaluate``. Every run resumes, and a finished point is not run again, so an
+interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from medmae.config import STAGES, known_keys, load_config, parse_override
+from medmae.engine import finetune, pretrain
+from medmae.engine.common import RunRequest
+from medmae.engine.evaluate import evaluate
+from medmae.errors import UserError
+from medmae.evaluation.figures import save_sweep_figure
+from medmae.files import write_text
+from medmae.tasks import load_task
+
+log = logging.getLogger("medmae")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One swept key: ``stage`` is ``pretrain``, ``finetune`` or None (both stages)."""
+
+    stage: str | None
+    key: str
+    values: tuple[Any, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}:{self.key}" if self.stage else self.key
+
+
+def resolve_key(key: str) -> str:
+    """A config key, or the leaf name of exactly one (``mask_ratio`` -> ``model.mask_ratio``)."""
+    keys = known_keys()
+    if key in keys:
+        return key
+    matches = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    hint = f"it could be {', '.join(matches)}" if matches else "`medmae pretrain --help` lists the keys"
+    raise UserError(f"--param {key}: not one config key; {hint}")
+
+
+def stage_and_key(text: str, flag: str) -> tuple[str | None, str, str]:
+    """``[pretrain:|finetune:]KEY=VALUE`` -> (stage or None, resolved key, value text)."""
+    stage, colon, rest = text.partition(":")
+    if not colon or stage not in STAGES or "=" in stage:
+        stage, rest = None, text
+    key, equals, value = rest.partition("=")
+    if not equals or not key.strip() or not value.strip():
+        raise UserError(f"{flag} {text!r}: expected [pretrain:|finetune:]KEY=VALUE")
+    return stage, resolve_key(key.strip()), value
+
+
+def parse_param(text: str) -> Param:
+    """``[pretrain:|finetune:]KEY=V1,V2,...``; each value is read as YAML (``img_size=[64,64],[96,96]``)."""
+    stage, key, value = stage_and_key(text, "--param")
+    try:
+        values = tuple(parse_override(f"{key}={json.dumps(v)}")[1] for v in yaml.safe_load(f"[{value}]"))
+    except yaml.YAMLError as error:
+        raise UserError(f"--param {text!r}: the values are not valid YAML ({error})") from error
+    if len(set(map(repr, values))) != len(values):
+        raise UserError(f"--param {text!r}: a value is listed twice")
+    return Param(stage, key, values)
+
+
+def stage_overrides(params: list[Param], point: tuple[Any, ...], fixed: list[tuple[str | None, str, str]],
+                    stage: str) -> list[str]:
+    """The ``--set`` list of one stage at one point: the fixed settings, then the point's values."""
+    return ([f"{key}={value}" for s, key, value in fixed if s in (None, stage)]
+            + [f"{p.key}={json.dumps(v)}" for p, v in zip(params, point) if p.stage in (None, stage)])
+
+
+def folder_name(params: list[Param], point: tuple[Any, ...], stages: tuple[str, ...]) -> str:
+    """``mask_ratio=0.5_decoder_depth=2``: the values of the keys swept in ``stages`` (``shared`` if none)."""
+    parts = [f"{p.key.rsplit('.', 1)[-1]}={json.dumps(v)}" for p, v in zip(params, point) if p.stage in (None, *stages)]
+    return re.sub(r"[^A-Za-z0-9=.+-]+", "_", "_".join(parts) or "shared")[:150]
+
+
+@dataclass
+class SweepRequest:
+    task: str
+    params: list[Param]
+    data_root: str | None = None
+    manifest: str | None = None
+    split: str | None = None
+    output_dir: str | None = None
+    pretrain_config: str | None = None
+    finetune_config: str | None = None
+    fixed: tuple[str, ...] = ()  # [stage:]key=value
+    label_fraction: float | None = None
+    part: str = "test"
+
+
+def run_sweep(request: SweepRequest) -> tuple[pd.DataFrame, list[Path]]:
+    """Run (or resume) every point of the grid; write ``sweep.csv``, ``sweep.md`` and ``sweep.png``."""
+    task = load_task(request.task)
+    if not request.params:
+        raise UserError("medmae sweep needs at least one --param KEY=V1,V2,...")
+    labels = [p.label for p in request.params]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"--param: a key is swept twice ({', '.join(labels)})")
+    fixed = [stage_and_key(text, "--set") for text in request.fixed]
+    output = Path(request.output_dir or f"runs/{task.name}_sweep")
+    grid = list(itertools.product(*(p.values for p in request.params)))
+    configs = {"pretrain": request.pretrain_config, "finetune": request.finetune_config}
+    for point in grid:  # every point's configs are checked before the first run starts
+        for stage in STAGES:
+            load_config(stage, task.name, configs[stage], stage_overrides(request.params, point, fixed, stage))
+    rows = []
+    for index, point in enumerate(grid, 1):
+        described = ", ".join(f"{p.label}={v}" for p, v in zip(request.params, point))
+        log.info("sweep point %d of %d: %s", index, len(grid), described)
+        row = run_point(request, task.name, output, point, fixed)
+        rows.append({p.label: v for p, v in zip(request.params, point)} | row)
+    table = pd.DataFrame(rows)
+    metric = "macro_auc" if task.is_classification else "mean_dsc"
+    written = [write_text(output / "sweep.csv", table.to_csv(index=False)),
+               write_text(output / "sweep.md", markdown(table, labels, metric)),
+               save_sweep_figure(output / "sweep.png", table, labels, metric,
+                                 title=f"{task.name}: {metric.replace('_', ' ')} ({request.part} part) per swept value")]
+    return table, written
+
+
+def run_point(request: SweepRequest, task: str, output: Path, point: tuple[Any, ...],
+              fixed: list[tuple[str | None, str, str]]) -> dict[str, Any]:
+    """Pretrain (or reuse), fine-tune and score one point; the result is kept in ``result.json``."""
+    sets = {stage: stage_overrides(request.params, point, fixed, stage) for stage in STAGES}
+    mae = output / "pretrain" / folder_name(request.params, point, ("pretrain",))
+    tuned = output / "finetune" / folder_name(request.params, point, STAGES)
+    result = tuned / "result.json"
+    if result.is_file():
+        log.info("%s: already scored, skipped", tuned)
+        return json.loads(result.read_text())
+    data = {"data_root": request.data_root, "manifest": request.manifest, "split": request.split}
+    pretrain.run(RunRequest(task, **data, config_file=request.pretrain_config, overrides=sets["pretrain"],
+                            output_dir=str(mae), resume=True))
+    finetune.run(RunRequest(task, **data, config_file=request.finetune_config, overrides=sets["finetune"],
+                            output_dir=str(tuned), resume=True, pretrained=str(mae / "checkpoints" / "last.pt"),
+                            label_fraction=request.label_fraction))
+    summary, _, _ = evaluate(str(tuned / "checkpoints" / "best.pt"), task, request.data_root, request.manifest,
+                             request.split, request.part, str(tuned / f"evaluate_{request.part}"), progress=False)
+    pretrained, tuning = (pd.read_csv(run / "metrics.csv", comment="#") for run in (mae, tuned))
+    row = {"pretrain_loss": float(pretrained["loss"].iloc[-1]), "pretrain_seconds": round(float(pretrained["seconds"].sum()), 1),
+           "finetune_seconds": round(float(tuning["seconds"].sum()), 1), "pretrain_run": str(mae), "finetune_run": str(tuned)}
+    if isinstance(summary, float):
+        row["macro_auc"] = summary
+    else:
+        mean = summary.set_index("class").loc["foreground mean"]
+        row |= {"mean_dsc": float(mean["dsc_mean"]), "mean_hd95_mm": float(mean["hd95_mm_mean"])}
+    write_text(result, json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def markdown(table: pd.DataFrame, labels: list[str], metric: str) -> str:
+    """One line per point: the swept values, the metric (and HD95 for segmentation), the pretraining loss."""
+    columns = [*labels, metric, *(["mean_hd95_mm"] if "mean_hd95_mm" in table else []), "pretrain_loss",
+               "pretrain_seconds", "finetune_seconds"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        cells = [f"{row[c]:.4f}" if isinstance(row[c], float) and c not in labels else str(row[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
