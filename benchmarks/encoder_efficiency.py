@@ -41,8 +41,8 @@ DECODERS = {2: {"decoder_width": 512, "decoder_depth": 8, "decoder_heads": 16},
             3: {"decoder_width": 384, "decoder_depth": 8, "decoder_heads": 12},
             "tiny": {"decoder_width": 48, "decoder_depth": 2, "decoder_heads": 3}}
 # (name, encoder size, input size, batch): the paper's 2D setting, and medmae's 3D one
-GPU_MODELS = [("vit_large_2d", "large", (224, 224), 64), ("vit_base_2d", "base", (224, 224), 128),
-              ("vit_base_3d", "base", (96, 96, 96), 8)]
+GPU_MODELS = [("vit_large_2d", "large", (224, 224), 256), ("vit_base_2d", "base", (224, 224), 512),
+              ("vit_base_3d", "base", (96, 96, 96), 256)]
 TINY_MODELS = [("vit_tiny_2d", "tiny", (128, 128), 32), ("vit_tiny_3d", "tiny", (96, 96, 96), 2)]
 
 

@@ -138,3 +138,26 @@ def save_sweep_figure(path: str | Path, table, swept: list[str], metric: str, ti
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
     return _save(fig, path, title)
+
+
+def save_mask_figure(path: str | Path, masks: dict[str, tuple[torch.Tensor, torch.Tensor]], title: str = "") -> Path:
+    """One row per strategy: its 2D masks ``[B, H, W]`` then the slices of one 3D mask ``[X, Y, Z]``
+    (True = hidden, drawn dark)."""
+    rows = list(masks)
+    columns = max(len(two) + three.shape[-1] for two, three in masks.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns, 1.45 * len(rows)), squeeze=False)
+    for row, strategy in enumerate(rows):
+        two, three = masks[strategy]
+        panels = [*two, *three.movedim(-1, 0)]
+        for column, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column >= len(panels):
+                ax.axis("off")
+                continue
+            ax.imshow(~panels[column].numpy(), cmap="gray", vmin=0, vmax=1)
+            if column >= len(two):
+                ax.set_title(f"3D z={column - len(two)}", fontsize=6)
+            elif column == 0:
+                ax.set_ylabel(strategy, fontsize=8)
+    return _save(fig, path, title)

@@ -1,0 +1,67 @@
+"""``medmae sweep``: parsing of the swept keys, the grid run end to end on the demo set, and resuming."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from medmae import resource_dir
+from medmae.cli import main
+from medmae.engine.sweep import Param, folder_name, parse_param, stage_overrides
+from medmae.errors import UserError
+
+TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+
+
+def test_keys_are_config_keys_or_their_unique_leaf_names_with_an_optional_stage():
+    assert parse_param("mask_ratio=0.125,0.25,0.75") == Param(None, "model.mask_ratio", (0.125, 0.25, 0.75))
+    assert parse_param("pretrain:epochs=100,200") == Param("pretrain", "train.epochs", (100, 200))
+    assert parse_param("finetune:model.tuning=full,linear") == Param("finetune", "model.tuning", ("full", "linear"))
+    assert parse_param("img_size=[64,64],[96,96]").values == ([64, 64], [96, 96])
+    assert parse_param("optim.base_lr=1e-3,5e-4").values == (0.001, 0.0005)  # YAML's 1e-3 read as a number
+    with pytest.raises(UserError, match="--param warmup: not one config key; `medmae pretrain --help` lists the keys"):
+        parse_param("warmup=1,2")
+    with pytest.raises(UserError, match="listed twice"):
+        parse_param("mask_ratio=0.5,0.5")
+    with pytest.raises(UserError, match=r"expected \[pretrain:\|finetune:\]KEY=VALUE"):
+        parse_param("mask_ratio")
+
+
+def test_each_stage_gets_its_own_and_the_shared_keys_and_folders_name_the_values():
+    params = [parse_param("mask_ratio=0.5,0.75"), parse_param("finetune:optim.base_lr=0.01,0.05")]
+    fixed = [("finetune", "train.epochs", "3"), (None, "model.size", "tiny")]
+    assert stage_overrides(params, (0.5, 0.01), fixed, "pretrain") == ["model.size=tiny", "model.mask_ratio=0.5"]
+    assert stage_overrides(params, (0.5, 0.01), fixed, "finetune") == [
+        "train.epochs=3", "model.size=tiny", "model.mask_ratio=0.5", "optim.base_lr=0.01"]
+    assert folder_name(params, (0.5, 0.01), ("pretrain",)) == "mask_ratio=0.5"
+    assert folder_name(params, (0.5, 0.01), ("pretrain", "finetune")) == "mask_ratio=0.5_base_lr=0.01"
+
+
+def test_a_bad_value_is_refused_before_anything_runs(tmp_path, demo_root, capsys):
+    output = tmp_path / "sweep"
+    code = main(["sweep", "--task", "demo", "--data-root", str(demo_root), "--param", "mask_strategy=random,checkered",
+                 "--output-dir", str(output)])
+    assert code == 2 and "model.mask_strategy must be one of random, block, grid" in capsys.readouterr().err
+    assert not output.exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_shares_pretraining_scores_every_point_and_resumes(tmp_path, demo_root):
+    output = tmp_path / "sweep"
+    command = ["sweep", "--task", "demo", "--data-root", str(demo_root), "--pretrain-config", TINY, "--finetune-config", TINY,
+               "--param", "finetune:optim.base_lr=0.01,0.05", "--set", "train.epochs=1", "--set", "optim.warmup_epochs=0",
+               "--set", "finetune:train.steps_per_epoch=1", "--output-dir", str(output)]
+    assert main(command) == 0
+    table = pd.read_csv(output / "sweep.csv")
+    assert table["finetune:optim.base_lr"].tolist() == [0.01, 0.05]
+    assert table["mean_dsc"].between(0, 1).all() and table["pretrain_run"].nunique() == 1  # one MAE for both points
+    assert sorted(p.name for p in (output / "finetune").iterdir()) == ["base_lr=0.01", "base_lr=0.05"]
+    assert (output / "sweep.png").stat().st_size > 0 and "| finetune:optim.base_lr |" in (output / "sweep.md").read_text()
+    mae = output / "pretrain" / "shared" / "checkpoints" / "last.pt"
+    stamp = mae.stat().st_mtime_ns
+    (output / "finetune" / "base_lr=0.05" / "result.json").unlink()  # as if stopped before its scores were written
+    assert main(command) == 0
+    again = pd.read_csv(output / "sweep.csv")
+    assert mae.stat().st_mtime_ns == stamp  # the finished pretraining was not run again
+    assert json.loads((output / "finetune" / "base_lr=0.05" / "result.json").read_text())["mean_dsc"] == again["mean_dsc"][1]
+    assert again["mean_dsc"].tolist() == table["mean_dsc"].tolist()  # the same best.pt, scored again
