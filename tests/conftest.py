@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,7 +54,24 @@ def run_torchrun(args: list[str], timeout: float = 600) -> subprocess.CompletedP
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stderr = process.communicate()[1]
-        pytest.fail(f"torchrun still running after {timeout:.0f} s, killed:\n{stderr[-4000:]}")
+        for pid in [*descendants(process.pid), process.pid]:  # the workers run in sessions of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stderr = process.communicate(timeout=60)[1]
+        pytest.fail(f"torchrun still running after {timeout:.0f} s, killed with its workers:\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children first, from ``/proc`` (Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found

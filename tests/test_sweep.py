@@ -42,6 +42,11 @@ def test_a_bad_value_is_refused_before_anything_runs(tmp_path, demo_root, capsys
     code = main(["sweep", "--task", "demo", "--data-root", str(demo_root), "--param", "mask_strategy=random,checkered",
                  "--output-dir", str(output)])
     assert code == 2 and "model.mask_strategy must be one of random, block, grid" in capsys.readouterr().err
+    for flags, problem in ((["--param", "mask_strategy=random,grid", "--set", "mask_ratio=0.75"],
+                            "mask_ratio must be 1 - 1/k^3"),  # demo's 48 x 48 x 32 ROI: grid 3 x 3 x 2
+                           (["--param", "mask_ratio=0.5,0.75", "--linear-probe"], "is for classification tasks")):
+        code = main(["sweep", "--task", "demo", "--data-root", str(demo_root), *flags, "--output-dir", str(output)])
+        assert code == 2 and problem in capsys.readouterr().err
     assert not output.exists()
 
 
@@ -65,3 +70,4 @@ def test_a_sweep_shares_pretraining_scores_every_point_and_resumes(tmp_path, dem
     assert mae.stat().st_mtime_ns == stamp  # the finished pretraining was not run again
     assert json.loads((output / "finetune" / "base_lr=0.05" / "result.json").read_text())["mean_dsc"] == again["mean_dsc"][1]
     assert again["mean_dsc"].tolist() == table["mean_dsc"].tolist()  # the same best.pt, scored again
+    assert main([*command, "--part", "val"]) == 2  # scores of another command are not passed off as these

@@ -64,7 +64,7 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
             model, report = classifier_from_pretrained(payload, outputs, pool=cfg.model.pool, head_norm=probe, **encoder)
         else:
             model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
-    except WeightTransferError as error:
+    except (WeightTransferError, ValueError) as error:  # ValueError: an encoder UNETR cannot take (depth, patch)
         raise WeightTransferError(f"{pretrained}: {error}") from error
     log.info("%s", report)
     return model
@@ -158,7 +158,7 @@ def run(request: RunRequest) -> nn.Module:
         validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
         model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
-        _set_tuning(model, cfg, task)
+        _set_tuning(model, cfg, task, ctx.world)
         log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
                  "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
                  model.config["name"], "from " + request.pretrained if request.pretrained else
@@ -194,13 +194,17 @@ def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pret
     return model
 
 
-def _set_tuning(model: nn.Module, cfg: Config, task: TaskSpec) -> None:
-    """Freeze what ``model.tuning`` leaves untrained (classifiers only) and say what trains."""
+def _set_tuning(model: nn.Module, cfg: Config, task: TaskSpec, world: int = 1) -> None:
+    """Freeze what ``model.tuning`` leaves untrained (classifiers only) and say what trains. The probe's
+    BatchNorm keeps per-process statistics under DDP (as the MAE paper's per-device BatchNorm)."""
     if cfg.model.tuning == "full":
         return
     if not task.is_classification:
         raise UserError(f"model.tuning={cfg.model.tuning} is for classification tasks; task {task.name} segments: "
                         "fine-tune UNETR fully (model.tuning=full)")
+    if cfg.model.tuning == "linear" and cfg.data.batch_size // world < 2:
+        raise UserError(f"model.tuning=linear: the probe's BatchNorm needs at least 2 images per process and step; "
+                        f"data.batch_size={cfg.data.batch_size} over {world} processes gives fewer")
     try:
         trained = model.set_tuning(cfg.model.tuning, cfg.model.tuning_blocks)
     except ValueError as error:

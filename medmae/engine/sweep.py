@@ -8,7 +8,9 @@ interrupted sweep continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 import json
 import logging
 import re
@@ -26,7 +28,8 @@ from medmae.engine.evaluate import evaluate
 from medmae.errors import UserError
 from medmae.evaluation.figures import save_sweep_figure
 from medmae.files import write_text
-from medmae.tasks import load_task
+from medmae.models.masking import visible_count
+from medmae.tasks import TaskSpec, load_task
 
 log = logging.getLogger("medmae")
 
@@ -89,7 +92,8 @@ def stage_overrides(params: list[Param], point: tuple[Any, ...], fixed: list[tup
 def folder_name(params: list[Param], point: tuple[Any, ...], stages: tuple[str, ...]) -> str:
     """``mask_ratio=0.5_decoder_depth=2``: the values of the keys swept in ``stages`` (``shared`` if none)."""
     parts = [f"{p.key.rsplit('.', 1)[-1]}={json.dumps(v)}" for p, v in zip(params, point) if p.stage in (None, *stages)]
-    return re.sub(r"[^A-Za-z0-9=.+-]+", "_", "_".join(parts) or "shared")[:150]
+    name = re.sub(r"[^A-Za-z0-9=.+-]+", "_", "_".join(parts) or "shared")
+    return name if len(name) <= 120 else f"{name[:100]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 @dataclass
@@ -118,10 +122,10 @@ def run_sweep(request: SweepRequest) -> tuple[pd.DataFrame, list[Path]]:
     fixed = [stage_and_key(text, "--set") for text in request.fixed]
     output = Path(request.output_dir or f"runs/{task.name}_sweep")
     grid = list(itertools.product(*(p.values for p in request.params)))
-    configs = {"pretrain": request.pretrain_config, "finetune": request.finetune_config}
-    for point in grid:  # every point's configs are checked before the first run starts
-        for stage in STAGES:
-            load_config(stage, task.name, configs[stage], stage_overrides(request.params, point, fixed, stage))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("medmae sweep runs its points one after another in one process; run it without torchrun")
+    for point in grid:  # every point is checked before the first run starts
+        check_point(request, task, point, fixed)
     rows = []
     for index, point in enumerate(grid, 1):
         described = ", ".join(f"{p.label}={v}" for p, v in zip(request.params, point))
@@ -137,6 +141,23 @@ def run_sweep(request: SweepRequest) -> tuple[pd.DataFrame, list[Path]]:
     return table, written
 
 
+def check_point(request: SweepRequest, task: TaskSpec, point: tuple[Any, ...],
+                fixed: list[tuple[str | None, str, str]]) -> None:
+    """Refuse, before anything runs, a point whose configs, mask ratio or tuning cannot run on the task."""
+    configs = {"pretrain": request.pretrain_config, "finetune": request.finetune_config}
+    cfg = {stage: load_config(stage, task.name, configs[stage], stage_overrides(request.params, point, fixed, stage))
+           for stage in STAGES}
+    model = cfg["pretrain"].model
+    roi = model.img_size or task.roi
+    try:
+        visible_count(model.mask_strategy, tuple(s // 16 for s in roi), model.mask_ratio)
+    except ValueError as error:
+        raise UserError(f"sweep point {point}: {error}") from error
+    if cfg["finetune"].model.tuning != "full" and not task.is_classification:
+        raise UserError(f"sweep point {point}: model.tuning={cfg['finetune'].model.tuning} (--linear-probe) is for "
+                        f"classification tasks; {task.name} segments")
+
+
 def run_point(request: SweepRequest, task: str, output: Path, point: tuple[Any, ...],
               fixed: list[tuple[str | None, str, str]]) -> dict[str, Any]:
     """Pretrain (or reuse), fine-tune and score one point; the result is kept in ``result.json``."""
@@ -144,9 +165,15 @@ def run_point(request: SweepRequest, task: str, output: Path, point: tuple[Any, 
     mae = output / "pretrain" / folder_name(request.params, point, ("pretrain",))
     tuned = output / "finetune" / folder_name(request.params, point, STAGES)
     result = tuned / "result.json"
+    settings = {"part": request.part, "label_fraction": request.label_fraction, "overrides": sets,
+                "configs": [request.pretrain_config, request.finetune_config]}
     if result.is_file():
+        row = json.loads(result.read_text())
+        if row.pop("settings", None) != settings:
+            raise UserError(f"{result}: scored by another sweep command (part, label fraction, --set or config "
+                            "files differ); use another --output-dir")
         log.info("%s: already scored, skipped", tuned)
-        return json.loads(result.read_text())
+        return row
     data = {"data_root": request.data_root, "manifest": request.manifest, "split": request.split}
     pretrain.run(RunRequest(task, **data, config_file=request.pretrain_config, overrides=sets["pretrain"],
                             output_dir=str(mae), resume=True))
@@ -163,7 +190,7 @@ def run_point(request: SweepRequest, task: str, output: Path, point: tuple[Any, 
     else:
         mean = summary.set_index("class").loc["foreground mean"]
         row |= {"mean_dsc": float(mean["dsc_mean"]), "mean_hd95_mm": float(mean["hd95_mm_mean"])}
-    write_text(result, json.dumps(row, indent=1) + "\n")
+    write_text(result, json.dumps(row | {"settings": settings}, indent=1) + "\n")
     return row
 
 

@@ -57,7 +57,8 @@ class MaskedAutoencoder(nn.Module):
             nn.init.normal_(self.encoder_mask_token, std=0.02)
         patch_voxels = math.prod(self.patch_size)
         self.decoder_embed = nn.Linear(width, decoder_width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
+        if encoder_mode == "skip":  # the decoder's hidden-patch token; none in mask_tokens mode, where DDP
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))  # would wait for its gradient
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(decoder_width, self.encoder.grid), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
             TransformerBlock(decoder_width, decoder_heads, 4 * decoder_width, qkv_bias) for _ in range(decoder_depth))
@@ -65,7 +66,8 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_pred = nn.Linear(decoder_width, patch_voxels * in_channels)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             init_transformer_weights(module)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if encoder_mode == "skip":
+            nn.init.normal_(self.mask_token, std=0.02)
 
     @property
     def patch_size(self) -> tuple[int, ...]:

@@ -64,9 +64,9 @@ def block_mask(grid: tuple[int, ...], hidden: int, rng: np.random.Generator) -> 
     """Hide exactly ``hidden`` patches as a union of boxes (BEiT's block-wise masking, in 2D or 3D).
 
     Rule: while fewer than ``hidden`` patches are hidden, draw a box of ``v`` patches, ``v`` uniform in
-    ``[min(16, r), max(16, r)]`` where ``r`` is the number still to hide; its side ratios log-uniform in
-    ``[0.3, 1/0.3]`` (the log-ratios centred so their product is 1), each side ``round(v^(1/d) * ratio)``
-    clipped to ``[1, grid]``; its position uniform over the grid. The box's patches not yet hidden are
+    ``[min(16, r), max(16, r)]`` where ``r`` is the number still to hide; each side is
+    ``round(v^(1/d) * e^a_i)`` clipped to ``[1, grid]``, with ``a_i`` uniform in ``±log(1/0.3) / 2`` and
+    centred (so any two sides differ by a factor within BEiT's ``[0.3, 1/0.3]``); its position uniform. The box's patches not yet hidden are
     hidden in row-major order until the count is reached, so only the last box can be trimmed, to a
     row-major prefix of itself (still connected).
 
@@ -78,7 +78,7 @@ def block_mask(grid: tuple[int, ...], hidden: int, rng: np.random.Generator) -> 
     while (done := int(mask.sum())) < hidden:
         left = hidden - done
         volume = rng.integers(min(BLOCK_MIN_PATCHES, left), max(BLOCK_MIN_PATCHES, left) + 1)
-        logs = rng.uniform(math.log(BLOCK_ASPECT), -math.log(BLOCK_ASPECT), dims)
+        logs = rng.uniform(math.log(BLOCK_ASPECT) / 2, -math.log(BLOCK_ASPECT) / 2, dims)
         sides = [int(np.clip(round(volume ** (1 / dims) * math.exp(a)), 1, g)) for a, g in zip(logs - logs.mean(), grid)]
         start = [int(rng.integers(0, g - s + 1)) for g, s in zip(grid, sides)]
         box = mask[tuple(slice(a, a + s) for a, s in zip(start, sides))].reshape(-1)  # a copy, row-major

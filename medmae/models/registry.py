@@ -13,6 +13,7 @@ Keyword arguments override the defaults (``img_size``, ``in_channels``, ``mask_r
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 from torch import nn
@@ -68,6 +69,23 @@ def _check_known(name: str, args: dict[str, Any], *targets: Any) -> None:
         raise ValueError(f"{name}: unknown arguments {sorted(unknown)}")
 
 
+NAME = re.compile(r"(mae_vit|unetr_vit|vit)_([a-z0-9]+)_patch\d+_([23])d(_cls)?")
+KINDS = {"mae_vit": "mae", "unetr_vit": "unetr", "vit": "cls"}
+ARCHITECTURE = ("width", "depth", "num_heads", "mlp_dim")
+
+
+def _parse(name: str, kwargs: dict[str, Any]) -> tuple[str, str, int]:
+    """(kind, size, dims) of a registered name, or of a name of the same form whose unregistered size
+    (an imported ViT-S or ViT-L, say) comes with its whole architecture in ``kwargs``."""
+    if name in MODELS:
+        return MODELS[name]
+    match = NAME.fullmatch(str(name))
+    if match and (match.group(1) == "vit") == bool(match.group(4)) and all(k in kwargs for k in ARCHITECTURE):
+        return KINDS[match.group(1)], match.group(2), int(match.group(3))
+    raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())} (or another size with "
+                     f"{', '.join(ARCHITECTURE)} given)")
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model; ``kwargs`` override the preset (unknown ones raise ``ValueError``).
 
@@ -78,13 +96,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         model = BaselineUNet(**{"spatial_dims": BASELINES[name], **kwargs})
         model.config["name"] = name
         return model
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    kind, size, dims = MODELS[name]
-    defaults = dict(ENCODERS[size], spatial_dims=dims, img_size=DEFAULT_IMG_SIZE[dims], patch_size=16)
+    kind, size, dims = _parse(name, kwargs)
+    defaults = dict(ENCODERS.get(size, {}), spatial_dims=dims, img_size=DEFAULT_IMG_SIZE[dims], patch_size=16)
     if kind == "mae":
         _check_known(name, kwargs, MaskedAutoencoder)
-        model = MaskedAutoencoder(**{**defaults, **DECODERS[size, dims], **kwargs})
+        model = MaskedAutoencoder(**{**defaults, **DECODERS.get((size, dims), {}), **kwargs})
     else:
         head = HEADS[kind]
         _check_known(name, kwargs, ViTEncoder, head)
