@@ -246,3 +246,19 @@ def test_finetune_takes_imagenet_weights_from_the_command_line(tmp_path, demo_ro
     assert saved["pretrained"] == f"imagenet:{tmp_path / 'vit_tiny.pth'}"
     assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--pretrained",
                  f"imagenet:{tmp_path / 'missing.pth'}", "--output-dir", str(tmp_path / "other")]) == 2
+
+
+def test_a_classifier_from_an_unregistered_vit_size_rebuilds_from_its_checkpoint_config(tmp_path):
+    from medmae.engine.checkpoint import model_checkpoint
+    from medmae.models import create_model
+
+    small = ViTEncoder(2, 64, 16, 3, 384, 2, 6, 1536, cls_token=True, norm_eps=1e-6)  # a two-block ViT-S/16
+    torch.save(timm_layout(small), tmp_path / "vit_s.pth")
+    model, _ = classifier_from_pretrained(imagenet_payload(tmp_path / "vit_s.pth", 2)[0], num_classes=3, img_size=64,
+                                          in_channels=1)
+    config = dict(model_checkpoint(model)["config"])
+    rebuilt = create_model(config.pop("name"), **config)  # as evaluate, predict and --resume do
+    rebuilt.load_state_dict(model.state_dict())
+    assert (rebuilt.config["width"], rebuilt.config["depth"], rebuilt.config["num_heads"]) == (384, 2, 6)
+    with pytest.raises(ValueError, match="or another size with width, depth, num_heads, mlp_dim given"):
+        create_model("vit_small_patch16_2d_cls", num_classes=3)
