@@ -150,7 +150,7 @@ def check_point(request: SweepRequest, task: TaskSpec, point: tuple[Any, ...],
     model = cfg["pretrain"].model
     roi = model.img_size or task.roi
     try:
-        visible_count(model.mask_strategy, tuple(s // 16 for s in roi), model.mask_ratio)
+        visible_count(model.mask_strategy, tuple(s // pretrain.PATCH for s in roi), model.mask_ratio)
     except ValueError as error:
         raise UserError(f"sweep point {point}: {error}") from error
     if cfg["finetune"].model.tuning != "full" and not task.is_classification:
