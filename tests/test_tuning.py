@@ -4,8 +4,14 @@ import pytest
 import torch
 from torch import nn
 
+from medmae.config import load_config
+from medmae.engine.checkpoint import model_checkpoint, save_checkpoint
+from medmae.engine.common import with_roi
+from medmae.engine.finetune import build_finetune_model
 from medmae.engine.optim import build_optimizer
+from medmae.errors import UserError
 from medmae.models import create_model
+from medmae.tasks import load_task
 
 
 def tiny_classifier(**kwargs) -> nn.Module:
@@ -71,3 +77,16 @@ def test_full_fine_tuning_trains_everything_and_bad_settings_are_refused():
         model.set_tuning("partial", 13)
     with pytest.raises(ValueError, match="choose one of full, linear, partial"):
         model.set_tuning("frozen")
+
+
+@pytest.mark.parametrize("tuning", ["linear", "partial"])
+def test_a_frozen_encoder_reading_an_untrained_cls_token_is_refused(tmp_path, tuning):
+    """An MAE without a cls token gives a cls-pooled classifier a fresh token; frozen, it would never learn."""
+    mae = create_model("mae_vit_tiny_patch16_2d", img_size=(64, 64), in_channels=1)
+    path = save_checkpoint(model_checkpoint(mae, stage="pretrain"), tmp_path / "mae.pt")
+    task = with_roi(load_task("chestxray14"), [64, 64])
+    cfg = load_config("finetune", "chestxray14", None, [f"model.tuning={tuning}", "model.pool=cls"])
+    with pytest.raises(UserError, match="has no cls token"):
+        build_finetune_model(cfg, task, str(path))
+    cfg = load_config("finetune", "chestxray14", None, [f"model.tuning={tuning}", "model.pool=avg"])
+    assert type(build_finetune_model(cfg, task, str(path))).__name__ == "ViTClassifier"

@@ -67,6 +67,9 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
     except (WeightTransferError, ValueError) as error:  # ValueError: an encoder UNETR cannot take (depth, patch)
         raise WeightTransferError(f"{pretrained}: {error}") from error
     log.info("%s", report)
+    if cfg.model.tuning != "full" and "cls_token" in report.initialised:
+        raise UserError(f"model.pool=cls with model.tuning={cfg.model.tuning}: {pretrained} has no cls token, so the "
+                        "head would read a frozen, untrained token; use model.pool=avg or model.tuning=full")
     return model
 
 
