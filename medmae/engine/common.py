@@ -18,6 +18,7 @@ from medmae.errors import UserError
 from medmae.tasks import TaskSpec, load_task
 
 log = logging.getLogger("medmae")
+CHANGEABLE_ON_RESUME = ("train.dist_timeout_min",)  # keys a resumed run may change: no effect on its results
 
 
 @dataclass
@@ -58,7 +59,7 @@ def start(stage: str, request: RunRequest) -> Setup:
             raise UserError(f"{output}: holds a {resume_from.get('stage')} run, not a {stage} run")
         cfg = from_dict(resume_from["run_config"], f"{output}/checkpoints")
         if request.config_file or request.overrides or request.label_fraction is not None:
-            _same_config(cfg, _requested_config(stage, task, request), output)
+            cfg = _same_config(cfg, _requested_config(stage, task, request), output)
     else:
         if request.resume:
             log.info("%s: no checkpoint to resume from; starting from the beginning", output)
@@ -93,13 +94,16 @@ def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config
     return cfg
 
 
-def _same_config(saved: Config, requested: Config, output: Path) -> None:
-    """A resumed run keeps its saved config: the same command line is fine, a changed value is refused."""
+def _same_config(saved: Config, requested: Config, output: Path) -> Config:
+    """A resumed run keeps its saved config: the same command line is fine, a changed value is refused,
+    except the keys of ``CHANGEABLE_ON_RESUME``, which take the requested value. Returns the config to run."""
     before, after = flatten(saved.to_dict(), "saved"), flatten(requested.to_dict(), "requested")
-    changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in before if before[key] != after[key]]
+    changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in before
+               if before[key] != after[key] and key not in CHANGEABLE_ON_RESUME]
     if changed:
         raise UserError(f"{output}: --resume continues with the saved config, but this command changes "
                         f"{', '.join(changed)}; drop those changes or start a new run in another --output-dir")
+    return requested
 
 
 def with_roi(task: TaskSpec, img_size: list[int] | None) -> TaskSpec:
