@@ -113,7 +113,7 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
     again = main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed)])
     assert again == 2  # an existing run is not overwritten without --resume
     assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed), "--resume",
-                 "--set", "optim.base_lr=1"]) == 2  # a resumed run keeps its saved config
+                 "--config", TINY, *epochs, "--set", "optim.base_lr=1"]) == 2  # a resumed run keeps its saved config
     assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed), "--resume",
                  "--config", TINY, *epochs, "--set", "train.dist_timeout_min=5"]) == 0  # but may wait longer for other processes
     assert yaml.safe_load((killed / "config.yaml").read_text())["train"]["dist_timeout_min"] == 5
