@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from medmae.config import from_dict, known_keys, load_config, validate
@@ -73,6 +73,7 @@ manifests = st.one_of(st.fixed_dictionaries({"training": st.lists(entries, max_s
 
 @SETTINGS
 @given(manifest=manifests)
+@example(manifest={"training": ["imagesTr"], "validation": ["imagesTr"]})  # one unlabelled image in two parts
 def test_any_manifest_is_cases_inside_the_root_or_a_data_error_naming_it(tmp_path, manifest):
     root = tmp_path / "data"
     root.mkdir(exist_ok=True)

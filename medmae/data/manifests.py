@@ -128,7 +128,7 @@ def case_id(image: Path) -> str:
 def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
     """A MONAI datalist / MSD ``dataset.json``: the labelled entries of ``training``, ``validation`` and
     ``test``, and under ``unlabelled`` every entry without a label (an image path, or a dict with no
-    ``label``)."""
+    ``label``; once, however many parts name it)."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -154,8 +154,10 @@ def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
             if (key, case.id) in listed:
                 raise DataError(where, f"case {case.id} is listed twice in '{key}'")
             seen[case.id] = case
-            listed.add((key, case.id))
-            parts[key if label else "unlabelled"].append(case)
+            part = key if label else "unlabelled"
+            if (part, case.id) not in listed:  # an unlabelled image named in two parts is used once
+                parts[part].append(case)
+            listed |= {(key, case.id), (part, case.id)}
     return parts
 
 
