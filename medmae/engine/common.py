@@ -59,7 +59,7 @@ def start(stage: str, request: RunRequest) -> Setup:
             raise UserError(f"{output}: holds a {resume_from.get('stage')} run, not a {stage} run")
         cfg = from_dict(resume_from["run_config"], f"{output}/checkpoints")
         if request.config_file or request.overrides or request.label_fraction is not None:
-            cfg = _same_config(cfg, _requested_config(stage, task, request), output)
+            cfg = _resumed_config(cfg, _requested_config(stage, task, request), output)
     else:
         if request.resume:
             log.info("%s: no checkpoint to resume from; starting from the beginning", output)
@@ -94,9 +94,9 @@ def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config
     return cfg
 
 
-def _same_config(saved: Config, requested: Config, output: Path) -> Config:
-    """A resumed run keeps its saved config: the same command line is fine, a changed value is refused,
-    except the keys of ``CHANGEABLE_ON_RESUME``, which take the requested value. Returns the config to run."""
+def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
+    """The config a resumed run continues with: the saved one. Repeating the command line is fine; a
+    changed value is refused, except for the keys of ``CHANGEABLE_ON_RESUME``, which take the requested one."""
     before, after = flatten(saved.to_dict(), "saved"), flatten(requested.to_dict(), "requested")
     changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in before
                if before[key] != after[key] and key not in CHANGEABLE_ON_RESUME]
