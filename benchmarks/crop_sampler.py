@@ -45,8 +45,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="msd_hippocampus")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--roi", type=int, nargs="+", default=[32, 32, 32],
-                        help="crop size (default 32^3: the hippocampus volumes are padded to their 48 x 64 x 48 ROI)")
+    parser.add_argument(
+        "--roi",
+        type=int,
+        nargs="+",
+        default=[32, 32, 32],
+        help="crop size (default 32^3: the hippocampus volumes are padded to their 48 x 64 x 48 ROI)",
+    )
     parser.add_argument("--batch", type=int, default=32, help="crops per batch (volumes x 4 crops each)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -61,8 +66,12 @@ def main() -> None:
     preprocess_s = time.perf_counter() - started
     device = torch.device(args.device)
     per_volume = 4
-    monai_chain = Compose([RandSpatialCropSamplesd("image", roi_size=roi, num_samples=per_volume, random_size=False),
-                           *[RandFlipd("image", prob=0.5, spatial_axis=axis) for axis in range(len(roi))]])
+    monai_chain = Compose(
+        [
+            RandSpatialCropSamplesd("image", roi_size=roi, num_samples=per_volume, random_size=False),
+            *[RandFlipd("image", prob=0.5, spatial_axis=axis) for axis in range(len(roi))],
+        ]
+    )
     monai_chain.set_random_state(0)
     generator = torch.Generator().manual_seed(0)
 
@@ -78,14 +87,28 @@ def main() -> None:
         ids = torch.randint(len(sampler), (args.batch // per_volume,), generator=device_generator, device=device)
         return sampler.draw(ids.repeat_interleave(per_volume), device_generator)[0]
 
-    common = {"task": task.name, "volumes": len(volumes), "roi": list(roi), "batch": args.batch, "device": str(device),
-              "threads": torch.get_num_threads(), "preprocess_s": round(preprocess_s, 1)}
+    common = {
+        "task": task.name,
+        "volumes": len(volumes),
+        "roi": list(roi),
+        "batch": args.batch,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "preprocess_s": round(preprocess_s, 1),
+    }
     results = {}
     for name, draw in (("monai_chain", monai_batch), ("medmae_crop_sampler", medmae_batch)):
         results[name] = rate(draw, args.batch, args.seconds, device)
         print(json.dumps({"case": name, **common, "crops_per_s": round(results[name], 1)}))
-    print(json.dumps({"case": "ratio", **common,
-                      "medmae_over_monai": round(results["medmae_crop_sampler"] / results["monai_chain"], 2)}))
+    print(
+        json.dumps(
+            {
+                "case": "ratio",
+                **common,
+                "medmae_over_monai": round(results["medmae_crop_sampler"] / results["monai_chain"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

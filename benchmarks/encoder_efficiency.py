@@ -34,15 +34,22 @@ from medmae.engine.optim import build_optimizer
 from medmae.models import MaskedAutoencoder
 from medmae.models.masking import ENCODER_MODES
 
-ENCODERS = {"tiny": {"width": 48, "depth": 12, "num_heads": 3, "mlp_dim": 192},
-            "base": {"width": 768, "depth": 12, "num_heads": 12, "mlp_dim": 3072},
-            "large": {"width": 1024, "depth": 24, "num_heads": 16, "mlp_dim": 4096}}
-DECODERS = {2: {"decoder_width": 512, "decoder_depth": 8, "decoder_heads": 16},
-            3: {"decoder_width": 384, "decoder_depth": 8, "decoder_heads": 12},
-            "tiny": {"decoder_width": 48, "decoder_depth": 2, "decoder_heads": 3}}
+ENCODERS = {
+    "tiny": {"width": 48, "depth": 12, "num_heads": 3, "mlp_dim": 192},
+    "base": {"width": 768, "depth": 12, "num_heads": 12, "mlp_dim": 3072},
+    "large": {"width": 1024, "depth": 24, "num_heads": 16, "mlp_dim": 4096},
+}
+DECODERS = {
+    2: {"decoder_width": 512, "decoder_depth": 8, "decoder_heads": 16},
+    3: {"decoder_width": 384, "decoder_depth": 8, "decoder_heads": 12},
+    "tiny": {"decoder_width": 48, "decoder_depth": 2, "decoder_heads": 3},
+}
 # (name, encoder size, input size, batch): the paper's 2D setting, and medmae's 3D one
-GPU_MODELS = [("vit_large_2d", "large", (224, 224), 256), ("vit_base_2d", "base", (224, 224), 512),
-              ("vit_base_3d", "base", (96, 96, 96), 256)]
+GPU_MODELS = [
+    ("vit_large_2d", "large", (224, 224), 256),
+    ("vit_base_2d", "base", (224, 224), 512),
+    ("vit_base_3d", "base", (96, 96, 96), 256),
+]
 TINY_MODELS = [("vit_tiny_2d", "tiny", (128, 128), 32), ("vit_tiny_3d", "tiny", (96, 96, 96), 2)]
 
 
@@ -63,6 +70,7 @@ def training_step(model: MaskedAutoencoder, batch: int, device: torch.device) ->
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -86,7 +94,9 @@ def seconds_per_step(step: Callable[[], None], device: torch.device, seconds: fl
     return statistics.median(times)
 
 
-def measure(name: str, size: str, img_size: tuple[int, ...], batch: int, device: torch.device, seconds: float) -> list[dict]:
+def measure(
+    name: str, size: str, img_size: tuple[int, ...], batch: int, device: torch.device, seconds: float
+) -> list[dict]:
     """One record per encoder mode: FLOPs and seconds per training step, peak GPU memory."""
     records = []
     for mode in ENCODER_MODES:
@@ -100,11 +110,19 @@ def measure(name: str, size: str, img_size: tuple[int, ...], batch: int, device:
             torch.cuda.reset_peak_memory_stats()
         per_step = seconds_per_step(step, device, seconds)
         memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        records.append({"model": name, "encoder_mode": mode, "img_size": list(img_size), "batch": batch,
-                        "tokens": math.prod(model.encoder.grid),
-                        "encoder_tokens": model.keep if mode == "skip" else math.prod(model.encoder.grid),
-                        "gflops_per_step": counter.get_total_flops() / 1e9, "seconds_per_step": per_step,
-                        "peak_memory_gib": memory})
+        records.append(
+            {
+                "model": name,
+                "encoder_mode": mode,
+                "img_size": list(img_size),
+                "batch": batch,
+                "tokens": math.prod(model.encoder.grid),
+                "encoder_tokens": model.keep if mode == "skip" else math.prod(model.encoder.grid),
+                "gflops_per_step": counter.get_total_flops() / 1e9,
+                "seconds_per_step": per_step,
+                "peak_memory_gib": memory,
+            }
+        )
         print(json.dumps(records[-1]), flush=True)
         del model, step
         if device.type == "cuda":
@@ -117,8 +135,13 @@ def ratios(records: list[dict]) -> list[dict]:
     lines = []
     for name in dict.fromkeys(r["model"] for r in records):
         skip, tokens = ({r["encoder_mode"]: r for r in records if r["model"] == name}[m] for m in ENCODER_MODES)
-        lines.append({"model": name, "flops_ratio": tokens["gflops_per_step"] / skip["gflops_per_step"],
-                      "speedup": tokens["seconds_per_step"] / skip["seconds_per_step"]})
+        lines.append(
+            {
+                "model": name,
+                "flops_ratio": tokens["gflops_per_step"] / skip["gflops_per_step"],
+                "speedup": tokens["seconds_per_step"] / skip["seconds_per_step"],
+            }
+        )
     return lines
 
 

@@ -51,26 +51,81 @@ from medmae.tasks import load_task
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_ROOTS = {"msd_hippocampus": SHARED / "msd_hippocampus", "chestxray14": SHARED / "chestxray14_nih_subset"}
 # ChestX-ray14 on a CPU: the NIH subset's images are 64 x 64, so the models take 64 x 64 (no upsampling to 224).
-CHEST_CPU = (["model.size=tiny", "model.img_size=[64,64]", "data.batch_size=64", "train.epochs=300", "train.figure_every=100",
-              "optim.base_lr=1.5e-3", "optim.warmup_epochs=20", "data.num_workers=1"],
-             ["model.size=tiny", "model.img_size=[64,64]", "data.batch_size=32", "train.epochs=20", "train.steps_per_epoch=10",
-              "train.val_every=5", "optim.base_lr=8e-3", "optim.warmup_epochs=2", "data.num_workers=1"])
+CHEST_CPU = (
+    [
+        "model.size=tiny",
+        "model.img_size=[64,64]",
+        "data.batch_size=64",
+        "train.epochs=300",
+        "train.figure_every=100",
+        "optim.base_lr=1.5e-3",
+        "optim.warmup_epochs=20",
+        "data.num_workers=1",
+    ],
+    [
+        "model.size=tiny",
+        "model.img_size=[64,64]",
+        "data.batch_size=32",
+        "train.epochs=20",
+        "train.steps_per_epoch=10",
+        "train.val_every=5",
+        "optim.base_lr=8e-3",
+        "optim.warmup_epochs=2",
+        "data.num_workers=1",
+    ],
+)
 DEFAULT_SPLITS = {"msd_hippocampus": "holdout40"}
 UNET_BASE_LR = 0.064  # AdamW at 1e-3 for a batch of 4 (base_lr x batch / 256); UNETR keeps its recipe's rate
 
 # Budgets: (pretraining overrides, fine-tuning overrides shared by every model).
 SIZES = {
-    "cpu": (["model.size=tiny", "data.batch_size=16", "train.epochs=600", "train.figure_every=100",  # about 9 minutes
-             "optim.base_lr=1.5e-3", "optim.warmup_epochs=30", "data.num_workers=1"],
-            ["model.size=tiny", "model.feature_size=8", "data.batch_size=4", "train.epochs=8",  # 200 steps, about 7 minutes
-             "train.steps_per_epoch=25", "train.val_every=4", "optim.base_lr=0.64", "optim.warmup_epochs=1",
-             "optim.clip_grad=1.0", "data.num_workers=1"]),
-    "full": (["model.size=base", "train.epochs=400"],
-             ["model.size=base", "train.epochs=100", "train.steps_per_epoch=20", "train.val_every=10"]),
-    "quick": (["model.size=tiny", "data.batch_size=4", "train.epochs=2", "train.steps_per_epoch=2", "optim.warmup_epochs=1",
-               "data.num_workers=0"],
-              ["model.size=tiny", "model.feature_size=8", "data.batch_size=2", "train.epochs=2", "train.steps_per_epoch=2",
-               "train.val_every=2", "optim.warmup_epochs=1", "data.num_workers=0"]),
+    "cpu": (
+        [
+            "model.size=tiny",
+            "data.batch_size=16",
+            "train.epochs=600",
+            "train.figure_every=100",  # about 9 minutes
+            "optim.base_lr=1.5e-3",
+            "optim.warmup_epochs=30",
+            "data.num_workers=1",
+        ],
+        [
+            "model.size=tiny",
+            "model.feature_size=8",
+            "data.batch_size=4",
+            "train.epochs=8",  # 200 steps, about 7 minutes
+            "train.steps_per_epoch=25",
+            "train.val_every=4",
+            "optim.base_lr=0.64",
+            "optim.warmup_epochs=1",
+            "optim.clip_grad=1.0",
+            "data.num_workers=1",
+        ],
+    ),
+    "full": (
+        ["model.size=base", "train.epochs=400"],
+        ["model.size=base", "train.epochs=100", "train.steps_per_epoch=20", "train.val_every=10"],
+    ),
+    "quick": (
+        [
+            "model.size=tiny",
+            "data.batch_size=4",
+            "train.epochs=2",
+            "train.steps_per_epoch=2",
+            "optim.warmup_epochs=1",
+            "data.num_workers=0",
+        ],
+        [
+            "model.size=tiny",
+            "model.feature_size=8",
+            "data.batch_size=2",
+            "train.epochs=2",
+            "train.steps_per_epoch=2",
+            "train.val_every=2",
+            "optim.warmup_epochs=1",
+            "data.num_workers=0",
+        ],
+    ),
 }
 
 
@@ -80,22 +135,42 @@ def train_seconds(run: Path) -> tuple[float, int]:
     return float(metrics["seconds"].sum()), int(metrics["step"].iloc[-1])
 
 
-def finetune_run(args, work: Path, name: str, overrides: list[str], fraction: float, seed: int,
-                 pretrained: str | None = None) -> dict:
+def finetune_run(
+    args, work: Path, name: str, overrides: list[str], fraction: float, seed: int, pretrained: str | None = None
+) -> dict:
     """Fine-tune one model (resuming it if an earlier invocation was interrupted; a changed config or split
     is refused) and score its best checkpoint on ``args.part``; one row of ``runs.csv``."""
     run = work / name
-    finetune.run(RunRequest(args.task, str(args.data_root), split=args.split, output_dir=str(run), pretrained=pretrained,
-                            label_fraction=fraction, resume=True,
-                            overrides=[*overrides, f"data.label_seed={seed}", f"train.seed={seed}"]))
-    summary, _, _ = evaluate(str(run / "checkpoints" / "best.pt"), args.task, str(args.data_root), None, args.split,
-                             args.part, str(run / f"evaluate_{args.part}"), progress=False)
+    finetune.run(
+        RunRequest(
+            args.task,
+            str(args.data_root),
+            split=args.split,
+            output_dir=str(run),
+            pretrained=pretrained,
+            label_fraction=fraction,
+            resume=True,
+            overrides=[*overrides, f"data.label_seed={seed}", f"train.seed={seed}"],
+        )
+    )
+    summary, _, _ = evaluate(
+        str(run / "checkpoints" / "best.pt"),
+        args.task,
+        str(args.data_root),
+        None,
+        args.split,
+        args.part,
+        str(run / f"evaluate_{args.part}"),
+        progress=False,
+    )
     seconds, steps = train_seconds(run)
     row = {"run": name, "label_fraction": fraction, "seed": seed, "steps": steps, "train_seconds": round(seconds, 1)}
     if isinstance(summary, float):  # classification: the macro AUC, and each finding's AUC (empty when undefined)
         findings = pd.read_csv(run / f"evaluate_{args.part}" / "per_finding.csv", comment="#")
         row["auc_mean"] = summary
-        row |= {f"auc_{f}": auc if defined else None for f, auc, defined in findings[["finding", "auc", "defined"]].values}
+        row |= {
+            f"auc_{f}": auc if defined else None for f, auc, defined in findings[["finding", "auc", "defined"]].values
+        }
         return row
     classes = summary[summary["cases"].notna()]  # per class rows; the group rows (foreground mean) have no count
     row["hd95_undefined"] = int(classes["hd95_mm_undefined"].sum())  # cases x classes left out of the HD95 means
@@ -115,9 +190,21 @@ def unet_seconds_per_step(args, work: Path, overrides: list[str]) -> float:
         return json.loads(record.read_text())["seconds_per_step"]
     run = work / "unet_calibration"
     shutil.rmtree(run, ignore_errors=True)
-    finetune.run(RunRequest(args.task, str(args.data_root), split=args.split, output_dir=str(run),
-                            overrides=[*overrides, "train.epochs=3", "train.steps_per_epoch=4", "train.val_every=100",
-                                       "optim.warmup_epochs=1"]))
+    finetune.run(
+        RunRequest(
+            args.task,
+            str(args.data_root),
+            split=args.split,
+            output_dir=str(run),
+            overrides=[
+                *overrides,
+                "train.epochs=3",
+                "train.steps_per_epoch=4",
+                "train.val_every=100",
+                "optim.warmup_epochs=1",
+            ],
+        )
+    )
     metrics = pd.read_csv(run / "metrics.csv", comment="#")
     per_step = float(metrics["seconds"].iloc[1:].sum()) / (4 * (len(metrics) - 1))
     record.write_text(json.dumps({"seconds_per_step": per_step}) + "\n")
@@ -145,7 +232,9 @@ def markdown(table: pd.DataFrame) -> str:
         for column in columns:
             std = row[f"{column}_std"]
             mean, digits = row[f"{column}_mean"], 1 if column.endswith("undefined") else 3
-            cells.append("n/a" if pd.isna(mean) else f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" +/- {std:.{digits}f}"))
+            cells.append(
+                "n/a" if pd.isna(mean) else f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" +/- {std:.{digits}f}")
+            )
         cells += [f"{row['steps_mean']:.0f}", f"{row['train_seconds_mean']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -162,8 +251,14 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
     figure, axes = plt.subplots(figsize=(5.5, 4))
     for method, part in table.groupby("method", sort=False):
         part = part.sort_values("label_fraction")
-        axes.errorbar(part["label_fraction"] * 100, part[f"{score}_mean_mean"], yerr=part[f"{score}_mean_std"].fillna(0),
-                      marker="o", capsize=3, label=method)
+        axes.errorbar(
+            part["label_fraction"] * 100,
+            part[f"{score}_mean_mean"],
+            yerr=part[f"{score}_mean_std"].fillna(0),
+            marker="o",
+            capsize=3,
+            label=method,
+        )
     axes.set_xscale("log")
     axes.set_xlabel("labelled training cases (%)")
     axes.set_ylabel("test macro AUC" if score == "auc" else "test mean DSC (foreground classes)")
@@ -177,9 +272,14 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="msd_hippocampus")
-    parser.add_argument("--data-root", type=Path, default=None, help="default: ../shared/data's copy of the task's data")
-    parser.add_argument("--split", default=None, help="the manifest's split (default: holdout40 for hippocampus, "
-                        "else the manifest's default)")
+    parser.add_argument(
+        "--data-root", type=Path, default=None, help="default: ../shared/data's copy of the task's data"
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="the manifest's split (default: holdout40 for hippocampus, else the manifest's default)",
+    )
     parser.add_argument("--part", choices=["test", "val"], default="test", help="the part every model is scored on")
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     parser.add_argument("--seeds", type=int, default=3, help="seeds for fractions below 1 (1.0 uses one)")
@@ -187,8 +287,12 @@ def main() -> None:
     size.add_argument("--full", action="store_true", help="ViT-B/16 recipes for a GPU")
     size.add_argument("--quick", action="store_true", help="a few steps of everything (checks the pipeline only)")
     parser.add_argument("--output", type=Path, default=None, help="results folder (default docs/results/<task>)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="runs, checkpoints, predictions (default runs/label_efficiency_<task>_<mode>)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="runs, checkpoints, predictions (default runs/label_efficiency_<task>_<mode>)",
+    )
     args = parser.parse_args()
     args.data_root = args.data_root or DEFAULT_ROOTS.get(args.task)
     if args.data_root is None or not args.data_root.is_dir():
@@ -204,8 +308,16 @@ def main() -> None:
     started, code = time.time(), git_state()  # the code as it was imported, not as it is when the run ends
 
     mae_run = work / "mae"
-    pretrain.run(RunRequest(args.task, str(args.data_root), split=args.split, output_dir=str(mae_run), resume=True,
-                            overrides=pretrain_overrides))
+    pretrain.run(
+        RunRequest(
+            args.task,
+            str(args.data_root),
+            split=args.split,
+            output_dir=str(mae_run),
+            resume=True,
+            overrides=pretrain_overrides,
+        )
+    )
     mae = str(mae_run / "checkpoints" / "last.pt")
     epochs = int(next(o for o in finetune_overrides if o.startswith("train.epochs=")).split("=")[1])
     unet = [*finetune_overrides, "model.arch=unet", f"optim.base_lr={UNET_BASE_LR}", "optim.layer_decay=1.0"]
@@ -216,13 +328,29 @@ def main() -> None:
     for fraction in args.fractions:
         for seed in range(args.seeds if fraction < 1 else 1):
             tag = f"labels{fraction:g}_seed{seed}"
-            rows.append({"method": f"mae_{model}", **finetune_run(args, work, f"mae_{model}_{tag}", finetune_overrides,
-                                                                 fraction, seed, pretrained=mae)})
-            rows.append({"method": f"scratch_{model}", **finetune_run(args, work, f"scratch_{model}_{tag}", scratch, fraction, seed)})
+            rows.append(
+                {
+                    "method": f"mae_{model}",
+                    **finetune_run(
+                        args, work, f"mae_{model}_{tag}", finetune_overrides, fraction, seed, pretrained=mae
+                    ),
+                }
+            )
+            rows.append(
+                {
+                    "method": f"scratch_{model}",
+                    **finetune_run(args, work, f"scratch_{model}_{tag}", scratch, fraction, seed),
+                }
+            )
             if per_step is not None:  # the U-Net trains as long as the scratch UNETR did, over as many epochs
                 per_epoch = max(1, round(rows[-1]["train_seconds"] / per_step / epochs))
                 budget = [*unet, f"train.steps_per_epoch={per_epoch}"]
-                rows.append({"method": "scratch_unet", **finetune_run(args, work, f"scratch_unet_{tag}", budget, fraction, seed)})
+                rows.append(
+                    {
+                        "method": "scratch_unet",
+                        **finetune_run(args, work, f"scratch_unet_{tag}", budget, fraction, seed),
+                    }
+                )
                 rows[-1]["time_vs_scratch_unetr"] = round(rows[-1]["train_seconds"] / rows[-2]["train_seconds"], 2)
             pd.DataFrame(rows).to_csv(work / "runs_so_far.csv", index=False)
     provenance = {**code, "unet_seconds_per_step": per_step, "work_dir": str(work), "data_root": str(args.data_root)}
@@ -232,8 +360,10 @@ def main() -> None:
 def git_state() -> dict:
     """The commit of this checkout and whether tracked files differ from it."""
     repo = Path(__file__).resolve().parents[1]
-    git = [subprocess.run(["git", *command], capture_output=True, text=True, check=False, cwd=repo).stdout.strip()
-           for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])]
+    git = [
+        subprocess.run(["git", *command], capture_output=True, text=True, check=False, cwd=repo).stdout.strip()
+        for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"])
+    ]
     return {"commit": git[0] or None, "uncommitted_changes": bool(git[1])}
 
 
@@ -243,7 +373,9 @@ def write_results(args, mode: str, output: Path, work: Path, runs: pd.DataFrame,
     table = aggregate(runs)
     table.to_csv(output / "results.csv", index=False)
     (output / "results.md").write_text(markdown(table))
-    plot(table, output / "score_vs_labels.png", f"{args.task} ({mode} sizes): {len(runs)} models on the {args.part} part")
+    plot(
+        table, output / "score_vs_labels.png", f"{args.task} ({mode} sizes): {len(runs)} models on the {args.part} part"
+    )
     figures = sorted((work / "mae" / "figures").glob("reconstruction_epoch*.png"))
     if figures:
         shutil.copy(figures[-1], output / "mae_reconstruction.png")
@@ -252,11 +384,18 @@ def write_results(args, mode: str, output: Path, work: Path, runs: pd.DataFrame,
     configs.mkdir()
     for name in ["mae", *runs["run"]]:
         shutil.copy(work / name / "config.yaml", configs / f"{name}.yaml")
-    provenance = {**extra, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "mode": mode, "split": args.split,
-                  "scored_part": args.part, "machine": f"{platform.processor() or platform.machine()}, "
-                  f"{torch.get_num_threads()} threads, "
-                  f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
-                  "torch": torch.__version__, "wall_seconds_this_invocation": round(seconds)}
+    provenance = {
+        **extra,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "mode": mode,
+        "split": args.split,
+        "scored_part": args.part,
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+        "torch": torch.__version__,
+        "wall_seconds_this_invocation": round(seconds),
+    }
     (output / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(markdown(table))
 

@@ -32,10 +32,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=DOCS / "masking_strategies.png")
     args = parser.parse_args()
-    masks = {strategy: (hidden(strategy, (14, 14), 0.75, [0, 1, 2, 3]), hidden(strategy, (6, 6, 6), 0.875, [0])[0])
-             for strategy in STRATEGIES}
-    print(save_mask_figure(args.output, masks, "hidden patches (dark) per strategy: 2D 14 x 14 at 0.75 (4 samples), "
-                                               "3D 6 x 6 x 6 at 0.875 (one sample, its 6 slices)"))
+    masks = {
+        strategy: (hidden(strategy, (14, 14), 0.75, [0, 1, 2, 3]), hidden(strategy, (6, 6, 6), 0.875, [0])[0])
+        for strategy in STRATEGIES
+    }
+    print(
+        save_mask_figure(
+            args.output,
+            masks,
+            "hidden patches (dark) per strategy: 2D 14 x 14 at 0.75 (4 samples), "
+            "3D 6 x 6 x 6 at 0.875 (one sample, its 6 slices)",
+        )
+    )
 
 
 if __name__ == "__main__":

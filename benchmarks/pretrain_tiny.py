@@ -61,8 +61,11 @@ def hippocampus_volumes(root: Path) -> tuple[list[str], torch.Tensor]:
         image = (image - image.mean()) / image.std().clamp(min=1e-6)
         padded = torch.zeros(ROI)
         offset = [(r - s) // 2 for r, s in zip(ROI, image.shape)]
-        padded[offset[0]:offset[0] + image.shape[0], offset[1]:offset[1] + image.shape[1],
-               offset[2]:offset[2] + image.shape[2]] = image
+        padded[
+            offset[0] : offset[0] + image.shape[0],
+            offset[1] : offset[1] + image.shape[1],
+            offset[2] : offset[2] + image.shape[2],
+        ] = image
         cases.append(Path(entry["image"]).name.split(".")[0])
         volumes.append(padded)
     return cases, torch.stack(volumes).unsqueeze(1)
@@ -96,18 +99,23 @@ def heldout_loss(model, train_volumes: torch.Tensor, volumes: torch.Tensor, seed
     model.train()
     errors, zero_errors, positional_errors = map(torch.cat, (errors, zero_errors, positional_errors))
     varied = zero_errors > 0.5
-    return {"heldout_loss": errors.mean().item(), "heldout_zero_prediction_loss": zero_errors.mean().item(),
-            "heldout_positional_mean_loss": positional_errors.mean().item(),
-            "heldout_loss_nonconstant_patches": errors[varied].mean().item(),
-            "heldout_hidden_patches": [len(errors), int(varied.sum())]}
+    return {
+        "heldout_loss": errors.mean().item(),
+        "heldout_zero_prediction_loss": zero_errors.mean().item(),
+        "heldout_positional_mean_loss": positional_errors.mean().item(),
+        "heldout_loss_nonconstant_patches": errors[varied].mean().item(),
+        "heldout_hidden_patches": [len(errors), int(varied.sum())],
+    }
 
 
-def train(model, train_volumes: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int,
-          flips: bool) -> list[float]:
+def train(
+    model, train_volumes: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int, flips: bool
+) -> list[float]:
     """AdamW (betas 0.9, 0.95), linear warm-up over 5 % of the steps, then cosine decay; returns the losses."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  betas=(0.9, 0.95), weight_decay=0.05)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.95), weight_decay=0.05
+    )
     warmup = max(1, steps // 20)
 
     def schedule(step: int) -> float:
@@ -145,8 +153,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an argument of mae_vit_tiny_patch16_3d, e.g. decoder_depth=4 (repeatable)")
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an argument of mae_vit_tiny_patch16_3d, e.g. decoder_depth=4 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flips", action="store_true", help="random flips along each axis while training")
     parser.add_argument("--output-dir", type=Path, default=None)
@@ -177,15 +190,30 @@ def main() -> None:
     with torch.no_grad():
         sample = test_volumes[:4]
         _, pred, mask = model(sample, generator=torch.Generator().manual_seed(0))
-    save_reconstruction_figure(output / "reconstruction.png", sample, model.reconstruct(sample, pred, mask),
-                               title=f"{args.data}: held-out volumes, {args.mask_ratio:.0%} hidden, after {args.steps} steps")
-    result = {"case": f"pretrain_tiny_{args.data}", "model": "mae_vit_tiny_patch16_3d", "roi": list(ROI),
-              "train_volumes": len(train_volumes), "heldout_volumes": len(test_volumes), "steps": args.steps,
-              "batch_size": args.batch_size, "model_args": model_args, "mask_ratio": args.mask_ratio,
-              "train_loss_first10": sum(losses[:10]) / 10, "train_loss_last10": sum(losses[-10:]) / 10,
-              **heldout,
-              "seconds": round(seconds, 1), "steps_per_s": round(args.steps / seconds, 2),
-              "threads": torch.get_num_threads(), "output_dir": str(output)}
+    save_reconstruction_figure(
+        output / "reconstruction.png",
+        sample,
+        model.reconstruct(sample, pred, mask),
+        title=f"{args.data}: held-out volumes, {args.mask_ratio:.0%} hidden, after {args.steps} steps",
+    )
+    result = {
+        "case": f"pretrain_tiny_{args.data}",
+        "model": "mae_vit_tiny_patch16_3d",
+        "roi": list(ROI),
+        "train_volumes": len(train_volumes),
+        "heldout_volumes": len(test_volumes),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "model_args": model_args,
+        "mask_ratio": args.mask_ratio,
+        "train_loss_first10": sum(losses[:10]) / 10,
+        "train_loss_last10": sum(losses[-10:]) / 10,
+        **heldout,
+        "seconds": round(seconds, 1),
+        "steps_per_s": round(args.steps / seconds, 2),
+        "threads": torch.get_num_threads(),
+        "output_dir": str(output),
+    }
     (output / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

@@ -67,8 +67,13 @@ HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hip
 CASES = ("pretrain", "model", "unetr", "inference", "pretrain2d")
 CROPS_PER_VOLUME = 4
 TARGETS = {  # from the speed issue; GPU targets need an H100 or H200
-    "gpu": {"pretrain medmae crops/s": 5000, "model share of matmul peak": 0.30, "pretrain2d medmae images/s": 5000,
-            "unetr medmae over monai": 1.5, "inference medmae seconds (at most)": 0.2},
+    "gpu": {
+        "pretrain medmae crops/s": 5000,
+        "model share of matmul peak": 0.30,
+        "pretrain2d medmae images/s": 5000,
+        "unetr medmae over monai": 1.5,
+        "inference medmae seconds (at most)": 0.2,
+    },
     "cpu": {"pretrain medmae over monai_label_free": 2.0},
 }
 
@@ -93,8 +98,22 @@ class Settings:
     compile: bool
 
 
-GPU = Settings("base", (96, 96, 96), 192, 4, 14, (320, 320, 128), 8, (224, 224), (256, 256), 256,
-               min(12, os.cpu_count() or 1), 8.0, 1, True)
+GPU = Settings(
+    "base",
+    (96, 96, 96),
+    192,
+    4,
+    14,
+    (320, 320, 128),
+    8,
+    (224, 224),
+    (256, 256),
+    256,
+    min(12, os.cpu_count() or 1),
+    8.0,
+    1,
+    True,
+)
 TINY = Settings("tiny", (48, 48, 32), 32, 2, 3, (96, 96, 64), 4, (48, 48), (64, 64), 64, 2, 7.0, 3, False)
 
 
@@ -155,8 +174,9 @@ class Variant:
     extra: dict = field(default_factory=dict)
 
 
-def compare(case: str, variants: list[Variant], items_per_step: int, unit: str, s: Settings,
-            device: torch.device, **common) -> list[dict]:
+def compare(
+    case: str, variants: list[Variant], items_per_step: int, unit: str, s: Settings, device: torch.device, **common
+) -> list[dict]:
     """Rate of each variant, printed as it is measured.
 
     On CPU the variants take turns in ``s.rounds`` windows (a shared machine's drift then hits all of
@@ -182,9 +202,19 @@ def compare(case: str, variants: list[Variant], items_per_step: int, unit: str, 
     records = []
     for variant in variants:
         total = totals[variant.impl]
-        records.append({"case": case, "impl": variant.impl, "rate": round(total["steps"] * items_per_step / total["seconds"], 2),
-                        "unit": unit, "seconds_per_step": round(total["seconds"] / total["steps"], 5),
-                        "steps": total["steps"], "peak_memory_mb": round(total["peak"]), **common, **variant.extra})
+        records.append(
+            {
+                "case": case,
+                "impl": variant.impl,
+                "rate": round(total["steps"] * items_per_step / total["seconds"], 2),
+                "unit": unit,
+                "seconds_per_step": round(total["seconds"] / total["steps"], 5),
+                "steps": total["steps"],
+                "peak_memory_mb": round(total["peak"]),
+                **common,
+                **variant.extra,
+            }
+        )
         print(json.dumps(records[-1]), flush=True)
     return records
 
@@ -205,11 +235,22 @@ def medmae_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Mo
 def monai_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Module:
     """MONAI's MAE with medmae's encoder and decoder sizes (q/k/v bias on, as in medmae)."""
     enc, dec = ENCODERS[s.size], DECODERS[(s.size, dims)]
-    return MaskedAutoEncoderViT(1, img_size, 16, hidden_size=enc["width"], mlp_dim=enc["mlp_dim"],
-                                num_layers=enc["depth"], num_heads=enc["num_heads"], masking_ratio=0.75,
-                                decoder_hidden_size=dec["decoder_width"], decoder_mlp_dim=4 * dec["decoder_width"],
-                                decoder_num_layers=dec["decoder_depth"], decoder_num_heads=dec["decoder_heads"],
-                                spatial_dims=dims, qkv_bias=True)
+    return MaskedAutoEncoderViT(
+        1,
+        img_size,
+        16,
+        hidden_size=enc["width"],
+        mlp_dim=enc["mlp_dim"],
+        num_layers=enc["depth"],
+        num_heads=enc["num_heads"],
+        masking_ratio=0.75,
+        decoder_hidden_size=dec["decoder_width"],
+        decoder_mlp_dim=4 * dec["decoder_width"],
+        decoder_num_layers=dec["decoder_depth"],
+        decoder_num_heads=dec["decoder_heads"],
+        spatial_dims=dims,
+        qkv_bias=True,
+    )
 
 
 def monai_mae_loss(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -221,8 +262,9 @@ def monai_mae_loss(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     return (per_patch * mask).sum() / mask.sum()
 
 
-def train_step(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precision: str,
-               device: torch.device) -> Callable[[], None]:
+def train_step(
+    model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precision: str, device: torch.device
+) -> Callable[[], None]:
     """One optimiser step (AdamW, fused on GPU) of ``loss_of()`` under ``precision``'s autocast."""
     optimizer = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95))
 
@@ -232,11 +274,13 @@ def train_step(model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], prec
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
-def medmae_pretrain_step(model: torch.nn.Module, batches: Callable[[], torch.Tensor], device: torch.device
-                         ) -> Callable[[], None]:
+def medmae_pretrain_step(
+    model: torch.nn.Module, batches: Callable[[], torch.Tensor], device: torch.device
+) -> Callable[[], None]:
     """medmae's step: a batch from ``batches()``, masks hashed from per-sample seeds on the device."""
     tokens = math.prod(model.encoder.grid)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -245,6 +289,7 @@ def medmae_pretrain_step(model: torch.nn.Module, batches: Callable[[], torch.Ten
         images = batches()
         seeds = torch.randint(2**31 - 1, (len(images),), generator=generator, device=device)
         return model(images, noise=seeded_noise(seeds, tokens))[0]
+
     return train_step(model, loss, "auto", device)
 
 
@@ -272,17 +317,34 @@ def synthetic_volumes(count: int, shape: tuple[int, ...], seed: int = 0) -> list
     return volumes
 
 
-def monai_loader(volumes: list[dict[str, torch.Tensor]], roi: tuple[int, ...], volumes_per_step: int, workers: int,
-                 label_based: bool, device: torch.device) -> Iterator[torch.Tensor]:
+def monai_loader(
+    volumes: list[dict[str, torch.Tensor]],
+    roi: tuple[int, ...],
+    volumes_per_step: int,
+    workers: int,
+    label_based: bool,
+    device: torch.device,
+) -> Iterator[torch.Tensor]:
     """Endless batches from MONAI's CPU crop chain over cached volumes, as the medical paper's code uses it
     (``label_based``: RandCropByPosNegLabeld) or label-free (RandSpatialCropSamplesd)."""
     keys = ["image", "label"] if label_based else ["image"]
-    crop = (RandCropByPosNegLabeld(keys, "label", roi, pos=1, neg=1, num_samples=CROPS_PER_VOLUME) if label_based
-            else RandSpatialCropSamplesd(keys, roi, num_samples=CROPS_PER_VOLUME, random_size=False))
+    crop = (
+        RandCropByPosNegLabeld(keys, "label", roi, pos=1, neg=1, num_samples=CROPS_PER_VOLUME)
+        if label_based
+        else RandSpatialCropSamplesd(keys, roi, num_samples=CROPS_PER_VOLUME, random_size=False)
+    )
     chain = Compose([crop, *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(len(roi))]])
     dataset = CacheDataset([{k: v[k].numpy() for k in keys} for v in volumes], chain, progress=False)
-    loader = DataLoader(dataset, batch_size=volumes_per_step, shuffle=True, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=device.type == "cuda", collate_fn=list_data_collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=volumes_per_step,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        collate_fn=list_data_collate,
+    )
     for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
         yield batch["image"].as_tensor().to(device, non_blocking=True)
 
@@ -311,10 +373,13 @@ def case_pretrain(s: Settings, device: torch.device, volumes: list[dict[str, tor
     variants = [Variant("medmae", lambda: medmae(False))]
     if s.compile:
         variants.append(Variant("medmae_compiled", lambda: medmae(True)))
-    variants += [Variant("monai_label_free", lambda: monai(False), {"workers": s.workers}),
-                 Variant("monai_label_based", lambda: monai(True), {"workers": s.workers})]
-    return compare("pretrain", variants, s.batch, "crops/s", s, device, batch=s.batch, roi=list(s.roi),
-                   volumes=len(volumes))
+    variants += [
+        Variant("monai_label_free", lambda: monai(False), {"workers": s.workers}),
+        Variant("monai_label_based", lambda: monai(True), {"workers": s.workers}),
+    ]
+    return compare(
+        "pretrain", variants, s.batch, "crops/s", s, device, batch=s.batch, roi=list(s.roi), volumes=len(volumes)
+    )
 
 
 def matmul_peak_tflops(device: torch.device) -> float:
@@ -340,8 +405,10 @@ def case_model(s: Settings, device: torch.device) -> list[dict]:
         model = monai_mae(s, 3, s.roi).to(device)
         return train_step(model, lambda: monai_mae_loss(model, images), "fp32", device)
 
-    builders = {"medmae": lambda: medmae_pretrain_step(medmae_mae(s, 3, s.roi).to(device), lambda: images, device),
-                "monai": monai}
+    builders = {
+        "medmae": lambda: medmae_pretrain_step(medmae_mae(s, 3, s.roi).to(device), lambda: images, device),
+        "monai": monai,
+    }
     flops = {}
 
     def counted(impl: str) -> Callable[[], None]:
@@ -349,14 +416,26 @@ def case_model(s: Settings, device: torch.device) -> list[dict]:
         flops[impl] = step_flops(step)
         return step
 
-    records = compare("model", [Variant(impl, lambda i=impl: counted(i)) for impl in builders], s.batch, "crops/s", s,
-                      device, batch=s.batch, matmul_peak_tflops=round(peak, 2))
+    records = compare(
+        "model",
+        [Variant(impl, lambda i=impl: counted(i)) for impl in builders],
+        s.batch,
+        "crops/s",
+        s,
+        device,
+        batch=s.batch,
+        matmul_peak_tflops=round(peak, 2),
+    )
     for record in records:
         record["gflop_per_crop"] = round(flops[record["impl"]] / s.batch / 1e9, 3)
         record["tflops"] = round(flops[record["impl"]] * record["rate"] / s.batch / 1e12, 3)
         record["share_of_matmul_peak"] = round(record["tflops"] / peak, 3)
-        print(json.dumps({key: record[key] for key in ("case", "impl", "gflop_per_crop", "tflops", "share_of_matmul_peak")}),
-              flush=True)
+        print(
+            json.dumps(
+                {key: record[key] for key in ("case", "impl", "gflop_per_crop", "tflops", "share_of_matmul_peak")}
+            ),
+            flush=True,
+        )
     return records
 
 
@@ -366,8 +445,9 @@ def case_unetr(s: Settings, device: torch.device) -> list[dict]:
     criterion = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def medmae(layout: torch.memory_format, compiled: bool) -> Callable[[], None]:
-        model = create_model(f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=s.classes,
-                             feature_size=16).to(device, memory_format=layout)
+        model = create_model(
+            f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=s.classes, feature_size=16
+        ).to(device, memory_format=layout)
         x, forward = images.contiguous(memory_format=layout), torch.compile(model) if compiled else model
         return train_step(model, lambda: criterion(forward(x).float(), labels), "auto", device)
 
@@ -375,8 +455,10 @@ def case_unetr(s: Settings, device: torch.device) -> list[dict]:
         model = monai_unetr(s, s.classes).to(device)
         return train_step(model, lambda: criterion(model(images).float(), labels), "auto", device)
 
-    variants = [Variant("medmae", lambda: medmae(torch.preserve_format, False)),
-                Variant("medmae_channels_last", lambda: medmae(torch.channels_last_3d, False))]
+    variants = [
+        Variant("medmae", lambda: medmae(torch.preserve_format, False)),
+        Variant("medmae_channels_last", lambda: medmae(torch.channels_last_3d, False)),
+    ]
     if s.compile:
         variants.append(Variant("medmae_compiled", lambda: medmae(torch.preserve_format, True)))
     variants.append(Variant("monai", monai))
@@ -385,8 +467,16 @@ def case_unetr(s: Settings, device: torch.device) -> list[dict]:
 
 def monai_unetr(s: Settings, classes: int) -> torch.nn.Module:
     enc = ENCODERS[s.size]
-    return UNETR(1, classes, s.roi, feature_size=16, hidden_size=enc["width"], mlp_dim=enc["mlp_dim"],
-                 num_heads=enc["num_heads"], qkv_bias=True)
+    return UNETR(
+        1,
+        classes,
+        s.roi,
+        feature_size=16,
+        hidden_size=enc["width"],
+        mlp_dim=enc["mlp_dim"],
+        num_heads=enc["num_heads"],
+        qkv_bias=True,
+    )
 
 
 def case_inference(s: Settings, device: torch.device) -> list[dict]:
@@ -395,8 +485,11 @@ def case_inference(s: Settings, device: torch.device) -> list[dict]:
     classes = len(task.class_names)
 
     def medmae(windows: int) -> Callable[[], torch.Tensor]:
-        model = create_model(f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=classes,
-                             feature_size=16).to(device).eval()
+        model = (
+            create_model(f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=classes, feature_size=16)
+            .to(device)
+            .eval()
+        )
         infer = InferConfig(overlap=0.5, blend="gaussian", sw_batch_size=windows)
         return lambda: segment(model, task, image, infer, "auto", device)
 
@@ -408,6 +501,7 @@ def case_inference(s: Settings, device: torch.device) -> list[dict]:
             with autocast("auto", device):
                 logits = sliding_window_inference(image[None].to(device), s.roi, 4, model, overlap=0.5, mode="gaussian")
             return torch.softmax(logits.float(), 1)[0].cpu()
+
         return run
 
     variants = [Variant("medmae", lambda: medmae(s.sw_batch), {"sw_batch_size": s.sw_batch})]
@@ -433,10 +527,21 @@ def case_pretrain2d(s: Settings, device: torch.device) -> list[dict]:
         model = monai_mae(s, 2, s.roi2d).to(device)
         return train_step(model, lambda: monai_mae_loss(model, crops()), "fp32", device)
 
-    variants = [Variant("medmae", lambda: medmae_pretrain_step(medmae_mae(s, 2, s.roi2d).to(device), crops, device)),
-                Variant("monai", monai)]
-    return compare("pretrain2d", variants, s.batch2d, "images/s", s, device, batch=s.batch2d, image=list(s.roi2d),
-                   cached_image=list(s.image2d))
+    variants = [
+        Variant("medmae", lambda: medmae_pretrain_step(medmae_mae(s, 2, s.roi2d).to(device), crops, device)),
+        Variant("monai", monai),
+    ]
+    return compare(
+        "pretrain2d",
+        variants,
+        s.batch2d,
+        "images/s",
+        s,
+        device,
+        batch=s.batch2d,
+        image=list(s.roi2d),
+        cached_image=list(s.image2d),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -449,35 +554,52 @@ def ratios(records: list[dict]) -> list[dict]:
     for case in dict.fromkeys(r["case"] for r in records):
         rows = {r["impl"]: r["rate"] for r in records if r["case"] == case}
         ours = {k: v for k, v in rows.items() if k.startswith("medmae")}
-        lines += [{"case": case, "ratio": f"{impl}_over_{anchor}", "value": round(rate / anchor_rate, 2)}
-                  for anchor, anchor_rate in rows.items() if anchor not in ours for impl, rate in ours.items()]
+        lines += [
+            {"case": case, "ratio": f"{impl}_over_{anchor}", "value": round(rate / anchor_rate, 2)}
+            for anchor, anchor_rate in rows.items()
+            if anchor not in ours
+            for impl, rate in ours.items()
+        ]
     return lines
 
 
 def summary(records: list[dict], ratio_lines: list[dict], device: torch.device) -> dict:
     """Each target of the speed issue for this kind of device, with medmae's best variant, its value and
     whether the target holds."""
+
     def best(case: str, anchor: str | None = None) -> tuple[str | None, float | None]:
         if anchor is None:
             rows = {r["impl"]: r["rate"] for r in records if r["case"] == case and r["impl"].startswith("medmae")}
         else:
-            rows = {line["ratio"].removesuffix(f"_over_{anchor}"): line["value"] for line in ratio_lines
-                    if line["case"] == case and line["ratio"].endswith(f"_over_{anchor}")}
+            rows = {
+                line["ratio"].removesuffix(f"_over_{anchor}"): line["value"]
+                for line in ratio_lines
+                if line["case"] == case and line["ratio"].endswith(f"_over_{anchor}")
+            }
         return max(rows.items(), key=lambda item: item[1]) if rows else (None, None)
 
-    model = {r["impl"]: r["share_of_matmul_peak"] for r in records if r["case"] == "model" and r["impl"].startswith("medmae")}
+    model = {
+        r["impl"]: r["share_of_matmul_peak"] for r in records if r["case"] == "model" and r["impl"].startswith("medmae")
+    }
     inference = best("inference")
-    values = {"pretrain medmae crops/s": best("pretrain"),
-              "pretrain medmae over monai_label_free": best("pretrain", "monai_label_free"),
-              "model share of matmul peak": max(model.items(), key=lambda item: item[1]) if model else (None, None),
-              "pretrain2d medmae images/s": best("pretrain2d"),
-              "unetr medmae over monai": best("unetr", "monai"),
-              "inference medmae seconds (at most)": (inference[0], 1 / inference[1] if inference[1] else None)}
+    values = {
+        "pretrain medmae crops/s": best("pretrain"),
+        "pretrain medmae over monai_label_free": best("pretrain", "monai_label_free"),
+        "model share of matmul peak": max(model.items(), key=lambda item: item[1]) if model else (None, None),
+        "pretrain2d medmae images/s": best("pretrain2d"),
+        "unetr medmae over monai": best("unetr", "monai"),
+        "inference medmae seconds (at most)": (inference[0], 1 / inference[1] if inference[1] else None),
+    }
     checks = {}
     for name, target in TARGETS["gpu" if device.type == "cuda" else "cpu"].items():
         variant, value = values[name]
         met = None if value is None else (value <= target if "at most" in name else value >= target)
-        checks[name] = {"variant": variant, "value": None if value is None else round(value, 3), "target": target, "met": met}
+        checks[name] = {
+            "variant": variant,
+            "value": None if value is None else round(value, 3),
+            "target": target,
+            "met": met,
+        }
     return {"case": "summary", "checks": checks}
 
 
@@ -515,8 +637,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny models and small inputs (CPU; under 5 minutes)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    parser.add_argument("--data", choices=["hippocampus", "synthetic"], default=None,
-                        help="3D volumes: MSD hippocampus (default with --tiny) or generated CT-sized volumes")
+    parser.add_argument(
+        "--data",
+        choices=["hippocampus", "synthetic"],
+        default=None,
+        help="3D volumes: MSD hippocampus (default with --tiny) or generated CT-sized volumes",
+    )
     parser.add_argument("--data-root", type=Path, default=HIPPOCAMPUS)
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per measurement")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
@@ -531,23 +657,36 @@ def main() -> None:
         parser.error(f"unknown cases {sorted(unknown)}; choose from {', '.join(CASES)}")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # MONAI's fp32 anchor as TF32
     torch.manual_seed(0)
-    header = {"case": "setup", "device": device_name(device), "torch": torch.__version__, "mode": "tiny" if args.tiny else "full",
-              **asdict(s)}
+    header = {
+        "case": "setup",
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "mode": "tiny" if args.tiny else "full",
+        **asdict(s),
+    }
     print(json.dumps(header), flush=True)
     records = []
     if "pretrain" in cases:
         data = args.data or ("hippocampus" if args.tiny else "synthetic")
         if data == "hippocampus" and not (args.data_root / "dataset.json").is_file():
-            parser.error(f"{args.data_root}: no dataset.json; give --data-root (MSD Task04_Hippocampus) or --data synthetic")
-        volumes = hippocampus_volumes(args.data_root) if data == "hippocampus" else synthetic_volumes(48, (160, 160, 128))
+            parser.error(
+                f"{args.data_root}: no dataset.json; give --data-root (MSD Task04_Hippocampus) or --data synthetic"
+            )
+        volumes = (
+            hippocampus_volumes(args.data_root) if data == "hippocampus" else synthetic_volumes(48, (160, 160, 128))
+        )
         records += case_pretrain(s, device, volumes)
-    for name, run in (("model", case_model), ("unetr", case_unetr), ("inference", case_inference),
-                      ("pretrain2d", case_pretrain2d)):
+    for name, run in (
+        ("model", case_model),
+        ("unetr", case_unetr),
+        ("inference", case_inference),
+        ("pretrain2d", case_pretrain2d),
+    ):
         if name in cases:
             records += run(s, device)
     ratio_lines = ratios(records)
     lines = [header, *records, *ratio_lines, summary(records, ratio_lines, device)]
-    for line in lines[len(records) + 1:]:
+    for line in lines[len(records) + 1 :]:
         print(json.dumps(line), flush=True)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

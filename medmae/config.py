@@ -40,7 +40,9 @@ class ModelConfig:
     drop_path: float = 0.0
     feature_size: int = 16  # UNETR decoder channels
     pool: str = "avg"  # classifier pooling: avg or cls
-    tuning: str = "full"  # classifier fine-tuning: full, linear (probe: frozen encoder, BatchNorm + linear head) or partial
+    tuning: str = (
+        "full"  # classifier fine-tuning: full, linear (probe: frozen encoder, BatchNorm + linear head) or partial
+    )
     tuning_blocks: int = 1  # partial: the last N encoder blocks train (with the final norm and the head)
 
 
@@ -116,8 +118,11 @@ def known_keys() -> dict[str, Any]:
 def _close_matches(key: str, keys: list[str]) -> list[str]:
     leaf = key.rsplit(".", 1)[-1]
     same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
-    return same_leaf or difflib.get_close_matches(key, keys, n=3, cutoff=0.5) or difflib.get_close_matches(
-        leaf, [k.rsplit(".", 1)[-1] for k in keys], n=3, cutoff=0.5)
+    return (
+        same_leaf
+        or difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+        or difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1] for k in keys], n=3, cutoff=0.5)
+    )
 
 
 def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
@@ -125,7 +130,9 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     args = typing.get_args(hint)
     if value is None and type(None) in args:
         return None
-    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    base = (
+        next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    )
     if typing.get_origin(base) is list:
         item = typing.get_args(base)[0]
         if isinstance(value, list):
@@ -155,8 +162,10 @@ def flatten(mapping: Any, source: str) -> dict[str, Any]:
     if mapping is None:
         return {}
     if not isinstance(mapping, dict) or not all(isinstance(v, dict) for v in mapping.values()):
-        raise UserError(f"{source}: a config file maps sections ({', '.join(f.name for f in dataclasses.fields(Config))}) "
-                        "to their keys, e.g. 'optim: {base_lr: 1.0e-3}'")
+        raise UserError(
+            f"{source}: a config file maps sections ({', '.join(f.name for f in dataclasses.fields(Config))}) "
+            "to their keys, e.g. 'optim: {base_lr: 1.0e-3}'"
+        )
     return {f"{section}.{name}": value for section, values in mapping.items() for name, value in values.items()}
 
 
@@ -198,8 +207,7 @@ def stage_file(stage: str, task_name: str) -> Path:
     return path if path.is_file() else folder / "default.yaml"
 
 
-def load_config(stage: str, task_name: str, config_file: str | Path | None = None,
-                overrides: list[str] = ()) -> Config:
+def load_config(stage: str, task_name: str, config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Typed defaults, then the stage's recipe for the task, then ``config_file``, then ``overrides``."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: choose one of {STAGES}")
@@ -215,36 +223,51 @@ def load_config(stage: str, task_name: str, config_file: str | Path | None = Non
 
 def validate(cfg: Config) -> None:
     """Ranges and choices that types alone do not say."""
-    checks = [(cfg.model.size in ("base", "tiny"), "model.size must be base or tiny"),
-              (0 <= cfg.model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
-              (cfg.model.pool in ("avg", "cls"), "model.pool must be avg or cls"),
-              (cfg.model.arch in ("unetr", "unet"), "model.arch must be unetr or unet"),
-              (0 <= cfg.model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
-              (cfg.data.batch_size >= 1 and 1 <= cfg.data.crops_per_volume <= MAX_CROPS,
-               f"data.batch_size must be >= 1 and data.crops_per_volume in [1, {MAX_CROPS}]"),
-              (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
-              (cfg.data.sampler in ("monai", "cached"), "data.sampler must be monai or cached"),
-              (0 < cfg.data.label_fraction <= 1, "data.label_fraction must lie in (0, 1]"),
-              (cfg.optim.base_lr > 0 and cfg.optim.min_lr >= 0, "optim.base_lr must be > 0 and optim.min_lr >= 0"),
-              (len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas must be two numbers in [0, 1)"),
-              (0 < cfg.optim.layer_decay <= 1, "optim.layer_decay must lie in (0, 1]"),
-              (cfg.optim.warmup_epochs >= 0 and cfg.optim.accumulate >= 1, "optim.warmup_epochs must be >= 0, optim.accumulate >= 1"),
-              (cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "optim.clip_grad must be > 0 or null"),
-              (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
-              (cfg.optim.warmup_epochs < cfg.train.epochs, "optim.warmup_epochs must be fewer than train.epochs"),
-              (cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
-              (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
-              (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
-              (cfg.model.mask_strategy in STRATEGIES, f"model.mask_strategy must be one of {', '.join(STRATEGIES)}"),
-              (cfg.model.tuning in TUNING, f"model.tuning must be one of {', '.join(TUNING)}"),
-              (cfg.model.tuning_blocks >= 0, "model.tuning_blocks must be >= 0"),
-              (cfg.model.encoder_mode in ENCODER_MODES, f"model.encoder_mode must be one of {', '.join(ENCODER_MODES)}"),
-              (cfg.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
-              (min(cfg.train.checkpoint_every, cfg.train.figure_every, cfg.train.val_every, cfg.train.log_every) >= 1,
-               "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
-              (0 <= cfg.infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
-              (cfg.infer.blend in ("gaussian", "constant"), "infer.blend must be gaussian or constant"),
-              (cfg.infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1")]
+    checks = [
+        (cfg.model.size in ("base", "tiny"), "model.size must be base or tiny"),
+        (0 <= cfg.model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
+        (cfg.model.pool in ("avg", "cls"), "model.pool must be avg or cls"),
+        (cfg.model.arch in ("unetr", "unet"), "model.arch must be unetr or unet"),
+        (0 <= cfg.model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
+        (
+            cfg.data.batch_size >= 1 and 1 <= cfg.data.crops_per_volume <= MAX_CROPS,
+            f"data.batch_size must be >= 1 and data.crops_per_volume in [1, {MAX_CROPS}]",
+        ),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.data.sampler in ("monai", "cached"), "data.sampler must be monai or cached"),
+        (0 < cfg.data.label_fraction <= 1, "data.label_fraction must lie in (0, 1]"),
+        (cfg.optim.base_lr > 0 and cfg.optim.min_lr >= 0, "optim.base_lr must be > 0 and optim.min_lr >= 0"),
+        (
+            len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
+            "optim.betas must be two numbers in [0, 1)",
+        ),
+        (0 < cfg.optim.layer_decay <= 1, "optim.layer_decay must lie in (0, 1]"),
+        (
+            cfg.optim.warmup_epochs >= 0 and cfg.optim.accumulate >= 1,
+            "optim.warmup_epochs must be >= 0, optim.accumulate >= 1",
+        ),
+        (cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "optim.clip_grad must be > 0 or null"),
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.optim.warmup_epochs < cfg.train.epochs, "optim.warmup_epochs must be fewer than train.epochs"),
+        (
+            cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1,
+            "train.steps_per_epoch must be >= 1 or null",
+        ),
+        (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
+        (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+        (cfg.model.mask_strategy in STRATEGIES, f"model.mask_strategy must be one of {', '.join(STRATEGIES)}"),
+        (cfg.model.tuning in TUNING, f"model.tuning must be one of {', '.join(TUNING)}"),
+        (cfg.model.tuning_blocks >= 0, "model.tuning_blocks must be >= 0"),
+        (cfg.model.encoder_mode in ENCODER_MODES, f"model.encoder_mode must be one of {', '.join(ENCODER_MODES)}"),
+        (cfg.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
+        (
+            min(cfg.train.checkpoint_every, cfg.train.figure_every, cfg.train.val_every, cfg.train.log_every) >= 1,
+            "train.checkpoint_every, figure_every, val_every and log_every must be >= 1",
+        ),
+        (0 <= cfg.infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
+        (cfg.infer.blend in ("gaussian", "constant"), "infer.blend must be gaussian or constant"),
+        (cfg.infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),
+    ]
     problems = [problem for ok, problem in checks if not ok]
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))

@@ -108,15 +108,21 @@ def _strings(value: Any, minimum: int = 1) -> bool:
 
 
 def _numbers(value: Any, count: int, positive: bool = False) -> bool:
-    return (isinstance(value, list) and len(value) == count
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive) for v in value))
+    return (
+        isinstance(value, list)
+        and len(value) == count
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 or not positive) for v in value)
+    )
 
 
 def _orientation_ok(code: Any, dims: int) -> bool:
     """Each axis named once, by one of its two directions (``RAS``, ``LPS``, ``PIR`` ...)."""
     pairs = ("RL", "AP", "SI")[:dims]
-    return isinstance(code, str) and len(code) == dims and sorted(
-        k for letter in code for k, pair in enumerate(pairs) if letter in pair) == list(range(dims))
+    return (
+        isinstance(code, str)
+        and len(code) == dims
+        and sorted(k for letter in code for k, pair in enumerate(pairs) if letter in pair) == list(range(dims))
+    )
 
 
 def _problems(raw: dict[str, Any]) -> list[str]:
@@ -127,44 +133,82 @@ def _problems(raw: dict[str, Any]) -> list[str]:
         if not ok:
             problems.append(problem)
 
-    known = set(REQUIRED) | {"labels", "regions", "findings", "orientation", "spacing", "crop_foreground", "validation",
-                             "mean_groups"}
+    known = set(REQUIRED) | {
+        "labels",
+        "regions",
+        "findings",
+        "orientation",
+        "spacing",
+        "crop_foreground",
+        "validation",
+        "mean_groups",
+    }
     expect(not set(raw) - known, f"unknown keys {sorted(set(raw) - known)}")
-    expect(all(isinstance(raw[k], str) and raw[k] for k in ("name", "title", "manifest")), "name, title and manifest must be text")
+    expect(
+        all(isinstance(raw[k], str) and raw[k] for k in ("name", "title", "manifest")),
+        "name, title and manifest must be text",
+    )
     expect(dims in (2, 3), f"spatial_dims must be 2 or 3, not {dims!r}")
     expect(raw["layout"] in LAYOUTS, f"layout {raw['layout']!r} is not one of {LAYOUTS}")
     expect(_strings(raw["channels"]), "channels must be a list of channel names")
-    expect(isinstance(raw["roi"], list) and len(raw["roi"]) == dims and all(isinstance(v, int) and v > 0 for v in raw["roi"]),
-           f"roi must be {dims} positive whole numbers")
-    expect(raw.get("spacing") is None or _numbers(raw["spacing"], dims, positive=True), f"spacing must be {dims} positive numbers (mm)")
-    expect(raw.get("orientation") is None or _orientation_ok(raw["orientation"], dims),
-           f"orientation {raw.get('orientation')!r} must name each axis once, e.g. RAS")
+    expect(
+        isinstance(raw["roi"], list)
+        and len(raw["roi"]) == dims
+        and all(isinstance(v, int) and v > 0 for v in raw["roi"]),
+        f"roi must be {dims} positive whole numbers",
+    )
+    expect(
+        raw.get("spacing") is None or _numbers(raw["spacing"], dims, positive=True),
+        f"spacing must be {dims} positive numbers (mm)",
+    )
+    expect(
+        raw.get("orientation") is None or _orientation_ok(raw["orientation"], dims),
+        f"orientation {raw.get('orientation')!r} must name each axis once, e.g. RAS",
+    )
     intensity = raw["intensity"] if isinstance(raw["intensity"], dict) else {}
     rule = intensity.get("rule")
     expect(rule in INTENSITY_RULES, f"intensity rule {rule!r} is not one of {INTENSITY_RULES}")
     if rule == "window":
-        expect(_numbers(intensity.get("window"), 2) and intensity["window"][0] < intensity["window"][1],
-               "intensity window must be [low, high] with low < high")
+        expect(
+            _numbers(intensity.get("window"), 2) and intensity["window"][0] < intensity["window"][1],
+            "intensity window must be [low, high] with low < high",
+        )
     if rule == "percentile_zscore":
-        expect(_numbers(intensity.get("percentiles"), 2) and 0 <= intensity["percentiles"][0] < intensity["percentiles"][1] <= 100,
-               "intensity percentiles must be [low, high] within 0..100")
+        expect(
+            _numbers(intensity.get("percentiles"), 2)
+            and 0 <= intensity["percentiles"][0] < intensity["percentiles"][1] <= 100,
+            "intensity percentiles must be [low, high] within 0..100",
+        )
     labels, findings = raw.get("labels"), raw.get("findings")
-    expect(_strings(labels, 2) or _strings(findings), "a task needs labels (background first) or findings, as lists of names")
+    expect(
+        _strings(labels, 2) or _strings(findings),
+        "a task needs labels (background first) or findings, as lists of names",
+    )
     regions = raw.get("regions") or {}
     valid_regions = isinstance(regions, dict) and all(
-        isinstance(v, list) and v and all(isinstance(x, int) and 0 < x < len(labels or ()) for x in v) for v in regions.values())
+        isinstance(v, list) and v and all(isinstance(x, int) and 0 < x < len(labels or ()) for x in v)
+        for v in regions.values()
+    )
     expect(valid_regions, "regions must map names to lists of foreground label values")
     groups = raw.get("mean_groups") or {}
     scored = set(regions) if isinstance(regions, dict) and regions else set((labels or [None])[1:])
-    expect(isinstance(groups, dict) and all(_strings(v) and set(v) <= scored for v in groups.values()),
-           "mean_groups must map names to lists of the task's scored classes (its regions, or its foreground labels)")
+    expect(
+        isinstance(groups, dict) and all(_strings(v) and set(v) <= scored for v in groups.values()),
+        "mean_groups must map names to lists of the task's scored classes (its regions, or its foreground labels)",
+    )
     validation = raw.get("validation") or {}
-    expect(isinstance(validation, dict) and isinstance(validation.get("fraction", 0.2), (int, float))
-           and 0 < validation.get("fraction", 0.2) < 1 and isinstance(validation.get("seed", 0), int),
-           "validation must be {fraction: a number between 0 and 1, seed: a whole number}")
+    expect(
+        isinstance(validation, dict)
+        and isinstance(validation.get("fraction", 0.2), (int, float))
+        and 0 < validation.get("fraction", 0.2) < 1
+        and isinstance(validation.get("seed", 0), int),
+        "validation must be {fraction: a number between 0 and 1, seed: a whole number}",
+    )
     source = raw["source"]
-    expect(isinstance(source, dict) and isinstance(source.get("url"), str) and isinstance(source.get("tree"), str),
-           "source must give a url and a tree (the expected layout)")
+    expect(
+        isinstance(source, dict) and isinstance(source.get("url"), str) and isinstance(source.get("tree"), str),
+        "source must give a url and a tree (the expected layout)",
+    )
     return problems
 
 
@@ -173,14 +217,26 @@ def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:
     if problems:
         raise _fail(path, "; ".join(problems))
     dims, validation = raw["spatial_dims"], raw.get("validation") or {}
-    return TaskSpec(name=raw["name"], title=raw["title"], spatial_dims=dims, layout=raw["layout"],
-                    channels=tuple(raw["channels"]), intensity=dict(raw["intensity"]), roi=tuple(raw["roi"]),
-                    manifest=raw["manifest"], source_url=raw["source"]["url"],
-                    source_tree=raw["source"]["tree"].rstrip(), path=path, labels=tuple(raw.get("labels") or ()),
-                    regions={name: tuple(values) for name, values in (raw.get("regions") or {}).items()},
-                    findings=tuple(raw.get("findings") or ()), orientation=raw.get("orientation"),
-                    spacing=tuple(raw["spacing"]) if raw.get("spacing") else None,
-                    crop_foreground=bool(raw.get("crop_foreground", False)),
-                    mean_groups={k: tuple(v) for k, v in (raw.get("mean_groups") or {}).items()},
-                    validation_fraction=float(validation.get("fraction", 0.2)),
-                    validation_seed=int(validation.get("seed", 0)), record=raw)
+    return TaskSpec(
+        name=raw["name"],
+        title=raw["title"],
+        spatial_dims=dims,
+        layout=raw["layout"],
+        channels=tuple(raw["channels"]),
+        intensity=dict(raw["intensity"]),
+        roi=tuple(raw["roi"]),
+        manifest=raw["manifest"],
+        source_url=raw["source"]["url"],
+        source_tree=raw["source"]["tree"].rstrip(),
+        path=path,
+        labels=tuple(raw.get("labels") or ()),
+        regions={name: tuple(values) for name, values in (raw.get("regions") or {}).items()},
+        findings=tuple(raw.get("findings") or ()),
+        orientation=raw.get("orientation"),
+        spacing=tuple(raw["spacing"]) if raw.get("spacing") else None,
+        crop_foreground=bool(raw.get("crop_foreground", False)),
+        mean_groups={k: tuple(v) for k, v in (raw.get("mean_groups") or {}).items()},
+        validation_fraction=float(validation.get("fraction", 0.2)),
+        validation_seed=int(validation.get("seed", 0)),
+        record=raw,
+    )

@@ -44,14 +44,21 @@ def with_voxel(value: float):
         array = array.astype(np.float32)
         array[10, 10, 10] = value
         return array
+
     return change
 
 
 IMAGE_PROBLEMS = {
     "zero-byte NIfTI": (lambda p: p.write_bytes(b""), "empty file"),
     "truncated NIfTI": (lambda p: p.write_bytes(p.read_bytes()[:400]), "unreadable NIfTI"),
-    "2D file for a 3D task": (lambda p: nib.save(nib.Nifti1Image(np.zeros((64, 64), np.float32), np.eye(4)), p), r"2D image \(64, 64\)"),
-    "two channels for a one-channel task": (lambda p: rewrite(p, lambda a: np.stack([a, a], -1)), "2 channels, task demo needs 1"),
+    "2D file for a 3D task": (
+        lambda p: nib.save(nib.Nifti1Image(np.zeros((64, 64), np.float32), np.eye(4)), p),
+        r"2D image \(64, 64\)",
+    ),
+    "two channels for a one-channel task": (
+        lambda p: rewrite(p, lambda a: np.stack([a, a], -1)),
+        "2 channels, task demo needs 1",
+    ),
     "NaN voxel": (lambda p: rewrite(p, with_voxel(np.nan)), "1 non-finite voxels"),
     "inf voxel": (lambda p: rewrite(p, with_voxel(np.inf)), "1 non-finite voxels"),
     "extreme intensity": (lambda p: rewrite(p, with_voxel(3e38)), r"intensities reach 3e\+38"),
@@ -59,10 +66,18 @@ IMAGE_PROBLEMS = {
 LABEL_PROBLEMS = {
     "zero-byte label": (lambda p: p.write_bytes(b""), "(?i)empty file"),
     "non-integer label": (lambda p: rewrite(p, lambda a: a.astype(np.float32) * 0.5), "non-integer"),
-    "label value out of range": (lambda p: rewrite(p, lambda a: np.where(a == 4, 9, a).astype(np.uint8)), r"label values \[9\] outside"),
-    "label of another shape": (lambda p: rewrite(p, lambda a: a[:-2]), r"shape \(64, 64, 48\) differs|differs from image shape"),
-    "label of another affine": (lambda p: nib.save(nib.Nifti1Image(np.asarray(nib.load(p).dataobj), np.diag([2.0, 2.0, 2.0, 1.0])), p),
-                                "affine differs from the (image|reference) affine"),
+    "label value out of range": (
+        lambda p: rewrite(p, lambda a: np.where(a == 4, 9, a).astype(np.uint8)),
+        r"label values \[9\] outside",
+    ),
+    "label of another shape": (
+        lambda p: rewrite(p, lambda a: a[:-2]),
+        r"shape \(64, 64, 48\) differs|differs from image shape",
+    ),
+    "label of another affine": (
+        lambda p: nib.save(nib.Nifti1Image(np.asarray(nib.load(p).dataobj), np.diag([2.0, 2.0, 2.0, 1.0])), p),
+        "affine differs from the (image|reference) affine",
+    ),
 }
 
 
@@ -71,9 +86,28 @@ def clean(tmp_path_factory) -> dict[str, Path]:
     """The demo set and a UNETR fine-tuned on it for one step (for evaluate and predict)."""
     base = tmp_path_factory.mktemp("clean")
     root = write_demo_dataset(base / "data", cases=6, validation=1, seed=0)
-    assert main(["finetune", "--task", "demo", "--data-root", str(root), "--config", TINY, "--output-dir",
-                 str(base / "unetr"), "--set", "train.epochs=1", "--set", "optim.warmup_epochs=0",
-                 "--set", "train.steps_per_epoch=1"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "demo",
+                "--data-root",
+                str(root),
+                "--config",
+                TINY,
+                "--output-dir",
+                str(base / "unetr"),
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "optim.warmup_epochs=0",
+                "--set",
+                "train.steps_per_epoch=1",
+            ]
+        )
+        == 0
+    )
     return {"root": root, "checkpoint": base / "unetr" / "checkpoints" / "best.pt"}
 
 
@@ -90,10 +124,28 @@ def commands(root: Path, checkpoint: Path, out: Path) -> dict[str, list[str]]:
         "pretrain": ["pretrain", *data, "--config", TINY, "--output-dir", str(out)],
         "finetune": ["finetune", *data, "--config", TINY, "--output-dir", str(out)],
         "evaluate": ["evaluate", *data, "--checkpoint", str(checkpoint), "--output-dir", str(out), "--quiet"],
-        "predict": ["predict", "--checkpoint", str(checkpoint), "--input", str(root / "imagesTr"), "--output-dir", str(out),
-                    "--quiet"],
-        "score": ["score", "--task", "demo", "--pred", str(root / "labelsTr"), "--ref", str(root / "labelsTr"),
-                  "--output-dir", str(out), "--quiet"],
+        "predict": [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(root / "imagesTr"),
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ],
+        "score": [
+            "score",
+            "--task",
+            "demo",
+            "--pred",
+            str(root / "labelsTr"),
+            "--ref",
+            str(root / "labelsTr"),
+            "--output-dir",
+            str(out),
+            "--quiet",
+        ],
     }
 
 
@@ -136,20 +188,31 @@ def test_a_bad_label_is_refused_by_every_command(capsys, tmp_path, clean, proble
 
 
 WRITE_FAILURES = {
-    "unwritable folder": (lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")),
-                          "tempfile.mkstemp", "Permission denied"),
-    "full disk": (lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")),
-                  "os.fsync", "No space left on device"),
+    "unwritable folder": (
+        lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")),
+        "tempfile.mkstemp",
+        "Permission denied",
+    ),
+    "full disk": (
+        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")),
+        "os.fsync",
+        "No space left on device",
+    ),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("failure", WRITE_FAILURES)
 @pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "predict", "score", "data demo"])
-def test_a_folder_that_cannot_be_written_is_named_and_left_empty(capsys, tmp_path, clean, monkeypatch, failure, command):
+def test_a_folder_that_cannot_be_written_is_named_and_left_empty(
+    capsys, tmp_path, clean, monkeypatch, failure, command
+):
     raising, target, problem = WRITE_FAILURES[failure]
     out = tmp_path / "out"
-    argv = {**commands(clean["root"], clean["checkpoint"], out), "data demo": ["data", "demo", "--output-dir", str(out)]}[command]
+    argv = {
+        **commands(clean["root"], clean["checkpoint"], out),
+        "data demo": ["data", "demo", "--output-dir", str(out)],
+    }[command]
     monkeypatch.setattr(f"medmae.files.{target}", raising)
     code = main(argv)
     said = capsys.readouterr().err
@@ -221,18 +284,27 @@ def test_predict_names_a_truncated_png_and_writes_nothing(capsys, tmp_path):
     task = with_roi(load_task("chestxray14"), [64, 64])
     model = create_model("vit_tiny_patch16_2d_cls", img_size=64, num_classes=14)
     run_config = load_config("finetune", "chestxray14", overrides=["model.img_size=[64, 64]"]).to_dict()
-    checkpoint = save_checkpoint(model_checkpoint(model, stage="finetune", task=task.record, run_config=run_config),
-                                 tmp_path / "best.pt")
+    checkpoint = save_checkpoint(
+        model_checkpoint(model, stage="finetune", task=task.record, run_config=run_config), tmp_path / "best.pt"
+    )
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for name in ("a.png", "b.png"):
         PILImage.fromarray(np.zeros((80, 80), np.uint8)).save(inputs / name)
     (inputs / "b.png").write_bytes((inputs / "b.png").read_bytes()[:50])
     out = tmp_path / "out"
-    refused(capsys, ["predict", "--checkpoint", str(checkpoint), "--input", str(inputs), "--output-dir", str(out), "--quiet"],
-            inputs / "b.png", "unreadable PNG", out)
+    refused(
+        capsys,
+        ["predict", "--checkpoint", str(checkpoint), "--input", str(inputs), "--output-dir", str(out), "--quiet"],
+        inputs / "b.png",
+        "unreadable PNG",
+        out,
+    )
     (inputs / "b.png").unlink()
-    assert main(["predict", "--checkpoint", str(checkpoint), "--input", str(inputs), "--output-dir", str(out), "--quiet"]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), "--input", str(inputs), "--output-dir", str(out), "--quiet"])
+        == 0
+    )
     assert (out / "probabilities.csv").is_file()
 
 
@@ -252,12 +324,14 @@ def test_predict_never_writes_over_its_input(capsys, tmp_path, clean):
 def _file_size_limit(limit: int = 2_000_000):
     """A real write failure, without root's exemptions: files may grow to ``limit`` bytes, then the
     kernel refuses with EFBIG (SIGXFSZ ignored, as a full disk refuses with ENOSPC)."""
+
     def apply():
         import resource
         import signal
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 

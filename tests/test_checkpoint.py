@@ -32,7 +32,9 @@ def test_round_trip_describes_the_model_and_leaves_no_temporary_file(tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = save_checkpoint({"format": "medmae-checkpoint-1", "config": {}, "state_dict": {}, "value": 1}, tmp_path / "last.pt")
+    path = save_checkpoint(
+        {"format": "medmae-checkpoint-1", "config": {}, "state_dict": {}, "value": 1}, tmp_path / "last.pt"
+    )
 
     def broken_save(obj, handle):
         handle.write(b"half")
@@ -64,10 +66,26 @@ def test_a_flipped_byte_is_caught_by_the_checksum_and_resume_falls_back(tmp_path
     run = RunFolder(tmp_path, write=True)
     run.prepare(resume=False)
     for epoch in (1, 2):
-        run.save({"format": "medmae-checkpoint-1", "epoch": epoch, "config": {}, "state_dict": {"w": torch.arange(1000.0) * epoch},
-                  "stage": "pretrain", "run_config": {}, "progress": {}, "optimizer": {}, "scaler": {}, "rng": {}})
-    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.pt", "last.pt.sha256", "previous.pt",
-                                                                  "previous.pt.sha256"]
+        run.save(
+            {
+                "format": "medmae-checkpoint-1",
+                "epoch": epoch,
+                "config": {},
+                "state_dict": {"w": torch.arange(1000.0) * epoch},
+                "stage": "pretrain",
+                "run_config": {},
+                "progress": {},
+                "optimizer": {},
+                "scaler": {},
+                "rng": {},
+            }
+        )
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [
+        "last.pt",
+        "last.pt.sha256",
+        "previous.pt",
+        "previous.pt.sha256",
+    ]
     last = run.checkpoints / "last.pt"
     raw = bytearray(last.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # inside the tensor data: torch.load alone would not notice
@@ -108,9 +126,22 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path,
         load_checkpoint(hostile)
     from medmae.cli import main
 
-    for command in (["predict", "--checkpoint", str(hostile), "--input", str(tmp_path), "--output-dir", str(tmp_path / "p")],
-                    ["finetune", "--task", "demo", "--data-root", str(demo_root), "--pretrained", str(hostile),
-                     "--config", str(resource_dir("configs") / "test" / "tiny.yaml"), "--output-dir", str(tmp_path / "run")]):
+    for command in (
+        ["predict", "--checkpoint", str(hostile), "--input", str(tmp_path), "--output-dir", str(tmp_path / "p")],
+        [
+            "finetune",
+            "--task",
+            "demo",
+            "--data-root",
+            str(demo_root),
+            "--pretrained",
+            str(hostile),
+            "--config",
+            str(resource_dir("configs") / "test" / "tiny.yaml"),
+            "--output-dir",
+            str(tmp_path / "run"),
+        ],
+    ):
         assert main(command) == 2
     error = capsys.readouterr().err
     assert error.count("hostile.pt: refused: its pickle would call") == 2 and "Traceback" not in error
@@ -120,8 +151,11 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path,
 def test_weights_of_another_geometry_are_refused_before_any_weight_changes(tmp_path):
     small, large = (create_model("unetr_vit_tiny_patch16_3d", img_size=size, out_channels=3) for size in (32, 48))
     before = {k: v.clone() for k, v in large.state_dict().items()}
-    with pytest.raises(CheckpointError, match=r"elsewhere.pt: its weights do not fit unetr_vit_tiny_patch16_3d .*"
-                                              r"position_embeddings: checkpoint \(1, 8, 48\), model \(1, 27, 48\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"elsewhere.pt: its weights do not fit unetr_vit_tiny_patch16_3d .*"
+        r"position_embeddings: checkpoint \(1, 8, 48\), model \(1, 27, 48\)",
+    ):
         load_weights(large, small.state_dict(), tmp_path / "elsewhere.pt")
     assert all(torch.equal(before[k], v) for k, v in large.state_dict().items())
     state = dict(small.state_dict())
@@ -139,7 +173,22 @@ def test_an_evaluated_checkpoint_whose_weights_disagree_with_its_config_exits_2(
     payload.update(task=load_task("demo").record, run_config=load_config("finetune", "demo").to_dict())
     payload["config"]["img_size"] = [48, 48, 48]
     save_checkpoint(payload, tmp_path / "best.pt")
-    for name, problem in (("untold.pt", "untold.pt: holds no task, run_config"), ("best.pt", "best.pt: its weights do not fit")):
-        assert main(["predict", "--checkpoint", str(tmp_path / name), "--input", str(tmp_path),
-                     "--output-dir", str(tmp_path.parent / "out")]) == 2
+    for name, problem in (
+        ("untold.pt", "untold.pt: holds no task, run_config"),
+        ("best.pt", "best.pt: its weights do not fit"),
+    ):
+        assert (
+            main(
+                [
+                    "predict",
+                    "--checkpoint",
+                    str(tmp_path / name),
+                    "--input",
+                    str(tmp_path),
+                    "--output-dir",
+                    str(tmp_path.parent / "out"),
+                ]
+            )
+            == 2
+        )
         assert problem in capsys.readouterr().err

@@ -1,13 +1,12 @@
 import gzip
 
 import pytest
+from conftest import shared
 
 from medmae.data.chestxray import read_label_table
 from medmae.data.manifests import load_split
 from medmae.errors import DataError, UserError
 from medmae.tasks import load_task
-
-from conftest import shared
 
 FINDINGS = load_task("chestxray14").findings
 
@@ -15,9 +14,22 @@ FINDINGS = load_task("chestxray14").findings
 def test_full_label_table_gives_the_published_counts():
     table = read_label_table(shared("chestxray14_labels") / "Data_Entry_2017_v2020.csv.gz", FINDINGS)
     counts = table[list(FINDINGS)].sum().to_dict()
-    assert counts == {"Atelectasis": 11559, "Cardiomegaly": 2776, "Effusion": 13317, "Infiltration": 19894,
-                      "Mass": 5782, "Nodule": 6331, "Pneumonia": 1431, "Pneumothorax": 5302, "Consolidation": 4667,
-                      "Edema": 2303, "Emphysema": 2516, "Fibrosis": 1686, "Pleural_Thickening": 3385, "Hernia": 227}
+    assert counts == {
+        "Atelectasis": 11559,
+        "Cardiomegaly": 2776,
+        "Effusion": 13317,
+        "Infiltration": 19894,
+        "Mass": 5782,
+        "Nodule": 6331,
+        "Pneumonia": 1431,
+        "Pneumothorax": 5302,
+        "Consolidation": 4667,
+        "Edema": 2303,
+        "Emphysema": 2516,
+        "Fibrosis": 1686,
+        "Pleural_Thickening": 3385,
+        "Hernia": 227,
+    }
     assert len(table) == 112120 and int((table[list(FINDINGS)].sum(axis=1) == 0).sum()) == 60361
     assert table["patient"].nunique() == 30805
 
@@ -31,8 +43,10 @@ def test_validation_is_carved_by_patient():
 
 
 def test_table_parsing_rules(tmp_path):
-    rows = ("Image Index,Finding Labels,Follow-up #,Patient ID\n"
-            "a.png,No Finding,0,1\nb.png,Effusion|Hernia,0,1\nc.png,Mass,0,2\n")
+    rows = (
+        "Image Index,Finding Labels,Follow-up #,Patient ID\n"
+        "a.png,No Finding,0,1\nb.png,Effusion|Hernia,0,1\nc.png,Mass,0,2\n"
+    )
     (tmp_path / "t.csv.gz").write_bytes(gzip.compress(rows.encode()))
     table = read_label_table(tmp_path / "t.csv.gz", FINDINGS)
     assert table.loc["a.png", list(FINDINGS)].sum() == 0
@@ -45,7 +59,9 @@ def test_table_parsing_rules(tmp_path):
 
 def test_list_problems_are_named(tmp_path):
     (tmp_path / "images").mkdir()
-    (tmp_path / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels,Patient ID\na.png,Mass,1\nb.png,No Finding,2\n")
+    (tmp_path / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Patient ID\na.png,Mass,1\nb.png,No Finding,2\n"
+    )
     (tmp_path / "train_val_list.txt").write_text("a.png\na.png\n")
     (tmp_path / "test_list.txt").write_text("b.png\n")
     task = load_task("chestxray14")

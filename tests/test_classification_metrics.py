@@ -34,8 +34,9 @@ def test_a_finding_without_positives_is_undefined_and_left_out(tmp_path):
     assert table.loc[1, ["n_positive", "n_negative"]].tolist() == [0, 50]
     mean, undefined = macro_auc(table)
     assert mean == pytest.approx((table.loc[0, "auc"] + table.loc[2, "auc"]) / 2) and undefined == ["Hernia"]
-    written, written_mean, _ = write_classification_report(tmp_path, [f"i{k}" for k in range(50)], probabilities,
-                                                           targets, ["Mass", "Hernia", "Edema"])
+    written, written_mean, _ = write_classification_report(
+        tmp_path, [f"i{k}" for k in range(50)], probabilities, targets, ["Mass", "Hernia", "Edema"]
+    )
     assert written.equals(table) and written_mean == mean
     per_image = pd.read_csv(tmp_path / "per_image.csv")
     assert per_image.columns.tolist() == ["image_id", "Mass", "Hernia", "Edema"] and len(per_image) == 50

@@ -26,7 +26,12 @@ def test_later_sources_win():
 def test_published_recipes():
     cx, btcv, brain = (load_config("pretrain", t) for t in ("chestxray14", "btcv", "msd_brain"))
     assert (cx.model.size, cx.model.mask_ratio, cx.data.batch_size, cx.train.epochs) == ("base", 0.75, 256, 800)
-    assert (btcv.model.mask_ratio, btcv.data.batch_size, btcv.data.crops_per_volume, btcv.train.epochs) == (0.125, 6, 4, 10000)
+    assert (btcv.model.mask_ratio, btcv.data.batch_size, btcv.data.crops_per_volume, btcv.train.epochs) == (
+        0.125,
+        6,
+        4,
+        10000,
+    )
     assert (brain.model.mask_ratio, brain.train.epochs) == (0.125, 500)
     for cfg in (cx, btcv, brain):
         assert cfg.optim.betas == [0.9, 0.95] and cfg.optim.weight_decay == 0.05
@@ -82,7 +87,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_the_readme_documents_every_config_key():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme[readme.index("### Configuration"):readme.index("### The run folder")]
+    table = readme[readme.index("### Configuration") : readme.index("### The run folder")]
     assert [key for key in known_keys() if f"`{key}`" not in table] == []
 
 

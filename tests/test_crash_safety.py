@@ -17,16 +17,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import run_torchrun
 
 from medmae import resource_dir
 from medmae.engine.checkpoint import load_checkpoint
 
-from conftest import run_torchrun
-
 TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
 EPOCHS = 40  # 12 kills at the 1st to 3rd checkpoint passage use up at most 36 epochs
-STAGES = {"pretrain": ["--set", f"train.epochs={EPOCHS}"],
-          "finetune": ["--set", f"train.epochs={EPOCHS}", "--set", "train.val_every=5", "--label-fraction", "0.5"]}
+STAGES = {
+    "pretrain": ["--set", f"train.epochs={EPOCHS}"],
+    "finetune": ["--set", f"train.epochs={EPOCHS}", "--set", "train.val_every=5", "--label-fraction", "0.5"],
+}
 
 # Runs medmae's command line after arranging to SIGKILL itself at the COUNT-th passage through POINT:
 # write (half-way through torch.save's bytes), checksum (the checkpoint renamed into place, its .sha256
@@ -90,8 +91,23 @@ sys.exit(main(argv))
 
 
 def command(driver: Path, stage: str, root: Path, output: Path, point: str = "never", count: int = 0) -> list[str]:
-    return [sys.executable, str(driver), point, str(count), stage, "--task", "demo", "--data-root", str(root),
-            "--config", TINY, "--output-dir", str(output), "--resume", *STAGES[stage]]
+    return [
+        sys.executable,
+        str(driver),
+        point,
+        str(count),
+        stage,
+        "--task",
+        "demo",
+        "--data-root",
+        str(root),
+        "--config",
+        TINY,
+        "--output-dir",
+        str(output),
+        "--resume",
+        *STAGES[stage],
+    ]
 
 
 def kill_schedule(seed: int, kills: int) -> list[tuple[str, int, float]]:
@@ -110,8 +126,12 @@ def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule,
     for k, (point, count, delay) in enumerate(schedule):
         if k == corrupt_after:
             point, count = "between", 2
-        process = subprocess.Popen(command(driver, stage, root, output, point if point != "random" else "never", count),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            command(driver, stage, root, output, point if point != "random" else "never", count),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if point == "random":
             try:
                 process.wait(timeout=delay)
@@ -143,11 +163,19 @@ def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule,
 def test_runs_killed_again_and_again_end_with_the_uninterrupted_weights(tmp_path, demo_root, stage, kills):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    whole = subprocess.run(command(driver, stage, demo_root, tmp_path / "whole"), capture_output=True, text=True, check=False)
+    whole = subprocess.run(
+        command(driver, stage, demo_root, tmp_path / "whole"), capture_output=True, text=True, check=False
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
     output = tmp_path / "killed"
-    seen = run_until_done(driver, stage, demo_root, output, kill_schedule(seed=sorted(STAGES).index(stage), kills=kills),
-                          corrupt_after=kills // 2)
+    seen = run_until_done(
+        driver,
+        stage,
+        demo_root,
+        output,
+        kill_schedule(seed=sorted(STAGES).index(stage), kills=kills),
+        corrupt_after=kills // 2,
+    )
     assert seen["killed"] >= kills - 2, seen  # a late kill may find the run already finished
     assert seen.get("corrupted") and seen["passed_over"] >= 1, seen
     assert (output / "checkpoints" / "last.pt.corrupt").exists()  # set aside, never rotated over previous.pt
@@ -155,7 +183,9 @@ def test_runs_killed_again_and_again_end_with_the_uninterrupted_weights(tmp_path
     for name in names:
         reference, resumed = (load_checkpoint(tmp_path / run / "checkpoints" / name) for run in ("whole", "killed"))
         assert (reference["epoch"], reference["step"]) == (resumed["epoch"], resumed["step"])
-        assert all(torch.equal(reference["state_dict"][key], resumed["state_dict"][key]) for key in reference["state_dict"])
+        assert all(
+            torch.equal(reference["state_dict"][key], resumed["state_dict"][key]) for key in reference["state_dict"]
+        )
     metrics = [pd.read_csv(tmp_path / run / "metrics.csv") for run in ("whole", "killed")]
     assert metrics[0]["loss"].tolist() == metrics[1]["loss"].tolist()
     assert not list((output / "checkpoints").glob(".*.tmp"))
@@ -182,9 +212,27 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path, demo_ro
     script.write_text(TORCHRUN_SCRIPT)
     output = tmp_path / "ddp"
     started = time.time()
-    run = run_torchrun(["--max-restarts", "1", str(script), "pretrain", "--task", "demo", "--data-root", str(demo_root),
-                        "--config", TINY, "--output-dir", str(output), "--resume",
-                        "--set", "train.epochs=6", "--set", "train.dist_timeout_min=2"])
+    run = run_torchrun(
+        [
+            "--max-restarts",
+            "1",
+            str(script),
+            "pretrain",
+            "--task",
+            "demo",
+            "--data-root",
+            str(demo_root),
+            "--config",
+            TINY,
+            "--output-dir",
+            str(output),
+            "--resume",
+            "--set",
+            "train.epochs=6",
+            "--set",
+            "train.dist_timeout_min=2",
+        ]
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     assert "resuming from" in run.stderr and "restart" in run.stderr.lower(), run.stderr[-4000:]
     final = load_checkpoint(output / "checkpoints" / "last.pt")

@@ -8,6 +8,7 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import shared
 
 from medmae.cli import main
 from medmae.data.loaders import CaseDataset
@@ -16,8 +17,6 @@ from medmae.data.synthetic import write_demo_dataset
 from medmae.errors import DataError
 from medmae.tasks import load_task
 
-from conftest import shared
-
 
 def check(capsys, *args):
     code = main(["data", "check", "--quiet", *args])
@@ -25,8 +24,15 @@ def check(capsys, *args):
     return code, out.out + out.err
 
 
-@pytest.mark.parametrize("task,folder", [("msd_hippocampus", "msd_hippocampus"), ("msd_brain", "msd_brain_case"),
-                                         ("btcv", "btcv_layout_sample"), ("chestxray14", "chestxray14_nih_subset")])
+@pytest.mark.parametrize(
+    "task,folder",
+    [
+        ("msd_hippocampus", "msd_hippocampus"),
+        ("msd_brain", "msd_brain_case"),
+        ("btcv", "btcv_layout_sample"),
+        ("chestxray14", "chestxray14_nih_subset"),
+    ],
+)
 def test_real_sets_pass(capsys, task, folder):
     code, out = check(capsys, "--task", task, "--data-root", str(shared(folder)))
     assert code == 0, out
@@ -66,23 +72,47 @@ def corrupt_header(path):
 
 
 BROKEN = {
-    "corrupt header": (lambda r: corrupt_header(r / "imagesTr/img0003.nii.gz"), "imagesTr/img0003.nii.gz: unreadable NIfTI"),
-    "truncated image": (lambda r: (r / "imagesTr/img0002.nii.gz").write_bytes((r / "imagesTr/img0002.nii.gz").read_bytes()[:300]),
-                        "imagesTr/img0002.nii.gz: unreadable NIfTI"),
-    "label of another shape": (lambda r: rewrite(r / "labelsTr/label0003.nii.gz", lambda a: a[:-2]),
-                               "labelsTr/label0003.nii.gz: label shape (62, 64, 48) differs from image shape (64, 64, 48)"),
-    "NaN voxel": (lambda r: rewrite(r / "imagesTr/img0004.nii.gz", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.nan, a.astype(np.float32))),
-                  "imagesTr/img0004.nii.gz: 1 non-finite voxels"),
+    "corrupt header": (
+        lambda r: corrupt_header(r / "imagesTr/img0003.nii.gz"),
+        "imagesTr/img0003.nii.gz: unreadable NIfTI",
+    ),
+    "truncated image": (
+        lambda r: (r / "imagesTr/img0002.nii.gz").write_bytes((r / "imagesTr/img0002.nii.gz").read_bytes()[:300]),
+        "imagesTr/img0002.nii.gz: unreadable NIfTI",
+    ),
+    "label of another shape": (
+        lambda r: rewrite(r / "labelsTr/label0003.nii.gz", lambda a: a[:-2]),
+        "labelsTr/label0003.nii.gz: label shape (62, 64, 48) differs from image shape (64, 64, 48)",
+    ),
+    "NaN voxel": (
+        lambda r: rewrite(
+            r / "imagesTr/img0004.nii.gz",
+            lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.nan, a.astype(np.float32)),
+        ),
+        "imagesTr/img0004.nii.gz: 1 non-finite voxels",
+    ),
     "missing file": (lambda r: (r / "labelsTr/label0005.nii.gz").unlink(), "labelsTr/label0005.nii.gz: file not found"),
-    "all-background label": (lambda r: rewrite(r / "labelsTr/label0001.nii.gz", np.zeros_like),
-                             "labelsTr/label0001.nii.gz: label has no foreground at all"),
-    "label value outside the set": (lambda r: rewrite(r / "labelsTr/label0002.nii.gz", lambda a: np.where(a == 4, 9, a).astype(np.uint8)),
-                                    "labelsTr/label0002.nii.gz: label values [9] outside the task's [0, 1, 2, 3, 4]"),
-    "shifted label affine": (lambda r: nib.save(nib.Nifti1Image(np.asarray(nib.load(r / "labelsTr/label0003.nii.gz").dataobj),
-                                                                np.diag([3.0, 3.0, 3.0, 1.0])), r / "labelsTr/label0003.nii.gz"),
-                             "labelsTr/label0003.nii.gz: label affine differs from the image affine"),
-    "2D file for a 3D task": (lambda r: nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), r / "imagesTr/img0001.nii.gz"),
-                              "imagesTr/img0001.nii.gz: 2D image (64, 64), task demo is 3D"),
+    "all-background label": (
+        lambda r: rewrite(r / "labelsTr/label0001.nii.gz", np.zeros_like),
+        "labelsTr/label0001.nii.gz: label has no foreground at all",
+    ),
+    "label value outside the set": (
+        lambda r: rewrite(r / "labelsTr/label0002.nii.gz", lambda a: np.where(a == 4, 9, a).astype(np.uint8)),
+        "labelsTr/label0002.nii.gz: label values [9] outside the task's [0, 1, 2, 3, 4]",
+    ),
+    "shifted label affine": (
+        lambda r: nib.save(
+            nib.Nifti1Image(
+                np.asarray(nib.load(r / "labelsTr/label0003.nii.gz").dataobj), np.diag([3.0, 3.0, 3.0, 1.0])
+            ),
+            r / "labelsTr/label0003.nii.gz",
+        ),
+        "labelsTr/label0003.nii.gz: label affine differs from the image affine",
+    ),
+    "2D file for a 3D task": (
+        lambda r: nib.save(nib.Nifti1Image(np.zeros((64, 64), np.int16), np.eye(4)), r / "imagesTr/img0001.nii.gz"),
+        "imagesTr/img0001.nii.gz: 2D image (64, 64), task demo is 3D",
+    ),
 }
 
 
@@ -102,7 +132,10 @@ def write_brain(root, channels):
     (root / "labelsTr").mkdir()
     label = np.zeros((20, 20, 12), np.uint8)
     label[5:15, 5:15, 3:9], label[8:12, 8:12, 5:7] = 1, 3
-    nib.save(nib.Nifti1Image(np.random.rand(20, 20, 12, channels).astype(np.float32), np.eye(4)), root / "imagesTr/BRATS_001.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.random.rand(20, 20, 12, channels).astype(np.float32), np.eye(4)),
+        root / "imagesTr/BRATS_001.nii.gz",
+    )
     nib.save(nib.Nifti1Image(label, np.eye(4)), root / "labelsTr/BRATS_001.nii.gz")
     entry = {"image": "./imagesTr/BRATS_001.nii.gz", "label": "./labelsTr/BRATS_001.nii.gz"}
     (root / "dataset.json").write_text(json.dumps({"training": [entry], "test": []}))

@@ -12,8 +12,12 @@ from medmae.cli import main
 
 
 def run_demo(output, *flags: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "medmae", "demo", "--output-dir", str(output), *flags], check=False,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "medmae", "demo", "--output-dir", str(output), *flags],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -27,10 +31,17 @@ def mean_dsc(output) -> float:
 def test_quick_demo_writes_every_output(tmp_path):
     output = tmp_path / "demo"
     printed = run_demo(output, "--quick").stdout
-    for path in ("pretrain/figures/reconstruction_epoch0006.png", "pretrain/checkpoints/last.pt",
-                 "finetune/checkpoints/best.pt", "finetune/metrics.csv", "evaluate/per_case.csv",
-                 "evaluate/summary.csv", "evaluate/figures/best_worst.png", "evaluate/predictions/img0013.nii.gz",
-                 "data/dataset_0.json"):
+    for path in (
+        "pretrain/figures/reconstruction_epoch0006.png",
+        "pretrain/checkpoints/last.pt",
+        "finetune/checkpoints/best.pt",
+        "finetune/metrics.csv",
+        "evaluate/per_case.csv",
+        "evaluate/summary.csv",
+        "evaluate/figures/best_worst.png",
+        "evaluate/predictions/img0013.nii.gz",
+        "data/dataset_0.json",
+    ):
         assert (output / path).is_file(), path
         assert str(output / path.split("/")[0]) in printed
     assert len(pd.read_csv(output / "evaluate" / "per_case.csv")) == 4 * 4  # 4 test cases x 4 organs

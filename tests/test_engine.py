@@ -44,10 +44,27 @@ def test_pretrain_finetune_evaluate_predict_on_hippocampus(tmp_path, hippocampus
     mae, unetr = tmp_path / "mae", tmp_path / "unetr"
     assert main(["pretrain", *common, "--output-dir", str(mae)]) == 0
     assert len(pd.read_csv(mae / "metrics.csv")) == 2 and (mae / "config.yaml").is_file()
-    assert sorted(p.name for p in (mae / "figures").glob("*.png")) == ["reconstruction_epoch0001.png",
-                                                                      "reconstruction_epoch0002.png"]
-    assert main(["finetune", *common, "--pretrained", str(mae / "checkpoints" / "last.pt"), "--output-dir", str(unetr),
-                 "--label-fraction", "0.5", "--set", "train.val_every=2"]) == 0
+    assert sorted(p.name for p in (mae / "figures").glob("*.png")) == [
+        "reconstruction_epoch0001.png",
+        "reconstruction_epoch0002.png",
+    ]
+    assert (
+        main(
+            [
+                "finetune",
+                *common,
+                "--pretrained",
+                str(mae / "checkpoints" / "last.pt"),
+                "--output-dir",
+                str(unetr),
+                "--label-fraction",
+                "0.5",
+                "--set",
+                "train.val_every=2",
+            ]
+        )
+        == 0
+    )
     best = load_checkpoint(unetr / "checkpoints" / "best.pt")
     assert best["config"]["name"] == "unetr_vit_tiny_patch16_3d" and best["config"]["img_size"] == [48, 64, 48]
     assert best["task"]["spacing"] == [1.0, 1.0, 1.0] and best["task"]["intensity"]["rule"] == "percentile_zscore"
@@ -56,8 +73,23 @@ def test_pretrain_finetune_evaluate_predict_on_hippocampus(tmp_path, hippocampus
     assert set(pd.read_csv(unetr / "metrics.csv").columns) >= {"loss", "lr", "samples_per_s", "val_mean_dsc"}
 
     evaluation = tmp_path / "evaluation"
-    assert main(["evaluate", "--task", "msd_hippocampus", "--data-root", str(hippocampus_root), "--checkpoint",
-                 str(unetr / "checkpoints" / "best.pt"), "--output-dir", str(evaluation), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "msd_hippocampus",
+                "--data-root",
+                str(hippocampus_root),
+                "--checkpoint",
+                str(unetr / "checkpoints" / "best.pt"),
+                "--output-dir",
+                str(evaluation),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     per_case = pd.read_csv(evaluation / "per_case.csv")
     assert len(per_case) == 40 * 2 and set(per_case["class"]) == {"anterior", "posterior"}
     assert (evaluation / "summary.csv").is_file() and len(list((evaluation / "predictions").glob("*.nii.gz"))) == 40
@@ -66,22 +98,72 @@ def test_pretrain_finetune_evaluate_predict_on_hippocampus(tmp_path, hippocampus
     inputs.mkdir()
     for name in ("hippocampus_001.nii.gz", "hippocampus_004.nii.gz"):
         (inputs / name).write_bytes((hippocampus_root / "imagesTr" / name).read_bytes())
-    assert main(["predict", "--checkpoint", str(unetr / "checkpoints" / "best.pt"), "--input", str(inputs),
-                 "--output-dir", str(tmp_path / "predictions"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(unetr / "checkpoints" / "best.pt"),
+                "--input",
+                str(inputs),
+                "--output-dir",
+                str(tmp_path / "predictions"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for source in inputs.iterdir():
         image, prediction = nib.load(source), nib.load(tmp_path / "predictions" / source.name)
         assert prediction.shape == image.shape and np.allclose(prediction.affine, image.affine)
         assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2}
-    assert main(["predict", "--checkpoint", str(unetr / "checkpoints" / "best.pt"), "--input", str(inputs),
-                 "--output-dir", str(inputs / "out")]) == 2  # never inside the input folder
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(unetr / "checkpoints" / "best.pt"),
+                "--input",
+                str(inputs),
+                "--output-dir",
+                str(inputs / "out"),
+            ]
+        )
+        == 2
+    )  # never inside the input folder
     (inputs / "hippocampus_004.nii.gz").write_bytes(b"")
-    assert main(["predict", "--checkpoint", str(unetr / "checkpoints" / "best.pt"), "--input", str(inputs),
-                 "--output-dir", str(tmp_path / "again")]) == 2  # an unreadable input is named, not a crash
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(unetr / "checkpoints" / "best.pt"),
+                "--input",
+                str(inputs),
+                "--output-dir",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 2
+    )  # an unreadable input is named, not a crash
 
 
 def _pretrain_command(demo_root: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "medmae", "pretrain", "--task", "demo", "--data-root", str(demo_root), "--config", TINY,
-            "--output-dir", str(output), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "medmae",
+        "pretrain",
+        "--task",
+        "demo",
+        "--data-root",
+        str(demo_root),
+        "--config",
+        TINY,
+        "--output-dir",
+        str(output),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -90,8 +172,9 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
     epochs = ["--set", "train.epochs=12", "--set", f"data.sampler={sampler}"]
     subprocess.run(_pretrain_command(demo_root, tmp_path / "whole", *epochs), check=True, capture_output=True)
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_pretrain_command(demo_root, killed, *epochs), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _pretrain_command(demo_root, killed, *epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while not (killed / "checkpoints" / "last.pt").exists() and process.poll() is None:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
@@ -99,8 +182,9 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     saved = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert 1 <= saved["epoch"] < 12
-    resumed = subprocess.run(_pretrain_command(demo_root, killed, *epochs, "--resume"), capture_output=True, text=True,
-                             check=False)
+    resumed = subprocess.run(
+        _pretrain_command(demo_root, killed, *epochs, "--resume"), capture_output=True, text=True, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at epoch {saved['epoch']}, step {saved['step']}" in resumed.stderr
     whole, after = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("whole", "killed"))
@@ -112,10 +196,46 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
 
     again = main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed)])
     assert again == 2  # an existing run is not overwritten without --resume
-    assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed), "--resume",
-                 "--config", TINY, *epochs, "--set", "optim.base_lr=1"]) == 2  # a resumed run keeps its saved config
-    assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed), "--resume",
-                 "--config", TINY, *epochs, "--set", "train.dist_timeout_min=5"]) == 0  # but may wait longer for other processes
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--output-dir",
+                str(killed),
+                "--resume",
+                "--config",
+                TINY,
+                *epochs,
+                "--set",
+                "optim.base_lr=1",
+            ]
+        )
+        == 2
+    )  # a resumed run keeps its saved config
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--output-dir",
+                str(killed),
+                "--resume",
+                "--config",
+                TINY,
+                *epochs,
+                "--set",
+                "train.dist_timeout_min=5",
+            ]
+        )
+        == 0
+    )  # but may wait longer for other processes
     assert yaml.safe_load((killed / "config.yaml").read_text())["train"]["dist_timeout_min"] == 5
 
 
@@ -141,12 +261,31 @@ def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path
     script.write_text(DDP_SCRIPT)
     for stage in ("pretrain", "finetune"):  # one process group per command, as on the command line
         for name in ("ddp", "single"):
-            args = [str(script), str(demo_root), str(tmp_path / f"{name}_run"), str(tmp_path / f"{name}_rank1_folder"),
-                    TINY, str(tmp_path), name, stage]
-            run = run_torchrun(args) if name == "ddp" else subprocess.run(
-                [sys.executable, *args], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+            args = [
+                str(script),
+                str(demo_root),
+                str(tmp_path / f"{name}_run"),
+                str(tmp_path / f"{name}_rank1_folder"),
+                TINY,
+                str(tmp_path),
+                name,
+                stage,
+            ]
+            run = (
+                run_torchrun(args)
+                if name == "ddp"
+                else subprocess.run(
+                    [sys.executable, *args],
+                    capture_output=True,
+                    text=True,
+                    env=dict(os.environ, OMP_NUM_THREADS="1"),
+                    check=False,
+                )
+            )
             assert run.returncode == 0, run.stderr[-3000:]
-    rank0, rank1, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0"))
+    rank0, rank1, single = (
+        torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0")
+    )
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     # Same samples, crops and masks; only the order of float32 sums differs (gloo averages two half-batch
     # gradients, one process sums the whole batch): round-off of about 1e-7 relative, which four AdamW
@@ -159,7 +298,9 @@ def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path
     # an element whose gradient is at round-off level (common in the ReLU / InstanceNorm conv decoder)
     # can step either way, up to 2 x the sum of the learning rates apart. Validation is sharded over the
     # ranks and gathered: both ranks agree on the score, and so on which checkpoint is best.
-    rank0, rank1, single = (torch.load(tmp_path / f"finetune_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0"))
+    rank0, rank1, single = (
+        torch.load(tmp_path / f"finetune_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0")
+    )
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     rates = sum(learning_rate(step, total_steps=4, warmup_steps=2, peak=0.05 * 4 / 256) for step in range(4))
     assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) <= 2 * rates
@@ -174,10 +315,28 @@ def test_two_process_ddp_pretraining_matches_one_process_with_the_monai_sampler(
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT)
     for name in ("ddp", "single"):
-        args = [str(script), str(demo_root), str(tmp_path / f"{name}_run"), str(tmp_path / "elsewhere"),
-                TINY, str(tmp_path), name, "pretrain", "data.sampler=monai"]
-        run = run_torchrun(args) if name == "ddp" else subprocess.run(
-            [sys.executable, *args], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
+        args = [
+            str(script),
+            str(demo_root),
+            str(tmp_path / f"{name}_run"),
+            str(tmp_path / "elsewhere"),
+            TINY,
+            str(tmp_path),
+            name,
+            "pretrain",
+            "data.sampler=monai",
+        ]
+        run = (
+            run_torchrun(args)
+            if name == "ddp"
+            else subprocess.run(
+                [sys.executable, *args],
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, OMP_NUM_THREADS="1"),
+                check=False,
+            )
+        )
         assert run.returncode == 0, run.stderr[-3000:]
     rank0, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "single_rank0"))
     assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) < 1e-5
@@ -192,7 +351,9 @@ def test_shards_are_disjoint_and_make_up_the_global_batches():
     assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 4
     whole = [index for _, index in single]
     for step in range(2):  # each step's global batch is the same set of cases in one or two processes
-        assert set(whole[4 * step:4 * step + 4]) == set(shards[0][2 * step:2 * step + 2] + shards[1][2 * step:2 * step + 2])
+        assert set(whole[4 * step : 4 * step + 4]) == set(
+            shards[0][2 * step : 2 * step + 2] + shards[1][2 * step : 2 * step + 2]
+        )
 
 
 def test_bf16_autocast_step_matches_fp32():
@@ -214,8 +375,23 @@ def test_bf16_autocast_step_matches_fp32():
 
 def test_a_diverging_run_stops_with_a_clear_message(tmp_path, demo_root, capsys):
     output = tmp_path / "diverged"
-    code = main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir",
-                 str(output), "--set", "optim.base_lr=1e30", "--set", "train.epochs=3"])
+    code = main(
+        [
+            "pretrain",
+            "--task",
+            "demo",
+            "--data-root",
+            str(demo_root),
+            "--config",
+            TINY,
+            "--output-dir",
+            str(output),
+            "--set",
+            "optim.base_lr=1e30",
+            "--set",
+            "train.epochs=3",
+        ]
+    )
     assert code == 2
     assert "the loss became" in capsys.readouterr().err
     assert not (output / "checkpoints" / "last.pt").exists()
@@ -242,20 +418,47 @@ def test_chest_xray_classifier_from_a_2d_mae(tmp_path):
     root = shared("chestxray14_nih_subset")
     common = ["--task", "chestxray14", "--data-root", str(root), "--config", TINY, "--set", "model.img_size=[64,64]"]
     assert main(["pretrain", *common, "--output-dir", str(tmp_path / "mae")]) == 0
-    assert main(["finetune", *common, "--pretrained", str(tmp_path / "mae" / "checkpoints" / "last.pt"),
-                 "--output-dir", str(tmp_path / "cls")]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                *common,
+                "--pretrained",
+                str(tmp_path / "mae" / "checkpoints" / "last.pt"),
+                "--output-dir",
+                str(tmp_path / "cls"),
+            ]
+        )
+        == 0
+    )
     best = tmp_path / "cls" / "checkpoints" / "best.pt"
     assert load_checkpoint(best)["config"]["name"] == "vit_tiny_patch16_2d_cls"
     assert "val_macro_auc" in pd.read_csv(tmp_path / "cls" / "metrics.csv").columns
-    assert main(["evaluate", "--task", "chestxray14", "--data-root", str(root), "--checkpoint", str(best),
-                 "--output-dir", str(tmp_path / "evaluation")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "chestxray14",
+                "--data-root",
+                str(root),
+                "--checkpoint",
+                str(best),
+                "--output-dir",
+                str(tmp_path / "evaluation"),
+            ]
+        )
+        == 0
+    )
     per_image = pd.read_csv(tmp_path / "evaluation" / "per_image.csv")
     assert len(per_image) == 200 and (tmp_path / "evaluation" / "figures" / "roc.png").is_file()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for image in sorted((root / "images").glob("*.png"))[:3]:
         (inputs / image.name).write_bytes(image.read_bytes())
-    assert main(["predict", "--checkpoint", str(best), "--input", str(inputs), "--output-dir", str(tmp_path / "out")]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(best), "--input", str(inputs), "--output-dir", str(tmp_path / "out")]) == 0
+    )
     probabilities = pd.read_csv(tmp_path / "out" / "probabilities.csv", comment="#")
     assert list(probabilities.columns[2:]) == list(load_task("chestxray14").findings) and len(probabilities) == 3
     assert ((probabilities.iloc[:, 2:] > 0) & (probabilities.iloc[:, 2:] < 1)).all().all()
@@ -266,8 +469,23 @@ def test_a_broken_case_in_a_loader_worker_exits_2_naming_the_file(tmp_path, demo
     shutil.copytree(demo_root, root)
     broken = root / "imagesTr" / "img0002.nii.gz"
     broken.write_bytes(broken.read_bytes()[:200])
-    code = main(["pretrain", "--task", "demo", "--data-root", str(root), "--config", TINY, "--output-dir",
-                 str(tmp_path / "run"), "--set", "data.num_workers=1", "--set", "train.steps_per_epoch=3"])
+    code = main(
+        [
+            "pretrain",
+            "--task",
+            "demo",
+            "--data-root",
+            str(root),
+            "--config",
+            TINY,
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--set",
+            "data.num_workers=1",
+            "--set",
+            "train.steps_per_epoch=3",
+        ]
+    )
     message = capsys.readouterr().err
     assert code == 2 and str(broken) in message and "Traceback" not in message
 
@@ -276,15 +494,21 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, demo_root):
     """Two micro-batches of 2 take the same samples, masks and learning rate as one batch of 4."""
     common = {"task": "demo", "data_root": str(demo_root), "config_file": TINY}
     whole = pretrain.run(RunRequest(**common, output_dir=str(tmp_path / "a"), overrides=["data.batch_size=4"]))
-    split = pretrain.run(RunRequest(**common, output_dir=str(tmp_path / "b"),
-                                    overrides=["data.batch_size=2", "optim.accumulate=2"]))
-    assert pd.read_csv(tmp_path / "a" / "metrics.csv")["lr"].tolist() == pd.read_csv(tmp_path / "b" / "metrics.csv")["lr"].tolist()
+    split = pretrain.run(
+        RunRequest(**common, output_dir=str(tmp_path / "b"), overrides=["data.batch_size=2", "optim.accumulate=2"])
+    )
+    assert (
+        pd.read_csv(tmp_path / "a" / "metrics.csv")["lr"].tolist()
+        == pd.read_csv(tmp_path / "b" / "metrics.csv")["lr"].tolist()
+    )
     a, b = whole.state_dict(), split.state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5  # float32 sums in another order
 
 
-@pytest.mark.parametrize("task_name, kind, outputs", [("msd_brain", "EncoderUNETR", 3), ("chestxray14", "ViTClassifier", 14),
-                                                      ("btcv", "EncoderUNETR", 14)])
+@pytest.mark.parametrize(
+    "task_name, kind, outputs",
+    [("msd_brain", "EncoderUNETR", 3), ("chestxray14", "ViTClassifier", 14), ("btcv", "EncoderUNETR", 14)],
+)
 def test_without_pretrained_weights_the_same_command_trains_from_scratch(task_name, kind, outputs):
     cfg = load_config("finetune", task_name, TINY, ["model.drop_path=0.1"])
     task = with_roi(load_task(task_name), [32] * load_task(task_name).spatial_dims)
@@ -298,8 +522,21 @@ def test_without_pretrained_weights_the_same_command_trains_from_scratch(task_na
 def test_a_resumed_finetuning_repeats_the_lost_epoch_exactly(tmp_path, demo_root):
     """Resume from previous.pt (as after a crash that cost last.pt): drop path, optimiser and RNG state
     come back, so the repeated epoch ends with the same weights."""
-    command = ["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir",
-               str(tmp_path / "run"), "--set", "train.epochs=3", "--set", "model.drop_path=0.1"]
+    command = [
+        "finetune",
+        "--task",
+        "demo",
+        "--data-root",
+        str(demo_root),
+        "--config",
+        TINY,
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "train.epochs=3",
+        "--set",
+        "model.drop_path=0.1",
+    ]
     assert main(command) == 0
     checkpoints = tmp_path / "run" / "checkpoints"
     finished = load_checkpoint(checkpoints / "last.pt")["state_dict"]
@@ -318,13 +555,67 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
 def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_root, capsys):
     """``model.arch=unet``: the baseline a user would otherwise pick, through the same finetune and evaluate."""
     run = tmp_path / "unet"
-    assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir", str(run),
-                 "--set", "model.arch=unet"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--config",
+                TINY,
+                "--output-dir",
+                str(run),
+                "--set",
+                "model.arch=unet",
+            ]
+        )
+        == 0
+    )
     saved = load_checkpoint(run / "checkpoints" / "best.pt")
-    assert saved["config"]["name"] == "unet_3d" and saved["config"]["out_channels"] == len(load_task("demo").class_names)
-    assert main(["evaluate", "--task", "demo", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data-root", str(demo_root),
-                 "--output-dir", str(tmp_path / "scores"), "--quiet"]) == 0
+    assert saved["config"]["name"] == "unet_3d" and saved["config"]["out_channels"] == len(
+        load_task("demo").class_names
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "demo",
+                "--checkpoint",
+                str(run / "checkpoints" / "best.pt"),
+                "--data-root",
+                str(demo_root),
+                "--output-dir",
+                str(tmp_path / "scores"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(tmp_path / "scores" / "per_case.csv")["case_id"].nunique() >= 1
-    assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", TINY, "--output-dir",
-                 str(tmp_path / "refused"), "--set", "model.arch=unet", "--pretrained", str(run / "checkpoints" / "best.pt")]) == 2
-    assert "model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--config",
+                TINY,
+                "--output-dir",
+                str(tmp_path / "refused"),
+                "--set",
+                "model.arch=unet",
+                "--pretrained",
+                str(run / "checkpoints" / "best.pt"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        "model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained"
+        in capsys.readouterr().err
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import shared
 
 from medmae import resource_dir
 from medmae.cli import main
@@ -20,8 +21,6 @@ from medmae.data.loaders import CaseDataset, crop_seed, item_seed
 from medmae.data.manifests import load_split
 from medmae.errors import UserError
 from medmae.tasks import load_task
-
-from conftest import shared
 
 
 def volumes() -> list[torch.Tensor]:
@@ -37,7 +36,7 @@ def test_each_crop_is_the_sub_volume_at_its_start_flipped_as_reported(copy, monk
     crops, starts, flips = sampler.draw(ids, torch.Generator().manual_seed(0))
     assert crops.shape == (30, 2, 5, 4, 5)
     for crop, k, start, flip in zip(crops, ids.tolist(), starts.tolist(), flips):
-        expected = vols[k][:, start[0]:start[0] + 5, start[1]:start[1] + 4, start[2]:start[2] + 5]
+        expected = vols[k][:, start[0] : start[0] + 5, start[1] : start[1] + 4, start[2] : start[2] + 5]
         axes = [1 + a for a in range(3) if flip[a]]
         assert torch.equal(crop, expected.flip(axes) if axes else expected)
 
@@ -73,8 +72,12 @@ def test_volumes_smaller_than_the_roi_are_refused():
 def test_crop_benchmark_prints_both_rates():
     root = shared("msd_hippocampus")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "crop_sampler.py"
-    result = subprocess.run([sys.executable, str(script), "--data-root", str(root), "--seconds", "0.2"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(script), "--data-root", str(root), "--seconds", "0.2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["case"] for line in lines] == ["monai_chain", "medmae_crop_sampler", "ratio"]
     assert all(line["crops_per_s"] > 0 for line in lines[:2]) and lines[2]["medmae_over_monai"] > 0
@@ -83,8 +86,20 @@ def test_crop_benchmark_prints_both_rates():
 def test_cached_crops_deal_disjoint_shards_that_make_up_the_single_process_batch(demo_root):
     task = load_task("demo")
     dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
-    loaders = [CachedCrops(dataset, task.roi, global_batch=4, crops=2, rank=r, world=w, seed=0, device=torch.device("cpu"),
-                           progress=False) for r, w in ((0, 2), (1, 2), (0, 1))]
+    loaders = [
+        CachedCrops(
+            dataset,
+            task.roi,
+            global_batch=4,
+            crops=2,
+            rank=r,
+            world=w,
+            seed=0,
+            device=torch.device("cpu"),
+            progress=False,
+        )
+        for r, w in ((0, 2), (1, 2), (0, 1))
+    ]
     for loader in loaders:
         loader.sampler.set_pass(3)
     ranks, single = [list(loader) for loader in loaders[:2]], list(loaders[2])
@@ -93,13 +108,33 @@ def test_cached_crops_deal_disjoint_shards_that_make_up_the_single_process_batch
     seeds = [set(b["sample_seed"].tolist()) for b in (ranks[0][0], ranks[1][0])]
     assert not seeds[0] & seeds[1]
     by_seed = {int(s): crop for b in ranks[0] + ranks[1] for s, crop in zip(b["sample_seed"], b["image"], strict=True)}
-    assert all(torch.equal(by_seed[int(s)], crop) for s, crop in zip(single[0]["sample_seed"], single[0]["image"], strict=True))
+    assert all(
+        torch.equal(by_seed[int(s)], crop) for s, crop in zip(single[0]["sample_seed"], single[0]["image"], strict=True)
+    )
 
 
 def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):
     tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
-    assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--config", tiny, "--output-dir",
-                 str(tmp_path / "run"), "--set", "data.sampler=cached", "--set", "data.crops_per_volume=2"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--config",
+                tiny,
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--set",
+                "data.sampler=cached",
+                "--set",
+                "data.crops_per_volume=2",
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
 
 
@@ -111,8 +146,18 @@ def test_vectorised_seeds_equal_the_per_item_rules():
 
 
 def _cached(dataset, task, **kwargs):
-    return CachedCrops(dataset, task.roi, global_batch=2, crops=2, rank=0, world=1, seed=0, device=torch.device("cpu"),
-                       progress=False, **kwargs)
+    return CachedCrops(
+        dataset,
+        task.roi,
+        global_batch=2,
+        crops=2,
+        rank=0,
+        world=1,
+        seed=0,
+        device=torch.device("cpu"),
+        progress=False,
+        **kwargs,
+    )
 
 
 def test_disk_cache_gives_the_same_batches_as_memory_and_is_reused(tmp_path, demo_root):
@@ -128,7 +173,7 @@ def test_disk_cache_gives_the_same_batches_as_memory_and_is_reused(tmp_path, dem
     store, shapes = disk_store(dataset, tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == files  # reused, not rewritten
     first = torch.as_tensor(dataset[0]["image"]).as_subclass(torch.Tensor)
-    assert torch.equal(store[0, :, :shapes[0, 0], :shapes[0, 1], :shapes[0, 2]], first)
+    assert torch.equal(store[0, :, : shapes[0, 0], : shapes[0, 1], : shapes[0, 2]], first)
     disk_store(CaseDataset(task, dataset.cases[:3], "inference"), tmp_path / "cache")
     assert len(list((tmp_path / "cache").iterdir())) == 4  # other cases: another file
 
@@ -169,7 +214,9 @@ def test_an_epoch_that_ends_inside_a_pass_leaves_no_prefetch_thread_behind():
 def test_a_gpu_cache_larger_than_half_the_free_memory_is_refused_with_the_remedies(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 2**30, 80 * 2**30))
     big = [torch.zeros(1).expand(4, 256, 256, 160)] * 20  # 20 volumes x 160 MiB, no memory behind them
-    with pytest.raises(UserError, match=r"need 3\.1 GiB on cuda, more than half of its 4\.0 GiB free: set data\.cache_dir"):
+    with pytest.raises(
+        UserError, match=r"need 3\.1 GiB on cuda, more than half of its 4\.0 GiB free: set data\.cache_dir"
+    ):
         check_fits(big, torch.device("cuda"))
     check_fits(big[:5], torch.device("cuda"))  # 0.8 GiB fits
 
@@ -198,7 +245,9 @@ def test_a_volume_with_other_channels_stops_the_disk_cache_naming_it(tmp_path, d
     task = load_task("demo")
     dataset = CaseDataset(task, load_split(task, demo_root).all_cases()[:3], "inference")
     original = dataset.__getitem__
-    monkeypatch.setattr(CaseDataset, "__getitem__", lambda self, k: {"image": original(k)["image"].repeat(1 + (k == 2), 1, 1, 1)})
+    monkeypatch.setattr(
+        CaseDataset, "__getitem__", lambda self, k: {"image": original(k)["image"].repeat(1 + (k == 2), 1, 1, 1)}
+    )
     with pytest.raises(ValueError, match=str(dataset.cases[2].image)):
         disk_store(dataset, tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []  # the scratch files went with the failure

@@ -44,12 +44,35 @@ def test_a_finished_run_figure_is_redrawn_from_its_checkpoint(tmp_path, demo_roo
     from medmae.cli import main
 
     run = tmp_path / "mae"
-    assert main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--config",
-                 str(resource_dir("configs") / "test" / "tiny.yaml"), "--output-dir", str(run), "--set", "train.epochs=1",
-                 "--set", "optim.warmup_epochs=0"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--config",
+                str(resource_dir("configs") / "test" / "tiny.yaml"),
+                "--output-dir",
+                str(run),
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "optim.warmup_epochs=0",
+            ]
+        )
+        == 0
+    )
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "reconstruction_figure.py"
-    done = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "again.png"), "--data-root", str(demo_root)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script), str(run), str(tmp_path / "again.png"), "--data-root", str(demo_root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    drawn, redrawn = (np.asarray(PILImage.open(p)) for p in (run / "figures" / "reconstruction_epoch0001.png", tmp_path / "again.png"))
+    drawn, redrawn = (
+        np.asarray(PILImage.open(p)) for p in (run / "figures" / "reconstruction_epoch0001.png", tmp_path / "again.png")
+    )
     assert np.array_equal(drawn, redrawn)  # the same samples, masks and weights draw the same picture

@@ -19,8 +19,13 @@ from medmae.models import ViTEncoder, WeightTransferError, classifier_from_pretr
 from medmae.models.imagenet import convert_vit_state, imagenet_payload, read_state_dict
 
 PATCH, POS = "patch_embedding.patch_embeddings.weight", "patch_embedding.position_embeddings"
-TIMM_TO_TORCHVISION = {"norm1": "ln_1", "attn.proj": "self_attention.out_proj", "norm2": "ln_2",
-                       "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.3"}
+TIMM_TO_TORCHVISION = {
+    "norm1": "ln_1",
+    "attn.proj": "self_attention.out_proj",
+    "norm2": "ln_2",
+    "mlp.fc1": "mlp.0",
+    "mlp.fc2": "mlp.3",
+}
 
 
 def perturbed_timm(name, **kwargs):
@@ -35,10 +40,16 @@ def perturbed_timm(name, **kwargs):
 def to_torchvision(state, mlp=("mlp.0", "mlp.3")):
     """timm ViT state dict -> torchvision ``vit_b_16`` names (``in_proj_weight`` = timm's ``qkv.weight``)."""
     names = dict(TIMM_TO_TORCHVISION, **{"mlp.fc1": mlp[0], "mlp.fc2": mlp[1]})
-    out = {"class_token": state["cls_token"], "encoder.pos_embedding": state["pos_embed"],
-           "conv_proj.weight": state["patch_embed.proj.weight"], "conv_proj.bias": state["patch_embed.proj.bias"],
-           "encoder.ln.weight": state["norm.weight"], "encoder.ln.bias": state["norm.bias"],
-           "heads.head.weight": state["head.weight"], "heads.head.bias": state["head.bias"]}
+    out = {
+        "class_token": state["cls_token"],
+        "encoder.pos_embedding": state["pos_embed"],
+        "conv_proj.weight": state["patch_embed.proj.weight"],
+        "conv_proj.bias": state["patch_embed.proj.bias"],
+        "encoder.ln.weight": state["norm.weight"],
+        "encoder.ln.bias": state["norm.bias"],
+        "heads.head.weight": state["head.weight"],
+        "heads.head.bias": state["head.bias"],
+    }
     for key, tensor in state.items():
         if key.startswith("blocks."):
             _, index, rest = key.split(".", 2)
@@ -92,9 +103,19 @@ def test_timm_file_maps_every_tensor_and_gives_timm_features(vit_b, vit_b_file):
     assert set(imported.skipped) == {"head.weight", "head.bias"}
     assert set(imported.mapped) | set(imported.skipped) == set(state)
     assert payload["task"] is None and payload["config"] == dict(
-        spatial_dims=2, img_size=[224, 224], patch_size=[16, 16], in_channels=3, width=768, depth=12,
-        num_heads=12, mlp_dim=3072, qkv_bias=True, cls_token=True, norm_eps=1e-6,
-        name="imagenet_vit_base_patch16_2d")
+        spatial_dims=2,
+        img_size=[224, 224],
+        patch_size=[16, 16],
+        in_channels=3,
+        width=768,
+        depth=12,
+        num_heads=12,
+        mlp_dim=3072,
+        qkv_bias=True,
+        cls_token=True,
+        norm_eps=1e-6,
+        name="imagenet_vit_base_patch16_2d",
+    )
     text = "\n".join(notes)
     assert "timm" in text and "head.bias, head.weight" in text and "width 768 // 64" in text
     assert "folded the cls token's position embedding" in text
@@ -126,11 +147,16 @@ def test_other_channel_counts_are_adapted_and_reported(vit_b_file, channels):
     assert "(14, 14) to (2, 2)" in report.adapted[POS]
     x = torch.randn(1, 1, 32, 32)  # the same signal in every channel embeds as it did in RGB
     with torch.no_grad():
-        torch.testing.assert_close(model.eval().encoder(x.expand(-1, channels, -1, -1))[0],
-                                   rgb.eval().encoder(x.expand(-1, 3, -1, -1))[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model.eval().encoder(x.expand(-1, channels, -1, -1))[0],
+            rgb.eval().encoder(x.expand(-1, 3, -1, -1))[0],
+            atol=1e-4,
+            rtol=1e-4,
+        )
     source = payload["state_dict"]["encoder." + PATCH]  # [768, 3, 16, 16]
-    assert torch.allclose(model.encoder.state_dict()[PATCH], source.sum(1, keepdim=True).expand(-1, channels, -1, -1)
-                          / channels)
+    assert torch.allclose(
+        model.encoder.state_dict()[PATCH], source.sum(1, keepdim=True).expand(-1, channels, -1, -1) / channels
+    )
 
 
 def test_3d_inflation_embeds_a_constant_volume_as_the_image_and_builds_unetr(vit_b_file):
@@ -207,8 +233,11 @@ class CodePayload:
 def test_a_file_carrying_code_is_refused_and_the_code_never_runs(tiny_state, tmp_path):
     marker, hostile = tmp_path / "code_ran", tmp_path / "hostile.pth"
     torch.save({"model": tiny_state, "args": CodePayload(marker)}, hostile)
-    with pytest.raises(CheckpointError, match=r"hostile.pth: refused: its pickle would call (posix|os)\.system.*"
-                                              r"state_dict\(\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"hostile.pth: refused: its pickle would call (posix|os)\.system.*"
+        r"state_dict\(\)",
+    ):
         read_state_dict(hostile)
     assert not marker.exists()
 
@@ -217,8 +246,12 @@ def timm_layout(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
     """A medmae 2D encoder (cls token, position-free) written in timm's layout, as a timm file would hold it."""
     state, renamed = encoder.state_dict(), {}
     for key, tensor in state.items():
-        key = (key.replace("patch_embedding.patch_embeddings", "patch_embed.proj").replace("attn.out_proj", "attn.proj")
-               .replace("mlp.linear1", "mlp.fc1").replace("mlp.linear2", "mlp.fc2"))
+        key = (
+            key.replace("patch_embedding.patch_embeddings", "patch_embed.proj")
+            .replace("attn.out_proj", "attn.proj")
+            .replace("mlp.linear1", "mlp.fc1")
+            .replace("mlp.linear2", "mlp.fc2")
+        )
         renamed[key] = tensor
     renamed["pos_embed"] = torch.cat([torch.zeros(1, 1, tensor.shape[-1]), renamed.pop(POS)], dim=1)
     return renamed | {"head.weight": torch.zeros(10, encoder.config["width"]), "head.bias": torch.zeros(10)}
@@ -234,18 +267,51 @@ def test_finetune_takes_imagenet_weights_from_the_command_line(tmp_path, demo_ro
     encoder = ViTEncoder(2, 224, 16, 3, 192, 12, 3, 768, cls_token=True, norm_eps=1e-6)
     torch.save(timm_layout(encoder), tmp_path / "vit_tiny.pth")
     tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
-    code = main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", tiny, "--set", "train.epochs=1",
-                 "--set", "optim.warmup_epochs=0", "--pretrained", f"imagenet:{tmp_path / 'vit_tiny.pth'}",
-                 "--output-dir", str(tmp_path / "unetr")])
+    code = main(
+        [
+            "finetune",
+            "--task",
+            "demo",
+            "--data-root",
+            str(demo_root),
+            "--config",
+            tiny,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "optim.warmup_epochs=0",
+            "--pretrained",
+            f"imagenet:{tmp_path / 'vit_tiny.pth'}",
+            "--output-dir",
+            str(tmp_path / "unetr"),
+        ]
+    )
     assert code == 0
     log = caplog.text
-    assert "read timm ViT weights" in log and "inflated the patch embedding [192, 3, 16, 16] -> [192, 3, 16, 16, 16]" in log
+    assert (
+        "read timm ViT weights" in log
+        and "inflated the patch embedding [192, 3, 16, 16] -> [192, 3, 16, 16, 16]" in log
+    )
     assert "input channels 3 -> 1" in log and "resampled from grid (14, 14, 1) to (3, 3, 2)" in log
     saved = load_checkpoint(tmp_path / "unetr" / "checkpoints" / "last.pt")
     assert saved["config"]["width"] == 192 and saved["config"]["norm_eps"] == 1e-6
     assert saved["pretrained"] == f"imagenet:{tmp_path / 'vit_tiny.pth'}"
-    assert main(["finetune", "--task", "demo", "--data-root", str(demo_root), "--pretrained",
-                 f"imagenet:{tmp_path / 'missing.pth'}", "--output-dir", str(tmp_path / "other")]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--pretrained",
+                f"imagenet:{tmp_path / 'missing.pth'}",
+                "--output-dir",
+                str(tmp_path / "other"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_a_classifier_from_an_unregistered_vit_size_rebuilds_from_its_checkpoint_config(tmp_path):
@@ -254,8 +320,9 @@ def test_a_classifier_from_an_unregistered_vit_size_rebuilds_from_its_checkpoint
 
     small = ViTEncoder(2, 64, 16, 3, 384, 2, 6, 1536, cls_token=True, norm_eps=1e-6)  # a two-block ViT-S/16
     torch.save(timm_layout(small), tmp_path / "vit_s.pth")
-    model, _ = classifier_from_pretrained(imagenet_payload(tmp_path / "vit_s.pth", 2)[0], num_classes=3, img_size=64,
-                                          in_channels=1)
+    model, _ = classifier_from_pretrained(
+        imagenet_payload(tmp_path / "vit_s.pth", 2)[0], num_classes=3, img_size=64, in_channels=1
+    )
     config = dict(model_checkpoint(model)["config"])
     rebuilt = create_model(config.pop("name"), **config)  # as evaluate, predict and --resume do
     rebuilt.load_state_dict(model.state_dict())

@@ -18,10 +18,33 @@ from medmae.engine.checkpoint import load_checkpoint
 
 
 def test_results_are_the_mean_and_sample_std_over_seeds():
-    runs = pd.DataFrame([{"method": "mae_unetr", "label_fraction": 0.1, "seed": s, "dsc_mean": d, "hd95_mm_mean": h,
-                          "hd95_undefined": 1, "steps": 10, "train_seconds": 5.0} for s, d, h in ((0, 0.5, 4.0), (1, 0.7, 6.0))]
-                        + [{"method": "mae_unetr", "label_fraction": 1.0, "seed": 0, "dsc_mean": 0.8, "hd95_mm_mean": 3.0,
-                            "hd95_undefined": 0, "steps": 10, "train_seconds": 5.0}])
+    runs = pd.DataFrame(
+        [
+            {
+                "method": "mae_unetr",
+                "label_fraction": 0.1,
+                "seed": s,
+                "dsc_mean": d,
+                "hd95_mm_mean": h,
+                "hd95_undefined": 1,
+                "steps": 10,
+                "train_seconds": 5.0,
+            }
+            for s, d, h in ((0, 0.5, 4.0), (1, 0.7, 6.0))
+        ]
+        + [
+            {
+                "method": "mae_unetr",
+                "label_fraction": 1.0,
+                "seed": 0,
+                "dsc_mean": 0.8,
+                "hd95_mm_mean": 3.0,
+                "hd95_undefined": 0,
+                "steps": 10,
+                "train_seconds": 5.0,
+            }
+        ]
+    )
     table = label_efficiency.aggregate(runs)
     low = table[table["label_fraction"] == 0.1].iloc[0]
     assert (low["dsc_mean_mean"], low["seeds"]) == (pytest.approx(0.6), 2)
@@ -35,9 +58,28 @@ def test_results_are_the_mean_and_sample_std_over_seeds():
 def test_quick_run_pairs_the_models_fairly_and_writes_every_output(tmp_path, demo_root):
     """Every stage on the synthetic demo set (scored on its validation part: it has no test part)."""
     output, work = tmp_path / "results", tmp_path / "work"
-    command = [sys.executable, str(BENCHMARKS / "label_efficiency.py"), "--quick", "--task", "demo", "--data-root",
-               str(demo_root), "--split", "fold0", "--part", "val", "--fractions", "1.0", "0.5", "--seeds", "2",
-               "--output", str(output), "--work-dir", str(work)]
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "label_efficiency.py"),
+        "--quick",
+        "--task",
+        "demo",
+        "--data-root",
+        str(demo_root),
+        "--split",
+        "fold0",
+        "--part",
+        "val",
+        "--fractions",
+        "1.0",
+        "0.5",
+        "--seeds",
+        "2",
+        "--output",
+        str(output),
+        "--work-dir",
+        str(work),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     runs = pd.read_csv(output / "runs.csv")
     assert sorted(runs["method"]) == sorted(["mae_unetr", "scratch_unetr", "scratch_unet"] * 3)
@@ -45,10 +87,15 @@ def test_quick_run_pairs_the_models_fairly_and_writes_every_output(tmp_path, dem
         summary = pd.read_csv(work / row["run"] / "evaluate_val" / "summary.csv", comment="#")
         assert row["dsc_mean"] == pytest.approx(summary.set_index("class").loc["foreground mean", "dsc_mean"], rel=1e-5)
         saved = load_checkpoint(work / row["run"] / "checkpoints" / "best.pt")
-        assert saved["pretrained"] == (str(work / "mae" / "checkpoints" / "last.pt") if row["method"] == "mae_unetr" else None)
+        assert saved["pretrained"] == (
+            str(work / "mae" / "checkpoints" / "last.pt") if row["method"] == "mae_unetr" else None
+        )
         config = saved["run_config"]
         assert (config["data"]["label_fraction"], config["data"]["label_seed"], config["train"]["seed"]) == (
-            row["label_fraction"], row["seed"], row["seed"])
+            row["label_fraction"],
+            row["seed"],
+            row["seed"],
+        )
         assert config["optim"]["layer_decay"] == (1.0 if row["method"] != "mae_unetr" else 0.9)  # demo recipe: 0.9
     paired = runs[runs["method"] != "scratch_unet"].groupby(["label_fraction", "seed"])["steps"].nunique()
     assert (paired == 1).all()  # MAE and scratch UNETR: the same steps on the same label set
@@ -68,9 +115,26 @@ def test_quick_run_pairs_the_models_fairly_and_writes_every_output(tmp_path, dem
 def test_quick_chest_xray_run_scores_auc_without_a_unet(tmp_path):
     root = shared("chestxray14_nih_subset")
     output = tmp_path / "results"
-    subprocess.run([sys.executable, str(BENCHMARKS / "label_efficiency.py"), "--quick", "--task", "chestxray14", "--data-root",
-                    str(root), "--fractions", "1.0", "--output", str(output), "--work-dir", str(tmp_path / "work")],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "label_efficiency.py"),
+            "--quick",
+            "--task",
+            "chestxray14",
+            "--data-root",
+            str(root),
+            "--fractions",
+            "1.0",
+            "--output",
+            str(output),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     runs = pd.read_csv(output / "runs.csv")
     assert list(runs["method"]) == ["mae_vit", "scratch_vit"]
     assert runs["auc_mean"].between(0, 1).all() and "auc_Effusion" in runs.columns

@@ -19,7 +19,7 @@ def test_forward_shapes(spatial_dims, channels):
     loss, pred, mask = model(x)
     n = 12  # 2 x 3 x 2 in 3D, 3 x 4 in 2D
     assert loss.ndim == 0 and torch.isfinite(loss)
-    assert pred.shape == (2, n, channels * 16 ** spatial_dims)
+    assert pred.shape == (2, n, channels * 16**spatial_dims)
     assert mask.shape == (2, n) and torch.equal(mask.sum(1), torch.full((2,), n - int(n * 0.25), dtype=torch.float32))
 
 
@@ -112,8 +112,9 @@ def test_reconstruct_keeps_visible_patches_and_fills_hidden_ones():
     composite = patchify(images["composite"], model.patch_size)
     original = patchify(x, model.patch_size)
     assert torch.equal(composite.masked_select(visible), original.masked_select(visible))
-    assert torch.equal(patchify(images["masked"], model.patch_size).masked_select(~visible),
-                       torch.zeros(int((~visible).sum()) * 4096))
+    assert torch.equal(
+        patchify(images["masked"], model.patch_size).masked_select(~visible), torch.zeros(int((~visible).sum()) * 4096)
+    )
     # hidden patches come from the prediction, mapped back with each patch's mean and std
     target, mean, std = model.patch_target(x)
     assert torch.allclose(composite.masked_select(~visible), (pred * std + mean).masked_select(~visible))
@@ -137,13 +138,15 @@ def test_mask_ratio_override_and_bad_arguments():
 def test_decoder_puts_each_token_at_its_patch_position(cls_token):
     """Visible patch i gets decoder_embed(its latent) + pos[i]; hidden patch i gets mask_token + pos[i]."""
     model = tiny_mae(cls_token=cls_token).eval()
-    latent, mask, ids_restore = model.forward_encoder(torch.randn(2, 1, *SIZE_3D), generator=torch.Generator().manual_seed(3))
+    latent, mask, ids_restore = model.forward_encoder(
+        torch.randn(2, 1, *SIZE_3D), generator=torch.Generator().manual_seed(3)
+    )
     seen = []
     model.decoder_blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad():
         model.forward_decoder(latent, ids_restore)
         embedded = model.decoder_embed(latent)
-    tokens = seen[0][:, int(cls_token):]
+    tokens = seen[0][:, int(cls_token) :]
     pos = model.decoder_pos_embed[0]
     ids_shuffle = torch.argsort(ids_restore, dim=1)
     for b in range(2):
@@ -221,8 +224,9 @@ def test_mask_token_encoder_sees_every_position_and_hidden_ones_as_its_mask_toke
     latent, mask, _ = model.forward_encoder(x)
     assert latent.shape == (2, 12, 48) and seen[0].shape == (2, 12, 48)
     position = model.encoder.patch_embedding.position_embeddings
-    expected = torch.where(mask.unsqueeze(-1).bool(), model.encoder_mask_token + position,
-                           model.encoder.patch_embedding(x))
+    expected = torch.where(
+        mask.unsqueeze(-1).bool(), model.encoder_mask_token + position, model.encoder.patch_embedding(x)
+    )
     torch.testing.assert_close(seen[0], expected)
     loss, pred, _ = model(x)
     loss.backward()

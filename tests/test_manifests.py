@@ -1,12 +1,11 @@
 import json
 
 import pytest
+from conftest import shared
 
 from medmae.data.manifests import Case, carve, fold_split, load_split, read_datalist, stored_manifest
 from medmae.errors import DataError, UserError
 from medmae.tasks import load_task
-
-from conftest import shared
 
 
 def test_btcv_stored_splits_are_monai_and_transunet():
@@ -52,15 +51,21 @@ def write(path, content):
 
 def test_datalist_entries_are_checked(tmp_path):
     entry = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}
-    parts = read_datalist(write(tmp_path / "d.json", {"training": [entry, {"image": "imagesTr/c.nii.gz"}],
-                                                      "test": ["imagesTs/b.nii.gz"]}), tmp_path)
+    parts = read_datalist(
+        write(
+            tmp_path / "d.json", {"training": [entry, {"image": "imagesTr/c.nii.gz"}], "test": ["imagesTs/b.nii.gz"]}
+        ),
+        tmp_path,
+    )
     assert [c.id for c in parts["training"]] == ["a"] and parts["test"] == []
     assert parts["training"][0].image == tmp_path / "imagesTr" / "a.nii.gz"
     assert [(c.id, c.label) for c in parts["unlabelled"]] == [("c", None), ("b", None)]
-    for bad, message in [({"image": "/etc/passwd", "label": "x"}, "must be relative"),
-                         ({"image": "../../secret.nii.gz", "label": "x"}, "stay inside"),
-                         ({"image": "C:/data/a.nii.gz", "label": "x"}, "must be relative"),
-                         ({"label": "a.nii.gz"}, "needs an 'image'")]:
+    for bad, message in [
+        ({"image": "/etc/passwd", "label": "x"}, "must be relative"),
+        ({"image": "../../secret.nii.gz", "label": "x"}, "stay inside"),
+        ({"image": "C:/data/a.nii.gz", "label": "x"}, "must be relative"),
+        ({"label": "a.nii.gz"}, "needs an 'image'"),
+    ]:
         with pytest.raises(DataError, match=message):
             read_datalist(write(tmp_path / "d.json", {"training": [bad]}), tmp_path)
     twice = {"training": [entry, {"image": "imagesTr/a.nii.gz", "label": "labelsTr/other.nii.gz"}]}
@@ -80,16 +85,31 @@ def test_datalist_parts_and_named_splits(demo_root, tmp_path):
     assert len(split.train) + len(split.validation) == 5 and len(split.validation) == 1
     fold = load_split(task, demo_root, split="fold1")
     assert len(fold.test) + len(fold.train) + len(fold.validation) == 6
-    own = write(tmp_path / "mine.json", {"training": [{"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"},
-                                                      {"image": "imagesTr/img0002.nii.gz", "label": "labelsTr/label0002.nii.gz"}],
-                                         "validation": [{"image": "imagesTr/img0003.nii.gz", "label": "labelsTr/label0003.nii.gz"}],
-                                         "test": [{"image": "imagesTr/img0004.nii.gz", "label": "labelsTr/label0004.nii.gz"}]})
+    own = write(
+        tmp_path / "mine.json",
+        {
+            "training": [
+                {"image": "imagesTr/img0001.nii.gz", "label": "labelsTr/label0001.nii.gz"},
+                {"image": "imagesTr/img0002.nii.gz", "label": "labelsTr/label0002.nii.gz"},
+            ],
+            "validation": [{"image": "imagesTr/img0003.nii.gz", "label": "labelsTr/label0003.nii.gz"}],
+            "test": [{"image": "imagesTr/img0004.nii.gz", "label": "labelsTr/label0004.nii.gz"}],
+        },
+    )
     mine = load_split(task, demo_root, manifest=own)
     assert ([c.id for c in mine.train], [c.id for c in mine.validation], [c.id for c in mine.test]) == (
-        ["img0001", "img0002"], ["img0003"], ["img0004"])
-    no_validation = write(tmp_path / "tv.json", {"training": json.loads(own.read_text())["training"] + [
-        {"image": f"imagesTr/img000{k}.nii.gz", "label": f"labelsTr/label000{k}.nii.gz"} for k in (3, 5, 6)],
-        "test": json.loads(own.read_text())["test"]})
+        ["img0001", "img0002"],
+        ["img0003"],
+        ["img0004"],
+    )
+    no_validation = write(
+        tmp_path / "tv.json",
+        {
+            "training": json.loads(own.read_text())["training"]
+            + [{"image": f"imagesTr/img000{k}.nii.gz", "label": f"labelsTr/label000{k}.nii.gz"} for k in (3, 5, 6)],
+            "test": json.loads(own.read_text())["test"],
+        },
+    )
     carved = load_split(task, demo_root, manifest=no_validation)
     assert (len(carved.train), len(carved.validation), [c.id for c in carved.test]) == (4, 1, ["img0004"])
     assert carved.notes == []

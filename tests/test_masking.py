@@ -6,8 +6,15 @@ import pytest
 import torch
 from scipy.ndimage import label
 
-from medmae.models.masking import (block_mask, grid_ratios, masking_noise, random_masking, seeded_noise, strategy_mask,
-                                   visible_count)
+from medmae.models.masking import (
+    block_mask,
+    grid_ratios,
+    masking_noise,
+    random_masking,
+    seeded_noise,
+    strategy_mask,
+    visible_count,
+)
 
 
 @pytest.mark.parametrize("n,ratio", [(36, 0.75), (216, 0.125), (196, 0.9), (10, 0.0)])
@@ -62,7 +69,9 @@ def test_seeded_noise_is_splitmix64_of_seed_and_token():
     seeds = torch.tensor([0, 1, 2**31 - 2, 987654])
     noise = seeded_noise(seeds, 27)
     assert noise.shape == (4, 27) and noise.dtype == torch.float64
-    expected = torch.tensor([[_splitmix64_uniform(int(s), j, 27) for j in range(27)] for s in seeds], dtype=torch.float64)
+    expected = torch.tensor(
+        [[_splitmix64_uniform(int(s), j, 27) for j in range(27)] for s in seeds], dtype=torch.float64
+    )
     assert torch.equal(noise, expected)
 
 
@@ -91,7 +100,9 @@ def _hidden_by_masking(strategy: str, grid: tuple[int, ...], ratio: float, seeds
     """``[B, N]`` masks (1 = hidden) as the MAE draws them: strategy noise, then the shared gather."""
     n = math.prod(grid)
     noise = masking_noise(strategy, torch.tensor(seeds), grid, ratio)
-    return random_masking(torch.zeros(len(seeds), n, 1), ratio, noise=noise, keep=visible_count(strategy, grid, ratio))[1]
+    return random_masking(torch.zeros(len(seeds), n, 1), ratio, noise=noise, keep=visible_count(strategy, grid, ratio))[
+        1
+    ]
 
 
 @pytest.mark.parametrize("grid", GRIDS)
@@ -136,10 +147,13 @@ def test_block_masks_are_unions_of_connected_boxes(grid):
 
 def test_block_masks_are_blocky_and_random_masks_are_not():
     grid, ratio = (14, 14), 0.5
-    pieces = {strategy: np.mean([label(strategy_mask(strategy, grid, ratio, s).reshape(grid))[1] for s in range(50)])
-              for strategy in ("block",)}
-    random_pieces = np.mean([label(_hidden_by_masking("random", grid, ratio, [s])[0].bool().numpy().reshape(grid))[1]
-                             for s in range(50)])
+    pieces = {
+        strategy: np.mean([label(strategy_mask(strategy, grid, ratio, s).reshape(grid))[1] for s in range(50)])
+        for strategy in ("block",)
+    }
+    random_pieces = np.mean(
+        [label(_hidden_by_masking("random", grid, ratio, [s])[0].bool().numpy().reshape(grid))[1] for s in range(50)]
+    )
     assert pieces["block"] < random_pieces / 3
 
 
@@ -160,7 +174,9 @@ def test_grid_masks_keep_one_patch_in_every_k_along_each_axis(grid):
 
 
 def test_grid_masking_refuses_other_ratios_and_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"one of 0 \(k=1\), 0\.875 \(k=2\), 0\.963 \(k=3\), 0\.9954 \(k=6\); not 0\.75"):
+    with pytest.raises(
+        ValueError, match=r"one of 0 \(k=1\), 0\.875 \(k=2\), 0\.963 \(k=3\), 0\.9954 \(k=6\); not 0\.75"
+    ):
         visible_count("grid", (6, 6, 6), 0.75)
     with pytest.raises(ValueError, match=r"0\.75 \(k=2\).*not 0\.5"):
         visible_count("grid", (14, 14), 0.5)

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared
 from scipy.ndimage import binary_erosion, gaussian_filter
 from scipy.spatial import cKDTree
 
@@ -14,20 +15,20 @@ from medmae.evaluation.metrics import BRATS_PENALTY_MM, score_masks
 from medmae.evaluation.reports import summarise
 from medmae.tasks import load_task
 
-from conftest import shared
-
 SPACING = (0.8, 0.8, 3.0)
 
 
 def independent_hd95(a, b, spacing):
     """Surface: a voxel of the mask with any of its 26 neighbours outside it (outside the array counts
     as outside). Distances: nearest surface point of the other mask by KD-tree, in mm."""
+
     def surface_points(mask):
         padded = np.pad(mask, 1)
         inner = np.ones_like(mask)
         for offset in itertools.product((-1, 0, 1), repeat=3):
             inner &= padded[tuple(slice(1 + o, 1 + o + n) for o, n in zip(offset, mask.shape))]
         return np.argwhere(mask & ~inner) * np.asarray(spacing)
+
     pa, pb = surface_points(a), surface_points(b)
     d_ab, _ = cKDTree(pb).query(pa)
     d_ba, _ = cKDTree(pa).query(pb)
@@ -83,7 +84,7 @@ def test_the_empty_mask_rule(penalty):
     for pred, reference, side in ((empty, ref, "prediction"), (ref, empty, "reference")):
         score = score_masks(pred, reference, SPACING, penalty)
         assert score.dsc == 0.0 and score.empty == side and score.hd95_penalised == (penalty is not None)
-        assert (np.isnan(score.hd95_mm) if penalty is None else score.hd95_mm == penalty)
+        assert np.isnan(score.hd95_mm) if penalty is None else score.hd95_mm == penalty
     assert (score.n_ref, score.n_pred, score.fp) == (0, 27, 27)
 
 
@@ -116,8 +117,15 @@ def test_summary_means_skip_undefined_and_count_them():
     rows = []
     for case, dsc in (("a", 0.9), ("b", 0.7), ("c", float("nan"))):
         for k, name in enumerate(task.labels[1:]):
-            rows.append({"case_id": case, "class": name, "dsc": dsc if k else float("nan"),
-                         "hd95_mm": 2.0 if dsc == dsc else float("nan"), "hd95_penalised": False})
+            rows.append(
+                {
+                    "case_id": case,
+                    "class": name,
+                    "dsc": dsc if k else float("nan"),
+                    "hd95_mm": 2.0 if dsc == dsc else float("nan"),
+                    "hd95_penalised": False,
+                }
+            )
     summary = summarise(pd.DataFrame(rows), task).set_index("class")
     assert summary.loc["right_kidney", "dsc_mean"] == pytest.approx(0.8)
     assert summary.loc["right_kidney", "dsc_undefined"] == 1 and summary.loc["right_kidney", "cases"] == 3
@@ -129,16 +137,30 @@ def test_summary_means_skip_undefined_and_count_them():
 
 def test_summary_median_class_means_and_group_coverage():
     task = load_task("btcv")
-    rows = [{"case_id": c, "class": "liver", "dsc": d, "hd95_mm": 1.0, "hd95_penalised": False}
-            for c, d in (("a", 0.9), ("b", 0.8), ("c", 0.1))]
+    rows = [
+        {"case_id": c, "class": "liver", "dsc": d, "hd95_mm": 1.0, "hd95_penalised": False}
+        for c, d in (("a", 0.9), ("b", 0.8), ("c", 0.1))
+    ]
     rows += [{"case_id": "a", "class": "spleen", "dsc": 0.5, "hd95_mm": 3.0, "hd95_penalised": False}]
     summary = summarise(pd.DataFrame(rows), task).set_index("class")
-    assert summary.loc["liver", "dsc_median"] == pytest.approx(0.8) and summary.loc["liver", "dsc_mean"] == pytest.approx(0.6)
+    assert summary.loc["liver", "dsc_median"] == pytest.approx(0.8) and summary.loc[
+        "liver", "dsc_mean"
+    ] == pytest.approx(0.6)
     assert summary.loc["foreground mean", "dsc_mean"] == pytest.approx((0.6 + 0.5) / 2)  # class means, not pooled
     assert summary.loc["eight_organ_mean", "classes"] == "2 of 8"
     assert summary.loc["foreground mean", "classes"] == "2 of 13"
 
 
 def test_btcv_eight_organ_group_is_the_literature_one():
-    assert load_task("btcv").mean_groups == {"eight_organ_mean": (
-        "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas")}
+    assert load_task("btcv").mean_groups == {
+        "eight_organ_mean": (
+            "spleen",
+            "right_kidney",
+            "left_kidney",
+            "gallbladder",
+            "liver",
+            "stomach",
+            "aorta",
+            "pancreas",
+        )
+    }

@@ -32,8 +32,8 @@ def test_no_decay_on_norms_biases_position_embedding_and_tokens():
 def test_layer_decay_scales_each_block():
     model = create_model("unetr_vit_tiny_patch16_3d", img_size=32, out_channels=3)
     scale = names_by(param_groups(model, 0.05, layer_decay=0.5, depth=12), "lr_scale")
-    assert scale["vit.patch_embedding.patch_embeddings.weight"] == 0.5 ** 13
-    assert scale["vit.blocks.0.mlp.linear1.weight"] == 0.5 ** 12
+    assert scale["vit.patch_embedding.patch_embeddings.weight"] == 0.5**13
+    assert scale["vit.blocks.0.mlp.linear1.weight"] == 0.5**12
     assert scale["vit.blocks.11.mlp.linear1.weight"] == 0.5
     assert scale["vit.norm.weight"] == 1 and scale["out.conv.conv.weight"] == 1  # decoder at the full rate
     assert layer_id("encoder.blocks.3.attn.qkv.weight", 12) == 4 and layer_id("head.weight", 12) == 13
@@ -43,7 +43,7 @@ def test_optimizer_rates_follow_the_scales():
     model = create_model("vit_tiny_patch16_2d_cls", img_size=32, num_classes=2)
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.75)
     assert optimizer.defaults["betas"] == (0.9, 0.999)
-    assert {g["lr_scale"] for g in optimizer.param_groups} == {0.75 ** k for k in range(14)}
+    assert {g["lr_scale"] for g in optimizer.param_groups} == {0.75**k for k in range(14)}
 
 
 def test_warmup_then_cosine():

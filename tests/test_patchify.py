@@ -6,8 +6,10 @@ from medmae.models.patchify import patchify, unpatchify
 
 
 @pytest.mark.parametrize("channels", [1, 4])
-@pytest.mark.parametrize("img_size,patch", [((32, 48, 16), (16, 16, 8)), ((48, 64, 48), (16, 16, 16)),
-                                            ((32, 64), (16, 16)), ((24, 40), (8, 4))])
+@pytest.mark.parametrize(
+    "img_size,patch",
+    [((32, 48, 16), (16, 16, 8)), ((48, 64, 48), (16, 16, 16)), ((32, 64), (16, 16)), ((24, 40), (8, 4))],
+)
 def test_round_trip(channels, img_size, patch):
     x = torch.randn(2, channels, *img_size)
     patches = patchify(x, patch)

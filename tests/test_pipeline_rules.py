@@ -7,13 +7,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose
 from PIL import Image as PILImage
 
 from medmae.data.check import check_case
 from medmae.data.loaders import CaseDataset, case_dict
 from medmae.data.manifests import Case, fold_split, load_split
 from medmae.data.transforms import build_transform, intensity_transforms
-from monai.transforms import Compose
 from medmae.errors import DataError
 from medmae.tasks import load_task
 
@@ -42,7 +42,7 @@ def test_orientation_makes_an_lps_copy_identical_to_the_ras_original(demo_root, 
     case = load_split(task, demo_root).all_cases()[0]
     image, label = nib.load(case.image), nib.load(case.label)
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    flip[:2, 3] = (np.array(image.shape[:2]) - 1)  # voxel i -> n-1-i
+    flip[:2, 3] = np.array(image.shape[:2]) - 1  # voxel i -> n-1-i
     lps_affine = image.affine @ flip
     for source, name in ((image, "i.nii.gz"), (label, "l.nii.gz")):
         nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[::-1, ::-1], lps_affine), tmp_path / name)
@@ -67,7 +67,7 @@ def test_spacing_resamples_to_the_task_spacing(demo_root, tmp_path):
 
 def test_brain_z_score_uses_the_non_zero_voxels_of_each_channel():
     grid = np.stack(np.meshgrid(*[np.arange(24)] * 3, indexing="ij"))
-    brain = ((grid - 11.5) ** 2).sum(0) < 10 ** 2  # a ball: its bounding box keeps background corners
+    brain = ((grid - 11.5) ** 2).sum(0) < 10**2  # a ball: its bounding box keeps background corners
     image = np.zeros((4, 24, 24, 24), np.float32)
     image[:, brain] = np.random.default_rng(0).normal([[100], [300], [500], [700]], 20, (4, int(brain.sum())))
     out = Compose(intensity_transforms(load_task("msd_brain")))({"image": torch.from_numpy(image)})["image"]
@@ -107,8 +107,10 @@ def test_float_labels_are_rounded_or_refused(demo_root, tmp_path):
     nib.save(nib.Nifti1Image(nearly, source.affine), tmp_path / "near.nii.gz")
     near = Case("x", case.image, tmp_path / "near.nii.gz")
     assert check_case(task, near).errors == []
-    assert torch.equal(build_transform(task, "validation")(case_dict(near))["label"],
-                       build_transform(task, "validation")(case_dict(case))["label"])
+    assert torch.equal(
+        build_transform(task, "validation")(case_dict(near))["label"],
+        build_transform(task, "validation")(case_dict(case))["label"],
+    )
     nib.save(nib.Nifti1Image(nearly + 0.5, source.affine), tmp_path / "half.nii.gz")
     half = Case("y", case.image, tmp_path / "half.nii.gz")
     assert any("non-integer" in e for e in check_case(task, half).errors)
@@ -157,11 +159,17 @@ def test_fold_assignment_is_pinned():
     """Published fold numbers must not change silently (5 folds, sorted ids shuffled with seed 0)."""
     pool = [Case(f"case_{k:02d}", f"{k}.nii.gz") for k in range(10)]
     assert [[c.id[-2:] for c in fold_split(pool, k)[1]] for k in range(5)] == [
-        ["04", "07"], ["02", "08"], ["00", "01"], ["05", "09"], ["03", "06"]]
+        ["04", "07"],
+        ["02", "08"],
+        ["00", "01"],
+        ["05", "09"],
+        ["03", "06"],
+    ]
 
 
-
-@pytest.mark.parametrize("name, lateral", [("btcv", True), ("demo", True), ("msd_brain", False), ("msd_hippocampus", False)])
+@pytest.mark.parametrize(
+    "name, lateral", [("btcv", True), ("demo", True), ("msd_brain", False), ("msd_hippocampus", False)]
+)
 def test_no_left_right_flip_or_axial_turn_where_labels_name_a_side(name, lateral):
     task = load_task(name)
     assert task.lateral == lateral
@@ -170,6 +178,7 @@ def test_no_left_right_flip_or_axial_turn_where_labels_name_a_side(name, lateral
     turns = [t for t in chain if type(t).__name__ == "RandRotate90d"]
     assert flipped_axes == ({1, 2} if lateral else {0, 1, 2})
     assert not turns if lateral else len(turns) == (task.roi[0] == task.roi[1])
-    pretrain_axes = {t.flipper.spatial_axis for t in build_transform(task, "pretrain").transforms
-                     if type(t).__name__ == "RandFlipd"}
+    pretrain_axes = {
+        t.flipper.spatial_axis for t in build_transform(task, "pretrain").transforms if type(t).__name__ == "RandFlipd"
+    }
     assert pretrain_axes == {0, 1, 2}  # no labels to swap while pretraining

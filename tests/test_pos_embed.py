@@ -21,7 +21,7 @@ def test_each_axis_gets_its_own_channel_block_in_row_major_order(grid):
     per_axis = width // len(grid)
     coords = torch.meshgrid(*[torch.arange(g, dtype=torch.float32) for g in grid], indexing="ij")
     for axis, coord in enumerate(coords):
-        block = pe[..., axis * per_axis:(axis + 1) * per_axis]
+        block = pe[..., axis * per_axis : (axis + 1) * per_axis]
         assert torch.allclose(block[..., 0], torch.sin(coord), atol=1e-6)  # lowest frequency is 1
         assert torch.allclose(block[..., per_axis // 2], torch.cos(coord), atol=1e-6)
 
@@ -44,8 +44,10 @@ def _ramp(grid, axis):
     return coords[axis].reshape(1, -1, 1)
 
 
-@pytest.mark.parametrize("old,new", [((4, 6, 5), (8, 9, 10)), ((6, 6, 6), (4, 3, 5)), ((8, 10), (16, 14)),
-                                     ((14, 14), (4, 7)), ((1, 3), (2, 3))])
+@pytest.mark.parametrize(
+    "old,new",
+    [((4, 6, 5), (8, 9, 10)), ((6, 6, 6), (4, 3, 5)), ((8, 10), (16, 14)), ((14, 14), (4, 7)), ((1, 3), (2, 3))],
+)
 def test_resampling_a_ramp_gives_the_ramp_at_the_new_cell_centres(old, new):
     for axis in range(len(old)):
         out = resample_pos_embed(_ramp(old, axis), old, new).reshape(new)

@@ -10,8 +10,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_tiny.py"
 
 
 def run(tmp_path, *args):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--output-dir", str(tmp_path), *args],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--output-dir", str(tmp_path), *args], check=True, capture_output=True, text=True
+    ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert json.loads((tmp_path / "result.json").read_text()) == result
     assert (tmp_path / "reconstruction.png").stat().st_size > 10_000

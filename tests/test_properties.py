@@ -19,8 +19,13 @@ from medmae.errors import DataError, UserError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = sorted(known_keys())
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
-                    st.text(max_size=12))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
 values = st.one_of(scalars, st.lists(scalars, max_size=4))
 
 
@@ -39,7 +44,9 @@ def test_any_set_text_is_a_config_or_a_user_error(text):
 @given(key=st.sampled_from(KEYS), value=values)
 def test_any_value_for_any_key_is_accepted_and_round_trips_or_refused_by_name(key, value):
     try:
-        cfg = load_config("finetune", "demo", overrides=[f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+        cfg = load_config(
+            "finetune", "demo", overrides=[f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+        )
     except UserError as error:
         assert key in str(error) or "--set" in str(error) or "invalid config" in str(error)
         return
@@ -50,7 +57,9 @@ def test_any_value_for_any_key_is_accepted_and_round_trips_or_refused_by_name(ke
 
 
 @SETTINGS
-@given(document=st.recursive(values, lambda inner: st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12))
+@given(
+    document=st.recursive(values, lambda inner: st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+)
 def test_any_yaml_config_file_is_a_config_or_a_user_error_naming_it(tmp_path, document):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -60,15 +69,31 @@ def test_any_yaml_config_file_is_a_config_or_a_user_error_naming_it(tmp_path, do
         assert str(path) in str(error)
 
 
-relative_parts = st.lists(st.sampled_from(["imagesTr", "labelsTr", "a.nii.gz", "..", ".", "x", "b c.nii", "C:", "\\", "~"]),
-                          min_size=1, max_size=4)
-paths = st.one_of(relative_parts.map("/".join), relative_parts.map(lambda p: "/" + "/".join(p)), st.text(max_size=8),
-                  st.integers(), st.none())
-entries = st.one_of(paths, st.dictionaries(st.sampled_from(["image", "label", "other"]), paths, max_size=3), st.integers())
-manifests = st.one_of(st.fixed_dictionaries({"training": st.lists(entries, max_size=5)},
-                                            optional={"validation": st.lists(entries, max_size=3),
-                                                      "test": st.one_of(st.lists(entries, max_size=3), scalars)}),
-                      values)
+relative_parts = st.lists(
+    st.sampled_from(["imagesTr", "labelsTr", "a.nii.gz", "..", ".", "x", "b c.nii", "C:", "\\", "~"]),
+    min_size=1,
+    max_size=4,
+)
+paths = st.one_of(
+    relative_parts.map("/".join),
+    relative_parts.map(lambda p: "/" + "/".join(p)),
+    st.text(max_size=8),
+    st.integers(),
+    st.none(),
+)
+entries = st.one_of(
+    paths, st.dictionaries(st.sampled_from(["image", "label", "other"]), paths, max_size=3), st.integers()
+)
+manifests = st.one_of(
+    st.fixed_dictionaries(
+        {"training": st.lists(entries, max_size=5)},
+        optional={
+            "validation": st.lists(entries, max_size=3),
+            "test": st.one_of(st.lists(entries, max_size=3), scalars),
+        },
+    ),
+    values,
+)
 
 
 @SETTINGS
@@ -92,15 +117,20 @@ def test_any_manifest_is_cases_inside_the_root_or_a_data_error_naming_it(tmp_pat
     assert len(ids) == len(set(ids)), "a case twice in one part"
 
 
-@pytest.mark.parametrize("manifest, problem", [
-    ({"validation": []}, "needs a 'training' list"),
-    ({"training": [{"label": "labelsTr/a.nii.gz"}]}, "an entry needs an 'image'"),
-    ({"training": ["imagesTr/a.nii.gz", "imagesTr/a.nii.gz"]}, "case a is listed twice in 'training'"),
-    ({"training": [{"image": "/etc/passwd"}]}, "must be relative to the data root"),
-    ({"training": [{"image": "../../secret.nii.gz"}]}, "must be relative to the data root"),
-    ({"training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, {"image": "other/a.nii.gz"}]},
-     "case id a names two different files"),
-])
+@pytest.mark.parametrize(
+    "manifest, problem",
+    [
+        ({"validation": []}, "needs a 'training' list"),
+        ({"training": [{"label": "labelsTr/a.nii.gz"}]}, "an entry needs an 'image'"),
+        ({"training": ["imagesTr/a.nii.gz", "imagesTr/a.nii.gz"]}, "case a is listed twice in 'training'"),
+        ({"training": [{"image": "/etc/passwd"}]}, "must be relative to the data root"),
+        ({"training": [{"image": "../../secret.nii.gz"}]}, "must be relative to the data root"),
+        (
+            {"training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, {"image": "other/a.nii.gz"}]},
+            "case id a names two different files",
+        ),
+    ],
+)
 def test_manifest_problems_are_named(tmp_path, manifest, problem):
     path = tmp_path / "dataset.json"
     path.write_text(json.dumps(manifest))

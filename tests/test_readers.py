@@ -68,8 +68,13 @@ def test_broken_files_are_named_with_the_problem(tmp_path):
     (tmp_path / "empty.nii.gz").write_bytes(b"")
     (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "notes.txt").write_text("x")
-    cases = {"truncated.nii.gz": "unreadable NIfTI", "empty.nii.gz": "empty file", "fake.png": "unreadable PNG",
-             "notes.txt": "unsupported file type", "missing.nii.gz": "file not found"}
+    cases = {
+        "truncated.nii.gz": "unreadable NIfTI",
+        "empty.nii.gz": "empty file",
+        "fake.png": "unreadable PNG",
+        "notes.txt": "unsupported file type",
+        "missing.nii.gz": "file not found",
+    }
     for name, problem in cases.items():
         with pytest.raises(DataError, match=problem) as error:
             read_image(tmp_path / name)
@@ -81,9 +86,14 @@ def test_simpleitk_is_imported_only_for_files_that_need_it(tmp_path):
     import sys
 
     path = save_nifti(tmp_path / "a.nii.gz", np.zeros((4, 4, 4), np.float32))
-    code = ("import sys; from medmae.data.readers import read_image; import medmae.data.transforms, medmae.data.check; "
-            f"read_image({str(path)!r}); print('SimpleITK' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    code = (
+        "import sys; from medmae.data.readers import read_image; import medmae.data.transforms, medmae.data.check; "
+        f"read_image({str(path)!r}); print('SimpleITK' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_16_bit_png_keeps_its_values(tmp_path):

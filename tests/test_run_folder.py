@@ -15,9 +15,18 @@ from medmae.errors import UserError
 
 def payload(epoch: int) -> dict:
     """The smallest checkpoint a run can resume from: model config and tensors, and the training state."""
-    return {"format": "medmae-checkpoint-1", "epoch": epoch, "config": {"name": "w"},
-            "state_dict": {"w": torch.full((2,), float(epoch))}, "stage": "pretrain", "run_config": {},
-            "progress": {"epoch": epoch}, "optimizer": {"state": {}}, "scaler": {}, "rng": {}}
+    return {
+        "format": "medmae-checkpoint-1",
+        "epoch": epoch,
+        "config": {"name": "w"},
+        "state_dict": {"w": torch.full((2,), float(epoch))},
+        "stage": "pretrain",
+        "run_config": {},
+        "progress": {"epoch": epoch},
+        "optimizer": {"state": {}},
+        "scaler": {},
+        "rng": {},
+    }
 
 
 def test_last_becomes_previous_and_best_has_no_optimiser(tmp_path):
@@ -89,5 +98,9 @@ def test_each_epoch_row_goes_to_tensorboard_when_it_is_installed(tmp_path, monke
     run = RunFolder(tmp_path, write=True)
     run.log_epoch([{"epoch": 1, "step": 4, "loss": 0.5, "lr": 1e-3, "val_mean_dsc": 0.7}])
     run.close()
-    assert scalars == [("folder", str(tmp_path / "tensorboard")), ("loss", 0.5, 4), ("lr", 1e-3, 4),
-                       ("val_mean_dsc", 0.7, 4)]
+    assert scalars == [
+        ("folder", str(tmp_path / "tensorboard")),
+        ("loss", 0.5, 4),
+        ("lr", 1e-3, 4),
+        ("val_mean_dsc", 0.7, 4),
+    ]

@@ -6,12 +6,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import shared
 
 from medmae.cli import main
 from medmae.evaluation.metrics import score_masks
 from medmae.evaluation.scoring import pair_files
-
-from conftest import shared
 
 
 def score(capsys, *args):
@@ -23,11 +22,33 @@ def score(capsys, *args):
 def test_two_copies_of_the_real_btcv_label_score_perfectly(capsys, tmp_path):
     root = shared("btcv_layout_sample")
     shutil.copytree(root / "labelsTr", tmp_path / "pred")
-    code, out = score(capsys, "--task", "btcv", "--pred", tmp_path / "pred", "--ref", root / "labelsTr",
-                      "--images", root / "imagesTr", "--output-dir", tmp_path / "out")
+    code, out = score(
+        capsys,
+        "--task",
+        "btcv",
+        "--pred",
+        tmp_path / "pred",
+        "--ref",
+        root / "labelsTr",
+        "--images",
+        root / "imagesTr",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert code == 0, out
     per_case = pd.read_csv(tmp_path / "out" / "per_case.csv")
-    assert per_case.columns.tolist()[:10] == ["case_id", "class", "dsc", "hd95_mm", "tp", "fp", "fn", "n_ref", "n_pred", "spacing"]
+    assert per_case.columns.tolist()[:10] == [
+        "case_id",
+        "class",
+        "dsc",
+        "hd95_mm",
+        "tp",
+        "fp",
+        "fn",
+        "n_ref",
+        "n_pred",
+        "spacing",
+    ]
     present = per_case[per_case["class"] != "esophagus"]
     assert len(present) == 12 and (present["dsc"] == 1.0).all() and (present["hd95_mm"] == 0.0).all()
     assert (present["fp"] == 0).all() and (present["spacing"] == "3x3x3").all()
@@ -42,8 +63,12 @@ def test_two_copies_of_the_real_btcv_label_score_perfectly(capsys, tmp_path):
 
 def resave(path, array=None, affine=None):
     image = nib.load(path)
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) if array is None else array,
-                             image.affine if affine is None else affine), path)
+    nib.save(
+        nib.Nifti1Image(
+            np.asarray(image.dataobj) if array is None else array, image.affine if affine is None else affine
+        ),
+        path,
+    )
 
 
 def test_pairs_on_different_grids_or_missing_exit_2_naming_the_case(capsys, demo_root, tmp_path):
@@ -68,12 +93,26 @@ def test_empty_predictions_follow_the_rule_with_and_without_penalty(capsys, demo
     shifted = np.roll(np.asarray(nib.load(refs / "label0003.nii.gz").dataobj), 2, axis=0)
     resave(tmp_path / "pred" / "label0003.nii.gz", array=shifted)
     for extra, expected in (((), None), (("--hd95-penalty", 373.13), 373.13)):
-        code, out = score(capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs,
-                          "--output-dir", tmp_path / "out", *extra)
+        code, out = score(
+            capsys,
+            "--task",
+            "demo",
+            "--pred",
+            tmp_path / "pred",
+            "--ref",
+            refs,
+            "--output-dir",
+            tmp_path / "out",
+            *extra,
+        )
         assert code == 0, out
         per_case = pd.read_csv(tmp_path / "out" / "per_case.csv").set_index(["case_id", "class"])
         spleen = per_case.loc[("label0001", "spleen")]
-        assert spleen["dsc"] == 0 and spleen["empty"] == "prediction" and spleen["hd95_penalised"] == (expected is not None)
+        assert (
+            spleen["dsc"] == 0
+            and spleen["empty"] == "prediction"
+            and spleen["hd95_penalised"] == (expected is not None)
+        )
         assert np.isnan(spleen["hd95_mm"]) if expected is None else spleen["hd95_mm"] == expected
         liver = per_case.loc[("label0003", "liver")]
         assert 0.5 < liver["dsc"] < 1 and 0 < liver["hd95_mm"] <= 6.0  # moved by 2 voxels of 3 mm: at most 6 mm
@@ -92,12 +131,22 @@ def test_label_values_outside_the_task_exit_2(capsys, demo_root, tmp_path):
 
 
 def test_files_match_by_id_or_by_their_final_number(tmp_path):
-    refs = {"label0001": tmp_path / "label0001.nii.gz", "label0002": tmp_path / "label0002.nii.gz",
-            "case_a": tmp_path / "case_a.nii.gz"}
-    preds = {"img0001": tmp_path / "p/img0001.nii.gz", "label0002": tmp_path / "p/label0002.nii.gz",
-             "img0002": tmp_path / "p/img0002.nii.gz", "case_a": tmp_path / "p/case_a.nii.gz"}
-    assert pair_files(refs, preds) == {"label0002": preds["label0002"], "case_a": preds["case_a"],
-                                       "label0001": preds["img0001"]}
+    refs = {
+        "label0001": tmp_path / "label0001.nii.gz",
+        "label0002": tmp_path / "label0002.nii.gz",
+        "case_a": tmp_path / "case_a.nii.gz",
+    }
+    preds = {
+        "img0001": tmp_path / "p/img0001.nii.gz",
+        "label0002": tmp_path / "p/label0002.nii.gz",
+        "img0002": tmp_path / "p/img0002.nii.gz",
+        "case_a": tmp_path / "p/case_a.nii.gz",
+    }
+    assert pair_files(refs, preds) == {
+        "label0002": preds["label0002"],
+        "case_a": preds["case_a"],
+        "label0001": preds["img0001"],
+    }
     # numbers are compared as text, and must be unique on both sides
     assert pair_files({"case_10": "r"}, {"pred_010": "p"}) == {}
     assert pair_files({"label7": "r"}, {"a7": "p1", "b7": "p2"}) == {}
@@ -115,7 +164,9 @@ def test_prediction_shape_orientation_and_image_problems_exit_2(capsys, demo_roo
     shifted = nib.load(refs / "label0003.nii.gz").affine.copy()
     shifted[:3, 3] += 0.01  # 10 micrometres: more than the 1e-3 mm tolerance
     resave(tmp_path / "pred" / "label0003.nii.gz", affine=shifted)
-    code, out = score(capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs, "--images", tmp_path / "pred")
+    code, out = score(
+        capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs, "--images", tmp_path / "pred"
+    )
     assert code == 2
     assert "label0001: prediction shape (64, 64, 48, 5) is not a 3D label map with one channel" in out
     assert "label0002: prediction axes run LPS, the reference's RAS" in out
@@ -147,20 +198,31 @@ def brain_set(root, labels):
 
 def test_msd_brain_scores_the_three_regions(capsys, tmp_path):
     ref = np.zeros((20, 20, 12), np.uint8)
-    ref[4:16, 4:16, 2:10] = 1   # edema
-    ref[7:13, 7:13, 4:8] = 2    # non-enhancing core
-    ref[9:11, 9:11, 5:7] = 3    # enhancing
+    ref[4:16, 4:16, 2:10] = 1  # edema
+    ref[7:13, 7:13, 4:8] = 2  # non-enhancing core
+    ref[9:11, 9:11, 5:7] = 3  # enhancing
     pred = np.where(ref == 2, 1, ref)  # the core called edema: whole tumour still perfect
     brain_set(tmp_path / "ref", [ref])
     brain_set(tmp_path / "pred", [pred])
-    code, out = score(capsys, "--task", "msd_brain", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref",
-                      "--output-dir", tmp_path / "out")
+    code, out = score(
+        capsys,
+        "--task",
+        "msd_brain",
+        "--pred",
+        tmp_path / "pred",
+        "--ref",
+        tmp_path / "ref",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert code == 0, out
     per_case = pd.read_csv(tmp_path / "out" / "per_case.csv").set_index("class")
     assert per_case.index.tolist() == ["whole_tumour", "tumour_core", "enhancing_tumour"]
     assert per_case.loc["whole_tumour", "dsc"] == 1.0 and per_case.loc["enhancing_tumour", "dsc"] == 1.0
     core = (ref >= 2).sum()
-    assert per_case.loc["tumour_core", "dsc"] == pytest.approx(2 * 8 / (core + 8), rel=1e-5)  # CSV: 6 digits; only ET left
+    assert per_case.loc["tumour_core", "dsc"] == pytest.approx(
+        2 * 8 / (core + 8), rel=1e-5
+    )  # CSV: 6 digits; only ET left
 
 
 def test_default_output_folder_and_figure_rows(capsys, demo_root, tmp_path, monkeypatch):
@@ -180,7 +242,9 @@ def test_sheet_shows_the_best_and_worst_cases_on_their_largest_slice(tmp_path):
     assert largest_reference_slice(reference) == 4
     volume = np.arange(24).reshape(2, 3, 4)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0])
-    assert np.array_equal(to_ras(volume, lps), volume[::-1, ::-1, :]) and np.array_equal(to_ras(volume, np.eye(4)), volume)
+    assert np.array_equal(to_ras(volume, lps), volume[::-1, ::-1, :]) and np.array_equal(
+        to_ras(volume, np.eye(4)), volume
+    )
     label = np.zeros((6, 6, 4), np.uint8)
     label[2:4, 2:4, 1:3] = 1
     nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "ref.nii.gz")

@@ -13,29 +13,69 @@ import speed
 
 
 def test_every_medmae_variant_gets_a_ratio_over_each_anchor_and_the_summary_names_the_best():
-    records = [{"case": "pretrain", "impl": "medmae", "rate": 300.0}, {"case": "pretrain", "impl": "medmae_compiled", "rate": 600.0},
-               {"case": "pretrain", "impl": "monai_label_free", "rate": 200.0}, {"case": "pretrain", "impl": "monai_label_based", "rate": 100.0},
-               {"case": "inference", "impl": "medmae", "rate": 4.0}, {"case": "inference", "impl": "monai", "rate": 2.0}]
+    records = [
+        {"case": "pretrain", "impl": "medmae", "rate": 300.0},
+        {"case": "pretrain", "impl": "medmae_compiled", "rate": 600.0},
+        {"case": "pretrain", "impl": "monai_label_free", "rate": 200.0},
+        {"case": "pretrain", "impl": "monai_label_based", "rate": 100.0},
+        {"case": "inference", "impl": "medmae", "rate": 4.0},
+        {"case": "inference", "impl": "monai", "rate": 2.0},
+    ]
     lines = speed.ratios(records)
-    assert lines == [{"case": "pretrain", "ratio": "medmae_over_monai_label_free", "value": 1.5},
-                     {"case": "pretrain", "ratio": "medmae_compiled_over_monai_label_free", "value": 3.0},
-                     {"case": "pretrain", "ratio": "medmae_over_monai_label_based", "value": 3.0},
-                     {"case": "pretrain", "ratio": "medmae_compiled_over_monai_label_based", "value": 6.0},
-                     {"case": "inference", "ratio": "medmae_over_monai", "value": 2.0}]
+    assert lines == [
+        {"case": "pretrain", "ratio": "medmae_over_monai_label_free", "value": 1.5},
+        {"case": "pretrain", "ratio": "medmae_compiled_over_monai_label_free", "value": 3.0},
+        {"case": "pretrain", "ratio": "medmae_over_monai_label_based", "value": 3.0},
+        {"case": "pretrain", "ratio": "medmae_compiled_over_monai_label_based", "value": 6.0},
+        {"case": "inference", "ratio": "medmae_over_monai", "value": 2.0},
+    ]
     gpu = speed.summary(records, lines, torch.device("cuda"))["checks"]
-    assert gpu["pretrain medmae crops/s"] == {"variant": "medmae_compiled", "value": 600.0, "target": 5000, "met": False}
-    assert gpu["inference medmae seconds (at most)"] == {"variant": "medmae", "value": 0.25, "target": 0.2, "met": False}
+    assert gpu["pretrain medmae crops/s"] == {
+        "variant": "medmae_compiled",
+        "value": 600.0,
+        "target": 5000,
+        "met": False,
+    }
+    assert gpu["inference medmae seconds (at most)"] == {
+        "variant": "medmae",
+        "value": 0.25,
+        "target": 0.2,
+        "met": False,
+    }
     assert gpu["unetr medmae over monai"]["met"] is None  # not measured
     cpu = speed.summary(records, lines, torch.device("cpu"))["checks"]
-    assert cpu == {"pretrain medmae over monai_label_free": {"variant": "medmae_compiled", "value": 3.0, "target": 2.0, "met": True}}
+    assert cpu == {
+        "pretrain medmae over monai_label_free": {
+            "variant": "medmae_compiled",
+            "value": 3.0,
+            "target": 2.0,
+            "met": True,
+        }
+    }
 
 
 def test_tiny_cpu_run_prints_every_variant_its_ratio_and_the_summary(tmp_path):
     output = tmp_path / "speed.jsonl"
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "speed.py"), "--device", "cpu", "--tiny", "--cases",
-                             "model,pretrain2d", "--seconds", "0.6", "--output", str(output),
-                             "--figure", str(tmp_path / "speed.png")],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "speed.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--cases",
+            "model,pretrain2d",
+            "--seconds",
+            "0.6",
+            "--output",
+            str(output),
+            "--figure",
+            str(tmp_path / "speed.png"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert lines[0]["case"] == "setup" and lines[0]["mode"] == "tiny" and lines[-1]["case"] == "summary"
     rates = [(line["case"], line["impl"]) for line in lines if "rate" in line]
@@ -51,12 +91,30 @@ def test_tiny_cpu_run_prints_every_variant_its_ratio_and_the_summary(tmp_path):
 
 
 def test_unknown_cases_are_refused():
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "speed.py"), "--cases", "pretrain,warp"],
-                            check=False, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "speed.py"), "--cases", "pretrain,warp"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "unknown cases ['warp']" in result.stderr
 
 
 def test_pretrain_case_names_a_data_folder_without_dataset_json(tmp_path):
-    result = subprocess.run([sys.executable, str(BENCHMARKS / "speed.py"), "--device", "cpu", "--tiny", "--cases", "pretrain",
-                             "--data-root", str(tmp_path)], check=False, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "speed.py"),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--cases",
+            "pretrain",
+            "--data-root",
+            str(tmp_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "no dataset.json" in result.stderr

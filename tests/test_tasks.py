@@ -42,12 +42,19 @@ def test_unknown_and_broken_task_files_are_named(tmp_path):
 
 
 BROKEN_VALUES = {
-    "intensity: {rule: window, window: [-175, 250]}": ["intensity: window", "intensity: {rule: window}",
-                                                       "intensity: {rule: window, window: [250, -175]}"],
+    "intensity: {rule: window, window: [-175, 250]}": [
+        "intensity: window",
+        "intensity: {rule: window}",
+        "intensity: {rule: window, window: [250, -175]}",
+    ],
     "roi: [48, 48, 32]": ["roi: 48", "roi: [48, 48, x]", "roi: [48, 48]"],
     "spacing: [4.5, 4.5, 4.5]": ["spacing: [3, 3, -1]"],
     "orientation: RAS": ["orientation: XYZ", "orientation: RRS"],
-    "validation: {fraction: 0.2, seed: 0}": ["validation: 0.2", "validation: {fraction: abc}", "validation: {fraction: 1.5}"],
+    "validation: {fraction: 0.2, seed: 0}": [
+        "validation: 0.2",
+        "validation: {fraction: abc}",
+        "validation: {fraction: 1.5}",
+    ],
     "labels: [background, liver, spleen, right_kidney, left_kidney]": ["labels: background"],
     "url: generated locally by `medmae data demo --output-dir DATA_ROOT`": ["web: nowhere"],
 }

@@ -4,8 +4,16 @@ from monai.networks.nets import UNETR
 from torch import nn
 
 from medmae.engine.checkpoint import model_checkpoint
-from medmae.models import (EncoderUNETR, ViTClassifier, WeightTransferError, classifier_from_pretrained,
-                           create_model, resample_pos_embed, to_monai_unetr, unetr_from_pretrained)
+from medmae.models import (
+    EncoderUNETR,
+    ViTClassifier,
+    WeightTransferError,
+    classifier_from_pretrained,
+    create_model,
+    resample_pos_embed,
+    to_monai_unetr,
+    unetr_from_pretrained,
+)
 
 SIZE_3D = (32, 48, 32)
 
@@ -91,12 +99,18 @@ def test_cls_token_is_skipped_or_initialised_and_said_so():
 
 def test_an_encoder_that_does_not_fit_names_keys_and_shapes():
     _, checkpoint = pretrained()
-    wider = dict(checkpoint, state_dict={k: (torch.zeros(96, *v.shape[1:]) if k.endswith("norm.weight") else v)
-                                         for k, v in checkpoint["state_dict"].items()})
+    wider = dict(
+        checkpoint,
+        state_dict={
+            k: (torch.zeros(96, *v.shape[1:]) if k.endswith("norm.weight") else v)
+            for k, v in checkpoint["state_dict"].items()
+        },
+    )
     with pytest.raises(WeightTransferError, match=r"shape of norm.weight: checkpoint \(96,\), model \(48,\)"):
         unetr_from_pretrained(wider, out_channels=2)
-    no_bias = dict(checkpoint, state_dict={k: v for k, v in checkpoint["state_dict"].items()
-                                           if not k.endswith("attn.qkv.bias")})
+    no_bias = dict(
+        checkpoint, state_dict={k: v for k, v in checkpoint["state_dict"].items() if not k.endswith("attn.qkv.bias")}
+    )
     with pytest.raises(WeightTransferError, match=r"missing key blocks.0.attn.qkv.bias \(144,\)"):
         unetr_from_pretrained(no_bias, out_channels=2)
     extra = dict(checkpoint, state_dict={**checkpoint["state_dict"], "encoder.blocks.12.norm1.weight": torch.ones(48)})
@@ -105,7 +119,9 @@ def test_an_encoder_that_does_not_fit_names_keys_and_shapes():
     _, checkpoint_2d = pretrained(spatial_dims=2)
     with pytest.raises(WeightTransferError) as error:
         unetr_from_pretrained(checkpoint_2d, out_channels=2, spatial_dims=3, img_size=32, patch_size=16)
-    assert "position_embeddings: checkpoint (1, 6, 48) on grid (2, 3), model (1, 8, 48) on grid (2, 2, 2)" in str(error.value)
+    assert "position_embeddings: checkpoint (1, 6, 48) on grid (2, 3), model (1, 8, 48) on grid (2, 2, 2)" in str(
+        error.value
+    )
     assert "shape of patch_embedding.patch_embeddings.weight: checkpoint (48, 1, 16, 16)" in str(error.value)
     with pytest.raises(WeightTransferError, match="no encoder"):
         unetr_from_pretrained(dict(checkpoint, state_dict={}), out_channels=2)
@@ -136,7 +152,9 @@ def test_classifier_has_no_bounded_activation_and_fits_a_separable_batch():
     assert not any(isinstance(m, (nn.Tanh, nn.Sigmoid, nn.Softmax, nn.Hardtanh)) for m in model.modules())
     x = torch.randn(8, 1, 32, 48)
     labels = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]] * 2, dtype=torch.float32)
-    x += 2 * labels[:, 0, None, None, None] * (torch.arange(48) < 24) + 2 * labels[:, 1, None, None, None] * (torch.arange(48) >= 24)
+    x += 2 * labels[:, 0, None, None, None] * (torch.arange(48) < 24) + 2 * labels[:, 1, None, None, None] * (
+        torch.arange(48) >= 24
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(150):
         loss = nn.functional.binary_cross_entropy_with_logits(model(x), labels)
@@ -151,8 +169,13 @@ def test_classifier_has_no_bounded_activation_and_fits_a_separable_batch():
 def test_registry_names_and_errors():
     from medmae.models import list_models
 
-    assert {"mae_vit_base_patch16_3d", "mae_vit_base_patch16_2d", "unetr_vit_base_patch16_3d",
-            "vit_base_patch16_2d_cls", "mae_vit_tiny_patch16_3d"} <= set(list_models())
+    assert {
+        "mae_vit_base_patch16_3d",
+        "mae_vit_base_patch16_2d",
+        "unetr_vit_base_patch16_3d",
+        "vit_base_patch16_2d_cls",
+        "mae_vit_tiny_patch16_3d",
+    } <= set(list_models())
     base = create_model("mae_vit_base_patch16_3d", img_size=32)
     enc = base.encoder.config
     assert (enc["width"], enc["depth"], enc["num_heads"], enc["mlp_dim"], enc["qkv_bias"]) == (768, 12, 12, 3072, True)

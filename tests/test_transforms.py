@@ -2,16 +2,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import shared
 
 from medmae.data.loaders import CaseDataset, case_dict
 from medmae.data.manifests import load_split
 from medmae.data.transforms import LabelToRegionsd, RandResizedCropd, build_transform
 from medmae.tasks import load_task
 
-from conftest import shared
-
-REAL = [("msd_hippocampus", "msd_hippocampus"), ("btcv", "btcv_layout_sample"), ("msd_brain", "msd_brain_case"),
-        ("chestxray14", "chestxray14_nih_subset")]
+REAL = [
+    ("msd_hippocampus", "msd_hippocampus"),
+    ("btcv", "btcv_layout_sample"),
+    ("msd_brain", "msd_brain_case"),
+    ("chestxray14", "chestxray14_nih_subset"),
+]
 
 
 def first_item(task, root, stage, samples=2):
@@ -52,7 +55,11 @@ def test_brain_regions_have_the_voxel_counts_of_the_msd_labels():
 def test_validation_items_invert_exactly_to_the_original_grid(name, demo_root):
     """A prediction on a validation item maps back to the original file's grid: here the label itself."""
     task = load_task(name)
-    root = demo_root if name == "demo" else shared({"btcv": "btcv_layout_sample", "msd_hippocampus": "msd_hippocampus"}[name])
+    root = (
+        demo_root
+        if name == "demo"
+        else shared({"btcv": "btcv_layout_sample", "msd_hippocampus": "msd_hippocampus"}[name])
+    )
     case = load_split(task, root).all_cases()[0]
     transform = build_transform(task, "validation")
     item = transform(case_dict(case))

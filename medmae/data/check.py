@@ -36,10 +36,14 @@ def _check_image(task: TaskSpec, image: Image, report: CaseReport) -> None:
     report.shape = tuple(array.shape[1:])
     report.spacing = tuple(round(s, 3) for s in image.spacing)
     if array.ndim - 1 != task.spatial_dims:
-        report.errors.append(f"{where}: {array.ndim - 1}D image {tuple(array.shape[1:])}, task {task.name} is {task.spatial_dims}D")
+        report.errors.append(
+            f"{where}: {array.ndim - 1}D image {tuple(array.shape[1:])}, task {task.name} is {task.spatial_dims}D"
+        )
     if array.shape[0] != task.in_channels:
-        report.errors.append(f"{where}: {array.shape[0]} channels, task {task.name} needs {task.in_channels} "
-                             f"({', '.join(task.channels)})")
+        report.errors.append(
+            f"{where}: {array.shape[0]} channels, task {task.name} needs {task.in_channels} "
+            f"({', '.join(task.channels)})"
+        )
     finite = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, dtype=bool)
     if not finite.all():
         report.errors.append(f"{where}: {int((~finite).sum())} non-finite voxels (NaN or inf)")
@@ -47,8 +51,10 @@ def _check_image(task: TaskSpec, image: Image, report: CaseReport) -> None:
         values = array[finite]
         report.intensity = (float(values.min()), float(values.max()))
         if max(-report.intensity[0], report.intensity[1]) > EXTREME_INTENSITY:
-            report.errors.append(f"{where}: intensities reach {max(report.intensity, key=abs):.3g}, beyond "
-                                 f"+-{EXTREME_INTENSITY:.0e} in any scanner's units (a corrupt file or a wrong scale factor)")
+            report.errors.append(
+                f"{where}: intensities reach {max(report.intensity, key=abs):.3g}, beyond "
+                f"+-{EXTREME_INTENSITY:.0e} in any scanner's units (a corrupt file or a wrong scale factor)"
+            )
 
 
 def label_values(labels: np.ndarray) -> set[int]:
@@ -75,12 +81,15 @@ def _check_label(task: TaskSpec, image: Image, label: Image, report: CaseReport,
         report.errors.append(f"{where}: a label map needs 1 channel, found {array.shape[0]}")
         return
     if array.shape[1:] != image.array.shape[1:]:
-        report.errors.append(f"{where}: label shape {tuple(array.shape[1:])} differs from image shape "
-                             f"{tuple(image.array.shape[1:])}")
+        report.errors.append(
+            f"{where}: label shape {tuple(array.shape[1:])} differs from image shape {tuple(image.array.shape[1:])}"
+        )
         return
     if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-        report.errors.append(f"{where}: label affine differs from the image affine (largest difference "
-                             f"{np.abs(label.affine - image.affine).max():.4g} mm)")
+        report.errors.append(
+            f"{where}: label affine differs from the image affine (largest difference "
+            f"{np.abs(label.affine - image.affine).max():.4g} mm)"
+        )
     try:
         values = label_values(integer_labels(label))
     except DataError as error:
@@ -130,13 +139,17 @@ def summary_rows(task: TaskSpec, reports: list[CaseReport]) -> list[tuple[str, s
     shapes = np.array([r.shape for r in reports if r.shape and len(r.shape) == task.spatial_dims])
     spacings = sorted({r.spacing for r in reports if r.spacing})
     ranges = [r.intensity for r in reports if r.intensity]
-    rows = [("cases", str(len(reports))),
-            ("cases with errors", str(sum(bool(r.errors) for r in reports))),
-            ("cases with warnings", str(sum(bool(r.warnings) for r in reports)))]
+    rows = [
+        ("cases", str(len(reports))),
+        ("cases with errors", str(sum(bool(r.errors) for r in reports))),
+        ("cases with warnings", str(sum(bool(r.warnings) for r in reports))),
+    ]
     if len(shapes):
         rows.append(("shape min / max", f"{tuple(shapes.min(0).tolist())} / {tuple(shapes.max(0).tolist())}"))
     if spacings and task.spatial_dims == 3:  # PNGs carry no physical spacing
-        shown = ", ".join(str(s) for s in spacings[:4]) + (f" ... ({len(spacings)} distinct)" if len(spacings) > 4 else "")
+        shown = ", ".join(str(s) for s in spacings[:4]) + (
+            f" ... ({len(spacings)} distinct)" if len(spacings) > 4 else ""
+        )
         rows.append(("spacing (mm)", shown))
     if ranges:
         rows.append(("intensity min / max", f"{min(r[0] for r in ranges):.6g} / {max(r[1] for r in ranges):.6g}"))

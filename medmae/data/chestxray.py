@@ -39,7 +39,9 @@ def read_label_table(path: Path, findings: tuple[str, ...]) -> pd.DataFrame:
     if unknown:
         raise DataError(path, f"unknown findings {unknown}; this task knows {', '.join(findings)}")
     if table["Image Index"].duplicated().any():
-        raise DataError(path, f"duplicate image rows, e.g. {table['Image Index'][table['Image Index'].duplicated()].iloc[0]}")
+        raise DataError(
+            path, f"duplicate image rows, e.g. {table['Image Index'][table['Image Index'].duplicated()].iloc[0]}"
+        )
     out = pd.DataFrame({"patient": table["Patient ID"].to_numpy()}, index=table["Image Index"].to_numpy())
     for finding in findings:
         out[finding] = names.apply(lambda labels, f=finding: int(f in labels)).to_numpy()
@@ -90,11 +92,19 @@ def chestxray_split(task: TaskSpec, root: Path, split: str | None) -> Split:
         if missing:
             raise DataError(root / name, f"{len(missing)} images have no row in {table_path.name}, e.g. {missing[0]}")
         rows = table.loc[names]
-        parts[part] = [Case(n.rsplit(".", 1)[0], root / "images" / n, targets=tuple(int(v) for v in row[list(task.findings)]),
-                            patient=str(row["patient"])) for n, row in rows.iterrows()]
+        parts[part] = [
+            Case(
+                n.rsplit(".", 1)[0],
+                root / "images" / n,
+                targets=tuple(int(v) for v in row[list(task.findings)]),
+                patient=str(row["patient"]),
+            )
+            for n, row in rows.iterrows()
+        ]
     train, validation = carve_by_patient(parts["train_val"], task.validation_fraction, task.validation_seed)
-    result = Split("official", f"{LISTS['train_val']}, {LISTS['test']} and {table_path.name}", train, validation,
-                   parts["test"])
+    result = Split(
+        "official", f"{LISTS['train_val']}, {LISTS['test']} and {table_path.name}", train, validation, parts["test"]
+    )
     result.note_overlaps()
     shared = {c.patient for c in parts["test"]} & {c.patient for c in parts["train_val"]}
     if shared:

@@ -44,8 +44,13 @@ class CropSampler:
         flips: flip each axis of each crop with probability 1/2.
     """
 
-    def __init__(self, volumes: Sequence[torch.Tensor], roi: Sequence[int], device: torch.device | str = "cpu",
-                 flips: bool = True) -> None:
+    def __init__(
+        self,
+        volumes: Sequence[torch.Tensor],
+        roi: Sequence[int],
+        device: torch.device | str = "cpu",
+        flips: bool = True,
+    ) -> None:
         if not volumes:
             raise ValueError("no volumes to crop")
         self.roi, self.flips, self.device = tuple(roi), flips, torch.device(device)
@@ -61,7 +66,9 @@ class CropSampler:
         self.span = (shapes - torch.tensor(self.roi) + 1).to(self.device)  # valid start positions per axis
 
     @classmethod
-    def from_store(cls, store: torch.Tensor, shapes: torch.Tensor, roi: Sequence[int], flips: bool = True) -> CropSampler:
+    def from_store(
+        cls, store: torch.Tensor, shapes: torch.Tensor, roi: Sequence[int], flips: bool = True
+    ) -> CropSampler:
         """A sampler over a ready zero-padded store ``[V, C, *S_max]`` (e.g. memory-mapped) whose volume ``k``
         fills ``store[k, :, :shapes[k, 0], ...]``; crops are drawn where the store lives."""
         sampler = cls.__new__(cls)
@@ -74,8 +81,9 @@ class CropSampler:
     def __len__(self) -> int:
         return self.store.shape[0]
 
-    def draw(self, volume_ids: torch.Tensor, generator: torch.Generator | None = None,
-             seeds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(
+        self, volume_ids: torch.Tensor, generator: torch.Generator | None = None, seeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One crop of each listed volume.
 
         Starts and flips are drawn for the whole batch at once. On a GPU the crops are then gathered in one
@@ -105,10 +113,15 @@ class CropSampler:
     def _gather(self, ids: torch.Tensor, starts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """All crops by one advanced index: per axis, start + offset (or its mirror where flipped)."""
         dims = len(self.roi)
-        index = [ids.view(-1, *[1] * (dims + 1)), torch.arange(self.store.shape[1], device=self.device).view(1, -1, *[1] * dims)]
+        index = [
+            ids.view(-1, *[1] * (dims + 1)),
+            torch.arange(self.store.shape[1], device=self.device).view(1, -1, *[1] * dims),
+        ]
         for axis, size in enumerate(self.roi):
             offset = torch.arange(size, device=self.device)
-            along = torch.where(flips[:, axis, None], starts[:, axis, None] + size - 1 - offset, starts[:, axis, None] + offset)
+            along = torch.where(
+                flips[:, axis, None], starts[:, axis, None] + size - 1 - offset, starts[:, axis, None] + offset
+            )
             shape = [len(ids), 1] + [1] * dims
             shape[2 + axis] = size
             index.append(along.view(shape))
@@ -140,13 +153,26 @@ class CachedCrops:
     resumed run repeats an uninterrupted one.
     """
 
-    def __init__(self, dataset: CaseDataset, roi: Sequence[int], global_batch: int, crops: int, rank: int, world: int,
-                 seed: int, device: torch.device, progress: bool = True, cache_dir: str | Path | None = None,
-                 write_cache: bool = True) -> None:
+    def __init__(
+        self,
+        dataset: CaseDataset,
+        roi: Sequence[int],
+        global_batch: int,
+        crops: int,
+        rank: int,
+        world: int,
+        seed: int,
+        device: torch.device,
+        progress: bool = True,
+        cache_dir: str | Path | None = None,
+        write_cache: bool = True,
+    ) -> None:
         self.sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)  # refuses a bad batch size first
         if cache_dir is None:
-            volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
-                       for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)]
+            volumes = [
+                torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
+                for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)
+            ]
             check_fits(volumes, device)
             self.crops = CropSampler(volumes, roi, device)
         else:
@@ -172,7 +198,10 @@ class CachedCrops:
         step = self.per_rank * self.copies
         for first in range(0, len(self) * step, step):
             chosen = slice(first, first + step)
-            yield {"image": self.crops.draw(ids[chosen], seeds=sample_seeds[chosen])[0], "sample_seed": sample_seeds[chosen]}
+            yield {
+                "image": self.crops.draw(ids[chosen], seeds=sample_seeds[chosen])[0],
+                "sample_seed": sample_seeds[chosen],
+            }
 
 
 def check_fits(volumes: Sequence[torch.Tensor], device: torch.device, share: float = 0.5) -> None:
@@ -183,9 +212,11 @@ def check_fits(volumes: Sequence[torch.Tensor], device: torch.device, share: flo
     needed = len(volumes) * int(shapes.max(0).values.prod()) * 4
     free, _ = torch.cuda.mem_get_info(device)
     if needed > share * free:
-        raise UserError(f"the {len(volumes)} preprocessed volumes need {needed / 2**30:.1f} GiB on {device}, more than "
-                        f"half of its {free / 2**30:.1f} GiB free: set data.cache_dir=FOLDER to memory-map them from "
-                        "disk, or data.sampler=monai")
+        raise UserError(
+            f"the {len(volumes)} preprocessed volumes need {needed / 2**30:.1f} GiB on {device}, more than "
+            f"half of its {free / 2**30:.1f} GiB free: set data.cache_dir=FOLDER to memory-map them from "
+            "disk, or data.sampler=monai"
+        )
 
 
 def item_seeds(seed: int, key: int, indices: torch.Tensor) -> torch.Tensor:
@@ -250,8 +281,9 @@ def prefetched(items: Iterable, depth: int = 1) -> Iterator:
         worker.join()
 
 
-def disk_store(dataset: CaseDataset, cache_dir: str | Path, progress: bool = True, write: bool = True,
-               poll_seconds: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+def disk_store(
+    dataset: CaseDataset, cache_dir: str | Path, progress: bool = True, write: bool = True, poll_seconds: float = 2.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The preprocessed volumes of ``dataset`` as one zero-padded float32 file ``[V, C, *S_max]`` in
     ``cache_dir``, memory-mapped, and their shapes ``[V, D]``.
 
@@ -263,9 +295,14 @@ def disk_store(dataset: CaseDataset, cache_dir: str | Path, progress: bool = Tru
     timeout on a long first run).
     """
     folder = Path(cache_dir)
-    key = {"medmae": medmae.__version__, "task": dataset.task.record,
-           "cases": [[c.id, str(c.image), c.image.stat().st_size, c.image.stat().st_mtime_ns] for c in dataset.cases]}
-    name = f"{dataset.task.name}_{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
+    key = {
+        "medmae": medmae.__version__,
+        "task": dataset.task.record,
+        "cases": [[c.id, str(c.image), c.image.stat().st_size, c.image.stat().st_mtime_ns] for c in dataset.cases],
+    }
+    name = (
+        f"{dataset.task.name}_{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
+    )
     data, index = folder / f"{name}.npy", folder / f"{name}.json"
     while not index.is_file():
         if write:
@@ -286,14 +323,17 @@ def _write_store(dataset: CaseDataset, data: Path, index: Path, progress: bool) 
             volume = np.asarray(torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor), dtype=np.float32)
             channels = channels or volume.shape[0]
             if volume.shape[0] != channels or volume.ndim != len(dataset.task.roi) + 1:
-                raise ValueError(f"{dataset.cases[k].image}: preprocessed to shape {volume.shape}, unlike the "
-                                 f"{channels}-channel {len(dataset.task.roi)}D volumes before it")
+                raise ValueError(
+                    f"{dataset.cases[k].image}: preprocessed to shape {volume.shape}, unlike the "
+                    f"{channels}-channel {len(dataset.task.roi)}D volumes before it"
+                )
             parts.append(Path(scratch) / f"{k}.npy")
             np.save(parts[-1], volume)
             shapes.append(list(volume.shape[1:]))
         partial = Path(scratch) / "store.npy"
-        store = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                          shape=(len(parts), channels, *np.max(shapes, axis=0).tolist()))
+        store = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=np.float32, shape=(len(parts), channels, *np.max(shapes, axis=0).tolist())
+        )
         for k, part in enumerate(parts):
             volume = np.load(part)
             store[(k, slice(None), *[slice(0, s) for s in volume.shape[1:]])] = volume

@@ -47,8 +47,9 @@ class CaseDataset(Dataset):
             :class:`DataError` naming the case and the file.
     """
 
-    def __init__(self, task: TaskSpec, cases: list[Case], stage: str, samples: int = 2,
-                 skip_bad_cases: bool = False) -> None:
+    def __init__(
+        self, task: TaskSpec, cases: list[Case], stage: str, samples: int = 2, skip_bad_cases: bool = False
+    ) -> None:
         self.task, self.stage, self.skipped = task, stage, {}
         if skip_bad_cases:  # pretraining reads no labels, so a label problem does not remove its image
             reports = [check_case(task, replace(case, label=None) if stage in IMAGE_ONLY else case) for case in cases]
@@ -68,14 +69,19 @@ class CaseDataset(Dataset):
             item = self.transform(case_dict(case, with_label=self.stage not in IMAGE_ONLY))
             for sample in item if isinstance(item, list) else [item]:
                 if not torch.isfinite(torch.as_tensor(sample["image"])).all():
-                    raise DataError(case.image, "non-finite values after preprocessing: its intensities are too "
-                                                f"extreme for the {self.task.intensity['rule']} rule (see medmae data check)")
+                    raise DataError(
+                        case.image,
+                        "non-finite values after preprocessing: its intensities are too "
+                        f"extreme for the {self.task.intensity['rule']} rule (see medmae data check)",
+                    )
             return item
         except Exception as error:
             cause = _root_cause(error)
             problem = cause.problem if isinstance(cause, DataError) else f"{type(cause).__name__}: {cause}"
             where = cause.path if isinstance(cause, DataError) else case.image
-            raise DataError(where, f"case {case.id}: {problem} (--set data.skip_bad_cases=true leaves such cases out)") from error
+            raise DataError(
+                where, f"case {case.id}: {problem} (--set data.skip_bad_cases=true leaves such cases out)"
+            ) from error
 
 
 def item_seed(seed: int, key: int, index: int) -> int:
@@ -132,15 +138,23 @@ class ShardSampler(Sampler):
         return torch.randperm(self.size, generator=generator)[:usable].tolist()
 
     def __iter__(self):
-        return iter([(self.key, index) for index in self.order()[self.rank::self.world]])
+        return iter([(self.key, index) for index in self.order()[self.rank :: self.world]])
 
     def __len__(self) -> int:
         return self.size // self.global_batch * self.global_batch // self.world
 
 
-def train_loader(dataset: CaseDataset, global_batch: int, rank: int, world: int, seed: int,
-                 num_workers: int) -> DataLoader:
+def train_loader(
+    dataset: CaseDataset, global_batch: int, rank: int, world: int, seed: int, num_workers: int
+) -> DataLoader:
     """Batches of ``global_batch / world`` items per process (crops of a volume are flattened into the batch)."""
     sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)
-    return DataLoader(SeededItems(dataset, seed), batch_size=global_batch // world, sampler=sampler, drop_last=True,
-                      num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=list_data_collate)
+    return DataLoader(
+        SeededItems(dataset, seed),
+        batch_size=global_batch // world,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        collate_fn=list_data_collate,
+    )

@@ -66,11 +66,13 @@ class Split:
         """Add a note for every case that sits in two labelled parts."""
         names = ("train", "validation", "test")
         for k, first in enumerate(names):
-            for second in names[k + 1:]:
+            for second in names[k + 1 :]:
                 shared = sorted({c.id for c in self.parts[first]} & {c.id for c in self.parts[second]})
                 if shared:
-                    self.notes.append(f"cases in both {first} and {second}: {', '.join(shared[:10])}"
-                                      + (f" and {len(shared) - 10} more" if len(shared) > 10 else ""))
+                    self.notes.append(
+                        f"cases in both {first} and {second}: {', '.join(shared[:10])}"
+                        + (f" and {len(shared) - 10} more" if len(shared) > 10 else "")
+                    )
 
 
 def layout_help(task: TaskSpec) -> str:
@@ -81,8 +83,10 @@ def resolve_data_root(task: TaskSpec, data_root: str | Path | None) -> Path:
     """``--data-root``, else ``$MEDMAE_DATA/<task>``; the folder must exist."""
     if data_root is None:
         if not os.environ.get(ENV_DATA):
-            raise UserError(f"no data root for task {task.name}: pass --data-root DIR or set {ENV_DATA} "
-                            f"(then ${ENV_DATA}/{task.name} is used).\n{layout_help(task)}")
+            raise UserError(
+                f"no data root for task {task.name}: pass --data-root DIR or set {ENV_DATA} "
+                f"(then ${ENV_DATA}/{task.name} is used).\n{layout_help(task)}"
+            )
         data_root = Path(os.environ[ENV_DATA]) / task.name
     root = Path(data_root).expanduser()
     if not root.is_dir():
@@ -113,8 +117,11 @@ def check_layout(task: TaskSpec, root: Path) -> None:
     """Refuse a data root that does not look like the task's layout, saying what it expected and found."""
     markers = LAYOUT_MARKERS.get(task.layout, ())
     if markers and not any((root / marker).exists() for marker in markers):
-        raise DataError(root, f"does not look like the {task.name} data (none of {', '.join(markers)} here)."
-                              f"\n{layout_help(task)}\n{found_instead(root)}")
+        raise DataError(
+            root,
+            f"does not look like the {task.name} data (none of {', '.join(markers)} here)."
+            f"\n{layout_help(task)}\n{found_instead(root)}",
+        )
 
 
 def case_id(image: Path) -> str:
@@ -134,7 +141,7 @@ def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(path, f"unreadable JSON manifest ({error})") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
-        raise DataError(path, "a manifest needs a 'training' list of {\"image\": ..., \"label\": ...} entries")
+        raise DataError(path, 'a manifest needs a \'training\' list of {"image": ..., "label": ...} entries')
     parts, seen, listed = {"training": [], "validation": [], "test": [], "unlabelled": []}, {}, set()
     for key in ("training", "validation", "test"):
         entries = raw.get(key) or []
@@ -186,16 +193,19 @@ def fold_split(cases: list[Case], fold: int) -> tuple[list[Case], list[Case]]:
     return sorted(set(ordered) - set(test), key=lambda c: c.id), sorted(test, key=lambda c: c.id)
 
 
-def load_split(task: TaskSpec, data_root: str | Path | None, manifest: str | Path | None = None,
-               split: str | None = None) -> Split:
+def load_split(
+    task: TaskSpec, data_root: str | Path | None, manifest: str | Path | None = None, split: str | None = None
+) -> Split:
     """The cases of ``task`` at ``data_root`` in the train, validation and test parts of ``split``."""
     root = resolve_data_root(task, data_root)
     if task.layout == "chestxray14":
         from medmae.data.chestxray import chestxray_split
 
         if manifest is not None:
-            raise UserError(f"--manifest is not used by task {task.name}: its cases come from the official list "
-                            "files at the data root (edit train_val_list.txt and test_list.txt to change them)")
+            raise UserError(
+                f"--manifest is not used by task {task.name}: its cases come from the official list "
+                "files at the data root (edit train_val_list.txt and test_list.txt to change them)"
+            )
         return chestxray_split(task, root, split)
     if manifest is None:
         check_layout(task, root)
@@ -229,8 +239,9 @@ def load_split(task: TaskSpec, data_root: str | Path | None, manifest: str | Pat
     return result
 
 
-def _case_source(task: TaskSpec, root: Path, manifest: str | Path | None,
-                 stored: dict[str, Any]) -> tuple[str, dict[str, list[Case]]]:
+def _case_source(
+    task: TaskSpec, root: Path, manifest: str | Path | None, stored: dict[str, Any]
+) -> tuple[str, dict[str, list[Case]]]:
     if manifest is not None:
         path = Path(manifest)
         if not path.is_file():
@@ -240,17 +251,24 @@ def _case_source(task: TaskSpec, root: Path, manifest: str | Path | None,
         if (root / name).is_file():
             return str(root / name), read_datalist(root / name, root)
     if "cases" in stored:
-        cases = [Case(e["id"], inside(root, e["image"], task.manifest), inside(root, e["label"], task.manifest))
-                 for e in stored["cases"]]
+        cases = [
+            Case(e["id"], inside(root, e["image"], task.manifest), inside(root, e["label"], task.manifest))
+            for e in stored["cases"]
+        ]
         return f"data_manifests/{task.manifest}", {"training": cases, "validation": [], "test": [], "unlabelled": []}
-    raise DataError(root, f"no {' or '.join(DATALISTS)} here, and task {task.name} lists its cases only "
-                          f"through it.\n{layout_help(task)}\n{found_instead(root)}")
+    raise DataError(
+        root,
+        f"no {' or '.join(DATALISTS)} here, and task {task.name} lists its cases only "
+        f"through it.\n{layout_help(task)}\n{found_instead(root)}",
+    )
 
 
 def _by_id(pool: list[Case], ids: list[str], source: str, split: str) -> list[Case]:
     by_id = {c.id: c for c in pool}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise UserError(f"split {split!r} needs cases missing from {source}: {', '.join(missing[:10])}"
-                        + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        raise UserError(
+            f"split {split!r} needs cases missing from {source}: {', '.join(missing[:10])}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
     return [by_id[i] for i in ids]

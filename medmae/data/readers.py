@@ -45,8 +45,11 @@ def read_image(path: str | Path) -> Image:
         return _read_png(path)
     if name.endswith(SITK_SUFFIXES):
         return _read_sitk(path, series=False)
-    raise DataError(path, f"unsupported file type; medmae reads {', '.join(NIFTI_SUFFIXES + ('.png',) + SITK_SUFFIXES)} "
-                          "and DICOM series folders")
+    raise DataError(
+        path,
+        f"unsupported file type; medmae reads {', '.join(NIFTI_SUFFIXES + ('.png',) + SITK_SUFFIXES)} "
+        "and DICOM series folders",
+    )
 
 
 def _read_nifti(path: Path) -> Image:

@@ -19,8 +19,8 @@ SHAPE = (64, 64, 48)
 SPACING_MM = 3.0
 ORGANS = (  # label, HU, centre (fraction of the body's semi-axes; RAS+: +x the patient's right,
     #          +y anterior, +z superior), semi-axes (mm)
-    (1, 60, (0.35, 0.15, 0.1), (55, 45, 50)),     # liver, on the patient's right
-    (2, 45, (-0.45, -0.25, 0.2), (28, 22, 30)),   # spleen, left and posterior
+    (1, 60, (0.35, 0.15, 0.1), (55, 45, 50)),  # liver, on the patient's right
+    (2, 45, (-0.45, -0.25, 0.2), (28, 22, 30)),  # spleen, left and posterior
     (3, 150, (0.4, -0.45, -0.15), (16, 18, 28)),  # right kidney
     (4, 150, (-0.4, -0.45, -0.1), (16, 18, 28)),  # left kidney
 )
@@ -70,8 +70,12 @@ def write_demo_dataset(root: str | Path, cases: int = 12, validation: int = 2, s
         write_nifti(nib.Nifti1Image(image, affine), root / entry["image"])
         write_nifti(nib.Nifti1Image(label, affine), root / entry["label"])
         entries.append(entry)
-    datalist = {"name": "medmae demo", "description": f"synthetic CT-like volumes, seed {seed}",
-                "labels": {"0": "background", "1": "liver", "2": "spleen", "3": "right_kidney", "4": "left_kidney"},
-                "training": entries[:-validation], "validation": entries[-validation:]}
+    datalist = {
+        "name": "medmae demo",
+        "description": f"synthetic CT-like volumes, seed {seed}",
+        "labels": {"0": "background", "1": "liver", "2": "spleen", "3": "right_kidney", "4": "left_kidney"},
+        "training": entries[:-validation],
+        "validation": entries[-validation:],
+    }
     write_text(root / "dataset_0.json", json.dumps(datalist, indent=1) + "\n")
     return root

@@ -23,11 +23,29 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import (ClipIntensityPercentilesd, Compose, CropForegroundd, EnsureTyped, HistogramNormalized,
-                              MapTransform, NormalizeIntensityd, Orientationd, RandCropByPosNegLabeld, RandFlipd,
-                              RandomizableTransform, RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
-                              RandSpatialCropSamplesd, Resize, Resized, ScaleIntensityd, ScaleIntensityRanged,
-                              Spacingd, SpatialPadd)
+from monai.transforms import (
+    ClipIntensityPercentilesd,
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    HistogramNormalized,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandomizableTransform,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSpatialCropSamplesd,
+    Resize,
+    Resized,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
 
 from medmae.data.check import read_errors
 from medmae.data.readers import integer_labels, read_image
@@ -64,8 +82,11 @@ class ReadImaged(MapTransform):
                 raise DataError(path, problem)
         for key, image in read.items():
             array = integer_labels(image) if key == "label" else image.array.astype(np.float32, copy=False)
-            d[key] = MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=torch.from_numpy(image.affine),
-                                meta={"filename_or_obj": str(image.path)})
+            d[key] = MetaTensor(
+                torch.from_numpy(np.ascontiguousarray(array)),
+                affine=torch.from_numpy(image.affine),
+                meta={"filename_or_obj": str(image.path)},
+            )
         return d
 
 
@@ -89,8 +110,13 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
     """Crop a random region covering ``scale`` of the image area with aspect ratio in ``ratio`` (log-uniform),
     then resize it to ``size`` (torchvision's RandomResizedCrop); falls back to the whole image."""
 
-    def __init__(self, keys: str | Sequence[str], size: Sequence[int], scale: tuple[float, float] = (0.5, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        size: Sequence[int],
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
         MapTransform.__init__(self, keys)
         RandomizableTransform.__init__(self, prob=1.0)
         self.scale, self.ratio = scale, ratio
@@ -114,7 +140,7 @@ class RandResizedCropd(RandomizableTransform, MapTransform):
         self.randomize(d[first].shape[1:])
         top, left, h, w = self.box
         for key in self.key_iterator(d):
-            d[key] = self.resize(d[key][:, top:top + h, left:left + w])
+            d[key] = self.resize(d[key][:, top : top + h, left : left + w])
         return d
 
 
@@ -127,8 +153,10 @@ def intensity_transforms(task: TaskSpec) -> list:
         return [NormalizeIntensityd("image", nonzero=True, channel_wise=True)]
     if rule == "percentile_zscore":
         low, high = task.intensity["percentiles"]
-        return [ClipIntensityPercentilesd("image", lower=low, upper=high, channel_wise=True),
-                NormalizeIntensityd("image", channel_wise=True)]
+        return [
+            ClipIntensityPercentilesd("image", lower=low, upper=high, channel_wise=True),
+            NormalizeIntensityd("image", channel_wise=True),
+        ]
     return [ScaleIntensityd("image", minv=0.0, maxv=1.0), HistogramNormalized("image", num_bins=256, min=0, max=1)]
 
 
@@ -151,16 +179,23 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
         # whose z-scored tissue can be negative. Crops use the label map itself: MONAI would read a
         # multi-channel region label as one-hot and drop its first channel (whole tumour).
         body = {"image_key": "image", "image_threshold": 0} if task.intensity["rule"] == "window" else {}
-        chain += [RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1,
-                                         num_samples=samples, **body),
-                  *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3) if axis or not task.lateral]]
+        chain += [
+            RandCropByPosNegLabeld(
+                keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=samples, **body
+            ),
+            *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3) if axis or not task.lateral],
+        ]
         if roi[0] == roi[1] and not task.lateral:  # a quarter turn of a non-square axial plane changes the shape
             chain.append(RandRotate90d(keys, prob=0.2, max_k=3, spatial_axes=(0, 1)))
-        chain += [RandScaleIntensityd("image", factors=0.1, prob=0.5),
-                  RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
+        chain += [
+            RandScaleIntensityd("image", factors=0.1, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        ]
     elif stage == "pretrain":
-        chain += [RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=samples, random_size=False),
-                  *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]]
+        chain += [
+            RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=samples, random_size=False),
+            *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)],
+        ]
     if task.regions and stage not in IMAGE_ONLY:
         chain.append(LabelToRegionsd("label", task.regions))
     chain.append(EnsureTyped(keys, dtype=[torch.float32, torch.float32 if task.regions else torch.long][: len(keys)]))

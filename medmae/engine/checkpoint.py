@@ -29,8 +29,13 @@ class CheckpointError(UserError, ValueError):
 
 def model_checkpoint(model: nn.Module, **extra: Any) -> dict[str, Any]:
     """The payload for ``model``: its registry ``config`` (name and geometry), weights and medmae's version."""
-    return {"format": FORMAT, "medmae_version": medmae.__version__, "config": dict(model.config),
-            "state_dict": model.state_dict(), **extra}
+    return {
+        "format": FORMAT,
+        "medmae_version": medmae.__version__,
+        "config": dict(model.config),
+        "state_dict": model.state_dict(),
+        **extra,
+    }
 
 
 def checksum_file(path: Path) -> Path:
@@ -80,8 +85,10 @@ def verify_checksum(path: Path) -> None:
         raise CheckpointError(f"{checksum_file(path)}: unreadable checksum file ({error})") from error
     found = sha256(path)
     if found != expected:
-        raise CheckpointError(f"{path}: corrupt or changed after it was written (SHA-256 {found[:12]}..., "
-                              f"but {checksum_file(path).name} says {expected[:12]}...)")
+        raise CheckpointError(
+            f"{path}: corrupt or changed after it was written (SHA-256 {found[:12]}..., "
+            f"but {checksum_file(path).name} says {expected[:12]}...)"
+        )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -98,7 +105,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medmae checkpoint (no format tag {FORMAT!r})")
     state, config = payload.get("state_dict"), payload.get("config")
-    if not (isinstance(config, dict) and isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+    if not (
+        isinstance(config, dict)
+        and isinstance(state, dict)
+        and all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
         raise CheckpointError(f"{path}: a medmae checkpoint without a model 'config' and a 'state_dict' of tensors")
     return payload
 
@@ -115,8 +126,11 @@ def _unreadable(error: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file: code in its pickle, or damage."""
     if isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower():
         culprit = re.search(r"GLOBAL (\S+)", str(error))
-        return ("refused: its pickle would call " + (culprit.group(1) if culprit else "code other than tensor loading")
-                + ", and medmae never unpickles code (weights_only=True). Use checkpoints written by medmae")
+        return (
+            "refused: its pickle would call "
+            + (culprit.group(1) if culprit else "code other than tensor loading")
+            + ", and medmae never unpickles code (weights_only=True). Use checkpoints written by medmae"
+        )
     return f"not a readable weights-only checkpoint: truncated or damaged ({type(error).__name__}: {error})"
 
 
@@ -126,10 +140,15 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str |
     wanted = model.state_dict()
     problems = [f"missing {key} {tuple(wanted[key].shape)}" for key in wanted if key not in state]
     problems += [f"unexpected {key}" for key in state if key not in wanted]
-    problems += [f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(wanted[key].shape)}"
-                 for key in wanted if key in state and tuple(state[key].shape) != tuple(wanted[key].shape)]
+    problems += [
+        f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(wanted[key].shape)}"
+        for key in wanted
+        if key in state and tuple(state[key].shape) != tuple(wanted[key].shape)
+    ]
     if problems:
         shown = problems[:8] + ([f"... and {len(problems) - 8} more"] if len(problems) > 8 else [])
-        raise CheckpointError(f"{source}: its weights do not fit {model.config.get('name', type(model).__name__)} "
-                              f"{dict(model.config)}: " + "; ".join(shown))
+        raise CheckpointError(
+            f"{source}: its weights do not fit {model.config.get('name', type(model).__name__)} "
+            f"{dict(model.config)}: " + "; ".join(shown)
+        )
     model.load_state_dict(state)

@@ -71,8 +71,10 @@ def start(stage: str, request: RunRequest) -> Setup:
     run = RunFolder(output, write=ctx.is_main)
     split_record = {"task": task.name, "split": split.name}
     if resume_from is not None and resume_from.get("split", split_record) != split_record:
-        raise UserError(f"{output}: the run was trained on {resume_from['split']}, not {split_record}; "
-                        "resume with the same --task and --split")
+        raise UserError(
+            f"{output}: the run was trained on {resume_from['split']}, not {split_record}; "
+            "resume with the same --task and --split"
+        )
     run.prepare(resume=request.resume)
     run.set_aside(probe.unusable)
     barrier(ctx)  # every process has checked the folder before the main one writes into it
@@ -98,11 +100,16 @@ def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
     """The config a resumed run continues with: the saved one. Repeating the command line is fine; a
     changed value is refused, except for the keys of ``CHANGEABLE_ON_RESUME``, which take the requested one."""
     before, after = flatten(saved.to_dict(), "saved"), flatten(requested.to_dict(), "requested")
-    changed = [f"{key} {before[key]!r} -> {after[key]!r}" for key in before
-               if before[key] != after[key] and key not in CHANGEABLE_ON_RESUME]
+    changed = [
+        f"{key} {before[key]!r} -> {after[key]!r}"
+        for key in before
+        if before[key] != after[key] and key not in CHANGEABLE_ON_RESUME
+    ]
     if changed:
-        raise UserError(f"{output}: --resume continues with the saved config, but this command changes "
-                        f"{', '.join(changed)}; drop those changes or start a new run in another --output-dir")
+        raise UserError(
+            f"{output}: --resume continues with the saved config, but this command changes "
+            f"{', '.join(changed)}; drop those changes or start a new run in another --output-dir"
+        )
     return requested
 
 

@@ -27,18 +27,30 @@ def run_demo(output_dir: str | Path, quick: bool = False) -> list[str]:
     data = write_demo_dataset(root / "data", cases=DEMO_CASES, validation=DEMO_TEST_CASES, seed=0)
     log.info("wrote %d synthetic cases to %s", DEMO_CASES, data)
     stage_args = {stage: QUICK[stage] if quick else [] for stage in QUICK}
-    pretrain.run(RunRequest(task="demo", data_root=str(data), output_dir=str(root / "pretrain"),
-                            overrides=stage_args["pretrain"]))
+    pretrain.run(
+        RunRequest(
+            task="demo", data_root=str(data), output_dir=str(root / "pretrain"), overrides=stage_args["pretrain"]
+        )
+    )
     mae = root / "pretrain" / "checkpoints" / "last.pt"
-    finetune.run(RunRequest(task="demo", data_root=str(data), output_dir=str(root / "finetune"), pretrained=str(mae),
-                            overrides=stage_args["finetune"]))
+    finetune.run(
+        RunRequest(
+            task="demo",
+            data_root=str(data),
+            output_dir=str(root / "finetune"),
+            pretrained=str(mae),
+            overrides=stage_args["finetune"],
+        )
+    )
     best = root / "finetune" / "checkpoints" / "best.pt"
     summary, _, written = evaluate(str(best), "demo", str(data), None, None, "test", str(root / "evaluate"))
     mean = summary.loc[summary["class"] == "foreground mean", "dsc_mean"].item()
     figures = sorted((root / "pretrain" / "figures").glob("*.png"))
-    return [f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {root}",
-            f"  data:            {data}",
-            f"  pretraining:     {root / 'pretrain'} (reconstructions: {figures[-1] if figures else 'none'})",
-            f"  fine-tuning:     {root / 'finetune'} (best checkpoint: {best})",
-            f"  evaluation:      {', '.join(str(p) for p in written)}",
-            f"  mean DSC of the MAE-initialised UNETR on the {DEMO_TEST_CASES} test cases: {mean:.3f}"]
+    return [
+        f"demo finished in {time.perf_counter() - started:.0f} s; everything is in {root}",
+        f"  data:            {data}",
+        f"  pretraining:     {root / 'pretrain'} (reconstructions: {figures[-1] if figures else 'none'})",
+        f"  fine-tuning:     {root / 'finetune'} (best checkpoint: {best})",
+        f"  evaluation:      {', '.join(str(p) for p in written)}",
+        f"  mean DSC of the MAE-initialised UNETR on the {DEMO_TEST_CASES} test cases: {mean:.3f}",
+    ]

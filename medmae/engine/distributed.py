@@ -39,14 +39,18 @@ def pick_device(choice: str, local_rank: int = 0) -> torch.device:
 def setup(device_choice: str, timeout_min: float = 60.0) -> Context:
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1: NCCL on GPUs, gloo on CPUs).
     A collective or connect that waits longer than ``timeout_min`` fails, so ``torchrun`` can restart."""
-    world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    world, rank, local_rank = (
+        int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0))
+    )
     device = pick_device(device_choice, local_rank)
     if world > 1 and not dist.is_initialized():
         # rank 0 writes checkpoints and figures while the others wait: allow slow disks before the watchdog fires
         timeout = timedelta(minutes=timeout_min)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            dist.init_process_group(backend, store=attempt_store(world, timeout), rank=rank, world_size=world, timeout=timeout)
+            dist.init_process_group(
+                backend, store=attempt_store(world, timeout), rank=rank, world_size=world, timeout=timeout
+            )
         else:
             dist.init_process_group(backend, timeout=timeout)
     return Context(rank, world, device)
@@ -56,7 +60,9 @@ def attempt_store(world: int, timeout: timedelta) -> dist.Store:
     """The store of ``torchrun``'s agent, with this restart attempt's keys apart from earlier attempts'.
     The agent keeps one store for all attempts (torch 2.13), so a restarted group would otherwise read the
     dead group's addresses and wait in gloo's or NCCL's connect for ever."""
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    )
     return dist.PrefixStore(f"medmae/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 

@@ -42,8 +42,15 @@ def save_label_map(labels: np.ndarray, like: Path, path: Path) -> Path:
     return write_nifti(image, path)
 
 
-def predict_volumes(model: nn.Module, task: TaskSpec, run_config: dict, cases: list[Case], output: Path,
-                    device: torch.device, progress: bool = True) -> dict[str, Path]:
+def predict_volumes(
+    model: nn.Module,
+    task: TaskSpec,
+    run_config: dict,
+    cases: list[Case],
+    output: Path,
+    device: torch.device,
+    progress: bool = True,
+) -> dict[str, Path]:
     """Segment each case's image and write ``<output>/<case id>.nii.gz`` on the image's own grid."""
     cfg, dataset = from_dict(run_config, "checkpoint"), CaseDataset(task, cases, "inference")
     written = {}
@@ -61,8 +68,16 @@ def _load(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Module, dict
     return model.to(device), payload, task, device
 
 
-def evaluate(checkpoint: str, task_name: str, data_root: str | None, manifest: str | None, split_name: str | None,
-             part: str, output_dir: str | None, progress: bool = True) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
+def evaluate(
+    checkpoint: str,
+    task_name: str,
+    data_root: str | None,
+    manifest: str | None,
+    split_name: str | None,
+    part: str,
+    output_dir: str | None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
     """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
     AUC for classification), the notes and the files written."""
     model, payload, task, device = _load(checkpoint)
@@ -80,7 +95,9 @@ def evaluate(checkpoint: str, task_name: str, data_root: str | None, manifest: s
             table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
             note = f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"
             return mean, [note], [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"]
-        predictions = predict_volumes(model, task, payload["run_config"], cases, output / "predictions", device, progress)
+        predictions = predict_volumes(
+            model, task, payload["run_config"], cases, output / "predictions", device, progress
+        )
         pairs = {case.id: (predictions[case.id], case.label) for case in cases}
         images = {case.id: case.image for case in cases}
         refuse(task, check_pairs(task, pairs, images))
@@ -101,8 +118,9 @@ def input_files(source: Path, task: TaskSpec) -> list[Path]:
     return files
 
 
-def predict(checkpoint: str, source: str, output_dir: str, progress: bool = True,
-            inside_input: bool = False) -> list[Path]:
+def predict(
+    checkpoint: str, source: str, output_dir: str, progress: bool = True, inside_input: bool = False
+) -> list[Path]:
     """Predictions for a file or a folder of files: label maps (NIfTI, same grid and affine) for 3D tasks,
     ``probabilities.csv`` for 2D classification. Every input is read and checked before anything is written;
     the output folder may lie inside the input folder only with ``inside_input``, and an input file is
@@ -112,22 +130,26 @@ def predict(checkpoint: str, source: str, output_dir: str, progress: bool = True
     files = input_files(source_path, task)
     folder = source_path if source_path.is_dir() else source_path.parent
     if not inside_input and (output == folder or folder in output.parents):
-        raise UserError(f"--output-dir {output} lies inside the input folder {folder}; choose a folder outside it "
-                        "(or pass --allow-output-inside-input)")
+        raise UserError(
+            f"--output-dir {output} lies inside the input folder {folder}; choose a folder outside it "
+            "(or pass --allow-output-inside-input)"
+        )
     cases = [Case(case_id(path), path) for path in files]
     if len({c.id for c in cases}) != len(cases):
         raise UserError(f"{source}: two files share a case id; predictions would overwrite each other")
     targets = {output / "probabilities.csv"} if task.is_classification else {output / f"{c.id}.nii.gz" for c in cases}
     clash = sorted(str(t) for t in targets if t in files or (folder in t.parents and t.exists()))
     if clash:
-        raise UserError(f"{clash[0]}: a file of the input folder would be overwritten by a prediction; "
-                        "choose another --output-dir")
+        raise UserError(
+            f"{clash[0]}: a file of the input folder would be overwritten by a prediction; choose another --output-dir"
+        )
     refuse_unreadable(task, files, progress)
     with removed_on_error(output):
         if task.is_classification:
             cfg = from_dict(payload["run_config"], checkpoint)
-            loader = DataLoader(CaseDataset(task, cases, "inference"), batch_size=cfg.data.batch_size,
-                                collate_fn=_without_labels)
+            loader = DataLoader(
+                CaseDataset(task, cases, "inference"), batch_size=cfg.data.batch_size, collate_fn=_without_labels
+            )
             probabilities, _, ids = classify(model, loader, task, cfg.train.precision, device)
             table = pd.DataFrame(probabilities, columns=list(task.findings))
             table.insert(0, "image_id", ids)
@@ -150,5 +172,8 @@ def refuse_unreadable(task: TaskSpec, files: list[Path], progress: bool = True) 
 
 def _without_labels(items: list[dict]) -> dict:
     """Collate images and ids of unlabelled items (no targets to stack)."""
-    return {"image": torch.stack([torch.as_tensor(i["image"]) for i in items]),
-            "label": np.zeros((len(items), 0)), "case_id": [i["case_id"] for i in items]}
+    return {
+        "image": torch.stack([torch.as_tensor(i["image"]) for i in items]),
+        "label": np.zeros((len(items), 0)),
+        "case_id": [i["case_id"] for i in items],
+    }

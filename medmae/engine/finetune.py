@@ -37,7 +37,7 @@ def label_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
     the first ``round(fraction * n)`` taken, so a smaller fraction is a subset of a larger one."""
     order = sorted(cases, key=lambda c: c.id)
     random.Random(seed).shuffle(order)
-    return sorted(order[:max(1, round(fraction * len(order)))], key=lambda c: c.id)
+    return sorted(order[: max(1, round(fraction * len(order)))], key=lambda c: c.id)
 
 
 def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) -> nn.Module:
@@ -46,30 +46,47 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
     outputs = len(task.class_names)
     if cfg.model.arch == "unet":
         if task.is_classification or pretrained is not None:
-            raise UserError("model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained "
-                            f"encoder{' and does not classify' if task.is_classification else ''}")
-        return create_model(f"unet_{task.spatial_dims}d", in_channels=task.in_channels, out_channels=outputs,
-                            img_size=task.roi)
+            raise UserError(
+                "model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained "
+                f"encoder{' and does not classify' if task.is_classification else ''}"
+            )
+        return create_model(
+            f"unet_{task.spatial_dims}d", in_channels=task.in_channels, out_channels=outputs, img_size=task.roi
+        )
     encoder = {"img_size": task.roi, "in_channels": task.in_channels, "drop_path_rate": cfg.model.drop_path}
     probe = cfg.model.tuning == "linear"
     if pretrained is None:
         if task.is_classification:
-            return create_model(f"vit_{cfg.model.size}_patch16_{task.spatial_dims}d_cls", num_classes=outputs,
-                                pool=cfg.model.pool, cls_token=cfg.model.pool == "cls", head_norm=probe, **encoder)
-        return create_model(f"unetr_vit_{cfg.model.size}_patch16_{task.spatial_dims}d", out_channels=outputs,
-                            feature_size=cfg.model.feature_size, **encoder)
+            return create_model(
+                f"vit_{cfg.model.size}_patch16_{task.spatial_dims}d_cls",
+                num_classes=outputs,
+                pool=cfg.model.pool,
+                cls_token=cfg.model.pool == "cls",
+                head_norm=probe,
+                **encoder,
+            )
+        return create_model(
+            f"unetr_vit_{cfg.model.size}_patch16_{task.spatial_dims}d",
+            out_channels=outputs,
+            feature_size=cfg.model.feature_size,
+            **encoder,
+        )
     payload = _pretrained_payload(pretrained, task)
     try:
         if task.is_classification:
-            model, report = classifier_from_pretrained(payload, outputs, pool=cfg.model.pool, head_norm=probe, **encoder)
+            model, report = classifier_from_pretrained(
+                payload, outputs, pool=cfg.model.pool, head_norm=probe, **encoder
+            )
         else:
             model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
     except (WeightTransferError, ValueError) as error:  # ValueError: an encoder UNETR cannot take (depth, patch)
         raise WeightTransferError(f"{pretrained}: {error}") from error
     log.info("%s", report)
     if cfg.model.tuning != "full" and "cls_token" in report.initialised:
-        raise UserError(f"model.pool=cls with model.tuning={cfg.model.tuning}: {pretrained} has no cls token, so the "
-                        "head would read a frozen, untrained token; use model.pool=avg or model.tuning=full")
+        raise UserError(
+            f"model.pool=cls with model.tuning={cfg.model.tuning}: {pretrained} has no cls token, so the "
+            "head would read a frozen, untrained token; use model.pool=avg or model.tuning=full"
+        )
     return model
 
 
@@ -94,13 +111,16 @@ def _pretrained_payload(path: str, task: TaskSpec) -> dict[str, Any]:
     except WeightTransferError as error:
         raise WeightTransferError(f"{path}: {error}") from error
     if config.get("spatial_dims") != task.spatial_dims:
-        raise WeightTransferError(f"{path}: a {config.get('spatial_dims')}D encoder ({config.get('name')}); task "
-                                  f"{task.name} is {task.spatial_dims}D")
+        raise WeightTransferError(
+            f"{path}: a {config.get('spatial_dims')}D encoder ({config.get('name')}); task "
+            f"{task.name} is {task.spatial_dims}D"
+        )
     source = payload.get("task") or {}
     for key in ("spacing", "intensity", "channels"):
         if key in source and source[key] != task.record.get(key):
-            log.warning("%s was pretrained with %s %s; task %s uses %s", path, key, source[key], task.name,
-                        task.record.get(key))
+            log.warning(
+                "%s was pretrained with %s %s; task %s uses %s", path, key, source[key], task.name, task.record.get(key)
+            )
     return payload
 
 
@@ -112,7 +132,9 @@ def segmentation_loss(task: TaskSpec) -> nn.Module:
 
 
 @torch.no_grad()
-def validate_segmentation(model: nn.Module, task: TaskSpec, dataset: CaseDataset, cfg: Config, ctx: Context) -> dict[str, float]:
+def validate_segmentation(
+    model: nn.Module, task: TaskSpec, dataset: CaseDataset, cfg: Config, ctx: Context
+) -> dict[str, float]:
     """Mean DSC over validation cases and scored classes, on the preprocessed grid (sliding windows). Each
     process takes every ``world``-th case; all of them return the same scores."""
     model.eval()
@@ -121,11 +143,15 @@ def validate_segmentation(model: nn.Module, task: TaskSpec, dataset: CaseDataset
     for index in tqdm(shard, desc="validation", unit="case", leave=False, disable=not ctx.is_main or None):
         item = dataset[index]
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, ctx.device)
-        scores.append(dice_counts(predicted_regions(task, probabilities), reference_regions(task, torch.as_tensor(item["label"]))))
+        scores.append(
+            dice_counts(predicted_regions(task, probabilities), reference_regions(task, torch.as_tensor(item["label"])))
+        )
     model.train()
     table = np.array(gather(scores, ctx))
-    per_class = {f"val_dsc_{name}": float(np.nanmean(table[:, k])) if not np.isnan(table[:, k]).all() else float("nan")
-                 for k, name in enumerate(_scored(task))}
+    per_class = {
+        f"val_dsc_{name}": float(np.nanmean(table[:, k])) if not np.isnan(table[:, k]).all() else float("nan")
+        for k, name in enumerate(_scored(task))
+    }
     return {"val_mean_dsc": float(np.nanmean(list(per_class.values()))), **per_class}
 
 
@@ -134,7 +160,9 @@ def _scored(task: TaskSpec) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def classify(model: nn.Module, loader: DataLoader, task: TaskSpec, precision: str, device: torch.device) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def classify(
+    model: nn.Module, loader: DataLoader, task: TaskSpec, precision: str, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Probabilities ``[N, F]``, targets ``[N, F]`` and image ids over ``loader``."""
     model.eval()
     probabilities, targets, ids = [], [], []
@@ -162,14 +190,34 @@ def run(request: RunRequest) -> nn.Module:
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
         model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
         _set_tuning(model, cfg, task, ctx.world)
-        log.info("fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
-                 "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
-                 model.config["name"], "from " + request.pretrained if request.pretrained else
-                 "resumed" if s.resume_from is not None else "from scratch",
-                 len(dataset), len(s.split.train), task.name, effective_batch(cfg, crops), effective_lr(cfg, crops),
-                 cfg.optim.base_lr, effective_batch(cfg, crops), cfg.optim.layer_decay, ctx.world, ctx.device)
-        optimizer = build_optimizer(model, effective_lr(cfg, crops), cfg.optim.weight_decay, cfg.optim.betas,
-                                    cfg.optim.layer_decay, model.config.get("depth", 12))
+        log.info(
+            "fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
+            "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
+            model.config["name"],
+            "from " + request.pretrained
+            if request.pretrained
+            else "resumed"
+            if s.resume_from is not None
+            else "from scratch",
+            len(dataset),
+            len(s.split.train),
+            task.name,
+            effective_batch(cfg, crops),
+            effective_lr(cfg, crops),
+            cfg.optim.base_lr,
+            effective_batch(cfg, crops),
+            cfg.optim.layer_decay,
+            ctx.world,
+            ctx.device,
+        )
+        optimizer = build_optimizer(
+            model,
+            effective_lr(cfg, crops),
+            cfg.optim.weight_decay,
+            cfg.optim.betas,
+            cfg.optim.layer_decay,
+            model.config.get("depth", 12),
+        )
         pretrained = s.resume_from.get("pretrained") if s.resume_from is not None else request.pretrained
         job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
         fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
@@ -203,18 +251,32 @@ def _set_tuning(model: nn.Module, cfg: Config, task: TaskSpec, world: int = 1) -
     if cfg.model.tuning == "full":
         return
     if not task.is_classification:
-        raise UserError(f"model.tuning={cfg.model.tuning} is for classification tasks; task {task.name} segments: "
-                        "fine-tune UNETR fully (model.tuning=full)")
+        raise UserError(
+            f"model.tuning={cfg.model.tuning} is for classification tasks; task {task.name} segments: "
+            "fine-tune UNETR fully (model.tuning=full)"
+        )
     if cfg.model.tuning == "linear" and cfg.data.batch_size // world < 2:
-        raise UserError(f"model.tuning=linear: the probe's BatchNorm needs at least 2 images per process and step; "
-                        f"data.batch_size={cfg.data.batch_size} over {world} processes gives fewer")
+        raise UserError(
+            f"model.tuning=linear: the probe's BatchNorm needs at least 2 images per process and step; "
+            f"data.batch_size={cfg.data.batch_size} over {world} processes gives fewer"
+        )
     try:
         trained = model.set_tuning(cfg.model.tuning, cfg.model.tuning_blocks)
     except ValueError as error:
         raise UserError(f"model.tuning_blocks={cfg.model.tuning_blocks}: {error}") from error
-    log.info("%s: training %d parameter tensors (%s), the rest frozen", cfg.model.tuning, len(trained),
-             ", ".join(sorted({name.split(".")[0] if not name.startswith("encoder.blocks.") else ".".join(name.split(".")[:3])
-                               for name in trained})))
+    log.info(
+        "%s: training %d parameter tensors (%s), the rest frozen",
+        cfg.model.tuning,
+        len(trained),
+        ", ".join(
+            sorted(
+                {
+                    name.split(".")[0] if not name.startswith("encoder.blocks.") else ".".join(name.split(".")[:3])
+                    for name in trained
+                }
+            )
+        ),
+    )
 
 
 def _layout(cfg: Config, task: TaskSpec) -> torch.memory_format:
@@ -223,26 +285,38 @@ def _layout(cfg: Config, task: TaskSpec) -> torch.memory_format:
     return torch.channels_last_3d if use else torch.preserve_format
 
 
-def _job(cfg: Config, task: TaskSpec, model: nn.Module, validation: CaseDataset | None, ctx: Context,
-         pretrained: str | None, split: dict[str, str], crops: int) -> Job:
+def _job(
+    cfg: Config,
+    task: TaskSpec,
+    model: nn.Module,
+    validation: CaseDataset | None,
+    ctx: Context,
+    pretrained: str | None,
+    split: dict[str, str],
+    crops: int,
+) -> Job:
     describe = {"stage": "finetune", "task": task.record, "pretrained": pretrained, "split": split}
     if validation is None:
         log.warning("no validation part: best.pt will be the model of the last epoch")
     if task.is_classification:
         criterion: nn.Module = nn.BCEWithLogitsLoss()
         shard = Subset(validation, range(ctx.rank, len(validation), ctx.world)) if validation else None
-        val_loader = DataLoader(shard, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers) if shard else None
+        val_loader = (
+            DataLoader(shard, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers) if shard else None
+        )
 
         def validate() -> dict[str, float]:
             probabilities, targets, _ = classify(model, val_loader, task, cfg.train.precision, ctx.device)
             probabilities, targets = (np.concatenate(gather([a], ctx)) for a in (probabilities, targets))
             return {"val_macro_auc": macro_auc(per_finding_auc(probabilities, targets, task.findings))[0]}
+
         score = "val_macro_auc"
     else:
         criterion = segmentation_loss(task)
 
         def validate() -> dict[str, float]:
             return validate_segmentation(model, task, validation, cfg, ctx)
+
         score = "val_mean_dsc"
 
     def loss(trained: nn.Module, batch: dict[str, Any]) -> torch.Tensor:

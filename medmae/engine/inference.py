@@ -23,9 +23,13 @@ def model_from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any], TaskSpe
     """The fine-tuned model (eval mode, CPU), the checkpoint payload and the task it was trained on."""
     payload = load_checkpoint(path)
     if payload.get("stage") != "finetune":
-        raise CheckpointError(f"{path}: a {payload.get('stage', 'foreign')} checkpoint; evaluate and predict need "
-                              "one from medmae finetune (checkpoints/best.pt)")
-    require(payload, ("task", "run_config"), path, "evaluate and predict need the task and run config it was trained with")
+        raise CheckpointError(
+            f"{path}: a {payload.get('stage', 'foreign')} checkpoint; evaluate and predict need "
+            "one from medmae finetune (checkpoints/best.pt)"
+        )
+    require(
+        payload, ("task", "run_config"), path, "evaluate and predict need the task and run config it was trained with"
+    )
     config = dict(payload["config"])
     try:
         model = create_model(config.pop("name", None), **config)
@@ -41,12 +45,19 @@ def output_probabilities(task: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def segment(model: nn.Module, task: TaskSpec, image: torch.Tensor, infer: InferConfig, precision: str,
-            device: torch.device) -> torch.Tensor:
+def segment(
+    model: nn.Module, task: TaskSpec, image: torch.Tensor, infer: InferConfig, precision: str, device: torch.device
+) -> torch.Tensor:
     """Class probabilities on the preprocessed grid: image ``[C, *S]`` -> ``[K, *S]`` (float32, CPU)."""
     with autocast(precision, device):
-        logits = sliding_window_inference(torch.as_tensor(image)[None].to(device), task.roi, infer.sw_batch_size, model,
-                                          overlap=infer.overlap, mode=infer.blend)
+        logits = sliding_window_inference(
+            torch.as_tensor(image)[None].to(device),
+            task.roi,
+            infer.sw_batch_size,
+            model,
+            overlap=infer.overlap,
+            mode=infer.blend,
+        )
     return output_probabilities(task, logits.float())[0].cpu()
 
 

@@ -80,8 +80,16 @@ def _batches(loader, epoch: int, steps: int) -> Iterator[Any]:
         passes += 1
 
 
-def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: torch.optim.Optimizer,
-        loader, job: Job, resume_from: dict[str, Any] | None = None) -> Progress:
+def fit(
+    cfg: Config,
+    ctx: Context,
+    run: RunFolder,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    job: Job,
+    resume_from: dict[str, Any] | None = None,
+) -> Progress:
     """Train ``model`` for ``cfg.train.epochs`` epochs; returns the final :class:`Progress`."""
     accumulate = cfg.optim.accumulate
     steps = cfg.train.steps_per_epoch or len(loader) // accumulate
@@ -89,7 +97,9 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
         raise UserError(f"an epoch holds fewer than optim.accumulate={accumulate} batches; lower it or data.batch_size")
     total, warmup = cfg.train.epochs * steps, round(cfg.optim.warmup_epochs * steps)
     peak = effective_lr(cfg, job.samples_per_item)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=autocast_dtype(cfg.train.precision, ctx.device) == torch.float16)
+    scaler = torch.amp.GradScaler(
+        ctx.device.type, enabled=autocast_dtype(cfg.train.precision, ctx.device) == torch.float16
+    )
     progress, rows = Progress(), []
     if resume_from is not None:
         progress = Progress(**resume_from["progress"])
@@ -104,25 +114,54 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
     trained = DistributedDataParallel(model) if ctx.world > 1 else model
     if cfg.train.compile:  # compiled on the first step; the raw model is what checkpoints save
         trained = torch.compile(trained)
-    schedule = functools.partial(learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr)
+    schedule = functools.partial(
+        learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr
+    )
     for epoch in range(progress.epoch, cfg.train.epochs):
         model.train()
         started = time.perf_counter()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step", disable=not ctx.is_main or None,
-                   leave=False)
-        loss_sum, lr = train_epoch(cfg, ctx, trained, optimizer, scaler, _batches(loader, epoch, steps * accumulate),
-                                   job, progress, steps, schedule, bar, epoch)
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            unit="step",
+            disable=not ctx.is_main or None,
+            leave=False,
+        )
+        loss_sum, lr = train_epoch(
+            cfg,
+            ctx,
+            trained,
+            optimizer,
+            scaler,
+            _batches(loader, epoch, steps * accumulate),
+            job,
+            progress,
+            steps,
+            schedule,
+            bar,
+            epoch,
+        )
         bar.close()
         epoch_loss = all_mean(loss_sum / steps, ctx).item()
         check_finite(torch.tensor(epoch_loss), epoch, progress.step)
         seconds = time.perf_counter() - started
         progress.epoch = epoch + 1
         last = progress.epoch == cfg.train.epochs
-        row = {"epoch": progress.epoch, "step": progress.step, "loss": epoch_loss, "lr": lr,
-               "samples_per_s": steps * accumulate * cfg.data.batch_size * job.samples_per_item / seconds,
-               "seconds": seconds, **job.end_of_epoch(progress.epoch, last)}
-        improved = job.score_name is not None and job.score_name in row and not math.isnan(row[job.score_name]) and (
-            progress.best is None or row[job.score_name] > progress.best)
+        row = {
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "loss": epoch_loss,
+            "lr": lr,
+            "samples_per_s": steps * accumulate * cfg.data.batch_size * job.samples_per_item / seconds,
+            "seconds": seconds,
+            **job.end_of_epoch(progress.epoch, last),
+        }
+        improved = (
+            job.score_name is not None
+            and job.score_name in row
+            and not math.isnan(row[job.score_name])
+            and (progress.best is None or row[job.score_name] > progress.best)
+        )
         if improved:
             progress.best, progress.best_epoch = row[job.score_name], progress.epoch
         elif last and job.score_name is not None and progress.best is None:  # never validated: the last model
@@ -131,8 +170,12 @@ def fit(cfg: Config, ctx: Context, run: RunFolder, model: nn.Module, optimizer: 
         run.log_epoch(rows)
         if improved or last or progress.epoch % cfg.train.checkpoint_every == 0:
             run.save(payload(cfg, model, optimizer, scaler, progress, job), best=improved)
-        log.info("epoch %d/%d: %s", progress.epoch, cfg.train.epochs,
-                 ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)))
+        log.info(
+            "epoch %d/%d: %s",
+            progress.epoch,
+            cfg.train.epochs,
+            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)),
+        )
         barrier(ctx)
     return progress
 
@@ -142,9 +185,20 @@ def plain(x: Any) -> torch.Tensor:
     return torch.as_tensor(x).as_subclass(torch.Tensor)
 
 
-def train_epoch(cfg: Config, ctx: Context, trained: nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, batches: Iterator[Any], job: Job, progress: Progress, steps: int,
-                schedule: Callable[[int], float], bar: tqdm, epoch: int) -> tuple[torch.Tensor, float]:
+def train_epoch(
+    cfg: Config,
+    ctx: Context,
+    trained: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batches: Iterator[Any],
+    job: Job,
+    progress: Progress,
+    steps: int,
+    schedule: Callable[[int], float],
+    bar: tqdm,
+    epoch: int,
+) -> tuple[torch.Tensor, float]:
     """``steps`` optimiser steps of ``optim.accumulate`` micro-batches each; returns the summed loss (on the
     device, not synchronised) and the last learning rate."""
     accumulate, loss_sum, lr = cfg.optim.accumulate, torch.zeros((), device=ctx.device), 0.0
@@ -183,17 +237,35 @@ def effective_batch(cfg: Config, samples_per_item: int) -> int:
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(loss).all():
-        raise NonFiniteLoss(f"the loss became {loss.item()} in epoch {epoch + 1} by step {step}; nothing was saved after "
-                            "the last checkpoint. Start a new run (another --output-dir, or --pretrained with the last "
-                            "checkpoint) with a lower optim.base_lr, optim.clip_grad set (e.g. 1.0), or "
-                            "train.precision=bf16 or fp32 instead of fp16")
+        raise NonFiniteLoss(
+            f"the loss became {loss.item()} in epoch {epoch + 1} by step {step}; nothing was saved after "
+            "the last checkpoint. Start a new run (another --output-dir, or --pretrained with the last "
+            "checkpoint) with a lower optim.base_lr, optim.clip_grad set (e.g. 1.0), or "
+            "train.precision=bf16 or fp32 instead of fp16"
+        )
 
 
-def payload(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            progress: Progress, job: Job) -> dict[str, Any]:
+def payload(
+    cfg: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+    job: Job,
+) -> dict[str, Any]:
     """A self-describing checkpoint: model name and geometry, weights, task, resolved config, version,
     epoch and step, optimiser, scaler and RNG state."""
-    return {"format": FORMAT, "medmae_version": medmae.__version__, "config": dict(model.config),
-            "state_dict": model.state_dict(), "run_config": cfg.to_dict(), "progress": vars(progress).copy(),
-            "epoch": progress.epoch, "step": progress.step, "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "rng": rng_state(), **job.describe}
+    return {
+        "format": FORMAT,
+        "medmae_version": medmae.__version__,
+        "config": dict(model.config),
+        "state_dict": model.state_dict(),
+        "run_config": cfg.to_dict(),
+        "progress": vars(progress).copy(),
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        **job.describe,
+    }

@@ -35,19 +35,33 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
         if not param.requires_grad:
             continue
         layer, decay = layer_id(name, depth), decays(name, param)
-        group = groups.setdefault((layer, decay), {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
-                                                   "lr_scale": layer_decay ** (depth + 1 - layer)})
+        group = groups.setdefault(
+            (layer, decay),
+            {
+                "params": [],
+                "names": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": layer_decay ** (depth + 1 - layer),
+            },
+        )
         group["params"].append(param)
         group["names"].append(name)
     return [groups[key] for key in sorted(groups)]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    layer_decay: float = 1.0, depth: int = 12) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    layer_decay: float = 1.0,
+    depth: int = 12,
+) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`, fused (one kernel over all parameters) on GPU and CPU."""
     fused = next(model.parameters()).device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(param_groups(model, weight_decay, layer_decay, depth), lr=lr, betas=tuple(betas),
-                             fused=fused or None)
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay, layer_decay, depth), lr=lr, betas=tuple(betas), fused=fused or None
+    )
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, minimum: float = 0.0) -> float:

@@ -30,7 +30,9 @@ class RunFolder:
     def prepare(self, resume: bool) -> None:
         """Refuse to overwrite a finished or running folder unless resuming; create the folders."""
         if not resume and (self.root / "config.yaml").exists():
-            raise UserError(f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir")
+            raise UserError(
+                f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir"
+            )
         self.before = snapshot(self.root)
         if self.write:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -48,8 +50,12 @@ class RunFolder:
             if not path.exists():
                 continue
             try:
-                payload = require(load_checkpoint(path), RESUME_KEYS, path, "resuming needs a checkpoint of this "
-                                  "run folder (checkpoints/last.pt or previous.pt, not best.pt)")
+                payload = require(
+                    load_checkpoint(path),
+                    RESUME_KEYS,
+                    path,
+                    "resuming needs a checkpoint of this run folder (checkpoints/last.pt or previous.pt, not best.pt)",
+                )
             except CheckpointError as error:
                 log.warning("passing over %s", error)
                 problems.append(str(error))
@@ -58,8 +64,11 @@ class RunFolder:
             log.info("resuming from %s", path)
             return {**payload, "loaded_from": str(path)}
         if problems:
-            raise UserError("no usable checkpoint to resume from: " + "; ".join(problems)
-                            + ". Move the checkpoints folder away to start the run again")
+            raise UserError(
+                "no usable checkpoint to resume from: "
+                + "; ".join(problems)
+                + ". Move the checkpoints folder away to start the run again"
+            )
         return None
 
     def set_aside(self, paths: list[Path]) -> None:
@@ -76,7 +85,9 @@ class RunFolder:
         if not self.write:
             return
         if best:  # first: a crash before last.pt is written then never leaves a best.pt older than the record
-            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}, self.checkpoints / "best.pt")
+            save_checkpoint(
+                {k: v for k, v in payload.items() if k not in ("optimizer", "scaler")}, self.checkpoints / "best.pt"
+            )
         last = self.checkpoints / "last.pt"
         if last.exists():
             move_checkpoint(last, self.checkpoints / "previous.pt")

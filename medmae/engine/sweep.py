@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +82,13 @@ def parse_param(text: str) -> Param:
     return Param(stage, key, values)
 
 
-def stage_overrides(params: list[Param], point: tuple[Any, ...], fixed: list[tuple[str | None, str, str]],
-                    stage: str) -> list[str]:
+def stage_overrides(
+    params: list[Param], point: tuple[Any, ...], fixed: list[tuple[str | None, str, str]], stage: str
+) -> list[str]:
     """The ``--set`` list of one stage at one point: the fixed settings, then the point's values."""
-    return ([f"{key}={value}" for s, key, value in fixed if s in (None, stage)]
-            + [f"{p.key}={json.dumps(v)}" for p, v in zip(params, point) if p.stage in (None, stage)])
+    return [f"{key}={value}" for s, key, value in fixed if s in (None, stage)] + [
+        f"{p.key}={json.dumps(v)}" for p, v in zip(params, point) if p.stage in (None, stage)
+    ]
 
 
 def folder_name(params: list[Param], point: tuple[Any, ...], stages: tuple[str, ...]) -> str:
@@ -134,19 +136,29 @@ def run_sweep(request: SweepRequest) -> tuple[pd.DataFrame, list[Path]]:
         rows.append({p.label: v for p, v in zip(request.params, point)} | row)
     table = pd.DataFrame(rows)
     metric = "macro_auc" if task.is_classification else "mean_dsc"
-    written = [write_text(output / "sweep.csv", table.to_csv(index=False)),
-               write_text(output / "sweep.md", markdown(table, labels, metric)),
-               save_sweep_figure(output / "sweep.png", table, labels, metric,
-                                 title=f"{task.name}: {metric.replace('_', ' ')} ({request.part} part) per swept value")]
+    written = [
+        write_text(output / "sweep.csv", table.to_csv(index=False)),
+        write_text(output / "sweep.md", markdown(table, labels, metric)),
+        save_sweep_figure(
+            output / "sweep.png",
+            table,
+            labels,
+            metric,
+            title=f"{task.name}: {metric.replace('_', ' ')} ({request.part} part) per swept value",
+        ),
+    ]
     return table, written
 
 
-def check_point(request: SweepRequest, task: TaskSpec, point: tuple[Any, ...],
-                fixed: list[tuple[str | None, str, str]]) -> None:
+def check_point(
+    request: SweepRequest, task: TaskSpec, point: tuple[Any, ...], fixed: list[tuple[str | None, str, str]]
+) -> None:
     """Refuse, before anything runs, a point whose configs, mask ratio or tuning cannot run on the task."""
     configs = {"pretrain": request.pretrain_config, "finetune": request.finetune_config}
-    cfg = {stage: load_config(stage, task.name, configs[stage], stage_overrides(request.params, point, fixed, stage))
-           for stage in STAGES}
+    cfg = {
+        stage: load_config(stage, task.name, configs[stage], stage_overrides(request.params, point, fixed, stage))
+        for stage in STAGES
+    }
     model = cfg["pretrain"].model
     roi = model.img_size or task.roi
     try:
@@ -154,37 +166,76 @@ def check_point(request: SweepRequest, task: TaskSpec, point: tuple[Any, ...],
     except ValueError as error:
         raise UserError(f"sweep point {point}: {error}") from error
     if cfg["finetune"].model.tuning != "full" and not task.is_classification:
-        raise UserError(f"sweep point {point}: model.tuning={cfg['finetune'].model.tuning} (--linear-probe) is for "
-                        f"classification tasks; {task.name} segments")
+        raise UserError(
+            f"sweep point {point}: model.tuning={cfg['finetune'].model.tuning} (--linear-probe) is for "
+            f"classification tasks; {task.name} segments"
+        )
 
 
-def run_point(request: SweepRequest, task: str, output: Path, point: tuple[Any, ...],
-              fixed: list[tuple[str | None, str, str]]) -> dict[str, Any]:
+def run_point(
+    request: SweepRequest, task: str, output: Path, point: tuple[Any, ...], fixed: list[tuple[str | None, str, str]]
+) -> dict[str, Any]:
     """Pretrain (or reuse), fine-tune and score one point; the result is kept in ``result.json``."""
     sets = {stage: stage_overrides(request.params, point, fixed, stage) for stage in STAGES}
     mae = output / "pretrain" / folder_name(request.params, point, ("pretrain",))
     tuned = output / "finetune" / folder_name(request.params, point, STAGES)
     result = tuned / "result.json"
-    settings = {"part": request.part, "label_fraction": request.label_fraction, "overrides": sets,
-                "configs": [request.pretrain_config, request.finetune_config]}
+    settings = {
+        "part": request.part,
+        "label_fraction": request.label_fraction,
+        "overrides": sets,
+        "configs": [request.pretrain_config, request.finetune_config],
+    }
     if result.is_file():
         row = json.loads(result.read_text())
         if row.pop("settings", None) != settings:
-            raise UserError(f"{result}: scored by another sweep command (part, label fraction, --set or config "
-                            "files differ); use another --output-dir")
+            raise UserError(
+                f"{result}: scored by another sweep command (part, label fraction, --set or config "
+                "files differ); use another --output-dir"
+            )
         log.info("%s: already scored, skipped", tuned)
         return row
     data = {"data_root": request.data_root, "manifest": request.manifest, "split": request.split}
-    pretrain.run(RunRequest(task, **data, config_file=request.pretrain_config, overrides=sets["pretrain"],
-                            output_dir=str(mae), resume=True))
-    finetune.run(RunRequest(task, **data, config_file=request.finetune_config, overrides=sets["finetune"],
-                            output_dir=str(tuned), resume=True, pretrained=str(mae / "checkpoints" / "last.pt"),
-                            label_fraction=request.label_fraction))
-    summary, _, _ = evaluate(str(tuned / "checkpoints" / "best.pt"), task, request.data_root, request.manifest,
-                             request.split, request.part, str(tuned / f"evaluate_{request.part}"), progress=False)
+    pretrain.run(
+        RunRequest(
+            task,
+            **data,
+            config_file=request.pretrain_config,
+            overrides=sets["pretrain"],
+            output_dir=str(mae),
+            resume=True,
+        )
+    )
+    finetune.run(
+        RunRequest(
+            task,
+            **data,
+            config_file=request.finetune_config,
+            overrides=sets["finetune"],
+            output_dir=str(tuned),
+            resume=True,
+            pretrained=str(mae / "checkpoints" / "last.pt"),
+            label_fraction=request.label_fraction,
+        )
+    )
+    summary, _, _ = evaluate(
+        str(tuned / "checkpoints" / "best.pt"),
+        task,
+        request.data_root,
+        request.manifest,
+        request.split,
+        request.part,
+        str(tuned / f"evaluate_{request.part}"),
+        progress=False,
+    )
     pretrained, tuning = (pd.read_csv(run / "metrics.csv", comment="#") for run in (mae, tuned))
-    row = {"pretrain_loss": float(pretrained["loss"].iloc[-1]), "pretrain_seconds": round(float(pretrained["seconds"].sum()), 1),
-           "finetune_seconds": round(float(tuning["seconds"].sum()), 1), "pretrain_run": str(mae), "finetune_run": str(tuned)}
+    row = {
+        "pretrain_loss": float(pretrained["loss"].iloc[-1]),
+        "pretrain_seconds": round(float(pretrained["seconds"].sum()), 1),
+        "finetune_seconds": round(float(tuning["seconds"].sum()), 1),
+        "pretrain_run": str(mae),
+        "finetune_run": str(tuned),
+    }
     if isinstance(summary, float):
         row["macro_auc"] = summary
     else:
@@ -196,8 +247,14 @@ def run_point(request: SweepRequest, task: str, output: Path, point: tuple[Any, 
 
 def markdown(table: pd.DataFrame, labels: list[str], metric: str) -> str:
     """One line per point: the swept values, the metric (and HD95 for segmentation), the pretraining loss."""
-    columns = [*labels, metric, *(["mean_hd95_mm"] if "mean_hd95_mm" in table else []), "pretrain_loss",
-               "pretrain_seconds", "finetune_seconds"]
+    columns = [
+        *labels,
+        metric,
+        *(["mean_hd95_mm"] if "mean_hd95_mm" in table else []),
+        "pretrain_loss",
+        "pretrain_seconds",
+        "finetune_seconds",
+    ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in table.iterrows():
         cells = [f"{row[c]:.4f}" if isinstance(row[c], float) and c not in labels else str(row[c]) for c in columns]

@@ -42,13 +42,22 @@ def per_finding_auc(probabilities: np.ndarray, targets: np.ndarray, findings: Se
     if not np.isin(targets, (0, 1)).all():
         raise ValueError("targets must be 0 or 1 (uncertain labels such as -1 need a rule of their own first)")
     if not np.isfinite(probabilities).all():
-        raise ValueError(f"non-finite scores for findings {[f for k, f in enumerate(findings) if not np.isfinite(probabilities[:, k]).all()]}")
+        raise ValueError(
+            f"non-finite scores for findings {[f for k, f in enumerate(findings) if not np.isfinite(probabilities[:, k]).all()]}"
+        )
     rows = []
     for k, finding in enumerate(findings):
         auc = roc_auc(probabilities[:, k], targets[:, k])
         positives = int(targets[:, k].sum())
-        rows.append({"finding": finding, "auc": auc, "n_positive": positives,
-                     "n_negative": len(targets) - positives, "defined": not np.isnan(auc)})
+        rows.append(
+            {
+                "finding": finding,
+                "auc": auc,
+                "n_positive": positives,
+                "n_negative": len(targets) - positives,
+                "defined": not np.isnan(auc),
+            }
+        )
     return pd.DataFrame(rows)
 
 

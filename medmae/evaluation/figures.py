@@ -43,8 +43,9 @@ def screen_image(sample: torch.Tensor) -> np.ndarray:
     return image.numpy() if sample.ndim == 3 else image.T.flip(0).numpy()
 
 
-def save_reconstruction_figure(path: str | Path, original: torch.Tensor, images: dict[str, torch.Tensor],
-                               max_rows: int = 4, title: str = "") -> Path:
+def save_reconstruction_figure(
+    path: str | Path, original: torch.Tensor, images: dict[str, torch.Tensor], max_rows: int = 4, title: str = ""
+) -> Path:
     """One row per sample: the input, then each image of ``images`` (e.g. ``MaskedAutoencoder.reconstruct``).
 
     Args:
@@ -91,7 +92,8 @@ def save_case_sheet(path: str | Path, rows: list[dict], classes: int, title: str
         classes: the number of label values (colours), background included.
     """
     colours = matplotlib.colors.ListedColormap(
-        [(0, 0, 0, 0)] + [plt.get_cmap("tab10")(k % 10) for k in range(classes - 1)])
+        [(0, 0, 0, 0)] + [plt.get_cmap("tab10")(k % 10) for k in range(classes - 1)]
+    )
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
     for axes_row, row in zip(axes, rows):
         z = largest_reference_slice(row["reference"])
@@ -101,12 +103,21 @@ def save_case_sheet(path: str | Path, rows: list[dict], classes: int, title: str
         for ax, name in zip(axes_row, ("image", "reference", "prediction")):
             ax.imshow(background.T, cmap="gray", origin="lower", vmin=low, vmax=high)
             if name != "image":
-                ax.imshow(row[name][..., z].T, cmap=colours, vmin=0, vmax=classes - 1, origin="lower",
-                          alpha=0.55, interpolation="nearest")
+                ax.imshow(
+                    row[name][..., z].T,
+                    cmap=colours,
+                    vmin=0,
+                    vmax=classes - 1,
+                    origin="lower",
+                    alpha=0.55,
+                    interpolation="nearest",
+                )
             ax.invert_xaxis()  # radiological view: the patient's right on the left
             ax.set_axis_off()
-            ax.set_title(f"{row['case_id']} (mean DSC {row['dsc']:.3f}, slice {z})\n{name}" if name == "image" else name,
-                         fontsize=8)
+            ax.set_title(
+                f"{row['case_id']} (mean DSC {row['dsc']:.3f}, slice {z})\n{name}" if name == "image" else name,
+                fontsize=8,
+            )
     return _save(fig, path, title)
 
 

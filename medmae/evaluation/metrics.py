@@ -59,11 +59,17 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> floa
     """95th-percentile symmetric Hausdorff distance (mm) between two non-empty masks."""
     box = _union_box(pred, ref)
     pred, ref = pred[box], ref[box]
-    return float(max(np.percentile(directed_surface_distances(pred, ref, spacing), 95),
-                     np.percentile(directed_surface_distances(ref, pred, spacing), 95)))
+    return float(
+        max(
+            np.percentile(directed_surface_distances(pred, ref, spacing), 95),
+            np.percentile(directed_surface_distances(ref, pred, spacing), 95),
+        )
+    )
 
 
-def score_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], penalty_mm: float | None = None) -> MaskScore:
+def score_masks(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], penalty_mm: float | None = None
+) -> MaskScore:
     """Score one binary prediction against one binary reference of the same grid.
 
     Args:
@@ -80,8 +86,17 @@ def score_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], pen
         return MaskScore(float("nan"), float("nan"), tp, fp, fn, n_ref, n_pred, "both", False)
     if n_pred == 0 or n_ref == 0:
         penalised = penalty_mm is not None
-        return MaskScore(0.0, float(penalty_mm) if penalised else float("nan"), tp, fp, fn, n_ref, n_pred,
-                         "prediction" if n_pred == 0 else "reference", penalised)
+        return MaskScore(
+            0.0,
+            float(penalty_mm) if penalised else float("nan"),
+            tp,
+            fp,
+            fn,
+            n_ref,
+            n_pred,
+            "prediction" if n_pred == 0 else "reference",
+            penalised,
+        )
     return MaskScore(2 * tp / (2 * tp + fp + fn), hd95_mm(pred, ref, spacing), tp, fp, fn, n_ref, n_pred, "", False)
 
 

@@ -13,14 +13,28 @@ from medmae.evaluation.metrics import MaskScore
 from medmae.files import atomic_open
 from medmae.tasks import TaskSpec
 
-PER_CASE_COLUMNS = ["case_id", "class", "dsc", "hd95_mm", "tp", "fp", "fn", "n_ref", "n_pred", "spacing",
-                    "empty", "hd95_penalised"]
+PER_CASE_COLUMNS = [
+    "case_id",
+    "class",
+    "dsc",
+    "hd95_mm",
+    "tp",
+    "fp",
+    "fn",
+    "n_ref",
+    "n_pred",
+    "spacing",
+    "empty",
+    "hd95_penalised",
+]
 
 
 def empty_rule(penalty_mm: float | None) -> str:
     one_side = f"HD95 set to the penalty of {penalty_mm} mm" if penalty_mm is not None else "HD95 undefined"
-    return ("empty masks: both empty -> DSC and HD95 undefined, left out of means; one side empty -> DSC 0 "
-            f"and {one_side} (column 'empty' says which side, 'hd95_penalised' whether the penalty was used)")
+    return (
+        "empty masks: both empty -> DSC and HD95 undefined, left out of means; one side empty -> DSC 0 "
+        f"and {one_side} (column 'empty' says which side, 'hd95_penalised' whether the penalty was used)"
+    )
 
 
 def segmentation_classes(task: TaskSpec) -> dict[str, tuple[int, ...]]:
@@ -29,10 +43,20 @@ def segmentation_classes(task: TaskSpec) -> dict[str, tuple[int, ...]]:
 
 
 def per_case_row(case_id: str, class_name: str, score: MaskScore, spacing: Sequence[float]) -> dict:
-    return {"case_id": case_id, "class": class_name, "dsc": score.dsc, "hd95_mm": score.hd95_mm, "tp": score.tp,
-            "fp": score.fp, "fn": score.fn, "n_ref": score.n_ref, "n_pred": score.n_pred,
-            "spacing": "x".join(f"{s:g}" for s in spacing), "empty": score.empty,
-            "hd95_penalised": score.hd95_penalised}
+    return {
+        "case_id": case_id,
+        "class": class_name,
+        "dsc": score.dsc,
+        "hd95_mm": score.hd95_mm,
+        "tp": score.tp,
+        "fp": score.fp,
+        "fn": score.fn,
+        "n_ref": score.n_ref,
+        "n_pred": score.n_pred,
+        "spacing": "x".join(f"{s:g}" for s in spacing),
+        "empty": score.empty,
+        "hd95_penalised": score.hd95_penalised,
+    }
 
 
 def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
@@ -44,8 +68,12 @@ def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
         row = {"class": name, "cases": len(part)}
         for metric in ("dsc", "hd95_mm"):
             values = part[metric].dropna()
-            row |= {f"{metric}_mean": values.mean(), f"{metric}_std": values.std(), f"{metric}_median": values.median(),
-                    f"{metric}_undefined": int(part[metric].isna().sum())}
+            row |= {
+                f"{metric}_mean": values.mean(),
+                f"{metric}_std": values.std(),
+                f"{metric}_median": values.median(),
+                f"{metric}_undefined": int(part[metric].isna().sum()),
+            }
         row["hd95_penalised"] = int(part["hd95_penalised"].sum())
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -53,8 +81,14 @@ def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
     for group, members in groups.items():
         chosen = table[table["class"].isin(members)]
         defined = int(chosen["dsc_mean"].notna().sum())
-        rows.append({"class": group, "dsc_mean": chosen["dsc_mean"].mean(), "hd95_mm_mean": chosen["hd95_mm_mean"].mean(),
-                     "classes": f"{defined} of {len(members)}"})
+        rows.append(
+            {
+                "class": group,
+                "dsc_mean": chosen["dsc_mean"].mean(),
+                "hd95_mm_mean": chosen["hd95_mm_mean"].mean(),
+                "classes": f"{defined} of {len(members)}",
+            }
+        )
     counts = ["cases", "dsc_undefined", "hd95_mm_undefined", "hd95_penalised"]
     return pd.DataFrame(rows).astype({column: "Int64" for column in counts})
 
@@ -67,8 +101,9 @@ def write_csv(table: pd.DataFrame, path: Path, comments: Sequence[str] = ()) -> 
     return path
 
 
-def write_classification_report(output_dir: Path, image_ids: Sequence[str], probabilities: np.ndarray,
-                                targets: np.ndarray, findings: Sequence[str]) -> tuple[pd.DataFrame, float, list[str]]:
+def write_classification_report(
+    output_dir: Path, image_ids: Sequence[str], probabilities: np.ndarray, targets: np.ndarray, findings: Sequence[str]
+) -> tuple[pd.DataFrame, float, list[str]]:
     """``per_image.csv`` (one probability column per finding), ``per_finding.csv`` (AUC with positive and
     negative counts; comment lines give the macro mean and the findings left out of it) and
     ``figures/roc.png``. Returns the per-finding table, the macro AUC and the undefined findings.
@@ -84,10 +119,15 @@ def write_classification_report(output_dir: Path, image_ids: Sequence[str], prob
     per_image.insert(0, "image_id", list(image_ids))
     write_csv(per_image, output_dir / "per_image.csv")
     mean, undefined = macro_auc(table)
-    notes = [f"macro AUC {mean:.4f} over {int(table['defined'].sum())} findings with both classes present",
-             f"undefined (one class absent, left out of the mean): {', '.join(undefined) or 'none'}"]
+    notes = [
+        f"macro AUC {mean:.4f} over {int(table['defined'].sum())} findings with both classes present",
+        f"undefined (one class absent, left out of the mean): {', '.join(undefined) or 'none'}",
+    ]
     write_csv(table, output_dir / "per_finding.csv", notes)
-    curves = {finding: (*roc_curve(probabilities[:, k], targets[:, k]), table.loc[k, "auc"])
-              for k, finding in enumerate(findings) if table.loc[k, "defined"]}
+    curves = {
+        finding: (*roc_curve(probabilities[:, k], targets[:, k]), table.loc[k, "auc"])
+        for k, finding in enumerate(findings)
+        if table.loc[k, "defined"]
+    }
     save_roc_figure(output_dir / "figures" / "roc.png", curves, title=f"ROC, macro AUC {mean:.3f}")
     return table, mean, undefined

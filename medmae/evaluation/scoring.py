@@ -34,7 +34,9 @@ def nifti_files(folder: Path) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.name.endswith((".nii", ".nii.gz")) and not path.name.startswith("."):
             if case_id(path) in files:
-                raise DataError(folder, f"two files for case {case_id(path)}: {files[case_id(path)].name} and {path.name}")
+                raise DataError(
+                    folder, f"two files for case {case_id(path)}: {files[case_id(path)].name} and {path.name}"
+                )
             files[case_id(path)] = path
     if not files:
         raise DataError(folder, "holds no .nii or .nii.gz files")
@@ -81,11 +83,13 @@ def _grid_problem(task: TaskSpec, other: Path, ref: Path, what: str = "predictio
         shape = _spatial_shape(image, task.spatial_dims)
         if isinstance(shape, str):
             return f"{name} {shape}"
-    if o.shape[:task.spatial_dims] != r.shape[:task.spatial_dims]:
+    if o.shape[: task.spatial_dims] != r.shape[: task.spatial_dims]:
         return f"{what} shape {o.shape} differs from reference shape {r.shape}"
     if nib.aff2axcodes(o.affine) != nib.aff2axcodes(r.affine):
-        return (f"{what} axes run {''.join(nib.aff2axcodes(o.affine))}, the reference's "
-                f"{''.join(nib.aff2axcodes(r.affine))}: save it in the reference's orientation")
+        return (
+            f"{what} axes run {''.join(nib.aff2axcodes(o.affine))}, the reference's "
+            f"{''.join(nib.aff2axcodes(r.affine))}: save it in the reference's orientation"
+        )
     if not np.allclose(o.affine, r.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
         return f"{what} affine differs from the reference affine by up to {np.abs(o.affine - r.affine).max():.4g} mm"
     return None
@@ -107,8 +111,9 @@ def check_pairs(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: dic
     return problems
 
 
-def match_and_check(task: TaskSpec, pred_dir: Path, ref_dir: Path,
-                    image_dir: Path | None = None) -> tuple[dict[str, tuple[Path, Path]], dict[str, Path], list[str]]:
+def match_and_check(
+    task: TaskSpec, pred_dir: Path, ref_dir: Path, image_dir: Path | None = None
+) -> tuple[dict[str, tuple[Path, Path]], dict[str, Path], list[str]]:
     """Pairs (prediction, reference) and images per case id, and notes. Every missing prediction or image
     and every grid mismatch is collected and raised together as a :class:`UserError` naming the cases,
     before anything is scored."""
@@ -120,8 +125,11 @@ def match_and_check(task: TaskSpec, pred_dir: Path, ref_dir: Path,
     pairs = {case: (matched[case], references[case]) for case in sorted(matched)}
     refuse(task, problems + check_pairs(task, pairs, images))
     unused = sorted(set(predictions.values()) - set(matched.values()))
-    notes = [f"{len(unused)} predictions have no reference and are not scored: "
-             + ", ".join(p.name for p in unused[:5])] if unused else []
+    notes = (
+        [f"{len(unused)} predictions have no reference and are not scored: " + ", ".join(p.name for p in unused[:5])]
+        if unused
+        else []
+    )
     return pairs, images, notes
 
 
@@ -132,15 +140,20 @@ def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penal
     for image, labels in ((pred, pred_labels), (ref, ref_labels)):
         outside = sorted(set(np.unique(labels).tolist()) - set(task.label_values))
         if outside:
-            raise DataError(image.path, f"case {case}: label values {outside} outside the task's {list(task.label_values)}")
+            raise DataError(
+                image.path, f"case {case}: label values {outside} outside the task's {list(task.label_values)}"
+            )
     classes = segmentation_classes(task)
     pred_masks, ref_masks = class_masks(pred_labels, classes), class_masks(ref_labels, classes)
-    return [per_case_row(case, name, score_masks(pred_masks[name], ref_masks[name], ref.spacing, penalty_mm), ref.spacing)
-            for name in classes]
+    return [
+        per_case_row(case, name, score_masks(pred_masks[name], ref_masks[name], ref.spacing, penalty_mm), ref.spacing)
+        for name in classes
+    ]
 
 
-def score_pairs(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], penalty_mm: float | None = None,
-                progress: bool = True) -> pd.DataFrame:
+def score_pairs(
+    task: TaskSpec, pairs: dict[str, tuple[Path, Path]], penalty_mm: float | None = None, progress: bool = True
+) -> pd.DataFrame:
     """``per_case`` table (one row per case and class). Cases whose files cannot be scored (unreadable,
     values outside the task's labels) are all named together in one :class:`UserError`."""
     rows, problems = [], []
@@ -153,16 +166,21 @@ def score_pairs(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], penalty_mm:
     return pd.DataFrame(rows)
 
 
-def _sheet_rows(per_case: pd.DataFrame, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path],
-                count: int = 3) -> list[dict]:
+def _sheet_rows(
+    per_case: pd.DataFrame, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path], count: int = 3
+) -> list[dict]:
     """The ``count`` best and worst cases by mean foreground DSC, read for the figure."""
     ranking = per_case.groupby("case_id")["dsc"].mean().dropna().sort_values(ascending=False)
     chosen = list(ranking.index) if len(ranking) <= 2 * count else [*ranking.index[:count], *ranking.index[-count:]]
     rows = []
     for case in chosen:
         pred, ref = (read_image(p) for p in pairs[case])
-        row = {"case_id": case, "dsc": ranking[case], "reference": to_ras(integer_labels(ref)[0], ref.affine),
-               "prediction": to_ras(integer_labels(pred)[0], pred.affine)}
+        row = {
+            "case_id": case,
+            "dsc": ranking[case],
+            "reference": to_ras(integer_labels(ref)[0], ref.affine),
+            "prediction": to_ras(integer_labels(pred)[0], pred.affine),
+        }
         if case in images:
             image = read_image(images[case])
             row["image"] = to_ras(image.array[0].astype(np.float32), image.affine)
@@ -170,19 +188,39 @@ def _sheet_rows(per_case: pd.DataFrame, pairs: dict[str, tuple[Path, Path]], ima
     return rows
 
 
-def score_to_folder(task: TaskSpec, pred_dir: Path, ref_dir: Path, output_dir: Path, image_dir: Path | None = None,
-                    penalty_mm: float | None = None, progress: bool = True) -> tuple[pd.DataFrame, list[str], list[Path]]:
+def score_to_folder(
+    task: TaskSpec,
+    pred_dir: Path,
+    ref_dir: Path,
+    output_dir: Path,
+    image_dir: Path | None = None,
+    penalty_mm: float | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """Match the folders' files by case id, score them, and write the reports (see :func:`write_report`)."""
     if task.is_classification:
         raise UserError(f"medmae score scores segmentations; task {task.name} is a classification task")
     pairs, images, notes = match_and_check(task, pred_dir, ref_dir, image_dir)
-    return write_report(task, pairs, images, output_dir, penalty_mm, progress,
-                        [f"task {task.name}: {len(pairs)} cases, predictions {pred_dir}, references {ref_dir}", *notes])
+    return write_report(
+        task,
+        pairs,
+        images,
+        output_dir,
+        penalty_mm,
+        progress,
+        [f"task {task.name}: {len(pairs)} cases, predictions {pred_dir}, references {ref_dir}", *notes],
+    )
 
 
-def write_report(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: dict[str, Path], output_dir: Path,
-                 penalty_mm: float | None = None, progress: bool = True,
-                 notes: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str], list[Path]]:
+def write_report(
+    task: TaskSpec,
+    pairs: dict[str, tuple[Path, Path]],
+    images: dict[str, Path],
+    output_dir: Path,
+    penalty_mm: float | None = None,
+    progress: bool = True,
+    notes: Sequence[str] = (),
+) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """Score checked (prediction, reference) pairs, then write ``per_case.csv``, ``summary.csv`` and
     ``figures/best_worst.png`` into ``output_dir``.
 
@@ -191,11 +229,22 @@ def write_report(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: di
     """
     per_case = score_pairs(task, pairs, penalty_mm, progress)
     summary = summarise(per_case, task)
-    notes = [*notes[:1], empty_rule(penalty_mm), "std: sample standard deviation over cases (ddof 1)",
-             "group rows: the mean of the class means that are defined ('classes' says how many)", *notes[1:]]
+    notes = [
+        *notes[:1],
+        empty_rule(penalty_mm),
+        "std: sample standard deviation over cases (ddof 1)",
+        "group rows: the mean of the class means that are defined ('classes' says how many)",
+        *notes[1:],
+    ]
     written = [write_csv(per_case, output_dir / "per_case.csv"), write_csv(summary, output_dir / "summary.csv", notes)]
     rows = _sheet_rows(per_case, pairs, images)
     if rows:
-        written.append(save_case_sheet(output_dir / "figures" / "best_worst.png", rows, len(task.labels),
-                                       title=f"{task.name}: best and worst cases by mean foreground DSC"))
+        written.append(
+            save_case_sheet(
+                output_dir / "figures" / "best_worst.png",
+                rows,
+                len(task.labels),
+                title=f"{task.name}: best and worst cases by mean foreground DSC",
+            )
+        )
     return summary, notes, written

@@ -50,8 +50,11 @@ class ViTClassifier(nn.Module):
         depth = len(self.encoder.blocks)
         if tuning == "partial" and not 0 <= blocks <= depth:
             raise ValueError(f"partial fine-tuning of {blocks} blocks: the encoder has {depth}")
-        trained = {"full": ("",), "linear": ("head",),
-                   "partial": ("head", "encoder.norm.", *(f"encoder.blocks.{k}." for k in range(depth - blocks, depth)))}
+        trained = {
+            "full": ("",),
+            "linear": ("head",),
+            "partial": ("head", "encoder.norm.", *(f"encoder.blocks.{k}." for k in range(depth - blocks, depth))),
+        }
         for name, param in self.named_parameters():
             param.requires_grad_(name.startswith(trained[tuning]))
         self.tuning = tuning
@@ -69,7 +72,7 @@ class ViTClassifier(nn.Module):
         """x ``[B, C, *img_size]`` -> logits ``[B, num_classes]``."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.tuning != "linear"):
             tokens, _ = self.encoder(x)
-        features = tokens[:, 0] if self.pool == "cls" else tokens[:, self.patch_start:].mean(dim=1)
+        features = tokens[:, 0] if self.pool == "cls" else tokens[:, self.patch_start :].mean(dim=1)
         if hasattr(self, "head_norm"):
             features = self.head_norm(features.float()).to(features.dtype)
         return self.head(features)

@@ -79,8 +79,15 @@ class TransformerBlock(nn.Module):
 
     checkpointed = False
 
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, qkv_bias: bool = True, drop_path: float = 0.0,
-                 norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        mlp_dim: int,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=norm_eps)
         self.attn = SelfAttention(width, num_heads, qkv_bias)
@@ -116,8 +123,15 @@ class PatchEmbedding(nn.Module):
     reuses those patches for its target.
     """
 
-    def __init__(self, spatial_dims: int, img_size: Sequence[int], patch_size: Sequence[int], in_channels: int,
-                 width: int, trainable_pos_embed: bool = False) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        img_size: Sequence[int],
+        patch_size: Sequence[int],
+        in_channels: int,
+        width: int,
+        trainable_pos_embed: bool = False,
+    ) -> None:
         super().__init__()
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.img_size, self.patch_size = tuple(img_size), tuple(patch_size)
@@ -128,7 +142,9 @@ class PatchEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: ``[B, C, *img_size]`` -> tokens ``[B, N, D]`` with position embedding added."""
         if tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"input of spatial size {tuple(x.shape[2:])} given to an encoder built for {self.img_size}")
+            raise ValueError(
+                f"input of spatial size {tuple(x.shape[2:])} given to an encoder built for {self.img_size}"
+            )
         return self.embed(patchify(x, self.patch_size))
 
     def embed(self, patches: torch.Tensor) -> torch.Tensor:
@@ -155,19 +171,43 @@ class ViTEncoder(nn.Module):
             torchvision).
     """
 
-    def __init__(self, spatial_dims: int, img_size: int | Sequence[int], patch_size: int | Sequence[int] = 16,
-                 in_channels: int = 1, width: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_dim: int = 3072, qkv_bias: bool = True, cls_token: bool = False,
-                 drop_path_rate: float = 0.0, trainable_pos_embed: bool = False, norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        img_size: int | Sequence[int],
+        patch_size: int | Sequence[int] = 16,
+        in_channels: int = 1,
+        width: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        qkv_bias: bool = True,
+        cls_token: bool = False,
+        drop_path_rate: float = 0.0,
+        trainable_pos_embed: bool = False,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims={spatial_dims!r} must be 2 or 3")
         img_size = as_tuple(img_size, spatial_dims, "img_size")
         patch_size = as_tuple(patch_size, spatial_dims, "patch_size")
-        self.config = dict(spatial_dims=spatial_dims, img_size=list(img_size), patch_size=list(patch_size),
-                           in_channels=in_channels, width=width, depth=depth, num_heads=num_heads,
-                           mlp_dim=mlp_dim, qkv_bias=qkv_bias, cls_token=cls_token, norm_eps=norm_eps)
-        self.patch_embedding = PatchEmbedding(spatial_dims, img_size, patch_size, in_channels, width, trainable_pos_embed)
+        self.config = dict(
+            spatial_dims=spatial_dims,
+            img_size=list(img_size),
+            patch_size=list(patch_size),
+            in_channels=in_channels,
+            width=width,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            qkv_bias=qkv_bias,
+            cls_token=cls_token,
+            norm_eps=norm_eps,
+        )
+        self.patch_embedding = PatchEmbedding(
+            spatial_dims, img_size, patch_size, in_channels, width, trainable_pos_embed
+        )
         if cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         rates = torch.linspace(0, drop_path_rate, depth).tolist()

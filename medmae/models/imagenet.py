@@ -48,23 +48,60 @@ class Layout:
 
 
 TIMM = Layout(
-    "timm", "cls_token", "pos_embed", r"blocks\.(\d+)\.(.+)",
-    _weight_and_bias({"norm1": "norm1", "attn.qkv": "attn.qkv", "attn.proj": "attn.out_proj", "norm2": "norm2",
-                      "mlp.fc1": "mlp.linear1", "mlp.fc2": "mlp.linear2"}),
+    "timm",
+    "cls_token",
+    "pos_embed",
+    r"blocks\.(\d+)\.(.+)",
+    _weight_and_bias(
+        {
+            "norm1": "norm1",
+            "attn.qkv": "attn.qkv",
+            "attn.proj": "attn.out_proj",
+            "norm2": "norm2",
+            "mlp.fc1": "mlp.linear1",
+            "mlp.fc2": "mlp.linear2",
+        }
+    ),
     _weight_and_bias({"patch_embed.proj": "patch_embedding.patch_embeddings", "norm": "norm"}),
-    ("head.", "pre_logits."))
+    ("head.", "pre_logits."),
+)
 TORCHVISION = Layout(
-    "torchvision", "class_token", "encoder.pos_embedding", r"encoder\.layers\.encoder_layer_(\d+)\.(.+)",
-    {"self_attention.in_proj_weight": "attn.qkv.weight", "self_attention.in_proj_bias": "attn.qkv.bias",
-     **_weight_and_bias({"ln_1": "norm1", "self_attention.out_proj": "attn.out_proj", "ln_2": "norm2",
-                         "mlp.0": "mlp.linear1", "mlp.3": "mlp.linear2",  # torchvision >= 0.13
-                         "mlp.linear_1": "mlp.linear1", "mlp.linear_2": "mlp.linear2"})},  # older torchvision
+    "torchvision",
+    "class_token",
+    "encoder.pos_embedding",
+    r"encoder\.layers\.encoder_layer_(\d+)\.(.+)",
+    {
+        "self_attention.in_proj_weight": "attn.qkv.weight",
+        "self_attention.in_proj_bias": "attn.qkv.bias",
+        **_weight_and_bias(
+            {
+                "ln_1": "norm1",
+                "self_attention.out_proj": "attn.out_proj",
+                "ln_2": "norm2",
+                "mlp.0": "mlp.linear1",
+                "mlp.3": "mlp.linear2",  # torchvision >= 0.13
+                "mlp.linear_1": "mlp.linear1",
+                "mlp.linear_2": "mlp.linear2",
+            }
+        ),
+    },  # older torchvision
     _weight_and_bias({"conv_proj": "patch_embedding.patch_embeddings", "encoder.ln": "norm"}),
-    ("heads.",))
+    ("heads.",),
+)
 LAYOUTS = {"patch_embed.proj.weight": TIMM, "conv_proj.weight": TORCHVISION}  # detected by their patch projection
-BLOCK_KEYS = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.out_proj.weight", "attn.out_proj.bias",
-              "norm2.weight", "norm2.bias", "mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight",
-              "mlp.linear2.bias")  # required in every block; attn.qkv.bias when the first block has one
+BLOCK_KEYS = (
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.out_proj.weight",
+    "attn.out_proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.linear1.weight",
+    "mlp.linear1.bias",
+    "mlp.linear2.weight",
+    "mlp.linear2.bias",
+)  # required in every block; attn.qkv.bias when the first block has one
 
 
 @dataclass
@@ -79,8 +116,9 @@ class ImportedEncoder:
     notes: list[str] = field(default_factory=list)
 
 
-def imagenet_payload(path: str | Path, spatial_dims: int,
-                     num_heads: int | None = None) -> tuple[dict[str, Any], list[str]]:
+def imagenet_payload(
+    path: str | Path, spatial_dims: int, num_heads: int | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """A medmae-style payload from a downloaded ImageNet ViT file (timm or torchvision layout).
 
     Args:
@@ -102,8 +140,11 @@ def imagenet_payload(path: str | Path, spatial_dims: int,
         imported = convert_vit_state(state, spatial_dims, num_heads)
     except WeightTransferError as error:
         raise WeightTransferError(f"{path}: {error}") from error
-    payload = {"state_dict": {"encoder." + k: v for k, v in imported.state.items()}, "config": imported.config,
-               "task": None}
+    payload = {
+        "state_dict": {"encoder." + k: v for k, v in imported.state.items()},
+        "config": imported.config,
+        "task": None,
+    }
     return payload, [f"read {imported.layout} ViT weights from {path}", *notes, *imported.notes]
 
 
@@ -133,8 +174,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         from safetensors.torch import load_file
     except ImportError as error:
-        raise CheckpointError(f"{path}: a .safetensors file; reading it needs the safetensors package: "
-                              f"pip install safetensors") from error
+        raise CheckpointError(
+            f"{path}: a .safetensors file; reading it needs the safetensors package: pip install safetensors"
+        ) from error
     try:
         return load_file(str(path), device="cpu")
     except Exception as error:  # SafetensorError, OSError, a truncated header
@@ -148,8 +190,9 @@ def _load_torch(path: Path) -> Any:
     except Exception as error:  # torch raises several types for damaged or unsafe files
         why = _unreadable(error)
         if why.startswith("refused"):
-            why = why.rsplit(". ", 1)[0] + (". Save the weights alone (torch.save(model.state_dict(), FILE)) "
-                                            "or use the .safetensors file")
+            why = why.rsplit(". ", 1)[0] + (
+                ". Save the weights alone (torch.save(model.state_dict(), FILE)) or use the .safetensors file"
+            )
         raise CheckpointError(f"{path}: {why}") from error
 
 
@@ -162,16 +205,21 @@ def _unnest(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
             break
         raw = raw[entry]
         notes.append(f"weights read from the file's {entry!r} entry")
-    if not (isinstance(raw, dict) and raw and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                  for k, v in raw.items())):
+    if not (
+        isinstance(raw, dict)
+        and raw
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items())
+    ):
         found = sorted(map(str, raw))[:8] if isinstance(raw, dict) else type(raw).__name__
-        raise WeightTransferError(f"{path}: not a ViT state dict (a dict of tensors, bare or under one of "
-                                  f"{NESTED}); found {found}")
+        raise WeightTransferError(
+            f"{path}: not a ViT state dict (a dict of tensors, bare or under one of {NESTED}); found {found}"
+        )
     return raw, notes
 
 
-def convert_vit_state(state: dict[str, torch.Tensor], spatial_dims: int,
-                      num_heads: int | None = None) -> ImportedEncoder:
+def convert_vit_state(
+    state: dict[str, torch.Tensor], spatial_dims: int, num_heads: int | None = None
+) -> ImportedEncoder:
     """Map a timm or torchvision ViT state dict onto medmae's encoder names, exactly.
 
     Args:
@@ -205,8 +253,9 @@ def _detect_layout(state: dict[str, torch.Tensor]) -> Layout:
     for key, layout in LAYOUTS.items():
         if key in state:
             return layout
-    raise WeightTransferError(f"not a ViT in timm or torchvision layout (no key {' or '.join(LAYOUTS)}); "
-                              f"its keys begin {sorted(state)[:8]}")
+    raise WeightTransferError(
+        f"not a ViT in timm or torchvision layout (no key {' or '.join(LAYOUTS)}); its keys begin {sorted(state)[:8]}"
+    )
 
 
 def _map_keys(state: dict[str, torch.Tensor], layout: Layout, out: ImportedEncoder) -> None:
@@ -231,8 +280,10 @@ def _map_keys(state: dict[str, torch.Tensor], layout: Layout, out: ImportedEncod
             clashes.append(f"{key} and {next(k for k, t in out.mapped.items() if t == target)} both map to {target}")
         out.state[target], out.mapped[key] = tensor, target
     if unknown or clashes:
-        raise WeightTransferError(f"{layout.name} ViT with keys medmae's encoder cannot take:\n  "
-                                  + "\n  ".join([f"unknown key {k}" for k in unknown] + clashes))
+        raise WeightTransferError(
+            f"{layout.name} ViT with keys medmae's encoder cannot take:\n  "
+            + "\n  ".join([f"unknown key {k}" for k in unknown] + clashes)
+        )
     if out.skipped:
         out.notes.append(f"skipped {', '.join(sorted(out.skipped))}: the ImageNet classification head")
 
@@ -271,12 +322,15 @@ def _fold_positions(state: dict[str, torch.Tensor], layout: Layout, out: Importe
     if "cls_token" in out.state and n > 1 and math.isqrt(n - 1) ** 2 == n - 1:
         out.state["cls_token"] = out.state["cls_token"].reshape(1, 1, -1) + pos[:, :1]
         out.state[POS_KEY] = pos[:, 1:]
-        out.notes.append(f"folded the cls token's position embedding ({layout.pos}[:, 0]) into the cls token "
-                         f"(cls_token + position): medmae adds no position to its cls token, so the encoder "
-                         f"gives the source model's output")
+        out.notes.append(
+            f"folded the cls token's position embedding ({layout.pos}[:, 0]) into the cls token "
+            f"(cls_token + position): medmae adds no position to its cls token, so the encoder "
+            f"gives the source model's output"
+        )
     elif math.isqrt(n) ** 2 != n:
-        raise WeightTransferError(f"{layout.pos} holds {n} tokens: neither a square grid nor a cls token "
-                                  f"plus a square grid")
+        raise WeightTransferError(
+            f"{layout.pos} holds {n} tokens: neither a square grid nor a cls token plus a square grid"
+        )
     elif "cls_token" in out.state:
         out.notes.append(f"{layout.pos} holds patch positions only; the cls token carries no position")
 
@@ -285,27 +339,43 @@ def _infer_config(out: ImportedEncoder, spatial_dims: int, num_heads: int | None
     """The 2D encoder config read off the tensors: ``patch [D, C, ph, pw]``, grid = sqrt(tokens)."""
     weight = out.state[PATCH_KEY]
     if weight.ndim != 4:
-        raise WeightTransferError(f"patch projection of shape {tuple(weight.shape)}; expected a 2D ViT's "
-                                  f"[width, channels, ph, pw]")
+        raise WeightTransferError(
+            f"patch projection of shape {tuple(weight.shape)}; expected a 2D ViT's [width, channels, ph, pw]"
+        )
     width, channels, patch = weight.shape[0], weight.shape[1], list(weight.shape[2:])
     depth = 1 + max(int(k.split(".")[1]) for k in out.state if k.startswith("blocks."))
     if num_heads is None:
         if width % HEAD_WIDTH:
-            raise WeightTransferError(f"width {width} is not a multiple of {HEAD_WIDTH}: cannot infer the "
-                                      f"number of attention heads; pass num_heads")
+            raise WeightTransferError(
+                f"width {width} is not a multiple of {HEAD_WIDTH}: cannot infer the "
+                f"number of attention heads; pass num_heads"
+            )
         num_heads = width // HEAD_WIDTH
-        out.notes.append(f"num_heads {num_heads} inferred as width {width} // {HEAD_WIDTH} (the file does not "
-                         f"store it; ViT-Ti/S/B/L all use {HEAD_WIDTH} channels per head)")
+        out.notes.append(
+            f"num_heads {num_heads} inferred as width {width} // {HEAD_WIDTH} (the file does not "
+            f"store it; ViT-Ti/S/B/L all use {HEAD_WIDTH} channels per head)"
+        )
     side = math.isqrt(out.state[POS_KEY].shape[1])
     grid, size = [side, side], SIZE_NAMES.get((width, depth), f"w{width}d{depth}")
-    config = dict(spatial_dims=2, img_size=[g * p for g, p in zip(grid, patch)], patch_size=patch,
-                  in_channels=channels, width=width, depth=depth, num_heads=num_heads,
-                  mlp_dim=out.state["blocks.0.mlp.linear1.weight"].shape[0],
-                  qkv_bias="blocks.0.attn.qkv.bias" in out.state, cls_token="cls_token" in out.state,
-                  norm_eps=NORM_EPS, name=f"imagenet_vit_{size}_patch{patch[0]}_{spatial_dims}d")
-    out.notes.append(f"architecture: width {width}, depth {depth}, mlp_dim {config['mlp_dim']}, patch {patch}, "
-                     f"grid {grid} (img_size {config['img_size']}), {channels} input channels, qkv bias "
-                     f"{config['qkv_bias']}, cls token {config['cls_token']}, LayerNorm eps {NORM_EPS}")
+    config = dict(
+        spatial_dims=2,
+        img_size=[g * p for g, p in zip(grid, patch)],
+        patch_size=patch,
+        in_channels=channels,
+        width=width,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_dim=out.state["blocks.0.mlp.linear1.weight"].shape[0],
+        qkv_bias="blocks.0.attn.qkv.bias" in out.state,
+        cls_token="cls_token" in out.state,
+        norm_eps=NORM_EPS,
+        name=f"imagenet_vit_{size}_patch{patch[0]}_{spatial_dims}d",
+    )
+    out.notes.append(
+        f"architecture: width {width}, depth {depth}, mlp_dim {config['mlp_dim']}, patch {patch}, "
+        f"grid {grid} (img_size {config['img_size']}), {channels} input channels, qkv bias "
+        f"{config['qkv_bias']}, cls token {config['cls_token']}, LayerNorm eps {NORM_EPS}"
+    )
     return config
 
 
@@ -317,9 +387,13 @@ def _inflate(out: ImportedEncoder) -> None:
     out.state[PATCH_KEY] = weight.unsqueeze(-1).expand(*weight.shape, depth) / depth
     grid = [s // p for s, p in zip(config["img_size"], config["patch_size"])]
     config.update(spatial_dims=3, patch_size=[*config["patch_size"], depth], img_size=[*config["img_size"], depth])
-    out.notes.append(f"3D: inflated the patch embedding {list(weight.shape)} -> {list(out.state[PATCH_KEY].shape)}: "
-                     f"repeated along a new last axis and divided by {depth}, so a volume constant along that "
-                     f"axis embeds as the 2D image does")
-    out.notes.append(f"3D: the position table of grid {tuple(grid)} is used as grid {(*grid, 1)} (img_size "
-                     f"{tuple(config['img_size'])}); fitting it to the task's grid replicates it along the new "
-                     f"axis (trilinear)")
+    out.notes.append(
+        f"3D: inflated the patch embedding {list(weight.shape)} -> {list(out.state[PATCH_KEY].shape)}: "
+        f"repeated along a new last axis and divided by {depth}, so a volume constant along that "
+        f"axis embeds as the 2D image does"
+    )
+    out.notes.append(
+        f"3D: the position table of grid {tuple(grid)} is used as grid {(*grid, 1)} (img_size "
+        f"{tuple(config['img_size'])}); fitting it to the task's grid replicates it along the new "
+        f"axis (trilinear)"
+    )

@@ -35,23 +35,58 @@ class MaskedAutoencoder(nn.Module):
         norm_eps: the encoder's LayerNorm epsilon.
     """
 
-    def __init__(self, spatial_dims: int, img_size: int | Sequence[int], patch_size: int | Sequence[int] = 16,
-                 in_channels: int = 1, width: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_dim: int = 3072, qkv_bias: bool = True, cls_token: bool = False, drop_path_rate: float = 0.0,
-                 decoder_width: int = 384, decoder_depth: int = 8, decoder_heads: int = 12,
-                 mask_ratio: float = 0.75, norm_pix_loss: bool = True, mask_strategy: str = "random",
-                 encoder_mode: str = "skip", norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        img_size: int | Sequence[int],
+        patch_size: int | Sequence[int] = 16,
+        in_channels: int = 1,
+        width: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_dim: int = 3072,
+        qkv_bias: bool = True,
+        cls_token: bool = False,
+        drop_path_rate: float = 0.0,
+        decoder_width: int = 384,
+        decoder_depth: int = 8,
+        decoder_heads: int = 12,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        mask_strategy: str = "random",
+        encoder_mode: str = "skip",
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode={encoder_mode!r}: choose one of {', '.join(ENCODER_MODES)}")
-        self.encoder = ViTEncoder(spatial_dims, img_size, patch_size, in_channels, width, depth, num_heads,
-                                  mlp_dim, qkv_bias, cls_token, drop_path_rate, norm_eps=norm_eps)
+        self.encoder = ViTEncoder(
+            spatial_dims,
+            img_size,
+            patch_size,
+            in_channels,
+            width,
+            depth,
+            num_heads,
+            mlp_dim,
+            qkv_bias,
+            cls_token,
+            drop_path_rate,
+            norm_eps=norm_eps,
+        )
         self.keep = visible_count(mask_strategy, self.encoder.grid, mask_ratio)
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.mask_strategy, self.encoder_mode = mask_strategy, encoder_mode
-        self.config = dict(self.encoder.config, decoder_width=decoder_width, decoder_depth=decoder_depth,
-                           decoder_heads=decoder_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-                           mask_strategy=mask_strategy, encoder_mode=encoder_mode)
+        self.config = dict(
+            self.encoder.config,
+            decoder_width=decoder_width,
+            decoder_depth=decoder_depth,
+            decoder_heads=decoder_heads,
+            mask_ratio=mask_ratio,
+            norm_pix_loss=norm_pix_loss,
+            mask_strategy=mask_strategy,
+            encoder_mode=encoder_mode,
+        )
         if encoder_mode == "mask_tokens":
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, width))
             nn.init.normal_(self.encoder_mask_token, std=0.02)
@@ -61,7 +96,8 @@ class MaskedAutoencoder(nn.Module):
             self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))  # would wait for its gradient
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(decoder_width, self.encoder.grid), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
-            TransformerBlock(decoder_width, decoder_heads, 4 * decoder_width, qkv_bias) for _ in range(decoder_depth))
+            TransformerBlock(decoder_width, decoder_heads, 4 * decoder_width, qkv_bias) for _ in range(decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(decoder_width)
         self.decoder_pred = nn.Linear(decoder_width, patch_voxels * in_channels)
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
@@ -77,8 +113,13 @@ class MaskedAutoencoder(nn.Module):
     def img_size(self) -> tuple[int, ...]:
         return self.encoder.patch_embedding.img_size
 
-    def forward_encoder(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
-                        noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_encoder(
+        self,
+        x: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed, hide, encode the visible patches only.
 
         Args:
@@ -96,8 +137,13 @@ class MaskedAutoencoder(nn.Module):
         self._check_size(x)
         return self._encode(patchify(x, self.patch_size), mask_ratio, generator, noise)
 
-    def _encode(self, patches: torch.Tensor, mask_ratio: float | None, generator: torch.Generator | None,
-                noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _encode(
+        self,
+        patches: torch.Tensor,
+        mask_ratio: float | None,
+        generator: torch.Generator | None,
+        noise: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`forward_encoder` from patches ``[B, N, prod(p) * C]``."""
         ratio, keep = (self.mask_ratio, self.keep) if mask_ratio is None else (mask_ratio, None)
         if noise is None and mask_ratio is None and self.mask_strategy != "random":
@@ -106,7 +152,9 @@ class MaskedAutoencoder(nn.Module):
         tokens = self.encoder.patch_embedding.embed(patches)
         kept, mask, ids_restore = random_masking(tokens, ratio, generator, noise, keep)
         if self.encoder_mode == "mask_tokens":
-            hidden = self.encoder_mask_token.to(tokens.dtype) + self.encoder.patch_embedding.position_embeddings.to(tokens.dtype)
+            hidden = self.encoder_mask_token.to(tokens.dtype) + self.encoder.patch_embedding.position_embeddings.to(
+                tokens.dtype
+            )
             kept = torch.where(mask.unsqueeze(-1).bool(), hidden, tokens)
         latent, _ = self.encoder.forward_tokens(kept)
         return latent, mask, ids_restore
@@ -124,11 +172,13 @@ class MaskedAutoencoder(nn.Module):
         if self.encoder_mode == "skip":
             b, n = ids_restore.shape
             hidden = self.mask_token.to(x.dtype).expand(b, n - full.shape[1], -1)
-            full = torch.gather(torch.cat([full, hidden], dim=1), 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+            full = torch.gather(
+                torch.cat([full, hidden], dim=1), 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+            )
         x = torch.cat([cls, full + self.decoder_pos_embed.to(x.dtype)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, cls.shape[1]:]
+        return self.decoder_pred(self.decoder_norm(x))[:, cls.shape[1] :]
 
     def patch_target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[B, C, *S]`` -> (target, mean, std), each ``[B, N, L]`` or ``[B, N, 1]``, in float32.
@@ -171,8 +221,13 @@ class MaskedAutoencoder(nn.Module):
         per_patch = F.mse_loss(pred.float(), target, reduction="none").mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
-    def forward(self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden);
         ``noise`` ``[B, N]`` optionally decides the masks. The input is cut into patches once, for both the
         encoder and the target."""
@@ -199,6 +254,9 @@ class MaskedAutoencoder(nn.Module):
         predicted = pred.float() * std + mean
         patches = patchify(x.float(), self.patch_size)
         hidden = mask.unsqueeze(-1).bool()
-        images = {"masked": patches.masked_fill(hidden, 0.0), "prediction": predicted,
-                  "composite": torch.where(hidden, predicted, patches)}
+        images = {
+            "masked": patches.masked_fill(hidden, 0.0),
+            "prediction": predicted,
+            "composite": torch.where(hidden, predicted, patches),
+        }
         return {name: unpatchify(p, self.patch_size, x.shape[2:]) for name, p in images.items()}

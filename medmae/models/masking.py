@@ -30,7 +30,11 @@ def visible_count(strategy: str, grid: tuple[int, ...], mask_ratio: float) -> in
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio={mask_ratio!r} must lie in [0, 1)")
     n = math.prod(grid)
-    keep = n // grid_step(grid, mask_ratio) ** len(grid) if strategy == "grid" else math.floor(n * (1 - mask_ratio) + RATIO_SLACK)
+    keep = (
+        n // grid_step(grid, mask_ratio) ** len(grid)
+        if strategy == "grid"
+        else math.floor(n * (1 - mask_ratio) + RATIO_SLACK)
+    )
     if keep < 1:
         raise ValueError(f"mask_ratio={mask_ratio!r} leaves no visible token out of {n}")
     return keep
@@ -49,8 +53,10 @@ def grid_step(grid: tuple[int, ...], mask_ratio: float) -> int:
         if abs(ratio - mask_ratio) <= GRID_TOLERANCE:
             return k
     allowed = ", ".join(f"{ratio:.4g} (k={k})" for k, ratio in grid_ratios(grid).items())
-    raise ValueError(f"grid masking keeps one patch in every k along each axis of the {' x '.join(map(str, grid))} "
-                     f"patch grid, so mask_ratio must be 1 - 1/k^{len(grid)}: one of {allowed}; not {mask_ratio}")
+    raise ValueError(
+        f"grid masking keeps one patch in every k along each axis of the {' x '.join(map(str, grid))} "
+        f"patch grid, so mask_ratio must be 1 - 1/k^{len(grid)}: one of {allowed}; not {mask_ratio}"
+    )
 
 
 def grid_mask(grid: tuple[int, ...], k: int, offset: tuple[int, ...]) -> np.ndarray:
@@ -79,7 +85,9 @@ def block_mask(grid: tuple[int, ...], hidden: int, rng: np.random.Generator) -> 
         left = hidden - done
         volume = rng.integers(min(BLOCK_MIN_PATCHES, left), max(BLOCK_MIN_PATCHES, left) + 1)
         logs = rng.uniform(math.log(BLOCK_ASPECT) / 2, -math.log(BLOCK_ASPECT) / 2, dims)
-        sides = [int(np.clip(round(volume ** (1 / dims) * math.exp(a)), 1, g)) for a, g in zip(logs - logs.mean(), grid)]
+        sides = [
+            int(np.clip(round(volume ** (1 / dims) * math.exp(a)), 1, g)) for a, g in zip(logs - logs.mean(), grid)
+        ]
         start = [int(rng.integers(0, g - s + 1)) for g, s in zip(grid, sides)]
         box = mask[tuple(slice(a, a + s) for a, s in zip(start, sides))].reshape(-1)  # a copy, row-major
         new = np.flatnonzero(~box)
@@ -112,8 +120,11 @@ def masking_noise(strategy: str, seeds: torch.Tensor, grid: tuple[int, ...], mas
 
 
 def random_masking(
-    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None,
-    noise: torch.Tensor | None = None, keep: int | None = None,
+    tokens: torch.Tensor,
+    mask_ratio: float,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    keep: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hide a random subset of tokens in each sample, by argsort of uniform noise and gather.
 

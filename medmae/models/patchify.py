@@ -70,8 +70,10 @@ def unpatchify(patches: torch.Tensor, patch_size: Sequence[int], img_size: Seque
     b, n, length = patches.shape
     voxels = math.prod(patch_size)
     if n != math.prod(grid) or length % voxels:
-        raise ValueError(f"patches of shape {tuple(patches.shape)} do not fit img_size {tuple(img_size)} "
-                         f"with patch_size {tuple(patch_size)}")
+        raise ValueError(
+            f"patches of shape {tuple(patches.shape)} do not fit img_size {tuple(img_size)} "
+            f"with patch_size {tuple(patch_size)}"
+        )
     c = length // voxels
     x = patches.reshape(b, *grid, *patch_size, c)
     # [B, g1..gd, p1..pd, C] -> [B, C, g1, p1, ..., gd, pd]

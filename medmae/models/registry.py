@@ -82,8 +82,10 @@ def _parse(name: str, kwargs: dict[str, Any]) -> tuple[str, str, int]:
     match = NAME.fullmatch(str(name))
     if match and (match.group(1) == "vit") == bool(match.group(4)) and all(k in kwargs for k in ARCHITECTURE):
         return KINDS[match.group(1)], match.group(2), int(match.group(3))
-    raise ValueError(f"unknown model {name!r}; registered: {', '.join(list_models())} (or another size with "
-                     f"{', '.join(ARCHITECTURE)} given)")
+    raise ValueError(
+        f"unknown model {name!r}; registered: {', '.join(list_models())} (or another size with "
+        f"{', '.join(ARCHITECTURE)} given)"
+    )
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

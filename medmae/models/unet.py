@@ -23,11 +23,31 @@ class BaselineUNet(UNet):
     Forward: ``[B, C, *S]`` -> logits ``[B, out_channels, *S]``.
     """
 
-    def __init__(self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2,
-                 channels: Sequence[int] = (16, 32, 64, 128, 256), strides: Sequence[int] = (2, 2, 2, 2),
-                 num_res_units: int = 2, img_size: Sequence[int] | None = None) -> None:
-        super().__init__(spatial_dims, in_channels, out_channels, tuple(channels), tuple(strides),
-                         num_res_units=num_res_units, norm=Norm.BATCH)
-        self.config = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                           channels=list(channels), strides=list(strides), num_res_units=num_res_units,
-                           img_size=None if img_size is None else list(img_size))
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        strides: Sequence[int] = (2, 2, 2, 2),
+        num_res_units: int = 2,
+        img_size: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(
+            spatial_dims,
+            in_channels,
+            out_channels,
+            tuple(channels),
+            tuple(strides),
+            num_res_units=num_res_units,
+            norm=Norm.BATCH,
+        )
+        self.config = dict(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=list(channels),
+            strides=list(strides),
+            num_res_units=num_res_units,
+            img_size=None if img_size is None else list(img_size),
+        )

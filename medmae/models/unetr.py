@@ -24,8 +24,15 @@ class EncoderUNETR(UNETR):
     Forward: ``[B, C, *img_size]`` -> logits ``[B, out_channels, *img_size]``.
     """
 
-    def __init__(self, encoder: ViTEncoder, out_channels: int, feature_size: int = 16,
-                 norm_name: str = "instance", conv_block: bool = True, res_block: bool = True) -> None:
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        out_channels: int,
+        feature_size: int = 16,
+        norm_name: str = "instance",
+        conv_block: bool = True,
+        res_block: bool = True,
+    ) -> None:
         cfg = encoder.config
         problems = []
         if any(p != UNETR_PATCH for p in cfg["patch_size"]):
@@ -36,16 +43,31 @@ class EncoderUNETR(UNETR):
             problems.append("a cls token (UNETR has none)")
         if problems:
             raise ValueError("encoder does not fit UNETR: " + "; ".join(problems))
-        unetr_config = dict(in_channels=cfg["in_channels"], out_channels=out_channels,
-                            img_size=tuple(cfg["img_size"]), feature_size=feature_size,
-                            hidden_size=cfg["width"], mlp_dim=cfg["mlp_dim"], num_heads=cfg["num_heads"],
-                            norm_name=norm_name, conv_block=conv_block, res_block=res_block,
-                            spatial_dims=cfg["spatial_dims"], qkv_bias=cfg["qkv_bias"])
+        unetr_config = dict(
+            in_channels=cfg["in_channels"],
+            out_channels=out_channels,
+            img_size=tuple(cfg["img_size"]),
+            feature_size=feature_size,
+            hidden_size=cfg["width"],
+            mlp_dim=cfg["mlp_dim"],
+            num_heads=cfg["num_heads"],
+            norm_name=norm_name,
+            conv_block=conv_block,
+            res_block=res_block,
+            spatial_dims=cfg["spatial_dims"],
+            qkv_bias=cfg["qkv_bias"],
+        )
         super().__init__(**unetr_config)
         self.unetr_config = unetr_config
         self.vit = encoder
-        self.config = dict(cfg, out_channels=out_channels, feature_size=feature_size, norm_name=norm_name,
-                           conv_block=conv_block, res_block=res_block)
+        self.config = dict(
+            cfg,
+            out_channels=out_channels,
+            feature_size=feature_size,
+            norm_name=norm_name,
+            conv_block=conv_block,
+            res_block=res_block,
+        )
 
 
 def to_monai_unetr(model: EncoderUNETR) -> UNETR:

@@ -24,8 +24,17 @@ from medmae.models.pos_embed import resample_pos_embed
 from medmae.models.unetr import EncoderUNETR
 
 ENCODER_PREFIXES = ("encoder.", "vit.")  # MAE and classifier; UNETR
-ARCHITECTURE_KEYS = ("spatial_dims", "img_size", "patch_size", "in_channels", "width", "depth", "num_heads",
-                     "mlp_dim", "qkv_bias")
+ARCHITECTURE_KEYS = (
+    "spatial_dims",
+    "img_size",
+    "patch_size",
+    "in_channels",
+    "width",
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "qkv_bias",
+)
 POS_KEY = "patch_embedding.position_embeddings"
 PATCH_KEY = "patch_embedding.patch_embeddings.weight"
 
@@ -44,10 +53,11 @@ class TransferReport:
     initialised: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        lines = [f"encoder transfer: {len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, "
-                 f"{len(self.skipped)} skipped, {len(self.initialised)} initialised"]
-        for title, notes in (("adapted", self.adapted), ("skipped", self.skipped),
-                             ("initialised", self.initialised)):
+        lines = [
+            f"encoder transfer: {len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, "
+            f"{len(self.skipped)} skipped, {len(self.initialised)} initialised"
+        ]
+        for title, notes in (("adapted", self.adapted), ("skipped", self.skipped), ("initialised", self.initialised)):
             lines += [f"  {title} {key}: {why}" for key, why in notes.items()]
         return "\n".join(lines)
 
@@ -58,9 +68,10 @@ def encoder_source(checkpoint: str | Path | dict[str, Any]) -> tuple[dict[str, t
     state, config = payload["state_dict"], payload["config"]
     for prefix in ENCODER_PREFIXES:
         if prefix + PATCH_KEY in state:
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, config
-    raise WeightTransferError(f"no encoder in checkpoint (no key {ENCODER_PREFIXES[0] + PATCH_KEY!r} "
-                              f"or {ENCODER_PREFIXES[1] + PATCH_KEY!r})")
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, config
+    raise WeightTransferError(
+        f"no encoder in checkpoint (no key {ENCODER_PREFIXES[0] + PATCH_KEY!r} or {ENCODER_PREFIXES[1] + PATCH_KEY!r})"
+    )
 
 
 def _adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
@@ -69,16 +80,23 @@ def _adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
     return weight.sum(dim=1, keepdim=True).repeat_interleave(channels, dim=1) / channels
 
 
-def _fit_pos_embed(tensor: torch.Tensor, source_config: dict[str, Any], target: ViTEncoder,
-                   state: dict[str, torch.Tensor], report: TransferReport) -> str | None:
+def _fit_pos_embed(
+    tensor: torch.Tensor,
+    source_config: dict[str, Any],
+    target: ViTEncoder,
+    state: dict[str, torch.Tensor],
+    report: TransferReport,
+) -> str | None:
     """Load the position embedding when the patch grids agree, resample it when they differ (the token
     count alone can agree on different grids); return a problem when it cannot fit."""
     old_grid = grid_size(source_config["img_size"], source_config["patch_size"])
     width = target.patch_embedding.position_embeddings.shape[-1]
     tokens = math.prod(old_grid)
     if len(old_grid) != len(target.grid) or tensor.shape[-1] != width or tensor.shape[1] != tokens:
-        return (f"shape of {POS_KEY}: checkpoint {tuple(tensor.shape)} on grid {old_grid}, "
-                f"model {tuple(target.patch_embedding.position_embeddings.shape)} on grid {target.grid}")
+        return (
+            f"shape of {POS_KEY}: checkpoint {tuple(tensor.shape)} on grid {old_grid}, "
+            f"model {tuple(target.patch_embedding.position_embeddings.shape)} on grid {target.grid}"
+        )
     if old_grid == target.grid:
         state[POS_KEY] = tensor
         report.loaded.append(POS_KEY)
@@ -89,8 +107,9 @@ def _fit_pos_embed(tensor: torch.Tensor, source_config: dict[str, Any], target: 
     return None
 
 
-def adapt_encoder_state(source: dict[str, torch.Tensor], source_config: dict[str, Any],
-                        target: ViTEncoder) -> tuple[dict[str, torch.Tensor], TransferReport]:
+def adapt_encoder_state(
+    source: dict[str, torch.Tensor], source_config: dict[str, Any], target: ViTEncoder
+) -> tuple[dict[str, torch.Tensor], TransferReport]:
     """Fit a pretrained encoder's tensors to ``target`` without touching ``target``.
 
     Position embeddings are resampled to the target grid; the patch embedding is adapted to the target
@@ -121,8 +140,10 @@ def adapt_encoder_state(source: dict[str, torch.Tensor], source_config: dict[str
             report.loaded.append(key)
         elif key == PATCH_KEY and tensor.shape[0] == shape[0] and tensor.shape[2:] == shape[2:]:
             state[key], problem = _adapt_channels(tensor, shape[1]), None
-            report.adapted[key] = (f"input channels {tensor.shape[1]} -> {shape[1]}: summed over the source "
-                                   f"channels and shared equally over the target channels")
+            report.adapted[key] = (
+                f"input channels {tensor.shape[1]} -> {shape[1]}: summed over the source "
+                f"channels and shared equally over the target channels"
+            )
         else:
             problem = f"shape of {key}: checkpoint {tuple(tensor.shape)}, model {tuple(shape)}"
         if problem:
@@ -137,8 +158,10 @@ def load_encoder(target: ViTEncoder, source: dict[str, torch.Tensor], source_con
     state, report = adapt_encoder_state(source, source_config, target)
     missing, unexpected = target.load_state_dict(state, strict=False)
     if set(missing) != set(report.initialised) or unexpected:
-        raise WeightTransferError(f"unexpected load result: missing {sorted(missing)} "
-                                  f"(expected {sorted(report.initialised)}), unexpected {sorted(unexpected)}")
+        raise WeightTransferError(
+            f"unexpected load result: missing {sorted(missing)} "
+            f"(expected {sorted(report.initialised)}), unexpected {sorted(unexpected)}"
+        )
     return report
 
 
@@ -155,8 +178,13 @@ def _derived_name(config: dict[str, Any], prefix: str, suffix: str = "") -> str:
     return f"{prefix}{core.group(0)[4:]}{suffix}" if core else f"{prefix}custom{suffix}"
 
 
-def unetr_from_pretrained(checkpoint: str | Path | dict[str, Any], out_channels: int, feature_size: int = 16,
-                          norm_name: str = "instance", **encoder_overrides: Any) -> tuple[EncoderUNETR, TransferReport]:
+def unetr_from_pretrained(
+    checkpoint: str | Path | dict[str, Any],
+    out_channels: int,
+    feature_size: int = 16,
+    norm_name: str = "instance",
+    **encoder_overrides: Any,
+) -> tuple[EncoderUNETR, TransferReport]:
     """UNETR for segmentation with the pretrained encoder.
 
     Args:
@@ -176,8 +204,13 @@ def unetr_from_pretrained(checkpoint: str | Path | dict[str, Any], out_channels:
     return model, report
 
 
-def classifier_from_pretrained(checkpoint: str | Path | dict[str, Any], num_classes: int, pool: str = "avg",
-                               head_norm: bool = False, **encoder_overrides: Any) -> tuple[ViTClassifier, TransferReport]:
+def classifier_from_pretrained(
+    checkpoint: str | Path | dict[str, Any],
+    num_classes: int,
+    pool: str = "avg",
+    head_norm: bool = False,
+    **encoder_overrides: Any,
+) -> tuple[ViTClassifier, TransferReport]:
     """Multi-label ViT classifier (raw logits) with the pretrained encoder; ``pool="cls"`` adds a cls token
     (kept from the checkpoint when it has one); ``head_norm`` a linear probe's BatchNorm. Other arguments
     as :func:`unetr_from_pretrained`."""
