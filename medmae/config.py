@@ -11,38 +11,38 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from medmae import resource_dir
 from medmae.errors import UserError
 from medmae.files import write_text
-from medmae.models.classifier import TUNING
-from medmae.models.masking import ENCODER_MODES, STRATEGIES
 
 STAGES = ("pretrain", "finetune")
-MAX_CROPS = 64  # crops per volume (crop seeds are item seed x 64 + crop)
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+MAX_CROPS = 64  # crops per volume at most (medmae.seeds: a crop's seed is its item's seed x 64 + the crop)
+# The choices of a key are its Literal type; the models read theirs from here (``typing.get_args``).
+MaskStrategy = Literal["random", "block", "grid"]  # random (MAE), block-wise (BEiT) or grid-wise masks
+EncoderMode = Literal["skip", "mask_tokens"]  # the MAE encoder sees the visible patches only, or mask tokens too
+Tuning = Literal["full", "linear", "partial"]  # what a classifier's fine-tuning trains
+Pool = Literal["avg", "cls"]  # a classifier's pooled token
 
 
 @dataclass
 class ModelConfig:
-    size: str = "base"  # base (ViT-B/16) or tiny (width 48, for CPU runs)
-    arch: str = "unetr"  # fine-tuning 3D segmentation: unetr (ViT encoder) or unet (MONAI U-Net, from scratch)
+    size: Literal["base", "tiny"] = "base"  # base (ViT-B/16) or tiny (width 48, for CPU runs)
+    arch: Literal["unetr", "unet"] = "unetr"  # 3D segmentation: unetr (ViT encoder) or unet (MONAI U-Net, scratch)
     img_size: list[int] | None = None  # input size; None: the task's ROI
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True  # reconstruction target: per-patch normalised pixels (true) or raw pixels
-    mask_strategy: str = "random"  # pretraining: random, block (BEiT) or grid
-    encoder_mode: str = "skip"  # pretraining: skip (encoder sees visible patches only) or mask_tokens
+    mask_strategy: MaskStrategy = "random"
+    encoder_mode: EncoderMode = "skip"
     decoder_width: int | None = None  # None: the registry preset of the size
     decoder_depth: int | None = None
     drop_path: float = 0.0
     feature_size: int = 16  # UNETR decoder channels
-    pool: str = "avg"  # classifier pooling: avg or cls
-    tuning: str = (
-        "full"  # classifier fine-tuning: full, linear (probe: frozen encoder, BatchNorm + linear head) or partial
-    )
+    pool: Pool = "avg"
+    tuning: Tuning = "full"  # linear: a probe (frozen encoder, BatchNorm + linear head); partial: the last blocks
     tuning_blocks: int = 1  # partial: the last N encoder blocks train (with the final norm and the head)
 
 
@@ -51,7 +51,7 @@ class DataConfig:
     batch_size: int = 2  # volumes (3D) or images (2D) per step, over all processes together
     crops_per_volume: int = 4  # 3D: ROI crops drawn from each loaded volume
     num_workers: int = 2
-    sampler: str = "cached"  # 3D pretraining crops: cached (medmae.data.fast) or monai (per-sample chain)
+    sampler: Literal["cached", "monai"] = "cached"  # 3D pretraining crops: medmae.data.crops or MONAI's chain
     cache_dir: str | None = None  # cached sampler: memory-map the volumes from a file here; None: on the device
     skip_bad_cases: bool = False
     label_fraction: float = 1.0  # fine-tuning: share of the labelled training cases used
@@ -74,8 +74,8 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 800
     steps_per_epoch: int | None = None  # None: one pass over the training cases
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU; fp16 uses a gradient scaler
-    device: str = "auto"  # auto, cpu, cuda
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU; fp16 scales
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     dist_timeout_min: float = 60.0  # torchrun: minutes a process waits for the others before its group gives up
     seed: int = 0
     checkpoint_every: int = 1  # epochs
@@ -90,7 +90,7 @@ class TrainConfig:
 @dataclass
 class InferConfig:
     overlap: float = 0.5  # sliding-window overlap
-    blend: str = "gaussian"  # gaussian or constant
+    blend: Literal["gaussian", "constant"] = "gaussian"
     sw_batch_size: int = 4  # windows per forward pass
 
 
@@ -130,9 +130,12 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     args = typing.get_args(hint)
     if value is None and type(None) in args:
         return None
-    base = (
-        next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
-    )
+    if typing.get_origin(hint) is Literal:
+        base = type(args[0])
+    elif args and typing.get_origin(hint) is not list:
+        base = next(a for a in args if a is not type(None))
+    else:
+        base = hint
     if typing.get_origin(base) is list:
         item = typing.get_args(base)[0]
         if isinstance(value, list):
@@ -222,55 +225,44 @@ def load_config(stage: str, task_name: str, config_file: str | Path | None = Non
 
 
 def validate(cfg: Config) -> None:
-    """Ranges and choices that types alone do not say."""
-    checks = [
-        (cfg.model.size in ("base", "tiny"), "model.size must be base or tiny"),
-        (0 <= cfg.model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
-        (cfg.model.pool in ("avg", "cls"), "model.pool must be avg or cls"),
-        (cfg.model.arch in ("unetr", "unet"), "model.arch must be unetr or unet"),
-        (0 <= cfg.model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
-        (
-            cfg.data.batch_size >= 1 and 1 <= cfg.data.crops_per_volume <= MAX_CROPS,
-            f"data.batch_size must be >= 1 and data.crops_per_volume in [1, {MAX_CROPS}]",
-        ),
-        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
-        (cfg.data.sampler in ("monai", "cached"), "data.sampler must be monai or cached"),
-        (0 < cfg.data.label_fraction <= 1, "data.label_fraction must lie in (0, 1]"),
-        (cfg.optim.base_lr > 0 and cfg.optim.min_lr >= 0, "optim.base_lr must be > 0 and optim.min_lr >= 0"),
-        (
-            len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
-            "optim.betas must be two numbers in [0, 1)",
-        ),
-        (0 < cfg.optim.layer_decay <= 1, "optim.layer_decay must lie in (0, 1]"),
-        (
-            cfg.optim.warmup_epochs >= 0 and cfg.optim.accumulate >= 1,
-            "optim.warmup_epochs must be >= 0, optim.accumulate >= 1",
-        ),
-        (cfg.optim.clip_grad is None or cfg.optim.clip_grad > 0, "optim.clip_grad must be > 0 or null"),
-        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
-        (cfg.optim.warmup_epochs < cfg.train.epochs, "optim.warmup_epochs must be fewer than train.epochs"),
-        (
-            cfg.train.steps_per_epoch is None or cfg.train.steps_per_epoch >= 1,
-            "train.steps_per_epoch must be >= 1 or null",
-        ),
-        (cfg.train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)}"),
-        (cfg.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
-        (cfg.model.mask_strategy in STRATEGIES, f"model.mask_strategy must be one of {', '.join(STRATEGIES)}"),
-        (cfg.model.tuning in TUNING, f"model.tuning must be one of {', '.join(TUNING)}"),
-        (cfg.model.tuning_blocks >= 0, "model.tuning_blocks must be >= 0"),
-        (cfg.model.encoder_mode in ENCODER_MODES, f"model.encoder_mode must be one of {', '.join(ENCODER_MODES)}"),
-        (cfg.train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
-        (
-            min(cfg.train.checkpoint_every, cfg.train.figure_every, cfg.train.val_every, cfg.train.log_every) >= 1,
-            "train.checkpoint_every, figure_every, val_every and log_every must be >= 1",
-        ),
-        (0 <= cfg.infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
-        (cfg.infer.blend in ("gaussian", "constant"), "infer.blend must be gaussian or constant"),
-        (cfg.infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),
-    ]
-    problems = [problem for ok, problem in checks if not ok]
+    """Choices (every key typed ``Literal``) and the ranges that types alone do not say."""
+    problems = [problem for ok, problem in _ranges(cfg) if not ok]
+    for key, hint in known_keys().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            problems.append(f"{key} must be one of {', '.join(typing.get_args(hint))}")
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
+
+
+def _ranges(cfg: Config) -> list[tuple[bool, str]]:
+    """(holds, what it says) for every range check."""
+    model, data, optim, train, infer = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.infer
+    every = (train.checkpoint_every, train.figure_every, train.val_every, train.log_every)
+    return [
+        (0 <= model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
+        (0 <= model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
+        (model.tuning_blocks >= 0, "model.tuning_blocks must be >= 0"),
+        (
+            data.batch_size >= 1 and 1 <= data.crops_per_volume <= MAX_CROPS,
+            f"data.batch_size must be >= 1 and data.crops_per_volume in [1, {MAX_CROPS}]",
+        ),
+        (data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (0 < data.label_fraction <= 1, "data.label_fraction must lie in (0, 1]"),
+        (optim.base_lr > 0 and optim.min_lr >= 0, "optim.base_lr must be > 0 and optim.min_lr >= 0"),
+        (len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas must be two numbers in [0, 1)"),
+        (0 < optim.layer_decay <= 1, "optim.layer_decay must lie in (0, 1]"),
+        (optim.warmup_epochs >= 0 and optim.accumulate >= 1, "optim.warmup_epochs must be >= 0, optim.accumulate >= 1"),
+        (optim.clip_grad is None or optim.clip_grad > 0, "optim.clip_grad must be > 0 or null"),
+        (train.epochs >= 1, "train.epochs must be >= 1"),
+        (optim.warmup_epochs < train.epochs, "optim.warmup_epochs must be fewer than train.epochs"),
+        (train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
+        (train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
+        (min(every) >= 1, "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
+        (0 <= infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
+        (infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),
+    ]
 
 
 def from_dict(values: dict[str, dict[str, Any]], source: str) -> Config:

@@ -57,6 +57,11 @@ class TaskSpec:
         return self.findings or tuple(self.regions) or self.labels
 
     @property
+    def scored_classes(self) -> dict[str, tuple[int, ...]]:
+        """What segmentation is scored on: each region, or each foreground label, as its set of label values."""
+        return dict(self.regions) or {name: (value,) for value, name in enumerate(self.labels) if value}
+
+    @property
     def lateral(self) -> bool:
         """Labels that name a side (``left_kidney``): flips along left-right and axial quarter turns, which
         would swap the sides without swapping the labels, are left out of training augmentation."""

@@ -18,17 +18,17 @@ import torch
 from PIL import Image as PILImage
 
 from medmae import resource_dir
+from medmae.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from medmae.cli import main
 from medmae.config import load_config
+from medmae.data.cases import Case
 from medmae.data.loaders import CaseDataset
-from medmae.data.manifests import Case
 from medmae.data.readers import read_image
 from medmae.data.synthetic import write_demo_dataset
-from medmae.engine.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
-from medmae.engine.common import with_roi
 from medmae.errors import DataError
 from medmae.models import create_model
 from medmae.tasks import load_task
+from medmae.training.session import with_roi
 
 TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
 TRAIN_CASE, TEST_CASE = "0002", "0006"  # dataset_0.json lists case 6 as validation: the datalist split's test part

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from medmae import resource_dir
+from medmae.checkpoint import CheckpointError, load_checkpoint, load_weights, model_checkpoint, save_checkpoint
 from medmae.config import load_config
-from medmae.engine.checkpoint import CheckpointError, load_checkpoint, load_weights, model_checkpoint, save_checkpoint
 from medmae.errors import UserError
 from medmae.models import create_model, unetr_from_pretrained
 from medmae.tasks import load_task
@@ -61,7 +61,7 @@ def test_unreadable_or_foreign_files_are_refused_by_name(tmp_path):
 
 
 def test_a_flipped_byte_is_caught_by_the_checksum_and_resume_falls_back(tmp_path, caplog):
-    from medmae.engine.run import RunFolder
+    from medmae.training.run_folder import RunFolder
 
     run = RunFolder(tmp_path, write=True)
     run.prepare(resume=False)
@@ -99,7 +99,7 @@ def test_a_flipped_byte_is_caught_by_the_checksum_and_resume_falls_back(tmp_path
 
 
 def test_stale_partial_writes_are_removed_when_a_run_resumes(tmp_path):
-    from medmae.engine.run import RunFolder
+    from medmae.training.run_folder import RunFolder
 
     run = RunFolder(tmp_path, write=True)
     run.prepare(resume=False)

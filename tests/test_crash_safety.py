@@ -20,7 +20,7 @@ import torch
 from conftest import run_torchrun
 
 from medmae import resource_dir
-from medmae.engine.checkpoint import load_checkpoint
+from medmae.checkpoint import load_checkpoint
 
 TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
 EPOCHS = 40  # 12 kills at the 1st to 3rd checkpoint passage use up at most 36 epochs
@@ -36,8 +36,8 @@ STAGES = {
 DRIVER = """
 import io, os, pathlib, signal, sys
 import torch
-import medmae.engine.checkpoint as checkpoint
-import medmae.engine.run as run
+import medmae.checkpoint as checkpoint
+import medmae.training.run_folder as run
 point, count, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 passes = [0]
 

@@ -20,21 +20,21 @@ import yaml
 from conftest import run_torchrun, shared
 
 from medmae import resource_dir
+from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
 from medmae.config import load_config
+from medmae.data.cases import Case
 from medmae.data.loaders import ShardSampler
-from medmae.data.manifests import Case
-from medmae.engine import pretrain
-from medmae.engine.checkpoint import load_checkpoint
-from medmae.engine.common import RunRequest, with_roi
-from medmae.engine.finetune import build_finetune_model, label_subset
-from medmae.engine.inference import to_label_map
-from medmae.engine.loop import autocast
-from medmae.engine.optim import learning_rate
-from medmae.engine.pretrain import mae_loss
+from medmae.devices import autocast
 from medmae.errors import UserError
+from medmae.inference.segment import to_label_map
 from medmae.models import create_model
 from medmae.tasks import load_task
+from medmae.training import pretrain
+from medmae.training.finetune import build_finetune_model, label_subset
+from medmae.training.optim import learning_rate
+from medmae.training.pretrain import mae_loss
+from medmae.training.session import RunRequest, with_roi
 
 TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
 
@@ -241,8 +241,8 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
 
 DDP_SCRIPT = """
 import os, sys, torch
-from medmae.engine import finetune, pretrain
-from medmae.engine.common import RunRequest
+from medmae.training import finetune, pretrain
+from medmae.training.session import RunRequest
 rank = int(os.environ.get("RANK", 0))
 output = sys.argv[2] if rank == 0 else sys.argv[3]  # rank 1 is pointed elsewhere: it must write nothing there
 run = dict(task="demo", data_root=sys.argv[1], config_file=sys.argv[4],

@@ -16,10 +16,11 @@ from conftest import shared
 
 from medmae import resource_dir
 from medmae.cli import main
-from medmae.data.fast import CachedCrops, CropSampler, check_fits, crop_seeds, disk_store, item_seeds, prefetched
-from medmae.data.loaders import CaseDataset, crop_seed, item_seed
+from medmae.data.crops import CachedCrops, CropSampler, check_fits, disk_store, prefetched
+from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
 from medmae.errors import UserError
+from medmae.seeds import crop_seed, crop_seeds, item_seed, item_seeds
 from medmae.tasks import load_task
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm_shim import import_timm
 
-from medmae.engine.checkpoint import CheckpointError
+from medmae.checkpoint import CheckpointError
 from medmae.models import ViTEncoder, WeightTransferError, classifier_from_pretrained, unetr_from_pretrained
 from medmae.models.imagenet import convert_vit_state, imagenet_payload, read_state_dict
 
@@ -260,8 +260,8 @@ def timm_layout(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_finetune_takes_imagenet_weights_from_the_command_line(tmp_path, demo_root, caplog):
     from medmae import resource_dir
+    from medmae.checkpoint import load_checkpoint
     from medmae.cli import main
-    from medmae.engine.checkpoint import load_checkpoint
 
     caplog.set_level(logging.INFO, logger="medmae")
     encoder = ViTEncoder(2, 224, 16, 3, 192, 12, 3, 768, cls_token=True, norm_eps=1e-6)
@@ -315,7 +315,7 @@ def test_finetune_takes_imagenet_weights_from_the_command_line(tmp_path, demo_ro
 
 
 def test_a_classifier_from_an_unregistered_vit_size_rebuilds_from_its_checkpoint_config(tmp_path):
-    from medmae.engine.checkpoint import model_checkpoint
+    from medmae.checkpoint import model_checkpoint
     from medmae.models import create_model
 
     small = ViTEncoder(2, 64, 16, 3, 384, 2, 6, 1536, cls_token=True, norm_eps=1e-6)  # a two-block ViT-S/16

@@ -14,7 +14,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import label_efficiency
 from conftest import shared
 
-from medmae.engine.checkpoint import load_checkpoint
+from medmae.checkpoint import load_checkpoint
 
 
 def test_results_are_the_mean_and_sample_std_over_seeds():

@@ -240,9 +240,7 @@ def test_the_mae_hides_what_its_strategy_draws(strategy, ratio):
 
     model = create_model("mae_vit_tiny_patch16_3d", img_size=(64, 64, 64), mask_strategy=strategy, mask_ratio=ratio)
     x = torch.randn(3, 1, 64, 64, 64)
-    from medmae.engine.pretrain import mask_noise
-
-    _, _, mask = model(x, noise=mask_noise([4, 5, 6], (4, 4, 4), torch.device("cpu"), strategy, ratio))
+    _, _, mask = model(x, seeds=torch.tensor([4, 5, 6]))
     drawn = torch.stack([torch.from_numpy(strategy_mask(strategy, (4, 4, 4), ratio, s)) for s in (4, 5, 6)])
     assert torch.equal(mask.bool(), drawn)
     _, _, unseeded = model(x)  # without noise the model draws its own masks of the same strategy
@@ -250,7 +248,7 @@ def test_the_mae_hides_what_its_strategy_draws(strategy, ratio):
 
 
 def test_the_config_records_target_strategy_and_encoder_mode_and_rebuilds_them():
-    from medmae.engine.checkpoint import model_checkpoint
+    from medmae.checkpoint import model_checkpoint
 
     model = tiny_mae(norm_pix_loss=False, mask_strategy="block", encoder_mode="mask_tokens", mask_ratio=0.5)
     config = dict(model_checkpoint(model)["config"])

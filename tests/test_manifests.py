@@ -3,7 +3,8 @@ import json
 import pytest
 from conftest import shared
 
-from medmae.data.manifests import Case, carve, fold_split, load_split, read_datalist, stored_manifest
+from medmae.data.cases import Case
+from medmae.data.manifests import carve, fold_split, load_split, read_datalist, stored_manifest
 from medmae.errors import DataError, UserError
 from medmae.tasks import load_task
 

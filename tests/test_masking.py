@@ -11,10 +11,10 @@ from medmae.models.masking import (
     grid_ratios,
     masking_noise,
     random_masking,
-    seeded_noise,
     strategy_mask,
     visible_count,
 )
+from medmae.seeds import seeded_noise
 
 
 @pytest.mark.parametrize("n,ratio", [(36, 0.75), (216, 0.125), (196, 0.9), (10, 0.0)])

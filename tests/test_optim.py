@@ -7,9 +7,9 @@ import math
 import pytest
 
 from medmae.config import load_config
-from medmae.engine.loop import effective_batch, effective_lr
-from medmae.engine.optim import build_optimizer, layer_id, learning_rate, param_groups
 from medmae.models import create_model
+from medmae.training.loop import effective_batch, effective_lr
+from medmae.training.optim import build_optimizer, layer_id, learning_rate, param_groups
 
 
 def names_by(groups, key):

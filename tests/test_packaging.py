@@ -48,7 +48,7 @@ def test_a_regular_install_ships_the_resource_folders(tmp_path):
         "import medmae; print(medmae.__file__); "
         "print(*(medmae.resource_dir(k) / 'README.md' for k in medmae.RESOURCE_KINDS), sep='\\n'); "
         "from medmae.tasks import load_task, list_tasks; from medmae.data.manifests import stored_manifest; "
-        "import medmae.models, medmae.engine.pretrain, medmae.engine.finetune, medmae.engine.evaluate; "
+        "import medmae.models, medmae.training.pretrain, medmae.training.finetune, medmae.inference.evaluate, medmae.inference.predict; "
         "import medmae.evaluation.figures, medmae.data.transforms; from medmae.config import stage_file, load_config; "
         "print(load_task('btcv').path, len(list_tasks()), len(stored_manifest(load_task('btcv'))['cases'])); "
         "print(stage_file('pretrain', 'btcv'), stage_file('finetune', 'btcv'), load_config('pretrain', 'btcv').model.mask_ratio)"

@@ -10,9 +10,10 @@ import torch
 from monai.transforms import Compose
 from PIL import Image as PILImage
 
+from medmae.data.cases import Case
 from medmae.data.check import check_case
 from medmae.data.loaders import CaseDataset, case_dict
-from medmae.data.manifests import Case, fold_split, load_split
+from medmae.data.manifests import fold_split, load_split
 from medmae.data.transforms import build_transform, intensity_transforms
 from medmae.errors import DataError
 from medmae.tasks import load_task

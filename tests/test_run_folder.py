@@ -8,9 +8,9 @@ import types
 import pytest
 import torch
 
-from medmae.engine.checkpoint import move_checkpoint
-from medmae.engine.run import RunFolder
+from medmae.checkpoint import move_checkpoint
 from medmae.errors import UserError
+from medmae.training.run_folder import RunFolder
 
 
 def payload(epoch: int) -> dict:

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from medmae import resource_dir
-from medmae.engine import finetune, pretrain
-from medmae.engine.checkpoint import load_checkpoint
-from medmae.engine.common import RunRequest
+from medmae.checkpoint import load_checkpoint
 from medmae.models import create_model
 from medmae.models.encoder import TransformerBlock, set_activation_checkpointing
+from medmae.training import finetune, pretrain
+from medmae.training.session import RunRequest
 
 TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
 

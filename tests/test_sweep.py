@@ -7,8 +7,8 @@ import pytest
 
 from medmae import resource_dir
 from medmae.cli import main
-from medmae.engine.sweep import Param, folder_name, parse_param, stage_overrides
 from medmae.errors import UserError
+from medmae.training.sweep import Param, folder_name, parse_param, stage_overrides
 
 TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
 

@@ -3,7 +3,7 @@ import torch
 from monai.networks.nets import UNETR
 from torch import nn
 
-from medmae.engine.checkpoint import model_checkpoint
+from medmae.checkpoint import model_checkpoint
 from medmae.models import (
     EncoderUNETR,
     ViTClassifier,

@@ -4,14 +4,14 @@ import pytest
 import torch
 from torch import nn
 
+from medmae.checkpoint import model_checkpoint, save_checkpoint
 from medmae.config import load_config
-from medmae.engine.checkpoint import model_checkpoint, save_checkpoint
-from medmae.engine.common import with_roi
-from medmae.engine.finetune import build_finetune_model
-from medmae.engine.optim import build_optimizer
 from medmae.errors import UserError
 from medmae.models import create_model
 from medmae.tasks import load_task
+from medmae.training.finetune import build_finetune_model
+from medmae.training.optim import build_optimizer
+from medmae.training.session import with_roi
 
 
 def tiny_classifier(**kwargs) -> nn.Module:

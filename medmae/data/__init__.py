@@ -1,1 +1,2 @@
-"""Data: readers, manifests and splits, MONAI pipelines, checks, and the synthetic demo set."""
+"""Data: cases and splits, data roots, readers, manifests, MONAI pipelines, loaders, cached crops, checks,
+and the synthetic demo set."""

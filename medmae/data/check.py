@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from medmae.data.manifests import Case, Split
+from medmae.data.cases import Case, Split
 from medmae.data.readers import Image, integer_labels, read_image
 from medmae.errors import DataError
 from medmae.tasks import TaskSpec

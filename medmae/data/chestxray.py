@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from medmae.data.manifests import Case, Split, found_instead, layout_help
+from medmae.data.cases import Case, Split
+from medmae.data.layout import found_instead, layout_help
 from medmae.errors import DataError, UserError
 from medmae.tasks import TaskSpec
 

@@ -10,11 +10,11 @@ import torch
 from monai.data import list_data_collate
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medmae.config import MAX_CROPS
+from medmae.data.cases import Case
 from medmae.data.check import check_case
-from medmae.data.manifests import Case
 from medmae.data.transforms import IMAGE_ONLY, build_transform
 from medmae.errors import DataError, UserError
+from medmae.seeds import crop_seed, item_seed
 from medmae.tasks import TaskSpec
 
 log = logging.getLogger("medmae")
@@ -82,18 +82,6 @@ class CaseDataset(Dataset):
             raise DataError(
                 where, f"case {case.id}: {problem} (--set data.skip_bad_cases=true leaves such cases out)"
             ) from error
-
-
-def item_seed(seed: int, key: int, index: int) -> int:
-    """The seed of one item: a function of the run seed, the pass over the data and the case index only,
-    so an item's crops, flips and masks do not depend on the worker, the process or the batch it lands in."""
-    return ((seed * 1_000_003 + key) * 1_000_033 + index) % (2**31 - 1)
-
-
-def crop_seed(seed: int, crop: int) -> int:
-    """The seed of crop ``crop`` (< MAX_CROPS) of the item seeded ``seed``: its mask and, on the cached
-    path, its position and flips. Item seeds are consecutive within a pass, so crop seeds never meet."""
-    return (seed * MAX_CROPS + crop) % (2**31 - 1)
 
 
 class SeededItems(Dataset):

@@ -14,122 +14,20 @@ from train with the task's seeded rule; the test part is never used to pick a ch
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from medmae import resource_dir
+from medmae.data.cases import Case, Split, case_id
+from medmae.data.chestxray import chestxray_split
+from medmae.data.layout import DATALISTS, check_layout, found_instead, inside, layout_help, resolve_data_root
 from medmae.errors import DataError, UserError
 from medmae.tasks import TaskSpec
 
-FOLDS, FOLD_SEED = 5, 0
-DATALISTS = ("dataset_0.json", "dataset.json")
-ENV_DATA = "MEDMAE_DATA"
-
-
-@dataclass(frozen=True)
-class Case:
-    """One case: an image file, a label file (segmentation) or targets (classification, one 0/1 per finding)."""
-
-    id: str
-    image: Path
-    label: Path | None = None
-    targets: tuple[int, ...] | None = None
-    patient: str | None = None
-
-
-@dataclass
-class Split:
-    """Labelled train, validation and test parts, plus ``unlabelled`` images (entries without a label,
-    such as MSD ``imagesTs``), which only pretraining can use."""
-
-    name: str
-    source: str
-    train: list[Case]
-    validation: list[Case]
-    test: list[Case]
-    unlabelled: list[Case] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def parts(self) -> dict[str, list[Case]]:
-        return {"train": self.train, "validation": self.validation, "test": self.test, "unlabelled": self.unlabelled}
-
-    def all_cases(self) -> list[Case]:
-        """Every case of the split once, in order of id."""
-        return sorted({c.id: c for part in self.parts.values() for c in part}.values(), key=lambda c: c.id)
-
-    def note_overlaps(self) -> None:
-        """Add a note for every case that sits in two labelled parts."""
-        names = ("train", "validation", "test")
-        for k, first in enumerate(names):
-            for second in names[k + 1 :]:
-                shared = sorted({c.id for c in self.parts[first]} & {c.id for c in self.parts[second]})
-                if shared:
-                    self.notes.append(
-                        f"cases in both {first} and {second}: {', '.join(shared[:10])}"
-                        + (f" and {len(shared) - 10} more" if len(shared) > 10 else "")
-                    )
-
-
-def layout_help(task: TaskSpec) -> str:
-    return f"Download: {task.source_url}\nExpected layout:\n{task.source_tree}"
-
-
-def resolve_data_root(task: TaskSpec, data_root: str | Path | None) -> Path:
-    """``--data-root``, else ``$MEDMAE_DATA/<task>``; the folder must exist."""
-    if data_root is None:
-        if not os.environ.get(ENV_DATA):
-            raise UserError(
-                f"no data root for task {task.name}: pass --data-root DIR or set {ENV_DATA} "
-                f"(then ${ENV_DATA}/{task.name} is used).\n{layout_help(task)}"
-            )
-        data_root = Path(os.environ[ENV_DATA]) / task.name
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise DataError(root, f"no such data folder for task {task.name}.\n{layout_help(task)}")
-    return root
-
-
-def found_instead(root: Path, limit: int = 10) -> str:
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
-    shown = ", ".join(entries[:limit]) + (f", ... ({len(entries)} entries)" if len(entries) > limit else "")
-    return f"Found instead in {root}: {shown or 'nothing (the folder is empty)'}"
-
-
-def inside(root: Path, relative: Any, where: str) -> Path:
-    """``root / relative``, refusing absolute paths and ``..`` that leave the data root."""
-    if not isinstance(relative, str) or not relative:
-        raise DataError(where, f"expected a relative path string, got {relative!r}")
-    pure = PurePosixPath(relative.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts or re.match(r"^[A-Za-z]:", relative):
-        raise DataError(where, f"path {relative!r} must be relative to the data root and stay inside it")
-    return root.joinpath(*[part for part in pure.parts if part != "."])
-
-
-LAYOUT_MARKERS = {"btcv": ("imagesTr", *DATALISTS), "msd": ("dataset.json",)}
-
-
-def check_layout(task: TaskSpec, root: Path) -> None:
-    """Refuse a data root that does not look like the task's layout, saying what it expected and found."""
-    markers = LAYOUT_MARKERS.get(task.layout, ())
-    if markers and not any((root / marker).exists() for marker in markers):
-        raise DataError(
-            root,
-            f"does not look like the {task.name} data (none of {', '.join(markers)} here)."
-            f"\n{layout_help(task)}\n{found_instead(root)}",
-        )
-
-
-def case_id(image: Path) -> str:
-    name = image.name
-    for suffix in (".nii.gz", ".nii", ".png", ".nrrd", ".mha", ".dcm"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+FOLDS = 5
+FOLD_SEED = 0
 
 
 def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
@@ -199,8 +97,6 @@ def load_split(
     """The cases of ``task`` at ``data_root`` in the train, validation and test parts of ``split``."""
     root = resolve_data_root(task, data_root)
     if task.layout == "chestxray14":
-        from medmae.data.chestxray import chestxray_split
-
         if manifest is not None:
             raise UserError(
                 f"--manifest is not used by task {task.name}: its cases come from the official list "

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 BRATS_PENALTY_MM = 373.13
@@ -67,6 +68,21 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> floa
     )
 
 
+def dice(tp: ArrayLike, n_pred: ArrayLike, n_ref: ArrayLike) -> np.ndarray:
+    """DSC ``2 TP / (|pred| + |ref|)`` from counts (scalars, or arrays such as one count per class), in
+    float64; NaN where both masks are empty, 0 where one is. Validation and scoring both call this."""
+    total = np.asarray(n_pred, dtype=np.float64) + np.asarray(n_ref, dtype=np.float64)
+    return np.where(total > 0, 2 * np.asarray(tp, dtype=np.float64) / np.maximum(total, 1), np.nan)
+
+
+def dice_per_class(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``[F, *S]`` boolean masks, one per scored class -> DSC ``[F]`` (:func:`dice` of their counts)."""
+    axes = tuple(range(1, pred.ndim))
+    return dice(
+        np.count_nonzero(pred & ref, axis=axes), np.count_nonzero(pred, axis=axes), np.count_nonzero(ref, axis=axes)
+    )
+
+
 def score_masks(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], penalty_mm: float | None = None
 ) -> MaskScore:
@@ -78,26 +94,21 @@ def score_masks(
     """
     if pred.shape != ref.shape or len(spacing) != pred.ndim:
         raise ValueError(f"prediction {pred.shape}, reference {ref.shape} and spacing {tuple(spacing)} do not match")
-    pred, ref = pred.astype(bool), ref.astype(bool)
+    pred = pred.astype(bool)
+    ref = ref.astype(bool)
     tp = int(np.count_nonzero(pred & ref))
-    n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
-    fp, fn = n_pred - tp, n_ref - tp
+    n_pred = int(np.count_nonzero(pred))
+    n_ref = int(np.count_nonzero(ref))
+    counts = {"tp": tp, "fp": n_pred - tp, "fn": n_ref - tp, "n_ref": n_ref, "n_pred": n_pred}
+    dsc = float(dice(tp, n_pred, n_ref))
     if n_pred == 0 and n_ref == 0:
-        return MaskScore(float("nan"), float("nan"), tp, fp, fn, n_ref, n_pred, "both", False)
+        return MaskScore(dsc, float("nan"), **counts, empty="both", hd95_penalised=False)
     if n_pred == 0 or n_ref == 0:
         penalised = penalty_mm is not None
-        return MaskScore(
-            0.0,
-            float(penalty_mm) if penalised else float("nan"),
-            tp,
-            fp,
-            fn,
-            n_ref,
-            n_pred,
-            "prediction" if n_pred == 0 else "reference",
-            penalised,
-        )
-    return MaskScore(2 * tp / (2 * tp + fp + fn), hd95_mm(pred, ref, spacing), tp, fp, fn, n_ref, n_pred, "", False)
+        hd95 = float(penalty_mm) if penalised else float("nan")
+        empty = "prediction" if n_pred == 0 else "reference"
+        return MaskScore(dsc, hd95, **counts, empty=empty, hd95_penalised=penalised)
+    return MaskScore(dsc, hd95_mm(pred, ref, spacing), **counts, empty="", hd95_penalised=False)
 
 
 def class_masks(label: np.ndarray, classes: dict[str, Sequence[int]]) -> dict[str, np.ndarray]:

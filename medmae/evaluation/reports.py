@@ -37,11 +37,6 @@ def empty_rule(penalty_mm: float | None) -> str:
     )
 
 
-def segmentation_classes(task: TaskSpec) -> dict[str, tuple[int, ...]]:
-    """Scored classes: the task's regions, or each foreground label."""
-    return dict(task.regions) or {name: (value,) for value, name in enumerate(task.labels) if value}
-
-
 def per_case_row(case_id: str, class_name: str, score: MaskScore, spacing: Sequence[float]) -> dict:
     return {
         "case_id": case_id,
@@ -63,7 +58,7 @@ def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
     """Per class: mean, std (ddof 1), median and undefined count of DSC and HD95 over cases; then the
     foreground mean (the mean of the class means) and the task's named groups (BTCV's 8-organ mean)."""
     rows = []
-    for name in segmentation_classes(task):
+    for name in task.scored_classes:
         part = per_case[per_case["class"] == name]
         row = {"class": name, "cases": len(part)}
         for metric in ("dsc", "hd95_mm"):

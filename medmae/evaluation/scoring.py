@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from medmae.data.cases import case_id
 from medmae.data.check import AFFINE_TOLERANCE_MM
-from medmae.data.manifests import case_id
 from medmae.data.readers import integer_labels, read_image
 from medmae.errors import DataError, UserError
 from medmae.evaluation.figures import save_case_sheet, to_ras
 from medmae.evaluation.metrics import class_masks, score_masks
-from medmae.evaluation.reports import empty_rule, per_case_row, segmentation_classes, summarise, write_csv
+from medmae.evaluation.reports import empty_rule, per_case_row, summarise, write_csv
 from medmae.tasks import TaskSpec
 
 
@@ -143,7 +143,7 @@ def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penal
             raise DataError(
                 image.path, f"case {case}: label values {outside} outside the task's {list(task.label_values)}"
             )
-    classes = segmentation_classes(task)
+    classes = task.scored_classes
     pred_masks, ref_masks = class_masks(pred_labels, classes), class_masks(ref_labels, classes)
     return [
         per_case_row(case, name, score_masks(pred_masks[name], ref_masks[name], ref.spacing, penalty_mm), ref.spacing)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import nn
 
+from medmae.config import Pool, Tuning
 from medmae.models.encoder import ViTEncoder
 
-POOLING = ("avg", "cls")
-TUNING = ("full", "linear", "partial")
+POOLING = typing.get_args(Pool)
+TUNING = typing.get_args(Tuning)
 
 
 class ViTClassifier(nn.Module):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from medmae.engine.checkpoint import CheckpointError, _unreadable, verify_checksum
+from medmae.checkpoint import CheckpointError, unreadable_reason, verify_checksum
 from medmae.models.weights import PATCH_KEY, POS_KEY, WeightTransferError
 
 NESTED = ("model", "state_dict", "module")  # where training scripts keep the weights inside a checkpoint
@@ -188,7 +188,7 @@ def _load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for damaged or unsafe files
-        why = _unreadable(error)
+        why = unreadable_reason(error)
         if why.startswith("refused"):
             why = why.rsplit(". ", 1)[0] + (
                 ". Save the weights alone (torch.save(model.state_dict(), FILE)) or use the .safetensors file"

@@ -227,11 +227,17 @@ class MaskedAutoencoder(nn.Module):
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden);
-        ``noise`` ``[B, N]`` optionally decides the masks. The input is cut into patches once, for both the
-        encoder and the target."""
+        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden).
+
+        The masks are drawn at random, or decided by ``noise`` ``[B, N]``, or by ``seeds`` ``[B]`` (ints):
+        each sample's mask of this model's strategy and ratio is then a function of its seed alone
+        (:func:`masking_noise`), whatever batch or process it lands in. The input is cut into patches
+        once, for both the encoder and the target."""
         self._check_size(x)
+        if seeds is not None:
+            noise = masking_noise(self.mask_strategy, seeds.to(x.device), self.encoder.grid, self.mask_ratio)
         patches = patchify(x, self.patch_size)
         latent, mask, ids_restore = self._encode(patches, mask_ratio, generator, noise)
         pred = self.forward_decoder(latent, ids_restore)

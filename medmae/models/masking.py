@@ -8,12 +8,16 @@ gather (:func:`random_masking`) serves all three.
 from __future__ import annotations
 
 import math
+import typing
 
 import numpy as np
 import torch
 
-STRATEGIES = ("random", "block", "grid")
-ENCODER_MODES = ("skip", "mask_tokens")  # the MAE encoder sees visible patches only, or mask tokens too
+from medmae.config import EncoderMode, MaskStrategy
+from medmae.seeds import seeded_noise
+
+STRATEGIES = typing.get_args(MaskStrategy)
+ENCODER_MODES = typing.get_args(EncoderMode)
 RATIO_SLACK = 1e-6  # int(N * (1 - ratio)) allows this much floating-point round-off
 GRID_TOLERANCE = 5e-4  # a grid ratio may be given to 3 decimals: 0.889 for 1 - 1/9
 BLOCK_MIN_PATCHES = 16  # BEiT's smallest block
@@ -164,34 +168,3 @@ def random_masking(
     mask[:, :keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return kept, mask, ids_restore
-
-
-_GOLDEN, _MIX1, _MIX2 = (c - (1 << 64) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
-
-
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
-    return (x >> bits) & ((1 << (64 - bits)) - 1)
-
-
-STREAM_BITS = 48  # counters of different streams never meet while seed * count < 2^48
-
-
-def seeded_noise(seeds: torch.Tensor, tokens: int, stream: int = 0) -> torch.Tensor:
-    """Uniform noise in ``[0, 1)`` that is a pure function of (stream, seed, token): ``seeds`` ``[B]``
-    (ints in ``[0, 2^31)``) -> ``[B, tokens]`` float64, on ``seeds.device``.
-
-    SplitMix64 (Steele et al., 2014) of the counter ``stream * 2^48 + seed * tokens + token``, in int64
-    arithmetic that wraps the same way on CPU and GPU: no generator objects, no host work per sample, so
-    a batch's masks (stream 0) and crops (stream 1) are drawn where the batch lives without a host-device
-    round trip, and each sample's draws depend on its seed only.
-    """
-    if not 0 < tokens < 2**17 or not 0 <= stream < 2**15:
-        raise ValueError(f"tokens={tokens} must lie in [1, 2^17) and stream={stream} in [0, 2^15)")
-    seeds = seeds.to(torch.int64).remainder(2**31)  # keeps the streams apart whatever the caller passes
-    counters = (seeds[:, None] * tokens + torch.arange(tokens, device=seeds.device)) + (stream << STREAM_BITS)
-    z = (counters + 1) * _GOLDEN
-    z = (z ^ _shift_right(z, 30)) * _MIX1
-    z = (z ^ _shift_right(z, 27)) * _MIX2
-    z = z ^ _shift_right(z, 31)
-    return _shift_right(z, 11).to(torch.float64) * 2.0**-53

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import inspect
 import re
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from medmae.checkpoint import CheckpointError, load_weights
 from medmae.models.classifier import ViTClassifier
 from medmae.models.encoder import ViTEncoder
 from medmae.models.mae import MaskedAutoencoder
@@ -25,16 +27,17 @@ from medmae.models.unet import BaselineUNet
 from medmae.models.unetr import EncoderUNETR
 
 ENCODERS = {
-    "base": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
-    "tiny": dict(width=48, depth=12, num_heads=3, mlp_dim=192),
+    "base": {"width": 768, "depth": 12, "num_heads": 12, "mlp_dim": 3072},
+    "tiny": {"width": 48, "depth": 12, "num_heads": 3, "mlp_dim": 192},
 }
 DECODERS = {
-    ("base", 3): dict(decoder_width=384, decoder_depth=8, decoder_heads=12),
-    ("base", 2): dict(decoder_width=512, decoder_depth=8, decoder_heads=16),
-    ("tiny", 3): dict(decoder_width=48, decoder_depth=2, decoder_heads=3),
-    ("tiny", 2): dict(decoder_width=48, decoder_depth=2, decoder_heads=3),
+    ("base", 3): {"decoder_width": 384, "decoder_depth": 8, "decoder_heads": 12},
+    ("base", 2): {"decoder_width": 512, "decoder_depth": 8, "decoder_heads": 16},
+    ("tiny", 3): {"decoder_width": 48, "decoder_depth": 2, "decoder_heads": 3},
+    ("tiny", 2): {"decoder_width": 48, "decoder_depth": 2, "decoder_heads": 3},
 }
 DEFAULT_IMG_SIZE = {2: 224, 3: 96}
+PATCH_SIZE = 16  # every registered ViT's patch size (the ``patch16`` of its name)
 HEADS = {"unetr": EncoderUNETR, "cls": ViTClassifier}
 
 
@@ -99,7 +102,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         model.config["name"] = name
         return model
     kind, size, dims = _parse(name, kwargs)
-    defaults = dict(ENCODERS.get(size, {}), spatial_dims=dims, img_size=DEFAULT_IMG_SIZE[dims], patch_size=16)
+    defaults = dict(ENCODERS.get(size, {}), spatial_dims=dims, img_size=DEFAULT_IMG_SIZE[dims], patch_size=PATCH_SIZE)
     if kind == "mae":
         _check_known(name, kwargs, MaskedAutoencoder)
         model = MaskedAutoencoder(**{**defaults, **DECODERS.get((size, dims), {}), **kwargs})
@@ -110,4 +113,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         encoder = ViTEncoder(**{**defaults, "trainable_pos_embed": True, **kwargs})
         model = head(encoder, **head_args)
     model.config["name"] = name
+    return model
+
+
+def rebuild_model(payload: dict[str, Any], source: str | Path, **overrides: Any) -> nn.Module:
+    """The model a checkpoint payload describes (its registry ``config``) holding the payload's weights.
+    ``overrides`` set what the weights do not fix, such as ``drop_path_rate``; a config that names no
+    model medmae can build, or weights that do not fit it, raise :class:`CheckpointError` naming ``source``."""
+    config = dict(payload["config"])
+    try:
+        model = create_model(config.pop("name", None), **config, **overrides)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{source}: describes no model medmae can build ({error})") from error
+    load_weights(model, payload["state_dict"], source)
     return model

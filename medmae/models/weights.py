@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from medmae.engine.checkpoint import load_checkpoint
+from medmae.checkpoint import load_checkpoint
 from medmae.errors import UserError
 from medmae.models.classifier import ViTClassifier
 from medmae.models.encoder import ViTEncoder

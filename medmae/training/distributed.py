@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from medmae.errors import UserError
+from medmae.devices import pick_device
 
 
 @dataclass(frozen=True)
@@ -24,16 +24,6 @@ class Context:
     def is_main(self) -> bool:
         """Only the main process (rank 0) writes files and shows progress bars."""
         return self.rank == 0
-
-
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto``: the local GPU when there is one, else the CPU."""
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("train.device=cuda, but torch sees no GPU")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def setup(device_choice: str, timeout_min: float = 60.0) -> Context:

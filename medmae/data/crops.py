@@ -27,11 +27,10 @@ import torch
 from tqdm import tqdm
 
 import medmae
-from medmae.config import MAX_CROPS
-from medmae.data.loaders import CaseDataset, ShardSampler, item_seed
+from medmae.data.loaders import CaseDataset, ShardSampler
 from medmae.errors import UserError
 from medmae.files import write_text
-from medmae.models.masking import seeded_noise
+from medmae.seeds import crop_seeds, item_seeds, seeded_noise
 
 
 class CropSampler:
@@ -217,17 +216,6 @@ def check_fits(volumes: Sequence[torch.Tensor], device: torch.device, share: flo
             f"half of its {free / 2**30:.1f} GiB free: set data.cache_dir=FOLDER to memory-map them from "
             "disk, or data.sampler=monai"
         )
-
-
-def item_seeds(seed: int, key: int, indices: torch.Tensor) -> torch.Tensor:
-    """:func:`item_seed` of each of ``indices`` ``[N]`` (int64) -> ``[N]``."""
-    return (item_seed(seed, key, 0) + indices) % (2**31 - 1)
-
-
-def crop_seeds(seeds: torch.Tensor, copies: int) -> torch.Tensor:
-    """:func:`crop_seed` of crops ``0 .. copies - 1`` of each item seed ``[N]`` -> ``[N x copies]``, item-major."""
-    crops = torch.arange(copies, dtype=torch.int64)
-    return ((seeds[:, None] * MAX_CROPS + crops) % (2**31 - 1)).flatten()
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

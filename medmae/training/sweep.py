@@ -22,14 +22,16 @@ import pandas as pd
 import yaml
 
 from medmae.config import STAGES, known_keys, load_config, parse_override
-from medmae.engine import finetune, pretrain
-from medmae.engine.common import RunRequest
-from medmae.engine.evaluate import evaluate
 from medmae.errors import UserError
 from medmae.evaluation.figures import save_sweep_figure
 from medmae.files import write_text
+from medmae.inference.evaluate import evaluate
 from medmae.models.masking import visible_count
+from medmae.models.patchify import grid_size
+from medmae.models.registry import PATCH_SIZE
 from medmae.tasks import TaskSpec, load_task
+from medmae.training import finetune, pretrain
+from medmae.training.session import RunRequest, with_roi
 
 log = logging.getLogger("medmae")
 
@@ -160,9 +162,9 @@ def check_point(
         for stage in STAGES
     }
     model = cfg["pretrain"].model
-    roi = model.img_size or task.roi
+    roi = with_roi(task, model.img_size).roi
     try:
-        visible_count(model.mask_strategy, tuple(s // pretrain.PATCH for s in roi), model.mask_ratio)
+        visible_count(model.mask_strategy, grid_size(roi, [PATCH_SIZE] * len(roi)), model.mask_ratio)
     except ValueError as error:
         raise UserError(f"sweep point {point}: {error}") from error
     if cfg["finetune"].model.tuning != "full" and not task.is_classification:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
@@ -13,30 +12,8 @@ from monai.transforms import Compose, Invertd
 from torch import nn
 
 from medmae.config import InferConfig
-from medmae.engine.checkpoint import CheckpointError, load_checkpoint, load_weights, require
-from medmae.engine.loop import autocast
-from medmae.models import create_model
-from medmae.tasks import TaskSpec, task_from_record
-
-
-def model_from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any], TaskSpec]:
-    """The fine-tuned model (eval mode, CPU), the checkpoint payload and the task it was trained on."""
-    payload = load_checkpoint(path)
-    if payload.get("stage") != "finetune":
-        raise CheckpointError(
-            f"{path}: a {payload.get('stage', 'foreign')} checkpoint; evaluate and predict need "
-            "one from medmae finetune (checkpoints/best.pt)"
-        )
-    require(
-        payload, ("task", "run_config"), path, "evaluate and predict need the task and run config it was trained with"
-    )
-    config = dict(payload["config"])
-    try:
-        model = create_model(config.pop("name", None), **config)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path}: describes no model medmae can build ({error})") from error
-    load_weights(model, payload["state_dict"], path)
-    return model.eval(), payload, task_from_record(payload["task"], str(path))
+from medmae.devices import autocast
+from medmae.tasks import TaskSpec
 
 
 def output_probabilities(task: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
@@ -73,27 +50,19 @@ def to_label_map(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def predicted_regions(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
+def predicted_masks(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
     """``[K, *S]`` probabilities -> ``[F, *S]`` booleans, one per scored class (regions or foreground labels)."""
     if task.regions:
         return probabilities > 0.5
     labels = probabilities.argmax(dim=0)
-    return torch.stack([labels == value for value in range(1, len(task.labels))])
+    return torch.stack([labels == value for (value,) in task.scored_classes.values()])
 
 
-def reference_regions(task: TaskSpec, label: torch.Tensor) -> torch.Tensor:
+def reference_masks(task: TaskSpec, label: torch.Tensor) -> torch.Tensor:
     """The training target (``[R, *S]`` regions or ``[1, *S]`` labels) -> ``[F, *S]`` booleans."""
     if task.regions:
         return label > 0.5
-    return torch.stack([label[0] == value for value in range(1, len(task.labels))])
-
-
-def dice_counts(pred: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
-    """``[F, *S]`` booleans -> per-class DSC ``[F]`` (NaN where both are empty)."""
-    dims = tuple(range(1, pred.ndim))
-    tp = (pred & ref).sum(dims).double()
-    total = pred.sum(dims).double() + ref.sum(dims).double()
-    return torch.where(total > 0, 2 * tp / total.clamp(min=1), torch.full_like(total, float("nan"))).numpy()
+    return torch.stack([label[0] == value for (value,) in task.scored_classes.values()])
 
 
 def to_original_grid(transform: Compose, item: dict[str, Any], probabilities: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,8 @@
-"""``medmae evaluate`` (inference on a split's test or validation part, then the scoring of ``medmae
-score`` on the original grid) and ``medmae predict`` (any files, predictions beside nothing of the input)."""
+"""Predictions of a fine-tuned checkpoint for any files (``medmae predict``): label maps on each input's own
+grid for 3D tasks, probabilities per finding for 2D classification; nothing is written beside the input."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -14,22 +13,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from medmae.checkpoint import CheckpointError, load_checkpoint, require
 from medmae.config import from_dict
+from medmae.data.cases import Case, case_id
 from medmae.data.check import read_errors
 from medmae.data.loaders import CaseDataset
-from medmae.data.manifests import Case, case_id, load_split
 from medmae.data.readers import read_image
-from medmae.engine.distributed import pick_device
-from medmae.engine.finetune import classify
-from medmae.engine.inference import model_from_checkpoint, segment, to_label_map, to_original_grid
+from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
-from medmae.evaluation.reports import write_classification_report, write_csv
-from medmae.evaluation.scoring import check_pairs, refuse, write_report
+from medmae.evaluation.reports import write_csv
 from medmae.files import removed_on_error, write_nifti
-from medmae.tasks import TaskSpec, load_task
+from medmae.inference.classify import classify
+from medmae.inference.segment import segment, to_label_map, to_original_grid
+from medmae.models.registry import rebuild_model
+from medmae.tasks import TaskSpec, task_from_record
 
-log = logging.getLogger("medmae")
-PARTS = {"test": "test", "val": "validation"}
 IMAGE_SUFFIXES = {2: (".png", ".dcm"), 3: (".nii", ".nii.gz")}
 
 
@@ -62,47 +60,20 @@ def predict_volumes(
     return written
 
 
-def _load(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Module, dict, TaskSpec, torch.device]:
-    model, payload, task = model_from_checkpoint(checkpoint)
-    device = pick_device(device_choice)
-    return model.to(device), payload, task, device
-
-
-def evaluate(
-    checkpoint: str,
-    task_name: str,
-    data_root: str | None,
-    manifest: str | None,
-    split_name: str | None,
-    part: str,
-    output_dir: str | None,
-    progress: bool = True,
-) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
-    """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
-    AUC for classification), the notes and the files written."""
-    model, payload, task, device = _load(checkpoint)
-    if load_task(task_name).name != task.name:
-        raise UserError(f"{checkpoint}: trained on task {task.name}, not {task_name}")
-    cases = getattr(load_split(task, data_root, manifest, split_name), PARTS[part])
-    if not cases:
-        raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
-    output = Path(output_dir or Path(checkpoint).resolve().parent.parent / f"evaluate_{part}")
-    with removed_on_error(output):
-        if task.is_classification:
-            cfg = from_dict(payload["run_config"], checkpoint)
-            loader = DataLoader(CaseDataset(task, cases, "validation"), batch_size=cfg.data.batch_size)
-            probabilities, targets, ids = classify(model, loader, task, cfg.train.precision, device)
-            table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
-            note = f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"
-            return mean, [note], [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"]
-        predictions = predict_volumes(
-            model, task, payload["run_config"], cases, output / "predictions", device, progress
+def load_finetuned(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Module, dict, TaskSpec, torch.device]:
+    """The fine-tuned model of ``checkpoint`` (eval mode, on the chosen device), its payload, the task it
+    was trained on and the device."""
+    payload = load_checkpoint(checkpoint)
+    if payload.get("stage") != "finetune":
+        raise CheckpointError(
+            f"{checkpoint}: a {payload.get('stage', 'foreign')} checkpoint; evaluate and predict need "
+            "one from medmae finetune (checkpoints/best.pt)"
         )
-        pairs = {case.id: (predictions[case.id], case.label) for case in cases}
-        images = {case.id: case.image for case in cases}
-        refuse(task, check_pairs(task, pairs, images))
-        notes = [f"task {task.name}: {len(pairs)} cases of the {PARTS[part]} part, checkpoint {checkpoint}"]
-        return write_report(task, pairs, images, output, progress=progress, notes=notes)
+    why = "evaluate and predict need the task and run config it was trained with"
+    require(payload, ("task", "run_config"), checkpoint, why)
+    device = pick_device(device_choice)
+    model = rebuild_model(payload, checkpoint).eval().to(device)
+    return model, payload, task_from_record(payload["task"], str(checkpoint)), device
 
 
 def input_files(source: Path, task: TaskSpec) -> list[Path]:
@@ -125,7 +96,7 @@ def predict(
     ``probabilities.csv`` for 2D classification. Every input is read and checked before anything is written;
     the output folder may lie inside the input folder only with ``inside_input``, and an input file is
     never overwritten. A failure leaves nothing new in the output folder."""
-    model, payload, task, device = _load(checkpoint)
+    model, payload, task, device = load_finetuned(checkpoint)
     source_path, output = Path(source).resolve(), Path(output_dir).resolve()
     files = input_files(source_path, task)
     folder = source_path if source_path.is_dir() else source_path.parent

@@ -1,9 +1,12 @@
-"""What every training run does first: resolve the config, the task and its split, join the processes,
-prepare the run folder and find the checkpoint to resume from."""
+"""What every training run does first and last: resolve the config, the task and its split, join the
+processes, prepare the run folder and find the checkpoint to resume from (:func:`start`); then clean up
+whatever way the run ends (:func:`running`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -11,11 +14,13 @@ from typing import Any
 import torch
 
 from medmae.config import Config, flatten, from_dict, load_config, save_config
-from medmae.data.manifests import Split, load_split
-from medmae.engine.distributed import Context, barrier, setup
-from medmae.engine.run import RunFolder
+from medmae.data.cases import Split
+from medmae.data.manifests import load_split
 from medmae.errors import UserError
+from medmae.models.registry import PATCH_SIZE
 from medmae.tasks import TaskSpec, load_task
+from medmae.training.distributed import Context, barrier, setup, teardown
+from medmae.training.run_folder import RunFolder
 
 log = logging.getLogger("medmae")
 CHANGEABLE_ON_RESUME = ("train.dist_timeout_min",)  # keys a resumed run may change: no effect on its results
@@ -89,6 +94,21 @@ def start(stage: str, request: RunRequest) -> Setup:
     return Setup(cfg, task, split, ctx, run, resume_from, split_record)
 
 
+@contextmanager
+def running(s: Setup) -> Iterator[Setup]:
+    """The body of a run started by :func:`start`: a failure before the first checkpoint removes what the
+    run added to its folder (so the same command works once the cause is fixed); however the run ends,
+    its TensorBoard writer is closed and the process group left."""
+    try:
+        yield s
+    except BaseException:
+        s.run.discard_if_unsaved()
+        raise
+    finally:
+        s.run.close()
+        teardown()
+
+
 def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config:
     cfg = load_config(stage, task.name, request.config_file, request.overrides)
     if request.label_fraction is not None:
@@ -117,6 +137,8 @@ def with_roi(task: TaskSpec, img_size: list[int] | None) -> TaskSpec:
     """The task with ``model.img_size`` as its crop size (the ROI), when the config sets one."""
     if img_size is None:
         return task
-    if len(img_size) != task.spatial_dims or any(s < 16 or s % 16 for s in img_size):
-        raise UserError(f"model.img_size {img_size}: task {task.name} needs {task.spatial_dims} multiples of 16")
+    if len(img_size) != task.spatial_dims or any(s < PATCH_SIZE or s % PATCH_SIZE for s in img_size):
+        raise UserError(
+            f"model.img_size {img_size}: task {task.name} needs {task.spatial_dims} multiples of {PATCH_SIZE}"
+        )
     return replace(task, roi=tuple(img_size), record={**task.record, "roi": list(img_size)})

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from medmae.engine.checkpoint import CheckpointError, load_checkpoint, move_checkpoint, require, save_checkpoint
+from medmae.checkpoint import CheckpointError, load_checkpoint, move_checkpoint, require, save_checkpoint
 from medmae.errors import UserError
 from medmae.evaluation.reports import write_csv
 from medmae.files import remove_added, snapshot

@@ -101,7 +101,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: {_unreadable(error)}") from error
+        raise CheckpointError(f"{path}: {unreadable_reason(error)}") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medmae checkpoint (no format tag {FORMAT!r})")
     state, config = payload.get("state_dict"), payload.get("config")
@@ -122,7 +122,7 @@ def require(payload: dict[str, Any], keys: tuple[str, ...], path: str | Path, wh
     return payload
 
 
-def _unreadable(error: Exception) -> str:
+def unreadable_reason(error: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file: code in its pickle, or damage."""
     if isinstance(error, pickle.UnpicklingError) and "weights only" in str(error).lower():
         culprit = re.search(r"GLOBAL (\S+)", str(error))

@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from pathlib import Path
 
-from medmae.data.synthetic import write_demo_dataset
-from medmae.engine import finetune, pretrain
-from medmae.engine.common import RunRequest
-from medmae.engine.evaluate import evaluate
 from medmae.errors import UserError
 
 log = logging.getLogger("medmae")
-DEMO_CASES, DEMO_TEST_CASES = 16, 4
+DEMO_CASES = 16
+DEMO_TEST_CASES = 4
 QUICK = {"pretrain": ["train.epochs=6", "train.figure_every=3"], "finetune": ["train.epochs=15", "train.val_every=5"]}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="the whole workflow on generated data: pretrain, fine-tune, evaluate",
+        epilog="example: medmae demo --output-dir medmae_demo",
+    )
+    parser.add_argument("--output-dir", default="medmae_demo", help="where everything goes (default: medmae_demo)")
+    parser.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes) that checks the workflow")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for line in run_demo(args.output_dir, quick=args.quick):
+        print(line)
+    return 0
 
 
 def run_demo(output_dir: str | Path, quick: bool = False) -> list[str]:
     """Generate the demo set, pretrain a tiny MAE, fine-tune a tiny UNETR from it, evaluate it on the test
     cases; returns the lines that say where everything is. ``quick`` trains for fewer epochs."""
+    from medmae.data.synthetic import write_demo_dataset
+    from medmae.inference.evaluate import evaluate
+    from medmae.training import finetune, pretrain
+    from medmae.training.session import RunRequest
+
     root = Path(output_dir)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root}: already exists and is not empty; remove it or pass another --output-dir")

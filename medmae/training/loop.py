@@ -17,32 +17,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import medmae
+from medmae.checkpoint import model_checkpoint
 from medmae.config import Config
-from medmae.engine.checkpoint import FORMAT
-from medmae.engine.distributed import Context, all_mean, barrier
-from medmae.engine.optim import learning_rate, set_learning_rate
-from medmae.engine.run import RunFolder, restore_rng, rng_state
+from medmae.devices import autocast, autocast_dtype
 from medmae.errors import UserError
 from medmae.models.encoder import set_activation_checkpointing
+from medmae.training.distributed import Context, all_mean, barrier
+from medmae.training.optim import learning_rate, set_learning_rate
+from medmae.training.run_folder import RunFolder, restore_rng, rng_state
 
 log = logging.getLogger("medmae")
 
 
 class NonFiniteLoss(UserError):
     """Training diverged; the message says where and what to change."""
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on GPU, none (fp32) on CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    dtype = autocast_dtype(precision, device)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 @dataclass
@@ -255,17 +243,14 @@ def payload(
 ) -> dict[str, Any]:
     """A self-describing checkpoint: model name and geometry, weights, task, resolved config, version,
     epoch and step, optimiser, scaler and RNG state."""
-    return {
-        "format": FORMAT,
-        "medmae_version": medmae.__version__,
-        "config": dict(model.config),
-        "state_dict": model.state_dict(),
-        "run_config": cfg.to_dict(),
-        "progress": vars(progress).copy(),
-        "epoch": progress.epoch,
-        "step": progress.step,
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "rng": rng_state(),
+    return model_checkpoint(
+        model,
+        run_config=cfg.to_dict(),
+        progress=vars(progress).copy(),
+        epoch=progress.epoch,
+        step=progress.step,
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict(),
+        rng=rng_state(),
         **job.describe,
-    }
+    )

@@ -14,20 +14,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from medmae.checkpoint import load_checkpoint
 from medmae.config import Config
+from medmae.data.cases import Case
 from medmae.data.loaders import CaseDataset, train_loader
-from medmae.data.manifests import Case
-from medmae.engine.checkpoint import CheckpointError, load_weights
-from medmae.engine.common import RunRequest, start
-from medmae.engine.distributed import Context, gather, teardown
-from medmae.engine.inference import dice_counts, output_probabilities, predicted_regions, reference_regions, segment
-from medmae.engine.loop import Job, autocast, effective_batch, effective_lr, fit, plain
-from medmae.engine.optim import build_optimizer
 from medmae.errors import UserError
 from medmae.evaluation.classification import macro_auc, per_finding_auc
+from medmae.evaluation.metrics import dice_per_class
+from medmae.inference.classify import classify
+from medmae.inference.segment import predicted_masks, reference_masks, segment
 from medmae.models import create_model
+from medmae.models.imagenet import imagenet_payload
+from medmae.models.registry import rebuild_model
 from medmae.models.weights import WeightTransferError, classifier_from_pretrained, encoder_source, unetr_from_pretrained
 from medmae.tasks import TaskSpec
+from medmae.training.distributed import Context, gather
+from medmae.training.loop import Job, effective_batch, effective_lr, fit, plain
+from medmae.training.optim import build_optimizer
+from medmae.training.session import RunRequest, Setup, running, start
 
 log = logging.getLogger("medmae")
 
@@ -97,9 +101,6 @@ def _pretrained_payload(path: str, task: TaskSpec) -> dict[str, Any]:
     """The pretrained checkpoint, with a warning where it was trained on other spacing or intensity; or,
     for ``imagenet:FILE``, a timm or torchvision ViT converted to medmae's encoder (see
     :mod:`medmae.models.imagenet`)."""
-    from medmae.engine.checkpoint import load_checkpoint
-    from medmae.models.imagenet import imagenet_payload
-
     if path.startswith(IMAGENET):
         payload, notes = imagenet_payload(path.removeprefix(IMAGENET), task.spatial_dims)
         for note in notes:
@@ -143,46 +144,21 @@ def validate_segmentation(
     for index in tqdm(shard, desc="validation", unit="case", leave=False, disable=not ctx.is_main or None):
         item = dataset[index]
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, ctx.device)
-        scores.append(
-            dice_counts(predicted_regions(task, probabilities), reference_regions(task, torch.as_tensor(item["label"])))
-        )
+        predicted = predicted_masks(task, probabilities).numpy()
+        scores.append(dice_per_class(predicted, reference_masks(task, torch.as_tensor(item["label"])).numpy()))
     model.train()
     table = np.array(gather(scores, ctx))
     per_class = {
         f"val_dsc_{name}": float(np.nanmean(table[:, k])) if not np.isnan(table[:, k]).all() else float("nan")
-        for k, name in enumerate(_scored(task))
+        for k, name in enumerate(task.scored_classes)
     }
     return {"val_mean_dsc": float(np.nanmean(list(per_class.values()))), **per_class}
 
 
-def _scored(task: TaskSpec) -> tuple[str, ...]:
-    return tuple(task.regions) or task.labels[1:]
-
-
-@torch.no_grad()
-def classify(
-    model: nn.Module, loader: DataLoader, task: TaskSpec, precision: str, device: torch.device
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Probabilities ``[N, F]``, targets ``[N, F]`` and image ids over ``loader``."""
-    model.eval()
-    probabilities, targets, ids = [], [], []
-    for batch in tqdm(loader, desc="classifying", unit="batch", leave=False, disable=None):
-        with autocast(precision, device):
-            logits = model(torch.as_tensor(batch["image"]).to(device))
-        probabilities.append(output_probabilities(task, logits.float()).cpu().numpy())
-        targets.append(np.asarray(batch["label"]))
-        ids += list(batch["case_id"])
-    model.train()
-    if not probabilities:  # an empty shard of a small validation part
-        return np.zeros((0, len(task.class_names))), np.zeros((0, len(task.class_names))), []
-    return np.concatenate(probabilities), np.concatenate(targets), ids
-
-
 def run(request: RunRequest) -> nn.Module:
     """Fine-tune on the task's labelled training cases; ``best.pt`` is picked on the validation part."""
-    s = start("finetune", request)
-    cfg, task, ctx, run_folder = s.cfg, s.task, s.ctx, s.run
-    try:
+    with running(start("finetune", request)) as s:
+        cfg, task, ctx = s.cfg, s.task, s.ctx
         cases = label_subset(s.split.train, cfg.data.label_fraction, cfg.data.label_seed)
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
         dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
@@ -190,44 +166,30 @@ def run(request: RunRequest) -> nn.Module:
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
         model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
         _set_tuning(model, cfg, task, ctx.world)
-        log.info(
-            "fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
-            "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
-            model.config["name"],
-            "from " + request.pretrained
-            if request.pretrained
-            else "resumed"
-            if s.resume_from is not None
-            else "from scratch",
-            len(dataset),
-            len(s.split.train),
-            task.name,
-            effective_batch(cfg, crops),
-            effective_lr(cfg, crops),
-            cfg.optim.base_lr,
-            effective_batch(cfg, crops),
-            cfg.optim.layer_decay,
-            ctx.world,
-            ctx.device,
-        )
-        optimizer = build_optimizer(
-            model,
-            effective_lr(cfg, crops),
-            cfg.optim.weight_decay,
-            cfg.optim.betas,
-            cfg.optim.layer_decay,
-            model.config.get("depth", 12),
-        )
+        _log_start(s, request, model, len(dataset), crops)
+        depth = model.config.get("depth", 12)
+        lr = effective_lr(cfg, crops)
+        optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, depth)
         pretrained = s.resume_from.get("pretrained") if s.resume_from is not None else request.pretrained
         job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
-        fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
+        fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
-    except BaseException:
-        run_folder.discard_if_unsaved()
-        raise
-    finally:
-        run_folder.close()
-        teardown()
+
+
+def _log_start(s: Setup, request: RunRequest, model: nn.Module, cases: int, crops: int) -> None:
+    """Say what is fine-tuned, from what, on how much, with which derived batch and learning rate."""
+    if request.pretrained:
+        origin = "from " + request.pretrained
+    else:
+        origin = "resumed" if s.resume_from is not None else "from scratch"
+    cfg = s.cfg
+    batch = effective_batch(cfg, crops)
+    log.info(
+        "fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
+        "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
+        *(model.config["name"], origin, cases, len(s.split.train), s.task.name, batch),
+        *(effective_lr(cfg, crops), cfg.optim.base_lr, batch, cfg.optim.layer_decay, s.ctx.world, s.ctx.device),
+    )
 
 
 def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pretrained: str | None) -> nn.Module:
@@ -235,14 +197,8 @@ def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pret
     built from ``pretrained`` or from scratch."""
     if resume_from is None:
         return build_finetune_model(cfg, task, pretrained)
-    config, source = dict(resume_from["config"]), resume_from["loaded_from"]
-    stochastic_depth = {"drop_path_rate": cfg.model.drop_path} if "depth" in config else {}  # ViT models only
-    try:
-        model = create_model(config.pop("name", None), **config, **stochastic_depth)
-    except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{source}: describes no model medmae can build ({error})") from error
-    load_weights(model, resume_from["state_dict"], source)
-    return model
+    stochastic_depth = {"drop_path_rate": cfg.model.drop_path} if "depth" in resume_from["config"] else {}  # ViTs
+    return rebuild_model(resume_from, resume_from["loaded_from"], **stochastic_depth)
 
 
 def _set_tuning(model: nn.Module, cfg: Config, task: TaskSpec, world: int = 1) -> None:
@@ -264,18 +220,14 @@ def _set_tuning(model: nn.Module, cfg: Config, task: TaskSpec, world: int = 1) -
         trained = model.set_tuning(cfg.model.tuning, cfg.model.tuning_blocks)
     except ValueError as error:
         raise UserError(f"model.tuning_blocks={cfg.model.tuning_blocks}: {error}") from error
+    groups = {
+        ".".join(name.split(".")[:3]) if name.startswith("encoder.blocks.") else name.split(".")[0] for name in trained
+    }
     log.info(
         "%s: training %d parameter tensors (%s), the rest frozen",
         cfg.model.tuning,
         len(trained),
-        ", ".join(
-            sorted(
-                {
-                    name.split(".")[0] if not name.startswith("encoder.blocks.") else ".".join(name.split(".")[:3])
-                    for name in trained
-                }
-            )
-        ),
+        ", ".join(sorted(groups)),
     )
 
 

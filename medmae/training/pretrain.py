@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from medmae.checkpoint import load_weights
 from medmae.config import Config
-from medmae.data.fast import CachedCrops
-from medmae.data.loaders import CaseDataset, item_seed, train_loader
-from medmae.engine.checkpoint import load_weights
-from medmae.engine.common import RunRequest, start
-from medmae.engine.distributed import Context, teardown
-from medmae.engine.loop import Job, effective_batch, effective_lr, fit, plain
-from medmae.engine.optim import build_optimizer
+from medmae.data.crops import CachedCrops
+from medmae.data.loaders import CaseDataset, train_loader
 from medmae.errors import UserError
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
-from medmae.models.masking import masking_noise
+from medmae.seeds import item_seed
 from medmae.tasks import TaskSpec
+from medmae.training.distributed import Context
+from medmae.training.loop import Job, effective_batch, effective_lr, fit, plain
+from medmae.training.optim import build_optimizer
+from medmae.training.session import RunRequest, Setup, running, start
 
 log = logging.getLogger("medmae")
 FIGURE_SAMPLES = 4
-PATCH = 16  # every registry model uses 16-voxel patches
 
 
 def build_mae(cfg: Config, task: TaskSpec) -> nn.Module:
@@ -51,25 +51,11 @@ def build_mae(cfg: Config, task: TaskSpec) -> nn.Module:
         raise UserError(f"task {task.name}, ROI {task.roi}: {error}") from error
 
 
-def mask_noise(
-    seeds: torch.Tensor | list[int] | range,
-    grid: tuple[int, ...],
-    device: torch.device,
-    strategy: str = "random",
-    mask_ratio: float = 0.75,
-) -> torch.Tensor:
-    """``[B, N]`` noise on ``device`` that decides the masks of ``strategy``, each row a function of its
-    sample's seed only (see ``SeededItems`` and :func:`masking_noise`)."""
-    return masking_noise(strategy, torch.as_tensor(seeds).to(device, non_blocking=True), grid, mask_ratio)
-
-
-def mae_loss(
-    model: nn.Module, batch: dict[str, Any], device: torch.device, strategy: str = "random", mask_ratio: float = 0.75
-) -> torch.Tensor:
-    """The MAE loss of one batch (``image`` ``[B, C, *S]``), masks from each sample's seed."""
+def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """The MAE loss of one batch (``image`` ``[B, C, *S]``), each sample's mask from its ``sample_seed``.
+    ``model`` is the MAE, or the MAE wrapped for DDP or compilation."""
     images = plain(batch["image"]).to(device, non_blocking=True)
-    grid = tuple(s // PATCH for s in images.shape[2:])
-    loss, _, _ = model(images, noise=mask_noise(batch["sample_seed"], grid, device, strategy, mask_ratio))
+    loss, _, _ = model(images, seeds=torch.as_tensor(batch["sample_seed"]).to(device, non_blocking=True))
     return loss
 
 
@@ -77,8 +63,7 @@ def mae_loss(
 def save_figure(model: nn.Module, images: torch.Tensor, path, title: str) -> float:
     """Hidden input, reconstruction and original of fixed samples with fixed masks; returns their loss."""
     model.eval()
-    noise = mask_noise(range(len(images)), model.encoder.grid, images.device, model.mask_strategy, model.mask_ratio)
-    loss, pred, mask = model(images, noise=noise)
+    loss, pred, mask = model(images, seeds=torch.arange(len(images), device=images.device))
     shown = model.reconstruct(images, pred, mask)
     save_reconstruction_figure(
         path, images, {"masked input": shown["masked"], "reconstruction": shown["composite"]}, title=title
@@ -89,11 +74,10 @@ def save_figure(model: nn.Module, images: torch.Tensor, path, title: str) -> flo
 
 def run(request: RunRequest) -> nn.Module:
     """Pretrain an MAE on the task's images (train, validation and unlabelled parts; never the test part)."""
-    s = start("pretrain", request)
-    cfg, task, ctx, run_folder = s.cfg, s.task, s.ctx, s.run
-    try:
+    with running(start("pretrain", request)) as s:
+        cfg, task, ctx = s.cfg, s.task, s.ctx
         cases = sorted(
-            {c.id: c for c in s.split.train + s.split.validation + s.split.unlabelled}.values(), key=lambda c: c.id
+            {c.id: c for c in [*s.split.train, *s.split.validation, *s.split.unlabelled]}.values(), key=lambda c: c.id
         )
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
         dataset = CaseDataset(task, cases, "pretrain", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
@@ -102,43 +86,46 @@ def run(request: RunRequest) -> nn.Module:
         if s.resume_from is not None:
             load_weights(model, s.resume_from["state_dict"], s.resume_from["loaded_from"])
         model.to(ctx.device)
+        batch = effective_batch(cfg, crops)
+        lr = effective_lr(cfg, crops)
         log.info(
             "pretraining %s on %d images of task %s: effective batch %d, learning rate %.3g "
             "(base %.3g x %d / 256), %d processes, device %s",
-            model.config["name"],
-            len(dataset),
-            task.name,
-            effective_batch(cfg, crops),
-            effective_lr(cfg, crops),
-            cfg.optim.base_lr,
-            effective_batch(cfg, crops),
-            ctx.world,
-            ctx.device,
+            *(
+                model.config["name"],
+                len(dataset),
+                task.name,
+                batch,
+                lr,
+                cfg.optim.base_lr,
+                batch,
+                ctx.world,
+                ctx.device,
+            ),
         )
-        optimizer = build_optimizer(model, effective_lr(cfg, crops), cfg.optim.weight_decay, cfg.optim.betas)
-        figure_images = figure_batch(dataset, cfg, crops).to(ctx.device) if ctx.is_main else None
-
-        def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:
-            if not ctx.is_main or not (last or epoch % cfg.train.figure_every == 0):
-                return {}
-            path = run_folder.figures / f"reconstruction_epoch{epoch:04d}.png"
-            return {"figure_loss": save_figure(model, figure_images, path, f"{task.name}, epoch {epoch}")}
-
-        masking = (cfg.model.mask_strategy, cfg.model.mask_ratio)
+        optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas)
         job = Job(
-            loss=lambda m, batch: mae_loss(m, batch, ctx.device, *masking),
-            end_of_epoch=end_of_epoch,
+            loss=lambda m, batch: mae_loss(m, batch, ctx.device),
+            end_of_epoch=_figures(s, model, figure_batch(dataset, cfg, crops) if ctx.is_main else None),
             describe={"stage": "pretrain", "task": task.record, "split": s.split_record},
             samples_per_item=crops,
         )
-        fit(cfg, ctx, run_folder, model, optimizer, loader, job, s.resume_from)
+        fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
-    except BaseException:
-        run_folder.discard_if_unsaved()
-        raise
-    finally:
-        run_folder.close()
-        teardown()
+
+
+def _figures(s: Setup, model: nn.Module, images: torch.Tensor | None) -> Callable[[int, bool], dict[str, float]]:
+    """The end of a pretraining epoch: on the main process, every ``train.figure_every`` epochs and at the
+    end, the reconstruction figure of ``images`` ``[n, C, *roi]`` and its loss."""
+    images = images.to(s.ctx.device) if images is not None else None
+
+    def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:
+        if not s.ctx.is_main or not (last or epoch % s.cfg.train.figure_every == 0):
+            return {}
+        path = s.run.figures / f"reconstruction_epoch{epoch:04d}.png"
+        return {"figure_loss": save_figure(model, images, path, f"{s.task.name}, epoch {epoch}")}
+
+    return end_of_epoch
 
 
 def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: Context):

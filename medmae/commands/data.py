@@ -1,0 +1,75 @@
+"""``medmae data check`` (read every case of a split and report what is wrong) and ``medmae data demo``
+(write the synthetic demo set)."""
+
+from __future__ import annotations
+
+import argparse
+
+from medmae.commands.common import add_data_flags, at_least
+from medmae.errors import UserError
+from medmae.files import removed_on_error
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="check datasets, generate the demo set")
+    data.set_defaults(handler=None, usage_of=data)
+    data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    check = data_commands.add_parser(
+        "check",
+        help="read every case and report what is wrong",
+        epilog="example: medmae data check --task msd_hippocampus --data-root Task04_Hippocampus",
+    )
+    add_data_flags(check)
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(handler=run_check)
+    demo = data_commands.add_parser(
+        "demo",
+        help="write the synthetic demo set (BTCV layout)",
+        epilog="example: medmae data demo --output-dir demo_data",
+    )
+    demo.add_argument("--output-dir", required=True)
+    demo.add_argument("--cases", type=at_least(2), default=12, help="cases to write (at least 2; default 12)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=run_demo)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Check every case of a task's split; exit 0 only when no case has an error."""
+    from medmae.data.check import check_split, summary_rows
+    from medmae.data.manifests import load_split
+    from medmae.tasks import load_task
+
+    task = load_task(args.task)
+    split = load_split(task, args.data_root, args.manifest, args.split)
+    parts = f"{len(split.train)} train, {len(split.validation)} validation, {len(split.test)} test"
+    unlabelled = f", {len(split.unlabelled)} unlabelled" if split.unlabelled else ""
+    print(f"task {task.name}: split {split.name} from {split.source}: {parts}{unlabelled}")
+    for note in split.notes:
+        print(f"note: {note}")
+    reports = check_split(task, split, progress=not args.quiet)
+    for report in reports:
+        for message in report.errors:
+            print(f"ERROR   {report.case.id}: {message}")
+        for message in report.warnings:
+            print(f"warning {report.case.id}: {message}")
+    rows = summary_rows(task, reports)
+    width = max(len(what) for what, _ in rows)
+    print("\n".join(f"{what:<{width}}  {value}" for what, value in rows))
+    failed = sum(bool(r.errors) for r in reports)
+    if failed:
+        raise UserError(f"{failed} of {len(reports)} cases of task {task.name} have errors (listed above)")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Write the synthetic demo set (BTCV layout)."""
+    from medmae.data.synthetic import write_demo_dataset
+
+    with removed_on_error(args.output_dir):
+        validation = min(2, args.cases - 1)
+        root = write_demo_dataset(args.output_dir, cases=args.cases, validation=validation, seed=args.seed)
+    print(
+        f"wrote {args.cases} synthetic cases to {root}; check them with: "
+        f"medmae data check --task demo --data-root {root}"
+    )
+    return 0

@@ -1,0 +1,46 @@
+"""``medmae evaluate``: predict a split's test (or validation) part and score it on the original grid."""
+
+from __future__ import annotations
+
+import argparse
+
+from medmae.commands.common import add_data_flags, print_summary, print_written
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="predict a split's test (or validation) part and score it on the original grid",
+        epilog="example: medmae evaluate --task btcv --data-root BTCV --checkpoint runs/btcv_unetr/checkpoints/best.pt",
+    )
+    add_data_flags(parser)
+    parser.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (checkpoints/best.pt)")
+    parser.add_argument("--part", choices=["test", "val"], default="test", help="which part to score (default: test)")
+    parser.add_argument(
+        "--output-dir", help="where predictions and reports go (default: evaluate_<part> in the run folder)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medmae.inference.evaluate import evaluate
+
+    summary, notes, written = evaluate(
+        args.checkpoint,
+        args.task,
+        args.data_root,
+        args.manifest,
+        args.split,
+        args.part,
+        args.output_dir,
+        progress=not args.quiet,
+    )
+    for note in notes:
+        print(f"note: {note}")
+    if isinstance(summary, float):
+        print(f"macro AUC {summary:.4f}")
+    else:
+        print_summary(summary)
+    print_written(written)
+    return 0

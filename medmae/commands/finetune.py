@@ -1,0 +1,40 @@
+"""``medmae finetune``: UNETR (3D) or the ViT classifier (2D), from an MAE, ImageNet weights or scratch."""
+
+from __future__ import annotations
+
+import argparse
+
+from medmae.commands.common import add_run_flags, fraction, run_folder, run_request
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "finetune",
+        help="fine-tune UNETR (3D) or the ViT classifier (2D), from an MAE or scratch",
+        epilog="example: medmae finetune --task btcv --data-root BTCV "
+        "--pretrained runs/btcv_mae/checkpoints/last.pt --output-dir runs/btcv_unetr",
+    )
+    add_run_flags(parser)
+    parser.add_argument(
+        "--pretrained",
+        metavar="CKPT",
+        help="a medmae checkpoint whose encoder starts the model, or "
+        "imagenet:FILE for a downloaded timm or torchvision ViT (default: train from scratch)",
+    )
+    parser.add_argument(
+        "--label-fraction",
+        type=fraction,
+        metavar="F",
+        help="train on a fixed seeded fraction of the labelled training cases (data.label_fraction)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medmae.training import finetune
+
+    request = run_request(args)
+    finetune.run(request)
+    best = f"{run_folder(request, 'finetune')}/checkpoints/best.pt"
+    print(f"fine-tuning finished; the best validation checkpoint is {best}")
+    return 0

@@ -1,0 +1,31 @@
+"""``medmae info``: versions, device, resource folders, tasks and models."""
+
+from __future__ import annotations
+
+import argparse
+
+import medmae
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "info", help="versions, device, resource folders, tasks and models", epilog="example: medmae info"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the versions, the device, the resource folders, the tasks and the registered models."""
+    import monai
+    import torch
+
+    from medmae.models import list_models
+    from medmae.tasks import list_tasks
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    print(f"medmae {medmae.__version__}, torch {torch.__version__}, monai {monai.__version__}, device {device}")
+    for kind in medmae.RESOURCE_KINDS:
+        print(f"{kind}: {medmae.resource_dir(kind)}")
+    print("tasks: " + ", ".join(list_tasks()))
+    print("models: " + ", ".join(list_models()))
+    return 0

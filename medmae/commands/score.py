@@ -1,0 +1,49 @@
+"""``medmae score``: per-case DSC and HD95 (mm) of segmentations already on disk, as CSV and figures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from medmae.commands.common import distance_mm, print_summary, print_written
+from medmae.files import removed_on_error
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "score",
+        help="score segmentations on disk: per-case DSC and HD95 (mm), CSV, figures",
+        epilog="example: medmae score --task btcv --pred runs/btcv/predictions --ref BTCV/labelsTr --images BTCV/imagesTr",
+    )
+    parser.add_argument("--task", required=True, help="the task whose classes are scored")
+    parser.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI)")
+    parser.add_argument("--ref", required=True, help="folder of reference label maps (NIfTI), matched by case id")
+    parser.add_argument("--output-dir", help="where the reports go (default: <pred>_scores beside --pred)")
+    parser.add_argument("--images", help="folder of the images, for the figure's background")
+    parser.add_argument(
+        "--hd95-penalty",
+        type=distance_mm,
+        metavar="MM",
+        help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default undefined",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score predicted label maps against reference label maps and write the reports."""
+    from medmae.evaluation.scoring import score_to_folder
+    from medmae.tasks import load_task
+
+    pred = Path(args.pred).resolve()
+    output = Path(args.output_dir) if args.output_dir else pred.parent / f"{pred.name}_scores"
+    images = Path(args.images) if args.images else None
+    with removed_on_error(output):
+        summary, notes, written = score_to_folder(
+            load_task(args.task), pred, Path(args.ref), output, images, args.hd95_penalty, progress=not args.quiet
+        )
+    for note in notes:
+        print(f"note: {note}")
+    print_summary(summary)
+    print_written(written)
+    return 0

@@ -1,0 +1,61 @@
+"""A case (an image with its label or targets) and a split of cases into train, validation and test parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ID_SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".mha", ".dcm")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: an image file, a label file (segmentation) or targets (classification, one 0/1 per finding)."""
+
+    id: str
+    image: Path
+    label: Path | None = None
+    targets: tuple[int, ...] | None = None
+    patient: str | None = None
+
+
+@dataclass
+class Split:
+    """Labelled train, validation and test parts, plus ``unlabelled`` images (entries without a label,
+    such as MSD ``imagesTs``), which only pretraining can use."""
+
+    name: str
+    source: str
+    train: list[Case]
+    validation: list[Case]
+    test: list[Case]
+    unlabelled: list[Case] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def parts(self) -> dict[str, list[Case]]:
+        return {"train": self.train, "validation": self.validation, "test": self.test, "unlabelled": self.unlabelled}
+
+    def all_cases(self) -> list[Case]:
+        """Every case of the split once, in order of id."""
+        return sorted({c.id: c for part in self.parts.values() for c in part}.values(), key=lambda c: c.id)
+
+    def note_overlaps(self) -> None:
+        """Add a note for every case that sits in two labelled parts."""
+        names = ("train", "validation", "test")
+        for k, first in enumerate(names):
+            for second in names[k + 1 :]:
+                shared = sorted({c.id for c in self.parts[first]} & {c.id for c in self.parts[second]})
+                if shared:
+                    self.notes.append(
+                        f"cases in both {first} and {second}: {', '.join(shared[:10])}"
+                        + (f" and {len(shared) - 10} more" if len(shared) > 10 else "")
+                    )
+
+
+def case_id(image: Path) -> str:
+    name = image.name
+    for suffix in ID_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -1,0 +1,59 @@
+"""``medmae evaluate``: predict a split's test or validation part with a fine-tuned checkpoint, then score it
+on the original grid as ``medmae score`` does (AUC per finding for classification)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from torch.utils.data import DataLoader
+
+from medmae.config import from_dict
+from medmae.data.loaders import CaseDataset
+from medmae.data.manifests import load_split
+from medmae.errors import UserError
+from medmae.evaluation.reports import write_classification_report
+from medmae.evaluation.scoring import check_pairs, refuse, write_report
+from medmae.files import removed_on_error
+from medmae.inference.classify import classify
+from medmae.inference.predict import load_finetuned, predict_volumes
+from medmae.tasks import load_task
+
+PARTS = {"test": "test", "val": "validation"}
+
+
+def evaluate(
+    checkpoint: str,
+    task_name: str,
+    data_root: str | None,
+    manifest: str | None,
+    split_name: str | None,
+    part: str,
+    output_dir: str | None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
+    """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
+    AUC for classification), the notes and the files written."""
+    model, payload, task, device = load_finetuned(checkpoint)
+    if load_task(task_name).name != task.name:
+        raise UserError(f"{checkpoint}: trained on task {task.name}, not {task_name}")
+    cases = getattr(load_split(task, data_root, manifest, split_name), PARTS[part])
+    if not cases:
+        raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
+    output = Path(output_dir or Path(checkpoint).resolve().parent.parent / f"evaluate_{part}")
+    with removed_on_error(output):
+        if task.is_classification:
+            cfg = from_dict(payload["run_config"], checkpoint)
+            loader = DataLoader(CaseDataset(task, cases, "validation"), batch_size=cfg.data.batch_size)
+            probabilities, targets, ids = classify(model, loader, task, cfg.train.precision, device)
+            table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
+            note = f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"
+            return mean, [note], [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"]
+        predictions = predict_volumes(
+            model, task, payload["run_config"], cases, output / "predictions", device, progress
+        )
+        pairs = {case.id: (predictions[case.id], case.label) for case in cases}
+        images = {case.id: case.image for case in cases}
+        refuse(task, check_pairs(task, pairs, images))
+        notes = [f"task {task.name}: {len(pairs)} cases of the {PARTS[part]} part, checkpoint {checkpoint}"]
+        return write_report(task, pairs, images, output, progress=progress, notes=notes)
