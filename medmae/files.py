@@ -30,7 +30,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path`` (``mode`` ``"w"`` or ``"wb"``); on success it replaces ``path``,
     on any error it is removed and ``path`` is left as it was. An ``OSError`` on the way (no permission, a
     full disk) becomes an :class:`OutputError` naming ``path``."""
-    path, tmp = Path(path), None
+    path = Path(path)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -132,7 +132,8 @@ def _orientation_ok(code: Any, dims: int) -> bool:
 
 def _problems(raw: dict[str, Any]) -> list[str]:
     """Every way ``raw`` fails to describe a task (empty when it is fine)."""
-    dims, problems = raw["spatial_dims"], []
+    dims = raw["spatial_dims"]
+    problems = []
 
     def expect(ok: bool, problem: str) -> None:
         if not ok:
@@ -221,7 +222,8 @@ def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:
     problems = _problems(raw)
     if problems:
         raise _fail(path, "; ".join(problems))
-    dims, validation = raw["spatial_dims"], raw.get("validation") or {}
+    dims = raw["spatial_dims"]
+    validation = raw.get("validation") or {}
     return TaskSpec(
         name=raw["name"],
         title=raw["title"],

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.helpers import shared
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +20,6 @@ def hippocampus_root() -> Path:
     return shared("msd_hippocampus")
 
 
-def shared(name: str) -> Path:
-    """A folder of ../shared/data, or a skip saying it is absent."""
-    root = SHARED_DATA / name
-    if not root.is_dir():
-        pytest.skip(f"real data {root} not found (../shared/data is only present on the team's machines)")
-    return root
-
-
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A small synthetic demo set (6 cases, BTCV layout), written once per test session."""
@@ -41,38 +28,16 @@ def demo_root(tmp_path_factory) -> Path:
     return write_demo_dataset(tmp_path_factory.mktemp("demo"), cases=6, validation=1, seed=0)
 
 
-def run_torchrun(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run ARGS`` with two gloo processes on this machine's loopback device,
-    one thread each; the whole process tree is killed, and the test fails, if it outlives ``timeout``
-    seconds (a hung collective must fail CI, never stall it)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if Path("/sys/class/net/lo").exists():
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # not whatever address the host name resolves to
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for pid in [*descendants(process.pid), process.pid]:  # the workers run in sessions of their own
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        stderr = process.communicate(timeout=60)[1]
-        pytest.fail(f"torchrun still running after {timeout:.0f} s, killed with its workers:\n{stderr[-4000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+@pytest.fixture(scope="session")
+def demo_checkpoint(demo_root, tmp_path_factory) -> Path:
+    """A tiny UNETR fine-tuned on the demo set for one step: a real ``best.pt`` for evaluate and predict."""
+    from medmae import resource_dir
+    from medmae.cli import main
 
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, children first, from ``/proc`` (Linux)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
+    output = tmp_path_factory.mktemp("demo_unetr") / "unetr"
+    tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
+    one_step = ["train.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1"]
+    sets = [flag for key in one_step for flag in ("--set", key)]
+    argv = ["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", tiny, "--output-dir", str(output)]
+    assert main([*argv, *sets]) == 0
+    return output / "checkpoints" / "best.pt"

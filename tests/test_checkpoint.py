@@ -1,3 +1,7 @@
+"""Checkpoints: atomic writes, checksums, refusal of foreign or code-carrying files and of misfit weights."""
+
+from __future__ import annotations
+
 import hashlib
 import os
 import stat
@@ -11,6 +15,16 @@ from medmae.config import load_config
 from medmae.errors import UserError
 from medmae.models import create_model, unetr_from_pretrained
 from medmae.tasks import load_task
+
+
+class CodePayload:
+    """Unpickling this runs ``touch <marker>``: the payload a hostile checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
 
 
 def test_round_trip_describes_the_model_and_leaves_no_temporary_file(tmp_path):
@@ -108,16 +122,6 @@ def test_stale_partial_writes_are_removed_when_a_run_resumes(tmp_path):
     assert list(run.checkpoints.iterdir()) == []
 
 
-class CodePayload:
-    """Unpickling this runs ``touch <marker>``: the payload a hostile checkpoint would carry."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, capsys, demo_root):
     marker, hostile = tmp_path / "code_ran", tmp_path / "hostile.pt"
     payload = model_checkpoint(create_model("mae_vit_tiny_patch16_3d", img_size=32), stage="finetune")
@@ -192,3 +196,4 @@ def test_an_evaluated_checkpoint_whose_weights_disagree_with_its_config_exits_2(
             == 2
         )
         assert problem in capsys.readouterr().err
+

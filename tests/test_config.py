@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -85,12 +83,7 @@ def test_resolved_config_round_trips(tmp_path):
     assert set(known_keys()) == {f"{s}.{k}" for s, values in cfg.to_dict().items() for k in values}
 
 
-def test_the_readme_documents_every_config_key():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme[readme.index("### Configuration") : readme.index("### The run folder")]
-    assert [key for key in known_keys() if f"`{key}`" not in table] == []
-
-
 def test_more_crops_per_volume_than_the_seed_rule_allows_are_refused():
     with pytest.raises(UserError, match=r"data.crops_per_volume in \[1, 64\]"):
         load_config("pretrain", "btcv", overrides=["data.crops_per_volume=65"])
+

@@ -1,7 +1,29 @@
+"""Task files: the shipped tasks and their facts, and every malformed value refused by name."""
+
+from __future__ import annotations
+
 import pytest
 
 from medmae.errors import TaskError
 from medmae.tasks import list_tasks, load_task
+
+BROKEN_VALUES = {
+    "intensity: {rule: window, window: [-175, 250]}": [
+        "intensity: window",
+        "intensity: {rule: window}",
+        "intensity: {rule: window, window: [250, -175]}",
+    ],
+    "roi: [48, 48, 32]": ["roi: 48", "roi: [48, 48, x]", "roi: [48, 48]"],
+    "spacing: [4.5, 4.5, 4.5]": ["spacing: [3, 3, -1]"],
+    "orientation: RAS": ["orientation: XYZ", "orientation: RRS"],
+    "validation: {fraction: 0.2, seed: 0}": [
+        "validation: 0.2",
+        "validation: {fraction: abc}",
+        "validation: {fraction: 1.5}",
+    ],
+    "labels: [background, liver, spleen, right_kidney, left_kidney]": ["labels: background"],
+    "url: generated locally by `medmae data demo --output-dir DATA_ROOT`": ["web: nowhere"],
+}
 
 
 def test_every_shipped_task_loads():
@@ -41,25 +63,6 @@ def test_unknown_and_broken_task_files_are_named(tmp_path):
         load_task(broken)
 
 
-BROKEN_VALUES = {
-    "intensity: {rule: window, window: [-175, 250]}": [
-        "intensity: window",
-        "intensity: {rule: window}",
-        "intensity: {rule: window, window: [250, -175]}",
-    ],
-    "roi: [48, 48, 32]": ["roi: 48", "roi: [48, 48, x]", "roi: [48, 48]"],
-    "spacing: [4.5, 4.5, 4.5]": ["spacing: [3, 3, -1]"],
-    "orientation: RAS": ["orientation: XYZ", "orientation: RRS"],
-    "validation: {fraction: 0.2, seed: 0}": [
-        "validation: 0.2",
-        "validation: {fraction: abc}",
-        "validation: {fraction: 1.5}",
-    ],
-    "labels: [background, liver, spleen, right_kidney, left_kidney]": ["labels: background"],
-    "url: generated locally by `medmae data demo --output-dir DATA_ROOT`": ["web: nowhere"],
-}
-
-
 @pytest.mark.parametrize("good,bad", [(good, bad) for good, bads in BROKEN_VALUES.items() for bad in bads])
 def test_malformed_task_values_are_refused_by_name(tmp_path, good, bad):
     text = load_task("demo").path.read_text()
@@ -82,3 +85,4 @@ def test_mean_groups_must_name_scored_classes(tmp_path):
     path.write_text(load_task("demo").path.read_text() + "mean_groups: {organs: [liver, background]}\n")
     with pytest.raises(TaskError, match="mean_groups must map names to lists of the task's scored classes"):
         load_task(path)
+

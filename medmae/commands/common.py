@@ -7,6 +7,7 @@ parser (``medmae --help``, a mistyped flag) stays instant.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from medmae.config import known_keys
@@ -18,6 +19,18 @@ if TYPE_CHECKING:
     from medmae.training.session import RunRequest
 
 SUMMARY_COLUMNS = ["class", "dsc_mean", "hd95_mm_mean", "dsc_undefined", "hd95_mm_undefined"]
+
+
+def subcommand(commands: argparse._SubParsersAction, name: str, handler: Callable, doc: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, described by ``doc`` (its module's or handler's docstring): the
+    first sentence, after the command's own name, is its help; the ``Example:`` line its epilog.
+    ``handler(args)`` runs it."""
+    first = doc.strip().split("\n\n")[0].replace("\n", " ")
+    summary = first.split("``: ", 1)[-1].rstrip(".")
+    example = next(line.strip() for line in doc.splitlines() if line.strip().startswith("Example: "))
+    parser = commands.add_parser(name, help=summary, epilog=example.replace("``", ""))
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:

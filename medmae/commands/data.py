@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_data_flags, at_least
+from medmae.commands.common import add_data_flags, at_least, subcommand
 from medmae.errors import UserError
 from medmae.files import removed_on_error
 
@@ -14,27 +14,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="check datasets, generate the demo set")
     data.set_defaults(handler=None, usage_of=data)
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    check = data_commands.add_parser(
-        "check",
-        help="read every case and report what is wrong",
-        epilog="example: medmae data check --task msd_hippocampus --data-root Task04_Hippocampus",
-    )
+    check = subcommand(data_commands, "check", run_check, run_check.__doc__)
     add_data_flags(check)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
-    check.set_defaults(handler=run_check)
-    demo = data_commands.add_parser(
-        "demo",
-        help="write the synthetic demo set (BTCV layout)",
-        epilog="example: medmae data demo --output-dir demo_data",
-    )
+    demo = subcommand(data_commands, "demo", run_demo, run_demo.__doc__)
     demo.add_argument("--output-dir", required=True)
     demo.add_argument("--cases", type=at_least(2), default=12, help="cases to write (at least 2; default 12)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(handler=run_demo)
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Check every case of a task's split; exit 0 only when no case has an error."""
+    """Read every case and report what is wrong (exit 0 only when no case has an error).
+
+    Example: ``medmae data check --task msd_hippocampus --data-root Task04_Hippocampus``
+    """
     from medmae.data.check import check_split, summary_rows
     from medmae.data.manifests import load_split
     from medmae.tasks import load_task
@@ -62,7 +55,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Write the synthetic demo set (BTCV layout)."""
+    """Write the synthetic demo set (BTCV layout).
+
+    Example: ``medmae data demo --output-dir demo_data``
+    """
     from medmae.data.synthetic import write_demo_dataset
 
     with removed_on_error(args.output_dir):

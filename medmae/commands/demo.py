@@ -1,4 +1,7 @@
-"""``medmae demo``: the whole workflow on generated CT-like volumes, on a laptop CPU."""
+"""``medmae demo``: the whole workflow on generated data: pretrain, fine-tune, evaluate.
+
+Example: ``medmae demo --output-dir medmae_demo``
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+from medmae.commands.common import subcommand
 from medmae.errors import UserError
 
 log = logging.getLogger("medmae")
@@ -16,14 +20,9 @@ QUICK = {"pretrain": ["train.epochs=6", "train.figure_every=3"], "finetune": ["t
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="the whole workflow on generated data: pretrain, fine-tune, evaluate",
-        epilog="example: medmae demo --output-dir medmae_demo",
-    )
+    parser = subcommand(commands, "demo", run, __doc__)
     parser.add_argument("--output-dir", default="medmae_demo", help="where everything goes (default: medmae_demo)")
     parser.add_argument("--quick", action="store_true", help="a shorter run (under 2 minutes) that checks the workflow")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

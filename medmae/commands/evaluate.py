@@ -1,18 +1,17 @@
-"""``medmae evaluate``: predict a split's test (or validation) part and score it on the original grid."""
+"""``medmae evaluate``: predict a split's test (or validation) part and score it on the original grid.
+
+Example: ``medmae evaluate --task btcv --data-root BTCV --checkpoint runs/btcv_finetune/checkpoints/best.pt``
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_data_flags, print_summary, print_written
+from medmae.commands.common import add_data_flags, print_summary, print_written, subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "evaluate",
-        help="predict a split's test (or validation) part and score it on the original grid",
-        epilog="example: medmae evaluate --task btcv --data-root BTCV --checkpoint runs/btcv_unetr/checkpoints/best.pt",
-    )
+    parser = subcommand(commands, "evaluate", run, __doc__)
     add_data_flags(parser)
     parser.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (checkpoints/best.pt)")
     parser.add_argument("--part", choices=["test", "val"], default="test", help="which part to score (default: test)")
@@ -20,7 +19,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--output-dir", help="where predictions and reports go (default: evaluate_<part> in the run folder)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

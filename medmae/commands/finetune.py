@@ -1,19 +1,17 @@
-"""``medmae finetune``: UNETR (3D) or the ViT classifier (2D), from an MAE, ImageNet weights or scratch."""
+"""``medmae finetune``: fine-tune UNETR (3D) or the ViT classifier (2D), from an MAE or scratch.
+
+Example: ``medmae finetune --task btcv --data-root BTCV --pretrained runs/btcv_pretrain/checkpoints/last.pt``
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_run_flags, fraction, run_folder, run_request
+from medmae.commands.common import add_run_flags, fraction, run_folder, run_request, subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "finetune",
-        help="fine-tune UNETR (3D) or the ViT classifier (2D), from an MAE or scratch",
-        epilog="example: medmae finetune --task btcv --data-root BTCV "
-        "--pretrained runs/btcv_mae/checkpoints/last.pt --output-dir runs/btcv_unetr",
-    )
+    parser = subcommand(commands, "finetune", run, __doc__)
     add_run_flags(parser)
     parser.add_argument(
         "--pretrained",
@@ -27,7 +25,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="F",
         help="train on a fixed seeded fraction of the labelled training cases (data.label_fraction)",
     )
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,17 +1,18 @@
-"""``medmae info``: versions, device, resource folders, tasks and models."""
+"""``medmae info``: versions, device, resource folders, tasks and models.
+
+Example: ``medmae info``
+"""
 
 from __future__ import annotations
 
 import argparse
 
 import medmae
+from medmae.commands.common import subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "info", help="versions, device, resource folders, tasks and models", epilog="example: medmae info"
-    )
-    parser.set_defaults(handler=run)
+    subcommand(commands, "info", run, __doc__)
 
 
 def run(args: argparse.Namespace) -> int:

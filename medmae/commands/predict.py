@@ -1,17 +1,17 @@
-"""``medmae predict``: label maps on each input's grid (3D) or probabilities per finding (2D) for any files."""
+"""``medmae predict``: predict files: label maps on each input's grid (3D), probabilities CSV (2D).
+
+Example: ``medmae predict --checkpoint runs/btcv_finetune/checkpoints/best.pt --input BTCV/imagesTs --output-dir out``
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from medmae.commands.common import subcommand
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "predict",
-        help="predict files: label maps on each input's grid (3D), probabilities CSV (2D)",
-        epilog="example: medmae predict --checkpoint runs/btcv_unetr/checkpoints/best.pt "
-        "--input BTCV/imagesTs --output-dir btcv_predictions",
-    )
+    parser = subcommand(commands, "predict", run, __doc__)
     parser.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint; it names its task")
     parser.add_argument("--input", required=True, help="an image file or a folder of them")
     parser.add_argument("--output-dir", required=True, help="where predictions go (not inside the input folder)")
@@ -21,7 +21,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="let --output-dir lie inside the input folder (an input file is still never overwritten)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,20 +1,18 @@
-"""``medmae pretrain``: MAE self-pretraining on a task's images (no labels used)."""
+"""``medmae pretrain``: MAE self-pretraining on a task's images (no labels used).
+
+Example: ``medmae pretrain --task btcv --data-root BTCV``
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_run_flags, run_folder, run_request
+from medmae.commands.common import add_run_flags, run_folder, run_request, subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "pretrain",
-        help="MAE self-pretraining on a task's images (no labels used)",
-        epilog="example: medmae pretrain --task btcv --data-root BTCV --output-dir runs/btcv_mae",
-    )
+    parser = subcommand(commands, "pretrain", run, __doc__)
     add_run_flags(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

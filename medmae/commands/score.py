@@ -1,20 +1,19 @@
-"""``medmae score``: per-case DSC and HD95 (mm) of segmentations already on disk, as CSV and figures."""
+"""``medmae score``: score segmentations on disk: per-case DSC and HD95 (mm), CSV, figures.
+
+Example: ``medmae score --task btcv --pred runs/btcv/predictions --ref BTCV/labelsTr --images BTCV/imagesTr``
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from medmae.commands.common import distance_mm, print_summary, print_written
+from medmae.commands.common import distance_mm, print_summary, print_written, subcommand
 from medmae.files import removed_on_error
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "score",
-        help="score segmentations on disk: per-case DSC and HD95 (mm), CSV, figures",
-        epilog="example: medmae score --task btcv --pred runs/btcv/predictions --ref BTCV/labelsTr --images BTCV/imagesTr",
-    )
+    parser = subcommand(commands, "score", run, __doc__)
     parser.add_argument("--task", required=True, help="the task whose classes are scored")
     parser.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI)")
     parser.add_argument("--ref", required=True, help="folder of reference label maps (NIfTI), matched by case id")
@@ -27,7 +26,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default undefined",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

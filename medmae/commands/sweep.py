@@ -1,26 +1,24 @@
-"""``medmae sweep``: pretrain then fine-tune (or probe) over a grid of config values; one table and plot."""
+"""``medmae sweep``: pretrain then fine-tune (or probe) over a grid of config values; one table and plot.
+
+Example: ``medmae sweep --task msd_hippocampus --data-root Task04_Hippocampus --param mask_ratio=0.125,0.25,0.5,0.75``
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_data_flags, fraction, print_written
+from medmae.commands.common import add_data_flags, fraction, print_written, subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "sweep",
-        help="pretrain then fine-tune (or probe) over a grid of config values; one table and plot",
-        epilog="example: medmae sweep --task msd_hippocampus --data-root Task04_Hippocampus "
-        "--param mask_ratio=0.125,0.25,0.5,0.75,0.9 --param decoder_depth=1,2,4",
-    )
+    parser = subcommand(commands, "sweep", run, __doc__)
     add_data_flags(parser)
     parser.add_argument(
         "--param",
+        required=True,
         action="append",
         default=[],
         metavar="[STAGE:]KEY=V1,V2,...",
-        required=True,
         help="a config key and its values (repeatable: the grid of all combinations); a key applies to "
         "both stages unless prefixed pretrain: or finetune: (e.g. pretrain:epochs=100,200,400)",
     )
@@ -44,7 +42,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--part", choices=["test", "val"], default="test", help="which part scores each point (default: test)"
     )
     parser.add_argument("--output-dir", help="the sweep folder (default: runs/<task>_sweep); rerun to resume")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Errors: a missing or unreadable file, image and label grids that disagree (shape or affine), a wrong
 channel count or dimensionality, non-finite voxels or intensities beyond 1e10, label values outside the
-task's set, a label with no foreground. Warnings: a label missing some of the task's classes (BTCV cases can lack an organ).
+task's set, a label with no foreground. Warnings: a label missing some of the task's classes (BTCV cases
+can lack an organ).
 """
 
 from __future__ import annotations

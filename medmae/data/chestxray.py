@@ -67,7 +67,9 @@ def carve_by_patient(cases: list[Case], fraction: float, seed: int) -> tuple[lis
     """(train, validation): whole patients, shuffled by ``seed``, until ``round(fraction * n)`` images."""
     patients = sorted({c.patient for c in cases})
     random.Random(seed).shuffle(patients)
-    wanted, chosen, count = round(fraction * len(cases)), set(), 0
+    wanted = round(fraction * len(cases))
+    chosen = set()
+    count = 0
     per_patient = pd.Series([c.patient for c in cases]).value_counts()
     for patient in patients:
         if count >= wanted:

@@ -52,7 +52,9 @@ class CropSampler:
     ) -> None:
         if not volumes:
             raise ValueError("no volumes to crop")
-        self.roi, self.flips, self.device = tuple(roi), flips, torch.device(device)
+        self.roi = tuple(roi)
+        self.flips = flips
+        self.device = torch.device(device)
         shapes = torch.tensor([tuple(v.shape[1:]) for v in volumes])
         if shapes.shape[1] != len(self.roi) or (shapes < torch.tensor(self.roi)).any():
             raise ValueError(f"every volume must be at least {self.roi}; shapes {shapes.tolist()}")
@@ -71,7 +73,10 @@ class CropSampler:
         """A sampler over a ready zero-padded store ``[V, C, *S_max]`` (e.g. memory-mapped) whose volume ``k``
         fills ``store[k, :, :shapes[k, 0], ...]``; crops are drawn where the store lives."""
         sampler = cls.__new__(cls)
-        sampler.roi, sampler.flips, sampler.device, sampler.store = tuple(roi), flips, store.device, store
+        sampler.roi = tuple(roi)
+        sampler.flips = flips
+        sampler.device = store.device
+        sampler.store = store
         if (shapes < torch.tensor(sampler.roi)).any():
             raise ValueError(f"every volume must be at least {sampler.roi}; shapes {shapes.tolist()}")
         sampler.span = (shapes - torch.tensor(sampler.roi) + 1).to(store.device)
@@ -176,7 +181,10 @@ class CachedCrops:
             self.crops = CropSampler(volumes, roi, device)
         else:
             self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress, write=write_cache), roi)
-        self.per_rank, self.copies, self.seed, self.device = global_batch // world, crops, seed, device
+        self.per_rank = global_batch // world
+        self.copies = crops
+        self.seed = seed
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.sampler) // self.per_rank
@@ -291,7 +299,8 @@ def disk_store(
     name = (
         f"{dataset.task.name}_{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
     )
-    data, index = folder / f"{name}.npy", folder / f"{name}.json"
+    data = folder / f"{name}.npy"
+    index = folder / f"{name}.json"
     while not index.is_file():
         if write:
             folder.mkdir(parents=True, exist_ok=True)
@@ -306,7 +315,9 @@ def _write_store(dataset: CaseDataset, data: Path, index: Path, progress: bool) 
     """Preprocess each volume into its own temporary file, then pad them all into ``data``; ``index``
     (the shapes) is written last and marks the cache complete."""
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.stem}.") as scratch:
-        parts, shapes, channels = [], [], None
+        parts = []
+        shapes = []
+        channels = None
         for k in tqdm(range(len(dataset)), desc="caching volumes on disk", unit="volume", disable=not progress or None):
             volume = np.asarray(torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor), dtype=np.float32)
             channels = channels or volume.shape[0]

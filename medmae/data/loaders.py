@@ -50,7 +50,9 @@ class CaseDataset(Dataset):
     def __init__(
         self, task: TaskSpec, cases: list[Case], stage: str, samples: int = 2, skip_bad_cases: bool = False
     ) -> None:
-        self.task, self.stage, self.skipped = task, stage, {}
+        self.task = task
+        self.stage = stage
+        self.skipped = {}
         if skip_bad_cases:  # pretraining reads no labels, so a label problem does not remove its image
             reports = [check_case(task, replace(case, label=None) if stage in IMAGE_ONLY else case) for case in cases]
             self.skipped = {r.case.id: r.errors for r in reports if r.errors}
@@ -114,7 +116,11 @@ class ShardSampler(Sampler):
             raise UserError(f"data.batch_size={global_batch} is more than the {size} cases available for training")
         if global_batch % world:
             raise UserError(f"data.batch_size={global_batch} does not split evenly over {world} processes")
-        self.size, self.global_batch, self.rank, self.world, self.seed = size, global_batch, rank, world, seed
+        self.size = size
+        self.global_batch = global_batch
+        self.rank = rank
+        self.world = world
+        self.seed = seed
         self.key = 0
 
     def set_pass(self, key: int) -> None:

@@ -40,7 +40,9 @@ def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
         raise DataError(path, f"unreadable JSON manifest ({error})") from error
     if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
         raise DataError(path, 'a manifest needs a \'training\' list of {"image": ..., "label": ...} entries')
-    parts, seen, listed = {"training": [], "validation": [], "test": [], "unlabelled": []}, {}, set()
+    parts = {"training": [], "validation": [], "test": [], "unlabelled": []}
+    seen = {}
+    listed = set()
     for key in ("training", "validation", "test"):
         entries = raw.get(key) or []
         if not isinstance(entries, list):

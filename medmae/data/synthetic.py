@@ -63,7 +63,9 @@ def write_demo_dataset(root: str | Path, cases: int = 12, validation: int = 2, s
     root = Path(root)
     (root / "imagesTr").mkdir(parents=True, exist_ok=True)
     (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    rng, affine, entries = np.random.default_rng(seed), demo_affine(), []
+    rng = np.random.default_rng(seed)
+    affine = demo_affine()
+    entries = []
     for k in range(1, cases + 1):
         image, label = demo_case(rng)
         entry = {"image": f"imagesTr/img{k:04d}.nii.gz", "label": f"labelsTr/label{k:04d}.nii.gz"}

@@ -7,7 +7,8 @@ ROI. Validation stops there (MetaTensors keep every applied operation, so a
 prediction can be inverted to the original grid). Train adds positive/negative-balanced ROI crops,
 random flips, 90-degree rotations in the axial plane (where the ROI's axial plane is square) and small
 intensity scale and shift; where labels name a side (BTCV's left and right kidney), no left-right flip
-and no axial rotation, which would swap the sides but not the labels. Pretrain takes random ROI crops of the image foreground and random flips only.
+and no axial rotation, which would swap the sides but not the labels. Pretrain takes random ROI crops of
+the image foreground and random flips only.
 Regions (msd_brain) are built from the label map after cropping.
 
 2D classification: read as one grey channel, scale to 0..1, histogram equalisation; validation resizes

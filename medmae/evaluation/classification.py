@@ -42,9 +42,8 @@ def per_finding_auc(probabilities: np.ndarray, targets: np.ndarray, findings: Se
     if not np.isin(targets, (0, 1)).all():
         raise ValueError("targets must be 0 or 1 (uncertain labels such as -1 need a rule of their own first)")
     if not np.isfinite(probabilities).all():
-        raise ValueError(
-            f"non-finite scores for findings {[f for k, f in enumerate(findings) if not np.isfinite(probabilities[:, k]).all()]}"
-        )
+        bad = [finding for k, finding in enumerate(findings) if not np.isfinite(probabilities[:, k]).all()]
+        raise ValueError(f"non-finite scores for findings {bad}")
     rows = []
     for k, finding in enumerate(findings):
         auc = roc_auc(probabilities[:, k], targets[:, k])

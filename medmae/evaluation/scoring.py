@@ -76,7 +76,7 @@ def _grid_problem(task: TaskSpec, other: Path, ref: Path, what: str = "predictio
     The reference and a prediction must be single-channel label maps; an image may have channels."""
     try:
         o, r = nib.load(other), nib.load(ref)
-    except Exception as error:  # nibabel raises many types for broken headers
+    except Exception as error:  # noqa: BLE001 - nibabel raises many types for broken headers
         return f"unreadable NIfTI header ({type(error).__name__}: {error})"
     label_maps = [("reference", r)] + ([(what, o)] if what == "prediction" else [])
     for name, image in label_maps:
@@ -156,7 +156,8 @@ def score_pairs(
 ) -> pd.DataFrame:
     """``per_case`` table (one row per case and class). Cases whose files cannot be scored (unreadable,
     values outside the task's labels) are all named together in one :class:`UserError`."""
-    rows, problems = [], []
+    rows = []
+    problems = []
     for case, (pred, ref) in tqdm(pairs.items(), desc=f"scoring {task.name}", unit="case", disable=not progress):
         try:
             rows += score_pair(task, case, pred, ref, penalty_mm)

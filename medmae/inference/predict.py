@@ -50,7 +50,8 @@ def predict_volumes(
     progress: bool = True,
 ) -> dict[str, Path]:
     """Segment each case's image and write ``<output>/<case id>.nii.gz`` on the image's own grid."""
-    cfg, dataset = from_dict(run_config, "checkpoint"), CaseDataset(task, cases, "inference")
+    cfg = from_dict(run_config, "checkpoint")
+    dataset = CaseDataset(task, cases, "inference")
     written = {}
     for index, case in enumerate(tqdm(cases, desc="predicting", unit="case", disable=not progress)):
         item = dataset[index]  # a file that cannot be read raises a DataError naming it

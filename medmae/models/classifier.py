@@ -35,7 +35,9 @@ class ViTClassifier(nn.Module):
         has_cls = encoder.config["cls_token"]
         if pool == "cls" and not has_cls:
             raise ValueError("pool='cls' needs an encoder built with cls_token=True")
-        self.encoder, self.pool, self.patch_start = encoder, pool, int(has_cls)
+        self.encoder = encoder
+        self.pool = pool
+        self.patch_start = int(has_cls)
         if head_norm:
             self.head_norm = nn.BatchNorm1d(encoder.config["width"], affine=False, eps=1e-6)
         self.head = nn.Linear(encoder.config["width"], num_classes)

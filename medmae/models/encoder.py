@@ -192,19 +192,19 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"spatial_dims={spatial_dims!r} must be 2 or 3")
         img_size = as_tuple(img_size, spatial_dims, "img_size")
         patch_size = as_tuple(patch_size, spatial_dims, "patch_size")
-        self.config = dict(
-            spatial_dims=spatial_dims,
-            img_size=list(img_size),
-            patch_size=list(patch_size),
-            in_channels=in_channels,
-            width=width,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_dim=mlp_dim,
-            qkv_bias=qkv_bias,
-            cls_token=cls_token,
-            norm_eps=norm_eps,
-        )
+        self.config = {
+            "spatial_dims": spatial_dims,
+            "img_size": list(img_size),
+            "patch_size": list(patch_size),
+            "in_channels": in_channels,
+            "width": width,
+            "depth": depth,
+            "num_heads": num_heads,
+            "mlp_dim": mlp_dim,
+            "qkv_bias": qkv_bias,
+            "cls_token": cls_token,
+            "norm_eps": norm_eps,
+        }
         self.patch_embedding = PatchEmbedding(
             spatial_dims, img_size, patch_size, in_channels, width, trainable_pos_embed
         )

@@ -278,7 +278,8 @@ def _map_keys(state: dict[str, torch.Tensor], layout: Layout, out: ImportedEncod
             continue
         if target in out.state:
             clashes.append(f"{key} and {next(k for k, t in out.mapped.items() if t == target)} both map to {target}")
-        out.state[target], out.mapped[key] = tensor, target
+        out.state[target] = tensor
+        out.mapped[key] = target
     if unknown or clashes:
         raise WeightTransferError(
             f"{layout.name} ViT with keys medmae's encoder cannot take:\n  "
@@ -356,21 +357,22 @@ def _infer_config(out: ImportedEncoder, spatial_dims: int, num_heads: int | None
             f"store it; ViT-Ti/S/B/L all use {HEAD_WIDTH} channels per head)"
         )
     side = math.isqrt(out.state[POS_KEY].shape[1])
-    grid, size = [side, side], SIZE_NAMES.get((width, depth), f"w{width}d{depth}")
-    config = dict(
-        spatial_dims=2,
-        img_size=[g * p for g, p in zip(grid, patch)],
-        patch_size=patch,
-        in_channels=channels,
-        width=width,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_dim=out.state["blocks.0.mlp.linear1.weight"].shape[0],
-        qkv_bias="blocks.0.attn.qkv.bias" in out.state,
-        cls_token="cls_token" in out.state,
-        norm_eps=NORM_EPS,
-        name=f"imagenet_vit_{size}_patch{patch[0]}_{spatial_dims}d",
-    )
+    grid = [side, side]
+    size = SIZE_NAMES.get((width, depth), f"w{width}d{depth}")
+    config = {
+        "spatial_dims": 2,
+        "img_size": [g * p for g, p in zip(grid, patch)],
+        "patch_size": patch,
+        "in_channels": channels,
+        "width": width,
+        "depth": depth,
+        "num_heads": num_heads,
+        "mlp_dim": out.state["blocks.0.mlp.linear1.weight"].shape[0],
+        "qkv_bias": "blocks.0.attn.qkv.bias" in out.state,
+        "cls_token": "cls_token" in out.state,
+        "norm_eps": NORM_EPS,
+        "name": f"imagenet_vit_{size}_patch{patch[0]}_{spatial_dims}d",
+    }
     out.notes.append(
         f"architecture: width {width}, depth {depth}, mlp_dim {config['mlp_dim']}, patch {patch}, "
         f"grid {grid} (img_size {config['img_size']}), {channels} input channels, qkv bias "

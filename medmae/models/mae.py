@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,7 @@ class MaskedAutoencoder(nn.Module):
 
     Args:
         spatial_dims: 2 or 3.
-        img_size, patch_size, in_channels: input geometry (ints or one per axis).
-        width, depth, num_heads, mlp_dim, qkv_bias, cls_token, drop_path_rate: encoder (see ``ViTEncoder``).
+        img_size: input size (an int or one per axis).
         decoder_width, decoder_depth, decoder_heads: decoder size (MAE: 512 x 8 in 2D; 384 x 8 in 3D here).
         mask_ratio: fraction of patches hidden per sample.
         norm_pix_loss: target is each patch normalised to zero mean and unit variance (default on); off:
@@ -32,22 +32,15 @@ class MaskedAutoencoder(nn.Module):
         encoder_mode: ``skip`` (default: the encoder sees the visible patches only) or ``mask_tokens`` (the
             encoder sees every position, hidden ones as a learned mask token plus their position
             embedding, and the decoder adds no mask tokens: the efficiency ablation of the MAE paper).
-        norm_eps: the encoder's LayerNorm epsilon.
+        encoder: the encoder's geometry, size and options, as :class:`ViTEncoder` takes them
+            (``patch_size``, ``in_channels``, ``width``, ``depth``, ``num_heads``, ``mlp_dim``, ``qkv_bias``,
+            ``cls_token``, ``drop_path_rate``, ``norm_eps``; ViT-B/16 on one channel by default).
     """
 
     def __init__(
         self,
         spatial_dims: int,
         img_size: int | Sequence[int],
-        patch_size: int | Sequence[int] = 16,
-        in_channels: int = 1,
-        width: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_dim: int = 3072,
-        qkv_bias: bool = True,
-        cls_token: bool = False,
-        drop_path_rate: float = 0.0,
         decoder_width: int = 384,
         decoder_depth: int = 8,
         decoder_heads: int = 12,
@@ -55,28 +48,18 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: bool = True,
         mask_strategy: str = "random",
         encoder_mode: str = "skip",
-        norm_eps: float = 1e-5,
+        **encoder: Any,
     ) -> None:
         super().__init__()
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder_mode={encoder_mode!r}: choose one of {', '.join(ENCODER_MODES)}")
-        self.encoder = ViTEncoder(
-            spatial_dims,
-            img_size,
-            patch_size,
-            in_channels,
-            width,
-            depth,
-            num_heads,
-            mlp_dim,
-            qkv_bias,
-            cls_token,
-            drop_path_rate,
-            norm_eps=norm_eps,
-        )
+        self.encoder = ViTEncoder(spatial_dims, img_size, **encoder)
+        width = self.encoder.config["width"]
         self.keep = visible_count(mask_strategy, self.encoder.grid, mask_ratio)
-        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
-        self.mask_strategy, self.encoder_mode = mask_strategy, encoder_mode
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.mask_strategy = mask_strategy
+        self.encoder_mode = encoder_mode
         self.config = dict(
             self.encoder.config,
             decoder_width=decoder_width,
@@ -96,10 +79,11 @@ class MaskedAutoencoder(nn.Module):
             self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))  # would wait for its gradient
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(decoder_width, self.encoder.grid), requires_grad=False)
         self.decoder_blocks = nn.ModuleList(
-            TransformerBlock(decoder_width, decoder_heads, 4 * decoder_width, qkv_bias) for _ in range(decoder_depth)
+            TransformerBlock(decoder_width, decoder_heads, 4 * decoder_width, self.encoder.config["qkv_bias"])
+            for _ in range(decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(decoder_width)
-        self.decoder_pred = nn.Linear(decoder_width, patch_voxels * in_channels)
+        self.decoder_pred = nn.Linear(decoder_width, patch_voxels * self.encoder.config["in_channels"])
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             init_transformer_weights(module)
         if encoder_mode == "skip":
@@ -224,10 +208,10 @@ class MaskedAutoencoder(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        seeds: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
-        seeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden).
 

@@ -76,15 +76,17 @@ def block_mask(grid: tuple[int, ...], hidden: int, rng: np.random.Generator) -> 
     Rule: while fewer than ``hidden`` patches are hidden, draw a box of ``v`` patches, ``v`` uniform in
     ``[min(16, r), max(16, r)]`` where ``r`` is the number still to hide; each side is
     ``round(v^(1/d) * e^a_i)`` clipped to ``[1, grid]``, with ``a_i`` uniform in ``±log(1/0.3) / 2`` and
-    centred (so any two sides differ by a factor within BEiT's ``[0.3, 1/0.3]``); its position uniform. The box's patches not yet hidden are
-    hidden in row-major order until the count is reached, so only the last box can be trimmed, to a
-    row-major prefix of itself (still connected).
+    centred (so any two sides differ by a factor within BEiT's ``[0.3, 1/0.3]``); its position uniform. The
+    box's patches not yet hidden are hidden in row-major order until the count is reached, so only the last
+    box can be trimmed, to a row-major prefix of itself (still connected).
 
     Returns:
         ``[N]`` bool (True = hidden) and the boxes as ``(start, size, prefix)``, ``prefix`` the number of
         the box's patches (row-major) that the box covers: all of them except possibly for the last box.
     """
-    mask, boxes, dims = np.zeros(grid, dtype=bool), [], len(grid)
+    mask = np.zeros(grid, dtype=bool)
+    boxes = []
+    dims = len(grid)
     while (done := int(mask.sum())) < hidden:
         left = hidden - done
         volume = rng.integers(min(BLOCK_MIN_PATCHES, left), max(BLOCK_MIN_PATCHES, left) + 1)

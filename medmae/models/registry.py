@@ -104,7 +104,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     kind, size, dims = _parse(name, kwargs)
     defaults = dict(ENCODERS.get(size, {}), spatial_dims=dims, img_size=DEFAULT_IMG_SIZE[dims], patch_size=PATCH_SIZE)
     if kind == "mae":
-        _check_known(name, kwargs, MaskedAutoencoder)
+        _check_known(name, kwargs, MaskedAutoencoder, ViTEncoder)
         model = MaskedAutoencoder(**{**defaults, **DECODERS.get((size, dims), {}), **kwargs})
     else:
         head = HEADS[kind]

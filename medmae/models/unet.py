@@ -42,12 +42,12 @@ class BaselineUNet(UNet):
             num_res_units=num_res_units,
             norm=Norm.BATCH,
         )
-        self.config = dict(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            channels=list(channels),
-            strides=list(strides),
-            num_res_units=num_res_units,
-            img_size=None if img_size is None else list(img_size),
-        )
+        self.config = {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "channels": list(channels),
+            "strides": list(strides),
+            "num_res_units": num_res_units,
+            "img_size": None if img_size is None else list(img_size),
+        }

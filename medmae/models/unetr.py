@@ -43,20 +43,20 @@ class EncoderUNETR(UNETR):
             problems.append("a cls token (UNETR has none)")
         if problems:
             raise ValueError("encoder does not fit UNETR: " + "; ".join(problems))
-        unetr_config = dict(
-            in_channels=cfg["in_channels"],
-            out_channels=out_channels,
-            img_size=tuple(cfg["img_size"]),
-            feature_size=feature_size,
-            hidden_size=cfg["width"],
-            mlp_dim=cfg["mlp_dim"],
-            num_heads=cfg["num_heads"],
-            norm_name=norm_name,
-            conv_block=conv_block,
-            res_block=res_block,
-            spatial_dims=cfg["spatial_dims"],
-            qkv_bias=cfg["qkv_bias"],
-        )
+        unetr_config = {
+            "in_channels": cfg["in_channels"],
+            "out_channels": out_channels,
+            "img_size": tuple(cfg["img_size"]),
+            "feature_size": feature_size,
+            "hidden_size": cfg["width"],
+            "mlp_dim": cfg["mlp_dim"],
+            "num_heads": cfg["num_heads"],
+            "norm_name": norm_name,
+            "conv_block": conv_block,
+            "res_block": res_block,
+            "spatial_dims": cfg["spatial_dims"],
+            "qkv_bias": cfg["qkv_bias"],
+        }
         super().__init__(**unetr_config)
         self.unetr_config = unetr_config
         self.vit = encoder

@@ -53,10 +53,8 @@ class TransferReport:
     initialised: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        lines = [
-            f"encoder transfer: {len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, "
-            f"{len(self.skipped)} skipped, {len(self.initialised)} initialised"
-        ]
+        counts = f"{len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, {len(self.skipped)} skipped"
+        lines = [f"encoder transfer: {counts}, {len(self.initialised)} initialised"]
         for title, notes in (("adapted", self.adapted), ("skipped", self.skipped), ("initialised", self.initialised)):
             lines += [f"  {title} {key}: {why}" for key, why in notes.items()]
         return "\n".join(lines)
@@ -120,7 +118,9 @@ def adapt_encoder_state(
         the tensors to load (every target key except those reported as initialised) and the report.
     """
     wanted = target.state_dict()
-    report, state, problems = TransferReport(), {}, []
+    report = TransferReport()
+    state = {}
+    problems = []
     for key in sorted(set(source) - set(wanted)):
         if key == "cls_token":
             report.skipped[key] = "the target encoder has no cls token"
@@ -136,10 +136,12 @@ def adapt_encoder_state(
         if key == POS_KEY:
             problem = _fit_pos_embed(tensor, source_config, target, state, report)
         elif tensor.shape == shape:
-            state[key], problem = tensor, None
+            state[key] = tensor
+            problem = None
             report.loaded.append(key)
         elif key == PATCH_KEY and tensor.shape[0] == shape[0] and tensor.shape[2:] == shape[2:]:
-            state[key], problem = _adapt_channels(tensor, shape[1]), None
+            state[key] = _adapt_channels(tensor, shape[1])
+            problem = None
             report.adapted[key] = (
                 f"input channels {tensor.shape[1]} -> {shape[1]}: summed over the source "
                 f"channels and shared equally over the target channels"

@@ -83,12 +83,14 @@ def fit(
     steps = cfg.train.steps_per_epoch or len(loader) // accumulate
     if steps == 0:
         raise UserError(f"an epoch holds fewer than optim.accumulate={accumulate} batches; lower it or data.batch_size")
-    total, warmup = cfg.train.epochs * steps, round(cfg.optim.warmup_epochs * steps)
+    total = cfg.train.epochs * steps
+    warmup = round(cfg.optim.warmup_epochs * steps)
     peak = effective_lr(cfg, job.samples_per_item)
     scaler = torch.amp.GradScaler(
         ctx.device.type, enabled=autocast_dtype(cfg.train.precision, ctx.device) == torch.float16
     )
-    progress, rows = Progress(), []
+    progress = Progress()
+    rows = []
     if resume_from is not None:
         progress = Progress(**resume_from["progress"])
         optimizer.load_state_dict(resume_from["optimizer"])
@@ -153,7 +155,8 @@ def fit(
         if improved:
             progress.best, progress.best_epoch = row[job.score_name], progress.epoch
         elif last and job.score_name is not None and progress.best is None:  # never validated: the last model
-            improved, progress.best_epoch = True, progress.epoch
+            improved = True
+            progress.best_epoch = progress.epoch
         rows.append(row)
         run.log_epoch(rows)
         if improved or last or progress.epoch % cfg.train.checkpoint_every == 0:
@@ -189,7 +192,9 @@ def train_epoch(
 ) -> tuple[torch.Tensor, float]:
     """``steps`` optimiser steps of ``optim.accumulate`` micro-batches each; returns the summed loss (on the
     device, not synchronised) and the last learning rate."""
-    accumulate, loss_sum, lr = cfg.optim.accumulate, torch.zeros((), device=ctx.device), 0.0
+    accumulate = cfg.optim.accumulate
+    loss_sum = torch.zeros((), device=ctx.device)
+    lr = 0.0
     for _ in range(steps):
         lr = schedule(progress.step)
         set_learning_rate(optimizer, lr)

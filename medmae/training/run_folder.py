@@ -23,9 +23,13 @@ class RunFolder:
     """Where a run writes. ``write`` is False on every process but the main one: then nothing is written."""
 
     def __init__(self, root: str | Path, write: bool) -> None:
-        self.root, self.write = Path(root), write
-        self.checkpoints, self.figures = self.root / "checkpoints", self.root / "figures"
-        self._board, self.before, self.unusable = None, set(), []
+        self.root = Path(root)
+        self.write = write
+        self.checkpoints = self.root / "checkpoints"
+        self.figures = self.root / "figures"
+        self._board = None
+        self.before = set()
+        self.unusable = []
 
     def prepare(self, resume: bool) -> None:
         """Refuse to overwrite a finished or running folder unless resuming; create the folders."""
@@ -42,8 +46,9 @@ class RunFolder:
                     stale.unlink(missing_ok=True)
 
     def latest(self) -> dict[str, Any] | None:
-        """The newest sound checkpoint (``last.pt``, else ``previous.pt``; a truncated or corrupt one is reported
-        and passed over), its path under ``loaded_from``, or None when there is none. Raises :class:`UserError` when every one is unusable."""
+        """The newest sound checkpoint (``last.pt``, else ``previous.pt``; a truncated or corrupt one is
+        reported and passed over), its path under ``loaded_from``, or None when there is none. Raises
+        :class:`UserError` when every one is unusable."""
         problems = []
         for name in ("last.pt", "previous.pt"):
             path = self.checkpoints / name

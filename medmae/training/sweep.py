@@ -197,28 +197,10 @@ def run_point(
             )
         log.info("%s: already scored, skipped", tuned)
         return row
-    data = {"data_root": request.data_root, "manifest": request.manifest, "split": request.split}
-    pretrain.run(
-        RunRequest(
-            task,
-            **data,
-            config_file=request.pretrain_config,
-            overrides=sets["pretrain"],
-            output_dir=str(mae),
-            resume=True,
-        )
-    )
+    pretrain.run(_stage_request(request, task, "pretrain", sets, mae))
+    last = str(mae / "checkpoints" / "last.pt")
     finetune.run(
-        RunRequest(
-            task,
-            **data,
-            config_file=request.finetune_config,
-            overrides=sets["finetune"],
-            output_dir=str(tuned),
-            resume=True,
-            pretrained=str(mae / "checkpoints" / "last.pt"),
-            label_fraction=request.label_fraction,
-        )
+        _stage_request(request, task, "finetune", sets, tuned, pretrained=last, label_fraction=request.label_fraction)
     )
     summary, _, _ = evaluate(
         str(tuned / "checkpoints" / "best.pt"),
@@ -230,7 +212,15 @@ def run_point(
         str(tuned / f"evaluate_{request.part}"),
         progress=False,
     )
-    pretrained, tuning = (pd.read_csv(run / "metrics.csv", comment="#") for run in (mae, tuned))
+    row = _result_row(summary, mae, tuned)
+    write_text(result, json.dumps(row | {"settings": settings}, indent=1) + "\n")
+    return row
+
+
+def _result_row(summary: pd.DataFrame | float, mae: Path, tuned: Path) -> dict[str, Any]:
+    """A scored point's row: the final pretraining loss, both stages' times, their runs and the score."""
+    pretrained = pd.read_csv(mae / "metrics.csv", comment="#")
+    tuning = pd.read_csv(tuned / "metrics.csv", comment="#")
     row = {
         "pretrain_loss": float(pretrained["loss"].iloc[-1]),
         "pretrain_seconds": round(float(pretrained["seconds"].sum()), 1),
@@ -239,12 +229,20 @@ def run_point(
         "finetune_run": str(tuned),
     }
     if isinstance(summary, float):
-        row["macro_auc"] = summary
-    else:
-        mean = summary.set_index("class").loc["foreground mean"]
-        row |= {"mean_dsc": float(mean["dsc_mean"]), "mean_hd95_mm": float(mean["hd95_mm_mean"])}
-    write_text(result, json.dumps(row | {"settings": settings}, indent=1) + "\n")
-    return row
+        return row | {"macro_auc": summary}
+    mean = summary.set_index("class").loc["foreground mean"]
+    return row | {"mean_dsc": float(mean["dsc_mean"]), "mean_hd95_mm": float(mean["hd95_mm_mean"])}
+
+
+def _stage_request(
+    request: SweepRequest, task: str, stage: str, sets: dict[str, list[str]], output: Path, **extra: Any
+) -> RunRequest:
+    """The run of one stage of a point: its config file and ``--set`` list, resumed if it was started."""
+    config = {"pretrain": request.pretrain_config, "finetune": request.finetune_config}[stage]
+    data = {"data_root": request.data_root, "manifest": request.manifest, "split": request.split}
+    return RunRequest(
+        task, **data, config_file=config, overrides=sets[stage], output_dir=str(output), resume=True, **extra
+    )
 
 
 def markdown(table: pd.DataFrame, labels: list[str], metric: str) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "medmae"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "medmae"
 LAYERS = {"models": 1, "data": 1, "evaluation": 2, "inference": 3, "training": 4, "commands": 5, "cli": 6, "__main__": 7}
 FOUNDATION = 0  # every other top-level module: errors, files, tasks, config, seeds, devices, checkpoint, medmae
 
@@ -20,7 +22,7 @@ def module_sources(package: Path = PACKAGE) -> dict[str, str]:
     for path in sorted(package.rglob("*.py")):
         parts = path.relative_to(package.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        sources[name] = path.read_text()
+        sources[name] = path.read_text(encoding="utf-8")
     return sources
 
 

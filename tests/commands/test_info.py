@@ -1,0 +1,17 @@
+"""``medmae info``: versions, device, where the resource folders are, every task and every model."""
+
+from __future__ import annotations
+
+import medmae
+from medmae.cli import main
+from medmae.models import list_models
+from medmae.tasks import list_tasks
+
+
+def test_info_lists_versions_folders_tasks_and_models(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"medmae {medmae.__version__}, torch ") and "device cpu" in out.splitlines()[0]
+    for kind in medmae.RESOURCE_KINDS:
+        assert f"{kind}: {medmae.resource_dir(kind)}" in out
+    assert f"tasks: {', '.join(list_tasks())}" in out and f"models: {', '.join(list_models())}" in out

@@ -1,0 +1,109 @@
+"""Readers: NIfTI channels first, PNG modes to one grey channel, NRRD and DICOM through SimpleITK (imported
+only when needed), broken files named."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from medmae.data.readers import read_image
+from medmae.errors import DataError
+
+
+def save_nifti(path, array, affine=None):
+    nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 2.0, 1.0]) if affine is None else affine), path)
+    return path
+
+
+def test_nifti_3d_and_4d_come_channels_first(tmp_path):
+    volume = np.random.rand(5, 6, 7).astype(np.float64)
+    image = read_image(save_nifti(tmp_path / "a.nii.gz", volume))
+    assert image.array.shape == (1, 5, 6, 7) and image.array.dtype == np.float32
+    assert image.spacing == (1.5, 1.5, 2.0)
+    four = np.random.rand(5, 6, 7, 4).astype(np.float32)
+    image = read_image(save_nifti(tmp_path / "b.nii.gz", four))
+    assert image.array.shape == (4, 5, 6, 7) and np.array_equal(image.array[2], four[..., 2])
+    labels = read_image(save_nifti(tmp_path / "l.nii", np.arange(210, dtype=np.uint8).reshape(5, 6, 7) % 3))
+    assert labels.array.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA"])
+def test_any_png_mode_becomes_one_grey_channel(tmp_path, mode):
+    rgb = PILImage.fromarray(np.random.randint(0, 255, (9, 11, 3), dtype=np.uint8))
+    picture = rgb.convert("I;16") if mode == "I;16" else rgb.convert(mode)
+    picture.save(tmp_path / "x.png")
+    image = read_image(tmp_path / "x.png")
+    assert image.array.shape == (1, 9, 11)  # [C, H, W]: rows first
+
+
+def test_nrrd_and_dicom_series_through_simpleitk(tmp_path):
+    import SimpleITK as sitk
+
+    volume = np.random.randint(-1000, 1000, (4, 5, 6)).astype(np.int16)  # [x, y, z]
+    affine = np.diag([0.8, 0.9, 2.5, 1.0])
+    affine[:3, 3] = [-10, 20, 30]
+    reference = read_image(save_nifti(tmp_path / "r.nii.gz", volume, affine))
+    sitk.WriteImage(sitk.ReadImage(str(tmp_path / "r.nii.gz")), str(tmp_path / "r.nrrd"))
+    nrrd = read_image(tmp_path / "r.nrrd")
+    assert np.array_equal(nrrd.array, reference.array) and np.allclose(nrrd.affine, reference.affine)
+    series = tmp_path / "series"
+    series.mkdir()
+    image = sitk.ReadImage(str(tmp_path / "r.nii.gz"))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        slice_ = image[:, :, z]
+        slice_.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
+        slice_.SetMetaData("0020|0013", str(z))
+        slice_.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+        slice_.SetMetaData("0018|0050", "2.5")
+        writer.SetFileName(str(series / f"{z:03d}.dcm"))
+        writer.Execute(slice_)
+    dicom = read_image(series)
+    assert np.array_equal(dicom.array, reference.array)
+    assert np.allclose(dicom.spacing, (0.8, 0.9, 2.5), atol=1e-3)
+
+
+def test_broken_files_are_named_with_the_problem(tmp_path):
+    good = save_nifti(tmp_path / "good.nii.gz", np.random.rand(8, 8, 8).astype(np.float32))
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(good.read_bytes()[:200])
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    (tmp_path / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "notes.txt").write_text("x")
+    cases = {
+        "truncated.nii.gz": "unreadable NIfTI",
+        "empty.nii.gz": "empty file",
+        "fake.png": "unreadable PNG",
+        "notes.txt": "unsupported file type",
+        "missing.nii.gz": "file not found",
+    }
+    for name, problem in cases.items():
+        with pytest.raises(DataError, match=problem) as error:
+            read_image(tmp_path / name)
+        assert str(error.value).startswith(str(tmp_path / name))
+
+
+def test_simpleitk_is_imported_only_for_files_that_need_it(tmp_path):
+    import subprocess
+    import sys
+
+    path = save_nifti(tmp_path / "a.nii.gz", np.zeros((4, 4, 4), np.float32))
+    code = (
+        "import sys; from medmae.data.readers import read_image; import medmae.data.transforms, medmae.data.check; "
+        f"read_image({str(path)!r}); print('SimpleITK' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
+
+
+def test_16_bit_png_keeps_its_values(tmp_path):
+    values = np.array([[0, 1000], [2500, 4000]], dtype=np.uint16)
+    PILImage.fromarray(values).save(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png")
+    assert image.array.shape == (1, 2, 2) and np.array_equal(image.array[0], values)
+

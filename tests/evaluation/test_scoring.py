@@ -1,0 +1,55 @@
+"""Scoring helpers: files matched by case id or final number, and the best/worst figure's rows."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from medmae.evaluation.scoring import pair_files
+
+
+def test_files_match_by_id_or_by_their_final_number(tmp_path):
+    refs = {
+        "label0001": tmp_path / "label0001.nii.gz",
+        "label0002": tmp_path / "label0002.nii.gz",
+        "case_a": tmp_path / "case_a.nii.gz",
+    }
+    preds = {
+        "img0001": tmp_path / "p/img0001.nii.gz",
+        "label0002": tmp_path / "p/label0002.nii.gz",
+        "img0002": tmp_path / "p/img0002.nii.gz",
+        "case_a": tmp_path / "p/case_a.nii.gz",
+    }
+    assert pair_files(refs, preds) == {
+        "label0002": preds["label0002"],
+        "case_a": preds["case_a"],
+        "label0001": preds["img0001"],
+    }
+    # numbers are compared as text, and must be unique on both sides
+    assert pair_files({"case_10": "r"}, {"pred_010": "p"}) == {}
+    assert pair_files({"label7": "r"}, {"a7": "p1", "b7": "p2"}) == {}
+    assert pair_files({"x7": "r1", "y7": "r2"}, {"a7": "p"}) == {}
+
+
+def test_sheet_shows_the_best_and_worst_cases_on_their_largest_slice(tmp_path):
+    from medmae.evaluation.figures import largest_reference_slice, to_ras
+    from medmae.evaluation.scoring import _sheet_rows
+
+    reference = np.zeros((4, 4, 6), np.uint8)
+    reference[1:3, 1:3, 4], reference[1, 1, 1] = 2, 1
+    assert largest_reference_slice(reference) == 4
+    volume = np.arange(24).reshape(2, 3, 4)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    assert np.array_equal(to_ras(volume, lps), volume[::-1, ::-1, :]) and np.array_equal(
+        to_ras(volume, np.eye(4)), volume
+    )
+    label = np.zeros((6, 6, 4), np.uint8)
+    label[2:4, 2:4, 1:3] = 1
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "ref.nii.gz")
+    dsc = {f"c{k}": v for k, v in enumerate([0.9, 0.1, 0.5, 0.8, 0.3, 0.7, 0.2, 0.6])}
+    per_case = pd.DataFrame({"case_id": list(dsc), "dsc": list(dsc.values())})
+    pairs = {case: (tmp_path / "ref.nii.gz", tmp_path / "ref.nii.gz") for case in dsc}
+    rows = _sheet_rows(per_case, pairs, {})
+    assert [row["case_id"] for row in rows] == ["c0", "c3", "c5", "c4", "c6", "c1"]  # 3 best, then 3 worst
+

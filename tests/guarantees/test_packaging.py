@@ -1,0 +1,65 @@
+"""The package installs, finds its resource folders, and the README's commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import medmae
+from tests.helpers import ROOT
+
+
+def readme_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL).group(1)
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
+    demo, tests = readme_commands()
+    assert "pip install" in demo and "medmae demo" in demo
+    assert "pip install" in tests and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert tests in ci and ci.index("torch==") < ci.index(tests)
+
+
+@pytest.mark.parametrize("kind", medmae.RESOURCE_KINDS)
+def test_resource_folders_are_found(kind):
+    assert (medmae.resource_dir(kind) / "README.md").is_file()
+
+
+def test_a_regular_install_ships_the_resource_folders(tmp_path):
+    """``pip install .`` (not editable) into a folder, then import medmae from there, away from the checkout."""
+    source, target = tmp_path / "source", tmp_path / "site"
+    ignore = shutil.ignore_patterns("build", "*.egg-info", ".venv", ".git", "runs", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, source, ignore=ignore)  # a stale build/ folder must not hide a package left out
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    code = (
+        "import medmae; print(medmae.__file__); "
+        "print(*(medmae.resource_dir(k) / 'README.md' for k in medmae.RESOURCE_KINDS), sep='\\n'); "
+        "from medmae.tasks import load_task, list_tasks; from medmae.data.manifests import stored_manifest; "
+        "import medmae.models, medmae.training.pretrain, medmae.training.finetune, medmae.inference.evaluate, medmae.inference.predict; "
+        "import medmae.evaluation.figures, medmae.data.transforms; from medmae.config import stage_file, load_config; "
+        "print(load_task('btcv').path, len(list_tasks()), len(stored_manifest(load_task('btcv'))['cases'])); "
+        "print(stage_file('pretrain', 'btcv'), stage_file('finetune', 'btcv'), load_config('pretrain', 'btcv').model.mask_ratio)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=tmp_path, env=env, capture_output=True, text=True
+    ).stdout.split()
+    assert out[0].startswith(str(target))
+    assert all(Path(p).is_file() and p.startswith(str(target / "medmae" / "_resources")) for p in out[1:4])
+    assert out[4] == str(target / "medmae" / "_resources" / "tasks" / "btcv.yaml") and out[5:7] == ["5", "30"]
+    configs = target / "medmae" / "_resources" / "configs"
+    assert out[7:] == [str(configs / "pretrain" / "btcv.yaml"), str(configs / "finetune" / "btcv.yaml"), "0.125"]
+

@@ -1,0 +1,62 @@
+"""Helpers for tests: the repository root, the real data in ../shared/data (skipped when absent), and
+two-process torchrun launches that can never hang CI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared(name: str) -> Path:
+    """A folder of ../shared/data, or a skip saying it is absent."""
+    root = SHARED_DATA / name
+    if not root.is_dir():
+        pytest.skip(f"real data {root} not found (../shared/data is only present on the team's machines)")
+    return root
+
+
+def run_torchrun(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run ARGS`` with two gloo processes on this machine's loopback device,
+    one thread each; the whole process tree is killed, and the test fails, if it outlives ``timeout``
+    seconds (a hung collective must fail CI, never stall it)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # not whatever address the host name resolves to
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [*descendants(process.pid), process.pid]:  # the workers run in sessions of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stderr = process.communicate(timeout=60)[1]
+        pytest.fail(f"torchrun still running after {timeout:.0f} s, killed with its workers:\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children first, from ``/proc`` (Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found

@@ -1,0 +1,52 @@
+"""Segmentation outputs: sliding-window probabilities on the image grid, label maps in the task's values,
+and the masks of prediction and target per scored class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medmae.inference.segment import to_label_map
+from medmae.tasks import load_task
+
+
+def test_brain_regions_become_msd_labels():
+    task = load_task("msd_brain")
+    probabilities = torch.zeros(3, 4, 1, 1)
+    probabilities[0, 1:] = 0.9  # whole tumour
+    probabilities[1, 2:] = 0.9  # tumour core
+    probabilities[2, 3:] = 0.9  # enhancing
+    assert to_label_map(task, probabilities)[:, 0, 0].tolist() == [0, 1, 2, 3]
+
+
+
+@pytest.mark.parametrize("task_name", ["demo", "msd_brain"])
+def test_masks_of_prediction_and_target_follow_the_scored_classes(task_name):
+    from medmae.inference.segment import predicted_masks, reference_masks
+
+    task = load_task(task_name)
+    probabilities = torch.softmax(torch.randn(len(task.class_names), 4, 5, 6), dim=0)
+    if task.regions:
+        probabilities = torch.rand(len(task.regions), 4, 5, 6)
+        target = (torch.rand(len(task.regions), 4, 5, 6) > 0.5).float()
+        expected_pred, expected_ref = probabilities > 0.5, target > 0.5
+    else:
+        target = torch.randint(0, len(task.labels), (1, 4, 5, 6)).float()
+        labels = probabilities.argmax(0)
+        expected_pred = torch.stack([labels == v for v in range(1, len(task.labels))])
+        expected_ref = torch.stack([target[0] == v for v in range(1, len(task.labels))])
+    assert predicted_masks(task, probabilities).shape[0] == len(task.scored_classes)
+    assert torch.equal(predicted_masks(task, probabilities), expected_pred)
+    assert torch.equal(reference_masks(task, target), expected_ref)
+
+
+def test_sliding_window_segmentation_gives_probabilities_on_the_image_grid():
+    from medmae.config import InferConfig
+    from medmae.inference.segment import segment
+    from medmae.models import create_model
+
+    task = load_task("demo")
+    model = create_model("unetr_vit_tiny_patch16_3d", img_size=task.roi, out_channels=len(task.labels)).eval()
+    probabilities = segment(model, task, torch.randn(1, 60, 50, 40), InferConfig(), "fp32", torch.device("cpu"))
+    assert probabilities.shape == (5, 60, 50, 40) and probabilities.device.type == "cpu"
+    torch.testing.assert_close(probabilities.sum(0), torch.ones(60, 50, 40))

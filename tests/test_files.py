@@ -1,0 +1,48 @@
+"""Files are written whole or not at all, and a failed command leaves its output folder as it was."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medmae.files import OutputError, atomic_open, removed_on_error, write_nifti, write_text
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    path = write_text(tmp_path / "notes.txt", "old")
+    with pytest.raises(RuntimeError), atomic_open(path) as handle:
+        handle.write("new, half written")
+        raise RuntimeError("stopped")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_file_that_cannot_be_written_is_an_output_error_naming_it(tmp_path):
+    blocker = write_text(tmp_path / "blocker", "a file where a folder should be")
+    with pytest.raises(OutputError, match=rf"^{blocker / 'out.csv'}: cannot be written"):
+        write_text(blocker / "out.csv", "x")
+
+
+def test_nifti_is_gzipped_by_its_name_and_reads_back(tmp_path):
+    image = nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.diag([2.0, 2.0, 3.0, 1.0]))
+    path = write_nifti(image, tmp_path / "a.nii.gz")
+    assert gzip.decompress(path.read_bytes())[:4] == (348).to_bytes(4, "little")  # a NIfTI-1 header inside
+    again = nib.load(path)
+    assert np.array_equal(again.get_fdata(), image.get_fdata()) and np.allclose(again.affine, image.affine)
+
+
+def test_a_failure_removes_what_the_block_added_and_keeps_what_was_there(tmp_path):
+    kept = write_text(tmp_path / "out" / "kept.txt", "before")
+    with pytest.raises(ValueError), removed_on_error(tmp_path / "out") as folder:
+        write_text(folder / "new" / "report.csv", "x")
+        write_text(kept, "replaced whole")
+        raise ValueError("the command failed")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["kept.txt"]
+    assert kept.read_text() == "replaced whole"
+    with pytest.raises(ValueError), removed_on_error(tmp_path / "fresh") as folder:
+        write_text(Path(folder) / "a.txt", "x")
+        raise ValueError
+    assert not (tmp_path / "fresh").exists()

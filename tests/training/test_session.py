@@ -1,0 +1,140 @@
+"""Starting and ending a run: the ROI from ``model.img_size``, a run that fails before its first checkpoint
+leaves nothing, and a pretraining killed after its first checkpoint resumes where it left off (a resume
+that changes the config is refused)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from medmae import resource_dir
+from medmae.checkpoint import load_checkpoint
+from medmae.cli import main
+
+TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+
+
+def _pretrain_command(demo_root: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "medmae",
+        "pretrain",
+        "--task",
+        "demo",
+        "--data-root",
+        str(demo_root),
+        "--config",
+        TINY,
+        "--output-dir",
+        str(output),
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["cached", "monai"])
+def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, demo_root, sampler):
+    epochs = ["--set", "train.epochs=12", "--set", f"data.sampler={sampler}"]
+    subprocess.run(_pretrain_command(demo_root, tmp_path / "whole", *epochs), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        _pretrain_command(demo_root, killed, *epochs), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    while not (killed / "checkpoints" / "last.pt").exists() and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    saved = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert 1 <= saved["epoch"] < 12
+    resumed = subprocess.run(
+        _pretrain_command(demo_root, killed, *epochs, "--resume"), capture_output=True, text=True, check=False
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at epoch {saved['epoch']}, step {saved['step']}" in resumed.stderr
+    whole, after = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("whole", "killed"))
+    assert list(after["epoch"]) == list(range(1, 13)) and list(after["step"]) == list(whole["step"])
+    assert np.array_equal(after["lr"], whole["lr"])  # the schedule continues at the saved step
+    assert np.array_equal(after["loss"], whole["loss"])  # crops, flips and masks are seeded per sample and pass
+    final = [load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["state_dict"] for name in ("whole", "killed")]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+    again = main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed)])
+    assert again == 2  # an existing run is not overwritten without --resume
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--output-dir",
+                str(killed),
+                "--resume",
+                "--config",
+                TINY,
+                *epochs,
+                "--set",
+                "optim.base_lr=1",
+            ]
+        )
+        == 2
+    )  # a resumed run keeps its saved config
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--output-dir",
+                str(killed),
+                "--resume",
+                "--config",
+                TINY,
+                *epochs,
+                "--set",
+                "train.dist_timeout_min=5",
+            ]
+        )
+        == 0
+    )  # but may wait longer for other processes
+    assert yaml.safe_load((killed / "config.yaml").read_text())["train"]["dist_timeout_min"] == 5
+
+
+
+def test_an_img_size_becomes_the_roi_when_it_is_a_multiple_of_the_patch_size():
+    from medmae.errors import UserError
+    from medmae.tasks import load_task
+    from medmae.training.session import with_roi
+
+    task = load_task("demo")
+    assert with_roi(task, None) is task
+    changed = with_roi(task, [64, 64, 32])
+    assert changed.roi == (64, 64, 32) and changed.record["roi"] == [64, 64, 32] and task.roi == (48, 48, 32)
+    for img_size in ([40, 48, 32], [48, 48]):
+        with pytest.raises(UserError, match=rf"model.img_size \[{img_size[0]}, 48.*: task demo needs 3 multiples of 16"):
+            with_roi(task, img_size)
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, demo_root):
+    from medmae.training.session import RunRequest, running, start
+
+    request = RunRequest("demo", data_root=str(demo_root), config_file=TINY, output_dir=str(tmp_path / "run"))
+    setup = start("pretrain", request)
+    assert (tmp_path / "run" / "config.yaml").is_file() and setup.split_record == {"task": "demo", "split": "datalist"}
+    with pytest.raises(RuntimeError, match="stopped"), running(setup):
+        raise RuntimeError("stopped before any checkpoint")
+    assert not (tmp_path / "run").exists()
