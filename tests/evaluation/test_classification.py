@@ -48,4 +48,3 @@ def test_a_finding_without_positives_is_undefined_and_left_out(tmp_path):
     assert "# macro AUC" in text and "over 2 findings" in text and "left out of the mean): Hernia" in text
     assert pd.read_csv(tmp_path / "per_finding.csv", comment="#")["finding"].tolist() == ["Mass", "Hernia", "Edema"]
     assert (tmp_path / "figures" / "roc.png").stat().st_size > 10_000
-

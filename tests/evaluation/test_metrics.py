@@ -109,4 +109,3 @@ def test_real_hippocampus_labels_agree_with_the_independent_hd95():
             score = score_masks(pred, ref, spacing)
             assert abs(score.hd95_mm - independent_hd95(pred, ref, spacing)) < 1e-6
             assert score.hd95_mm > 0
-

@@ -52,4 +52,3 @@ def test_sheet_shows_the_best_and_worst_cases_on_their_largest_slice(tmp_path):
     pairs = {case: (tmp_path / "ref.nii.gz", tmp_path / "ref.nii.gz") for case in dsc}
     rows = _sheet_rows(per_case, pairs, {})
     assert [row["case_id"] for row in rows] == ["c0", "c3", "c5", "c4", "c6", "c1"]  # 3 best, then 3 worst
-

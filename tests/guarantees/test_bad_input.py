@@ -373,4 +373,3 @@ def test_a_broken_case_in_a_loader_worker_exits_2_naming_the_file(tmp_path, demo
     )
     message = capsys.readouterr().err
     assert code == 2 and str(broken) in message and "Traceback" not in message
-

@@ -1,8 +1,8 @@
 """Crash safety: pretraining and fine-tuning runs SIGKILLed again and again, at random moments, between
-checkpoints and inside each step of a checkpoint write, each time continued with ``--resume``, end with the same weights as runs
-never interrupted (bitwise, on CPU). A byte flipped in ``last.pt`` is caught by its checksum and the run
-goes on from ``previous.pt``. Under ``torchrun --max-restarts 1`` a worker killed mid-run is restarted
-and resumes from the last checkpoint."""
+checkpoints and inside each step of a checkpoint write, each time continued with ``--resume``, end with the
+same weights as runs never interrupted (bitwise, on CPU). A byte flipped in ``last.pt`` is caught by its
+checksum and the run goes on from ``previous.pt``. Under ``torchrun --max-restarts 1`` a worker killed
+mid-run is restarted and resumes from the last checkpoint."""
 
 from __future__ import annotations
 
@@ -244,4 +244,3 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path, demo_ro
     assert final["epoch"] == 6 and os.path.getmtime(output / "checkpoints" / "last.pt") > started
     metrics = pd.read_csv(output / "metrics.csv")
     assert metrics["epoch"].tolist() == list(range(1, 7))
-

@@ -29,7 +29,8 @@ run = dict(task="demo", data_root=sys.argv[1], config_file=sys.argv[4],
 if sys.argv[7] == "pretrain":
     model = pretrain.run(RunRequest(**run, output_dir=output + "/mae"))
 else:
-    model = finetune.run(RunRequest(**run, output_dir=output + "/unetr", pretrained=sys.argv[2] + "/mae/checkpoints/last.pt"))
+    mae = sys.argv[2] + "/mae/checkpoints/last.pt"
+    model = finetune.run(RunRequest(**run, output_dir=output + "/unetr", pretrained=mae))
 torch.save(model.state_dict(), os.path.join(sys.argv[5], f"{sys.argv[7]}_{sys.argv[6]}_rank{rank}.pt"))
 """
 
@@ -119,4 +120,3 @@ def test_two_process_ddp_pretraining_matches_one_process_with_the_monai_sampler(
         assert run.returncode == 0, run.stderr[-3000:]
     rank0, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "single_rank0"))
     assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) < 1e-5
-

@@ -12,7 +12,16 @@ import pytest
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "medmae"
-LAYERS = {"models": 1, "data": 1, "evaluation": 2, "inference": 3, "training": 4, "commands": 5, "cli": 6, "__main__": 7}
+LAYERS = {
+    "models": 1,
+    "data": 1,
+    "evaluation": 2,
+    "inference": 3,
+    "training": 4,
+    "commands": 5,
+    "cli": 6,
+    "__main__": 7,
+}
 FOUNDATION = 0  # every other top-level module: errors, files, tasks, config, seeds, devices, checkpoint, medmae
 
 

@@ -48,10 +48,12 @@ def test_a_regular_install_ships_the_resource_folders(tmp_path):
         "import medmae; print(medmae.__file__); "
         "print(*(medmae.resource_dir(k) / 'README.md' for k in medmae.RESOURCE_KINDS), sep='\\n'); "
         "from medmae.tasks import load_task, list_tasks; from medmae.data.manifests import stored_manifest; "
-        "import medmae.models, medmae.training.pretrain, medmae.training.finetune, medmae.inference.evaluate, medmae.inference.predict; "
-        "import medmae.evaluation.figures, medmae.data.transforms; from medmae.config import stage_file, load_config; "
+        "import medmae.models, medmae.training.pretrain, medmae.training.finetune, medmae.inference.evaluate; "
+        "import medmae.inference.predict, medmae.commands, medmae.evaluation.figures, medmae.data.transforms; "
+        "from medmae.config import stage_file, load_config; "
         "print(load_task('btcv').path, len(list_tasks()), len(stored_manifest(load_task('btcv'))['cases'])); "
-        "print(stage_file('pretrain', 'btcv'), stage_file('finetune', 'btcv'), load_config('pretrain', 'btcv').model.mask_ratio)"
+        "print(stage_file('pretrain', 'btcv'), stage_file('finetune', 'btcv'), "
+        "load_config('pretrain', 'btcv').model.mask_ratio)"
     )
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run(
@@ -63,3 +65,12 @@ def test_a_regular_install_ships_the_resource_folders(tmp_path):
     configs = target / "medmae" / "_resources" / "configs"
     assert out[7:] == [str(configs / "pretrain" / "btcv.yaml"), str(configs / "finetune" / "btcv.yaml"), "0.125"]
 
+
+def test_ci_runs_the_linter_and_the_formatter_and_the_tree_passes_both():
+    ci = (ROOT / ".ci" / "run").read_text()
+    for check in (["check", "."], ["format", "--check", "."]):
+        assert f".venv/bin/ruff {' '.join(check)}" in ci
+        run = subprocess.run(
+            [sys.executable, "-m", "ruff", *check], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        assert run.returncode == 0, run.stdout[-3000:]

@@ -149,4 +149,3 @@ def test_manifest_problems_are_named(tmp_path, manifest, problem):
     with pytest.raises(DataError, match=problem) as error:
         read_datalist(path, tmp_path)
     assert str(error.value).startswith(str(path))
-

@@ -121,4 +121,3 @@ def test_pretrain_finetune_evaluate_predict_on_hippocampus(tmp_path, hippocampus
         )
         == 2
     )  # an unreadable input is named, not a crash
-

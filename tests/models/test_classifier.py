@@ -122,4 +122,3 @@ def test_full_fine_tuning_trains_everything_and_bad_settings_are_refused():
         model.set_tuning("partial", 13)
     with pytest.raises(ValueError, match="choose one of full, linear, partial"):
         model.set_tuning("frozen")
-

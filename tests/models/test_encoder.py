@@ -60,4 +60,3 @@ def test_activation_checkpointing_gives_the_same_gradients(name, kwargs):
         results.append((out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
     assert torch.equal(results[0][0], results[1][0])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1], strict=True))
-

@@ -114,20 +114,20 @@ def test_timm_file_maps_every_tensor_and_gives_timm_features(vit_b, vit_b_file):
     imported = convert_vit_state(state, 2)
     assert set(imported.skipped) == {"head.weight", "head.bias"}
     assert set(imported.mapped) | set(imported.skipped) == set(state)
-    assert payload["task"] is None and payload["config"] == dict(
-        spatial_dims=2,
-        img_size=[224, 224],
-        patch_size=[16, 16],
-        in_channels=3,
-        width=768,
-        depth=12,
-        num_heads=12,
-        mlp_dim=3072,
-        qkv_bias=True,
-        cls_token=True,
-        norm_eps=1e-6,
-        name="imagenet_vit_base_patch16_2d",
-    )
+    assert payload["task"] is None and payload["config"] == {
+        "spatial_dims": 2,
+        "img_size": [224, 224],
+        "patch_size": [16, 16],
+        "in_channels": 3,
+        "width": 768,
+        "depth": 12,
+        "num_heads": 12,
+        "mlp_dim": 3072,
+        "qkv_bias": True,
+        "cls_token": True,
+        "norm_eps": 1e-6,
+        "name": "imagenet_vit_base_patch16_2d",
+    }
     text = "\n".join(notes)
     assert "timm" in text and "head.bias, head.weight" in text and "width 768 // 64" in text
     assert "folded the cls token's position embedding" in text
@@ -242,4 +242,3 @@ def test_a_file_carrying_code_is_refused_and_the_code_never_runs(tiny_state, tmp
     ):
         read_state_dict(hostile)
     assert not marker.exists()
-

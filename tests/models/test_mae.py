@@ -57,7 +57,7 @@ def test_loss_ignores_visible_patches_and_follows_hidden_ones(norm_pix_loss):
 def test_norm_pix_target_is_normalised_per_patch():
     model = tiny_mae()
     x = 100 + 20 * torch.randn(1, 1, *SIZE_3D)
-    target, mean, std = model.patch_target(x)
+    target, _mean, _std = model.patch_target(x)
     assert torch.allclose(target.mean(-1), torch.zeros(1, 12), atol=1e-4)
     assert torch.allclose(target.std(-1, unbiased=False), torch.ones(1, 12), atol=1e-4)
     raw = tiny_mae(norm_pix_loss=False).patch_target(x)[0]
@@ -120,7 +120,7 @@ def test_reconstruct_keeps_visible_patches_and_fills_hidden_ones():
         patchify(images["masked"], model.patch_size).masked_select(~visible), torch.zeros(int((~visible).sum()) * 4096)
     )
     # hidden patches come from the prediction, mapped back with each patch's mean and std
-    target, mean, std = model.patch_target(x)
+    _target, mean, std = model.patch_target(x)
     assert torch.allclose(composite.masked_select(~visible), (pred * std + mean).masked_select(~visible))
 
 
@@ -240,4 +240,3 @@ def test_the_config_records_target_strategy_and_encoder_mode_and_rebuilds_them()
         tiny_mae(mask_strategy="grid", mask_ratio=0.75)
     with pytest.raises(ValueError, match="encoder_mode"):
         tiny_mae(encoder_mode="dense")
-

@@ -158,4 +158,3 @@ def test_a_samples_mask_depends_on_its_seed_only(strategy):
     alone = masking_noise(strategy, torch.tensor([9]), grid, ratio)
     assert torch.equal(batch[1:2], alone)
     assert not torch.equal(batch[0], batch[2])
-

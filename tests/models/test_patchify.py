@@ -40,4 +40,3 @@ def test_bad_sizes_raise():
         patchify(torch.zeros(1, 1, 32, 32), (16, 16, 16))
     with pytest.raises(ValueError, match="do not fit"):
         unpatchify(torch.zeros(1, 5, 16 * 16), (16, 16), (32, 32))
-

@@ -82,4 +82,3 @@ def test_3d_resampling_is_trilinear_inside_the_grid():
     inside = [((torch.arange(n) + 0.5) * o / n - 0.5).clamp(min=-1) for o, n in zip(old, new)]
     keep = [(c >= 0) & (c <= o - 1) for c, o in zip(inside, old)]
     assert torch.allclose(out[keep[0]][:, keep[1]][:, :, keep[2]], reference[keep[0]][:, keep[1]][:, :, keep[2]])
-

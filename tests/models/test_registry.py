@@ -68,7 +68,6 @@ def test_registry_names_and_errors():
         create_model("mae_vit_tiny_patch16_3d", colour="red")
 
 
-
 def test_a_checkpoint_rebuilds_its_model_with_its_weights_or_names_the_problem():
     from medmae.checkpoint import CheckpointError, model_checkpoint
     from medmae.models.registry import rebuild_model

@@ -66,4 +66,3 @@ def test_unetr_refuses_encoders_it_cannot_hold():
         create_model("unetr_vit_tiny_patch16_3d", img_size=32, out_channels=2, depth=6)
     with pytest.raises(ValueError, match="cls token"):
         create_model("unetr_vit_tiny_patch16_3d", img_size=32, out_channels=2, cls_token=True)
-

@@ -89,4 +89,3 @@ def test_an_encoder_that_does_not_fit_names_keys_and_shapes():
     assert "shape of patch_embedding.patch_embeddings.weight: checkpoint (48, 1, 16, 16)" in str(error.value)
     with pytest.raises(WeightTransferError, match="no encoder"):
         unetr_from_pretrained(dict(checkpoint, state_dict={}), out_channels=2)
-

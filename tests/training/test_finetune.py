@@ -227,4 +227,3 @@ def test_a_frozen_encoder_reading_an_untrained_cls_token_is_refused(tmp_path, tu
         build_finetune_model(cfg, task, str(path))
     cfg = load_config("finetune", "chestxray14", None, [f"model.tuning={tuning}", "model.pool=avg"])
     assert type(build_finetune_model(cfg, task, str(path))).__name__ == "ViTClassifier"
-

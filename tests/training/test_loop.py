@@ -79,4 +79,3 @@ def test_compile_and_activation_checkpointing_switches_reach_the_training_step(t
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["state_dict"]
     assert saved.keys() == model.state_dict().keys() and not any(k.startswith("_orig_mod") for k in saved)
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -50,7 +51,7 @@ def test_warmup_then_cosine():
     rates = [learning_rate(step, total_steps=110, warmup_steps=10, peak=1.0, minimum=0.1) for step in range(110)]
     assert rates[:10] == pytest.approx([(k + 1) / 10 for k in range(10)])
     assert rates[10] == 1.0 and rates[60] == pytest.approx(0.55) and rates[-1] > 0.1
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert learning_rate(110, 110, 10, 1.0, 0.1) == pytest.approx(0.1)
     assert learning_rate(0, 10, 0, 2.0) == 2.0  # no warm-up
 
@@ -60,4 +61,3 @@ def test_learning_rate_scales_with_the_effective_batch():
     assert effective_batch(cfg, samples_per_item=4) == 6 * 4 * 2
     assert effective_lr(cfg, 4) == pytest.approx(1.5e-4 * 48 / 256)
     assert math.isclose(effective_lr(load_config("pretrain", "chestxray14"), 1), 1.5e-4)
-

@@ -45,4 +45,3 @@ def test_pretraining_on_crops_memory_mapped_from_disk(tmp_path, demo_root):
     )
     assert len(list((tmp_path / "cache").glob("demo_*.npy"))) == 1
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
-

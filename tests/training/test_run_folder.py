@@ -104,4 +104,3 @@ def test_each_epoch_row_goes_to_tensorboard_when_it_is_installed(tmp_path, monke
         ("lr", 1e-3, 4),
         ("val_mean_dsc", 0.7, 4),
     ]
-

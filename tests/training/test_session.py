@@ -114,7 +114,6 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
     assert yaml.safe_load((killed / "config.yaml").read_text())["train"]["dist_timeout_min"] == 5
 
 
-
 def test_an_img_size_becomes_the_roi_when_it_is_a_multiple_of_the_patch_size():
     from medmae.errors import UserError
     from medmae.tasks import load_task
@@ -125,7 +124,9 @@ def test_an_img_size_becomes_the_roi_when_it_is_a_multiple_of_the_patch_size():
     changed = with_roi(task, [64, 64, 32])
     assert changed.roi == (64, 64, 32) and changed.record["roi"] == [64, 64, 32] and task.roi == (48, 48, 32)
     for img_size in ([40, 48, 32], [48, 48]):
-        with pytest.raises(UserError, match=rf"model.img_size \[{img_size[0]}, 48.*: task demo needs 3 multiples of 16"):
+        with pytest.raises(
+            UserError, match=rf"model.img_size \[{img_size[0]}, 48.*: task demo needs 3 multiples of 16"
+        ):
             with_roi(task, img_size)
 
 

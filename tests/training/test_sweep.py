@@ -34,4 +34,3 @@ def test_each_stage_gets_its_own_and_the_shared_keys_and_folders_name_the_values
     ]
     assert folder_name(params, (0.5, 0.01), ("pretrain",)) == "mask_ratio=0.5"
     assert folder_name(params, (0.5, 0.01), ("pretrain", "finetune")) == "mask_ratio=0.5_base_lr=0.01"
-
