@@ -196,4 +196,3 @@ def test_an_evaluated_checkpoint_whose_weights_disagree_with_its_config_exits_2(
             == 2
         )
         assert problem in capsys.readouterr().err
-

@@ -86,4 +86,3 @@ def test_resolved_config_round_trips(tmp_path):
 def test_more_crops_per_volume_than_the_seed_rule_allows_are_refused():
     with pytest.raises(UserError, match=r"data.crops_per_volume in \[1, 64\]"):
         load_config("pretrain", "btcv", overrides=["data.crops_per_volume=65"])
-

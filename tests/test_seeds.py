@@ -41,4 +41,3 @@ def test_seeded_noise_streams_are_apart_and_bad_sizes_are_refused():
     assert not torch.isin(masks, crops).any()  # crops and masks of one sample draw unrelated numbers
     with pytest.raises(ValueError, match="tokens"):
         seeded_noise(seeds, 2**17)
-

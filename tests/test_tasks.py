@@ -85,4 +85,3 @@ def test_mean_groups_must_name_scored_classes(tmp_path):
     path.write_text(load_task("demo").path.read_text() + "mean_groups: {organs: [liver, background]}\n")
     with pytest.raises(TaskError, match="mean_groups must map names to lists of the task's scored classes"):
         load_task(path)
-

@@ -10,7 +10,9 @@ import pytest
 from medmae.commands.common import add_run_flags, at_least, distance_mm, fraction, print_summary, run_request
 
 
-@pytest.mark.parametrize("parse, good, bad", [(fraction, "0.25", "0"), (at_least(2), "2", "1"), (distance_mm, "373.13", "inf")])
+@pytest.mark.parametrize(
+    "parse, good, bad", [(fraction, "0.25", "0"), (at_least(2), "2", "1"), (distance_mm, "373.13", "inf")]
+)
 def test_argument_types_take_good_values_and_refuse_bad_ones(parse, good, bad):
     assert parse(good) == float(good)
     with pytest.raises(argparse.ArgumentTypeError, match=bad):
@@ -29,8 +31,18 @@ def test_run_flags_become_a_run_request():
 
 
 def test_a_summary_prints_its_means_and_undefined_counts(capsys):
-    summary = pd.DataFrame([{"class": "liver", "dsc_mean": 0.91234, "hd95_mm_mean": float("nan"), "dsc_undefined": 0,
-                             "hd95_mm_undefined": 2, "cases": 4}])
+    summary = pd.DataFrame(
+        [
+            {
+                "class": "liver",
+                "dsc_mean": 0.91234,
+                "hd95_mm_mean": float("nan"),
+                "dsc_undefined": 0,
+                "hd95_mm_undefined": 2,
+                "cases": 4,
+            }
+        ]
+    )
     print_summary(summary)
     out = capsys.readouterr().out
     assert "0.9123" in out and " - " in out and "cases" not in out

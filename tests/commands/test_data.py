@@ -23,4 +23,3 @@ def test_cli_exit_codes(capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as error:
         main(["data", "check"])
     assert error.value.code == 2
-

@@ -53,4 +53,3 @@ def test_quick_demo_writes_every_output(tmp_path):
 def test_demo_reaches_a_mean_dsc_of_0_7_on_its_test_cases(tmp_path):
     run_demo(tmp_path / "demo")
     assert mean_dsc(tmp_path / "demo") >= 0.7
-

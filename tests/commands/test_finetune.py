@@ -82,4 +82,3 @@ def test_finetune_takes_imagenet_weights_from_the_command_line(tmp_path, demo_ro
         )
         == 2
     )
-

@@ -209,4 +209,3 @@ def test_default_output_folder_and_figure_rows(capsys, demo_root, tmp_path, monk
     code, out = score(capsys, "--task", "demo", "--pred", ".", "--ref", demo_root / "labelsTr")
     assert code == 0 and (tmp_path / "pred_scores" / "summary.csv").is_file()
     assert "best_worst.png" in out
-

@@ -85,4 +85,3 @@ def test_a_sweep_shares_pretraining_scores_every_point_and_resumes(tmp_path, dem
     )
     assert again["mean_dsc"].tolist() == table["mean_dsc"].tolist()  # the same best.pt, scored again
     assert main([*command, "--part", "val"]) == 2  # scores of another command are not passed off as these
-

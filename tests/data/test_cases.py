@@ -11,8 +11,15 @@ from medmae.data.cases import Case, Split, case_id
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("img0001.nii.gz", "img0001"), ("hippocampus_003.nii", "hippocampus_003"), ("00000001_000.png", "00000001_000"),
-     ("ct.nrrd", "ct"), ("scan.mha", "scan"), ("slice.dcm", "slice"), ("series_folder", "series_folder")],
+    [
+        ("img0001.nii.gz", "img0001"),
+        ("hippocampus_003.nii", "hippocampus_003"),
+        ("00000001_000.png", "00000001_000"),
+        ("ct.nrrd", "ct"),
+        ("scan.mha", "scan"),
+        ("slice.dcm", "slice"),
+        ("series_folder", "series_folder"),
+    ],
 )
 def test_case_ids_are_file_names_without_their_image_suffix(name, expected):
     assert case_id(Path("/data") / name) == expected

@@ -148,4 +148,3 @@ def test_affine_tolerance_is_a_thousandth_of_a_millimetre(demo_root, tmp_path):
         nib.save(nib.Nifti1Image(np.asarray(source.dataobj), affine), tmp_path / "l.nii.gz")
         errors = check_case(task, Case("x", case.image, tmp_path / "l.nii.gz")).errors
         assert (errors == []) == ok, errors
-

@@ -79,4 +79,3 @@ def test_list_problems_are_named(tmp_path):
         load_split(task, tmp_path)
     with pytest.raises(UserError, match="--manifest is not used by task chestxray14"):
         load_split(task, tmp_path, manifest=tmp_path / "x.json")
-

@@ -23,4 +23,3 @@ def test_data_root_errors_say_where_data_comes_from(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDMAE_DATA", str(tmp_path))
     with pytest.raises(DataError, match="msd_hippocampus: no such data folder"):
         load_split(task, None)
-

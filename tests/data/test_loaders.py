@@ -52,4 +52,3 @@ def test_shards_are_disjoint_and_make_up_the_global_batches():
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
     with pytest.raises(UserError, match="does not split evenly over 4 processes"):
         ShardSampler(size=20, global_batch=6, rank=0, world=4, seed=0)
-

@@ -142,4 +142,3 @@ def test_fold_assignment_is_pinned():
         ["05", "09"],
         ["03", "06"],
     ]
-

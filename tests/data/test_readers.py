@@ -106,4 +106,3 @@ def test_16_bit_png_keeps_its_values(tmp_path):
     PILImage.fromarray(values).save(tmp_path / "deep.png")
     image = read_image(tmp_path / "deep.png")
     assert image.array.shape == (1, 2, 2) and np.array_equal(image.array[0], values)
-

@@ -35,4 +35,3 @@ def test_demo_anatomy_sits_on_the_right_sides(tmp_path):
     label = np.asarray(image.dataobj)
     world_x = {value: (image.affine @ [*np.argwhere(label == value).mean(0), 1])[0] for value in (1, 2, 3, 4)}
     assert world_x[1] > 0 > world_x[2] and world_x[3] > 0 > world_x[4]  # liver, spleen; right, left kidney
-

@@ -253,4 +253,3 @@ def test_random_resized_crop_stays_inside_and_resizes():
 def test_unknown_stage_raises():
     with pytest.raises(ValueError, match="stage 'test'"):
         build_transform(load_task("demo"), "test")
-

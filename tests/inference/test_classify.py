@@ -14,8 +14,10 @@ def test_probabilities_targets_and_ids_come_back_in_loader_order():
     task = load_task("chestxray14")
     model = create_model("vit_tiny_patch16_2d_cls", img_size=32, num_classes=len(task.findings))
     targets = torch.randint(0, 2, (5, len(task.findings))).float()
-    batches = [{"image": torch.randn(3, 1, 32, 32), "label": targets[:3], "case_id": ["a", "b", "c"]},
-               {"image": torch.randn(2, 1, 32, 32), "label": targets[3:], "case_id": ["d", "e"]}]
+    batches = [
+        {"image": torch.randn(3, 1, 32, 32), "label": targets[:3], "case_id": ["a", "b", "c"]},
+        {"image": torch.randn(2, 1, 32, 32), "label": targets[3:], "case_id": ["d", "e"]},
+    ]
     probabilities, seen, ids = classify(model, batches, task, "fp32", torch.device("cpu"))
     assert probabilities.shape == (5, 14) and ((probabilities > 0) & (probabilities < 1)).all()
     assert np.array_equal(seen, targets.numpy()) and ids == ["a", "b", "c", "d", "e"]

@@ -10,12 +10,15 @@ from medmae.inference.evaluate import evaluate
 
 
 def test_the_test_part_is_predicted_and_scored(demo_root, demo_checkpoint, tmp_path):
-    summary, notes, written = evaluate(str(demo_checkpoint), "demo", str(demo_root), None, None, "test",
-                                       str(tmp_path / "out"), progress=False)
+    summary, notes, written = evaluate(
+        str(demo_checkpoint), "demo", str(demo_root), None, None, "test", str(tmp_path / "out"), progress=False
+    )
     assert list(summary["class"]) == ["liver", "spleen", "right_kidney", "left_kidney", "foreground mean"]
     per_case = pd.read_csv(tmp_path / "out" / "per_case.csv")
     assert set(per_case["case_id"]) == {"img0006"} and per_case["dsc"].dropna().between(0, 1).all()
-    assert notes[0].startswith("task demo: 1 cases of the test part") and written[0] == tmp_path / "out" / "per_case.csv"
+    assert (
+        notes[0].startswith("task demo: 1 cases of the test part") and written[0] == tmp_path / "out" / "per_case.csv"
+    )
 
 
 def test_the_default_output_is_beside_the_checkpoints_folder_and_the_task_must_match(demo_root, demo_checkpoint):

@@ -22,7 +22,9 @@ def test_a_finetuned_checkpoint_loads_in_eval_mode_with_its_task(demo_checkpoint
 def test_pretraining_and_incomplete_checkpoints_are_refused(tmp_path):
     mae = create_model("mae_vit_tiny_patch16_3d", img_size=(32, 32, 32))
     pretrained = save_checkpoint(model_checkpoint(mae, stage="pretrain"), tmp_path / "mae.pt")
-    with pytest.raises(CheckpointError, match="a pretrain checkpoint; evaluate and predict need one from medmae finetune"):
+    with pytest.raises(
+        CheckpointError, match="a pretrain checkpoint; evaluate and predict need one from medmae finetune"
+    ):
         load_finetuned(str(pretrained))
     unetr = create_model("unetr_vit_tiny_patch16_3d", img_size=(32, 32, 32), out_channels=2)
     bare = save_checkpoint(model_checkpoint(unetr, stage="finetune"), tmp_path / "bare.pt")

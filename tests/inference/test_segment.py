@@ -19,7 +19,6 @@ def test_brain_regions_become_msd_labels():
     assert to_label_map(task, probabilities)[:, 0, 0].tolist() == [0, 1, 2, 3]
 
 
-
 @pytest.mark.parametrize("task_name", ["demo", "msd_brain"])
 def test_masks_of_prediction_and_target_follow_the_scored_classes(task_name):
     from medmae.inference.segment import predicted_masks, reference_masks
