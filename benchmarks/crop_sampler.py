@@ -15,36 +15,31 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from monai.data import list_data_collate
 from monai.transforms import Compose, RandFlipd, RandSpatialCropSamplesd
 
-from medmae.data.fast import CropSampler
-from medmae.data.loaders import CaseDataset
-from medmae.data.manifests import load_split
+from harness import HIPPOCAMPUS, step_times, task_volumes
+from medmae.data.crops import CropSampler
 from medmae.tasks import load_task
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
 
-
-def rate(draw, crops_per_call: int, seconds: float, device: torch.device) -> float:
-    """Crops per second of ``draw()`` over about ``seconds`` (after one warm-up call)."""
-    draw()
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        draw()
-        calls += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return calls * crops_per_call / (time.perf_counter() - started)
+def crops_per_second(
+    draw: Callable[[], torch.Tensor], crops_per_call: int, seconds: float, device: torch.device
+) -> float:
+    """Crops per second of ``draw()`` (a batch ``[crops_per_call, C, *roi]``) over about ``seconds``, after one
+    warm-up call."""
+    times = step_times(draw, device, seconds, warmup=1, at_least=1)
+    return crops_per_call * len(times) / sum(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="msd_hippocampus")
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--data-root", type=Path, default=HIPPOCAMPUS)
     parser.add_argument(
         "--roi",
         type=int,
@@ -58,11 +53,9 @@ def main() -> None:
     args = parser.parse_args()
     task = load_task(args.task)
     roi = tuple(args.roi)
-    split = load_split(task, args.data_root)
-    dataset = CaseDataset(task, split.train + split.validation, "inference")
     started = time.perf_counter()
-    volumes = [torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor) for k in range(len(dataset))]
-    volumes = [v for v in volumes if all(s >= r for s, r in zip(v.shape[1:], roi))]
+    items = task_volumes(task, args.data_root, "inference", parts=("train", "validation"))
+    volumes = [item["image"] for item in items if all(s >= r for s, r in zip(item["image"].shape[1:], roi))]
     preprocess_s = time.perf_counter() - started
     device = torch.device(args.device)
     per_volume = 4
@@ -98,7 +91,7 @@ def main() -> None:
     }
     results = {}
     for name, draw in (("monai_chain", monai_batch), ("medmae_crop_sampler", medmae_batch)):
-        results[name] = rate(draw, args.batch, args.seconds, device)
+        results[name] = crops_per_second(draw, args.batch, args.seconds, device)
         print(json.dumps({"case": name, **common, "crops_per_s": round(results[name], 1)}))
     print(
         json.dumps(

@@ -2,14 +2,16 @@
 mask tokens for them, on the same device. Prints one JSON line per model and mode, one line per model
 with the ratios, and writes them (``--output``) and a bar chart (``--figure``).
 
-    python benchmarks/encoder_efficiency.py                      # GPU: ViT-B/16 and ViT-L/16, 2D 224^2 and 3D 96^3, bf16
+    python benchmarks/encoder_efficiency.py                      # GPU: ViT-B/16, ViT-L/16, 2D 224^2, 3D 96^3, bf16
     python benchmarks/encoder_efficiency.py --device cpu --tiny  # 2 CPU cores: tiny models, about a minute
 
 Each measurement is one training step (forward, backward, fused AdamW) at mask ratio 0.75 with the
 decoder of the model's size. FLOPs per step come from ``torch.utils.flop_counter`` (matrix products and
 attention, forward and backward); the time per step is the median over ``--seconds`` of steps after three
 untimed ones. The paper (He et al. 2022, table 2 and section 4.1): ViT-L, 8-block decoder, mask 0.75:
-3.3x fewer FLOPs and 2.8x faster when the encoder skips the hidden patches.
+3.3x fewer FLOPs and 2.8x faster when the encoder skips the hidden patches. The committed results
+(``--output`` and ``--figure``) are in docs/results/speed/ (``encoder_efficiency_gpu.*``,
+``encoder_efficiency_cpu_tiny.*``).
 """
 
 from __future__ import annotations
@@ -18,32 +20,17 @@ import argparse
 import json
 import math
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from medmae.engine.loop import autocast
-from medmae.engine.optim import build_optimizer
+from harness import PeakMemory, device_name, free, grouped, ratio_chart, step_flops, step_times, train_step, write_lines
 from medmae.models import MaskedAutoencoder
 from medmae.models.masking import ENCODER_MODES
+from medmae.models.registry import DECODERS, ENCODERS
 
-ENCODERS = {
-    "tiny": {"width": 48, "depth": 12, "num_heads": 3, "mlp_dim": 192},
-    "base": {"width": 768, "depth": 12, "num_heads": 12, "mlp_dim": 3072},
-    "large": {"width": 1024, "depth": 24, "num_heads": 16, "mlp_dim": 4096},
-}
-DECODERS = {
-    2: {"decoder_width": 512, "decoder_depth": 8, "decoder_heads": 16},
-    3: {"decoder_width": 384, "decoder_depth": 8, "decoder_heads": 12},
-    "tiny": {"decoder_width": 48, "decoder_depth": 2, "decoder_heads": 3},
-}
+VIT_LARGE = {"width": 1024, "depth": 24, "num_heads": 16, "mlp_dim": 4096}  # the paper's ViT-L, not in medmae
 # (name, encoder size, input size, batch): the paper's 2D setting, and medmae's 3D one
 GPU_MODELS = [
     ("vit_large_2d", "large", (224, 224), 256),
@@ -54,62 +41,36 @@ TINY_MODELS = [("vit_tiny_2d", "tiny", (128, 128), 32), ("vit_tiny_3d", "tiny", 
 
 
 def build(size: str, img_size: tuple[int, ...], mode: str) -> MaskedAutoencoder:
+    """The MAE of encoder ``size`` (tiny, base or large) with medmae's decoder of its size (base's, the
+    paper's 8 blocks, for large)."""
     dims = len(img_size)
-    decoder = DECODERS["tiny" if size == "tiny" else dims]
-    return MaskedAutoencoder(dims, img_size, 16, 1, **ENCODERS[size], **decoder, mask_ratio=0.75, encoder_mode=mode)
+    encoder = VIT_LARGE if size == "large" else ENCODERS[size]
+    decoder = DECODERS["tiny" if size == "tiny" else "base", dims]
+    return MaskedAutoencoder(
+        dims, img_size, **decoder, mask_ratio=0.75, encoder_mode=mode, patch_size=16, in_channels=1, **encoder
+    )
 
 
 def training_step(model: MaskedAutoencoder, batch: int, device: torch.device) -> Callable[[], None]:
-    """One step on a fixed random batch (masks drawn anew each step), bf16 autocast on GPU."""
+    """One step on a fixed random batch ``[batch, 1, *img_size]`` (masks drawn anew each step), bf16 autocast
+    on GPU."""
     images = torch.randn(batch, 1, *model.img_size, device=device)
-    optimizer = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95))
-
-    def step() -> None:
-        with autocast("auto", device):
-            loss = model(images)[0]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def seconds_per_step(step: Callable[[], None], device: torch.device, seconds: float) -> float:
-    """The median time of the steps run in about ``seconds``, after three untimed ones (the median, as
-    other work on a shared machine delays single steps)."""
-    for _ in range(3):
-        step()
-    times, started = [], time.perf_counter()
-    while len(times) < 5 or time.perf_counter() - started < seconds:
-        synchronize(device)
-        begin = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    return train_step(model, lambda: model(images)[0], "auto", device)
 
 
 def measure(
     name: str, size: str, img_size: tuple[int, ...], batch: int, device: torch.device, seconds: float
 ) -> list[dict]:
-    """One record per encoder mode: FLOPs and seconds per training step, peak GPU memory."""
+    """One record per encoder mode: FLOPs and seconds per training step (the median over about ``seconds``
+    after three untimed steps, as other work on a shared machine delays single steps), peak GPU memory."""
     records = []
     for mode in ENCODER_MODES:
         torch.manual_seed(0)
         model = build(size, img_size, mode).to(device)
         step = training_step(model, batch, device)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        per_step = seconds_per_step(step, device, seconds)
-        memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        flops = step_flops(step)
+        with PeakMemory(device) as memory:
+            per_step = statistics.median(step_times(step, device, seconds, warmup=3, at_least=5))
         records.append(
             {
                 "model": name,
@@ -118,23 +79,22 @@ def measure(
                 "batch": batch,
                 "tokens": math.prod(model.encoder.grid),
                 "encoder_tokens": model.keep if mode == "skip" else math.prod(model.encoder.grid),
-                "gflops_per_step": counter.get_total_flops() / 1e9,
+                "gflops_per_step": flops / 1e9,
                 "seconds_per_step": per_step,
-                "peak_memory_gib": memory,
+                "peak_memory_gib": memory.peak / 2**10 if device.type == "cuda" else None,
             }
         )
         print(json.dumps(records[-1]), flush=True)
         del model, step
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free(device)
     return records
 
 
 def ratios(records: list[dict]) -> list[dict]:
     """Per model: how many times more FLOPs and time the mask-token encoder takes than the skipping one."""
     lines = []
-    for name in dict.fromkeys(r["model"] for r in records):
-        skip, tokens = ({r["encoder_mode"]: r for r in records if r["model"] == name}[m] for m in ENCODER_MODES)
+    for name, modes in grouped(records, "model", "encoder_mode").items():
+        skip, tokens = (modes[mode] for mode in ENCODER_MODES)
         lines.append(
             {
                 "model": name,
@@ -146,19 +106,12 @@ def ratios(records: list[dict]) -> list[dict]:
 
 
 def save_figure(lines: list[dict], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(lines), 3.2))
-    x = torch.arange(len(lines)).float()
-    ax.bar(x - 0.2, [line["flops_ratio"] for line in lines], 0.4, label="FLOPs: mask tokens / skip")
-    ax.bar(x + 0.2, [line["speedup"] for line in lines], 0.4, label="time: mask tokens / skip")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xticks(x.tolist(), [line["model"] for line in lines], fontsize=8)
-    ax.set_ylabel("x (higher: skipping saves more)")
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Horizontal bars per model: the FLOPs and the time of the mask-token encoder over the skipping one."""
+    series = {
+        "FLOPs: mask tokens / skip": [line["flops_ratio"] for line in lines],
+        "time: mask tokens / skip": [line["speedup"] for line in lines],
+    }
+    ratio_chart(path, [line["model"] for line in lines], series, title, "x (higher: skipping saves more)")
 
 
 def main() -> None:
@@ -171,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     seconds = args.seconds or (8.0 if args.tiny else 5.0)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = device_name(device)
     header = {"device": name, "torch": torch.__version__, "mode": "tiny" if args.tiny else "full", "mask_ratio": 0.75}
     print(json.dumps(header), flush=True)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -180,8 +133,7 @@ def main() -> None:
     for line in lines:
         print(json.dumps(line), flush=True)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("".join(json.dumps(line) + "\n" for line in [header, *records, *lines]))
+        write_lines(args.output, [header, *records, *lines])
     if args.figure:
         save_figure(lines, args.figure, f"{name}, {header['mode']} mode, mask ratio 0.75, torch {torch.__version__}")
 

@@ -43,13 +43,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from medmae.engine import finetune, pretrain
-from medmae.engine.common import RunRequest
-from medmae.engine.evaluate import evaluate
+from harness import HIPPOCAMPUS, SHARED_DATA
+from medmae.inference.evaluate import evaluate
 from medmae.tasks import load_task
+from medmae.training import finetune, pretrain
+from medmae.training.session import RunRequest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_ROOTS = {"msd_hippocampus": SHARED / "msd_hippocampus", "chestxray14": SHARED / "chestxray14_nih_subset"}
+DEFAULT_ROOTS = {"msd_hippocampus": HIPPOCAMPUS, "chestxray14": SHARED_DATA / "chestxray14_nih_subset"}
 # ChestX-ray14 on a CPU: the NIH subset's images are 64 x 64, so the models take 64 x 64 (no upsampling to 224).
 CHEST_CPU = (
     [
@@ -135,24 +135,22 @@ def train_seconds(run: Path) -> tuple[float, int]:
     return float(metrics["seconds"].sum()), int(metrics["step"].iloc[-1])
 
 
+def request(args, run: Path, overrides: list[str], **options) -> RunRequest:
+    """A run of the experiment's task, data and split in the folder ``run``; ``options``: resume, pretrained,
+    label_fraction."""
+    return RunRequest(
+        args.task, str(args.data_root), split=args.split, output_dir=str(run), overrides=overrides, **options
+    )
+
+
 def finetune_run(
     args, work: Path, name: str, overrides: list[str], fraction: float, seed: int, pretrained: str | None = None
 ) -> dict:
     """Fine-tune one model (resuming it if an earlier invocation was interrupted; a changed config or split
     is refused) and score its best checkpoint on ``args.part``; one row of ``runs.csv``."""
     run = work / name
-    finetune.run(
-        RunRequest(
-            args.task,
-            str(args.data_root),
-            split=args.split,
-            output_dir=str(run),
-            pretrained=pretrained,
-            label_fraction=fraction,
-            resume=True,
-            overrides=[*overrides, f"data.label_seed={seed}", f"train.seed={seed}"],
-        )
-    )
+    seeded = [*overrides, f"data.label_seed={seed}", f"train.seed={seed}"]
+    finetune.run(request(args, run, seeded, pretrained=pretrained, label_fraction=fraction, resume=True))
     summary, _, _ = evaluate(
         str(run / "checkpoints" / "best.pt"),
         args.task,
@@ -190,21 +188,8 @@ def unet_seconds_per_step(args, work: Path, overrides: list[str]) -> float:
         return json.loads(record.read_text())["seconds_per_step"]
     run = work / "unet_calibration"
     shutil.rmtree(run, ignore_errors=True)
-    finetune.run(
-        RunRequest(
-            args.task,
-            str(args.data_root),
-            split=args.split,
-            output_dir=str(run),
-            overrides=[
-                *overrides,
-                "train.epochs=3",
-                "train.steps_per_epoch=4",
-                "train.val_every=100",
-                "optim.warmup_epochs=1",
-            ],
-        )
-    )
+    short = ["train.epochs=3", "train.steps_per_epoch=4", "train.val_every=100", "optim.warmup_epochs=1"]
+    finetune.run(request(args, run, [*overrides, *short]))
     metrics = pd.read_csv(run / "metrics.csv", comment="#")
     per_step = float(metrics["seconds"].iloc[1:].sum()) / (4 * (len(metrics) - 1))
     record.write_text(json.dumps({"seconds_per_step": per_step}) + "\n")
@@ -308,16 +293,7 @@ def main() -> None:
     started, code = time.time(), git_state()  # the code as it was imported, not as it is when the run ends
 
     mae_run = work / "mae"
-    pretrain.run(
-        RunRequest(
-            args.task,
-            str(args.data_root),
-            split=args.split,
-            output_dir=str(mae_run),
-            resume=True,
-            overrides=pretrain_overrides,
-        )
-    )
+    pretrain.run(request(args, mae_run, pretrain_overrides, resume=True))
     mae = str(mae_run / "checkpoints" / "last.pt")
     epochs = int(next(o for o in finetune_overrides if o.startswith("train.epochs=")).split("=")[1])
     unet = [*finetune_overrides, "model.arch=unet", f"optim.base_lr={UNET_BASE_LR}", "optim.layer_decay=1.0"]

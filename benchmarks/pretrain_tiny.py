@@ -7,7 +7,11 @@ The held-out loss is the MAE loss (MSE of the per-patch normalised target over t
 volumes never trained on, with fixed masks, next to two references on the same patches: predicting zero
 (the normalised target's mean: 1.0 on any patch that is not constant) and predicting each grid position's
 mean training patch. Writes ``checkpoint.pt``, ``reconstruction.png`` and ``result.json`` into
-``--output-dir``.
+``--output-dir`` (default ``runs/pretrain_tiny_<data>``).
+
+The hippocampus volumes go through medmae's own msd_hippocampus chain (RAS, 1 mm spacing, clipped to the
+0.5-99.5 percentiles, z-scored, padded to its 48 x 64 x 48 ROI). The committed hippocampus run (the second
+command) is kept in docs/results/speed/ (``pretrain_tiny_hippocampus.json`` and ``.png``).
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from medmae.engine.checkpoint import model_checkpoint, save_checkpoint
+from harness import HIPPOCAMPUS, task_volumes
+from medmae.checkpoint import model_checkpoint, save_checkpoint
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
+from medmae.tasks import load_task
 
-ROI = (48, 64, 48)  # multiples of 16 that hold every hippocampus crop (at most 43 x 59 x 47)
-DEFAULT_HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
+TASK = load_task("msd_hippocampus")
+ROI = TASK.roi  # 48 x 64 x 48: multiples of 16 that hold every hippocampus crop
 
 
 def synthetic_volumes(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -45,30 +51,10 @@ def synthetic_volumes(count: int, generator: torch.Generator) -> torch.Tensor:
     return volumes + 0.1 * torch.randn(volumes.shape, generator=generator)
 
 
-def hippocampus_volumes(root: Path) -> tuple[list[str], torch.Tensor]:
-    """Case ids and ``[N, 1, *ROI]`` volumes: clipped to the 0.5-99.5 percentiles, z-scored, zero-padded."""
-    import nibabel as nib
-
-    listing = json.loads((root / "dataset.json").read_text())["training"]
-    cases, volumes = [], []
-    for entry in sorted(listing, key=lambda e: e["image"]):
-        path = root / entry["image"]
-        image = torch.from_numpy(nib.load(path).get_fdata(dtype="float32"))
-        if image.ndim != 3 or any(s > r for s, r in zip(image.shape, ROI)):
-            raise ValueError(f"{path}: shape {tuple(image.shape)} does not fit the {ROI} region of interest")
-        low, high = torch.quantile(image.flatten(), torch.tensor([0.005, 0.995]))
-        image = image.clamp(low, high)
-        image = (image - image.mean()) / image.std().clamp(min=1e-6)
-        padded = torch.zeros(ROI)
-        offset = [(r - s) // 2 for r, s in zip(ROI, image.shape)]
-        padded[
-            offset[0] : offset[0] + image.shape[0],
-            offset[1] : offset[1] + image.shape[1],
-            offset[2] : offset[2] + image.shape[2],
-        ] = image
-        cases.append(Path(entry["image"]).name.split(".")[0])
-        volumes.append(padded)
-    return cases, torch.stack(volumes).unsqueeze(1)
+def hippocampus_volumes(root: Path) -> torch.Tensor:
+    """``[N, 1, *ROI]``: every labelled case in order of id through medmae's msd_hippocampus chain (RAS, 1 mm,
+    clipped to the 0.5-99.5 percentiles, z-scored, zero-padded to the ROI)."""
+    return torch.stack([item["image"] for item in task_volumes(TASK, root, "inference")])
 
 
 def random_flips(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -148,7 +134,7 @@ def parse_model_arg(text: str) -> tuple[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=["synthetic", "hippocampus"], default="synthetic")
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_HIPPOCAMPUS)
+    parser.add_argument("--data-root", type=Path, default=HIPPOCAMPUS)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -170,11 +156,10 @@ def main() -> None:
     if args.data == "hippocampus":
         if not (args.data_root / "dataset.json").is_file():
             parser.error(f"{args.data_root}: no dataset.json; give --data-root, the MSD Task04_Hippocampus folder")
-        cases, volumes = hippocampus_volumes(args.data_root)
-        is_test = torch.arange(len(cases)) % 5 == 4  # every 5th case by sorted id: 40 of 200
+        volumes = hippocampus_volumes(args.data_root)
     else:
         volumes = synthetic_volumes(200, torch.Generator().manual_seed(args.seed))
-        is_test = torch.arange(len(volumes)) % 5 == 4
+    is_test = torch.arange(len(volumes)) % 5 == 4  # every 5th volume (by case id for hippocampus): 40 of 200
     train_volumes, test_volumes = volumes[~is_test], volumes[is_test]
 
     model_args = dict(parse_model_arg(a) for a in args.model_arg)

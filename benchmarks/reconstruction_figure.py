@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medmae.checkpoint import load_checkpoint, load_weights
 from medmae.config import from_dict
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
-from medmae.engine.checkpoint import load_checkpoint, load_weights
-from medmae.engine.common import with_roi
-from medmae.engine.pretrain import build_mae, figure_batch, save_figure
 from medmae.tasks import task_from_record
+from medmae.training.pretrain import build_mae, figure_batch, save_figure
+from medmae.training.session import with_roi
 
 
 def main() -> None:

@@ -24,19 +24,17 @@ bf16 autocast for medmae and for MONAI's UNETR, fp32 with TF32 for MONAI's MAE, 
 autocast ("Index put requires the source and destination dtypes match"). The anchors run eager; each
 medmae variant (compiled ones included) gets its own ratio. Peak memory is the CUDA allocator's peak per
 variant on GPU; on CPU it is the whole process's resident peak so far (every variant stays loaded
-there, loader workers not counted), so it is no per-variant figure.
+there, loader workers not counted), so it is no per-variant figure. The committed results (``--output`` and
+``--figure``) are in docs/results/speed/ (``speed_gpu.*``, ``speed_tiny_cpu.*``).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import itertools
 import json
 import math
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,23 +45,31 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNETR, MaskedAutoEncoderViT
 from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandSpatialCropSamplesd
-from torch.utils.flop_counter import FlopCounterMode
 
+from harness import (
+    HIPPOCAMPUS,
+    PeakMemory,
+    device_name,
+    free,
+    grouped,
+    ratio_chart,
+    step_flops,
+    step_times,
+    task_volumes,
+    train_step,
+    write_lines,
+)
 from medmae.config import InferConfig
-from medmae.data.fast import CropSampler
-from medmae.data.loaders import CaseDataset
-from medmae.data.manifests import load_split
-from medmae.engine.common import with_roi
-from medmae.engine.inference import segment
-from medmae.engine.loop import autocast
-from medmae.engine.optim import build_optimizer
+from medmae.data.crops import CropSampler
+from medmae.devices import autocast
+from medmae.inference.segment import segment
 from medmae.models import create_model
-from medmae.models.masking import seeded_noise
 from medmae.models.patchify import patchify
 from medmae.models.registry import DECODERS, ENCODERS
+from medmae.seeds import seeded_noise
 from medmae.tasks import load_task
+from medmae.training.session import with_roi
 
-HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "msd_hippocampus"
 CASES = ("pretrain", "model", "unetr", "inference", "pretrain2d")
 CROPS_PER_VOLUME = 4
 TARGETS = {  # from the speed issue; GPU targets need an H100 or H200
@@ -117,54 +123,6 @@ GPU = Settings(
 TINY = Settings("tiny", (48, 48, 32), 32, 2, 3, (96, 96, 64), 4, (48, 48), (64, 64), 64, 2, 7.0, 3, False)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(step: Callable[[], object], device: torch.device, seconds: float, warmup: int = 2) -> tuple[int, float]:
-    """(steps, elapsed seconds) of ``step()`` run for about ``seconds`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    steps, started = 0, time.perf_counter()
-    while steps < 3 or time.perf_counter() - started < seconds:
-        step()
-        steps += 1
-        if steps % 4 == 0:
-            synchronize(device)
-    synchronize(device)
-    return steps, time.perf_counter() - started
-
-
-class PeakMemory:
-    """Peak memory in MiB over a ``with`` block: CUDA allocator peak, or sampled process RSS on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak, self._stop = device, 0.0, threading.Event()
-
-    def __enter__(self) -> PeakMemory:  # noqa: PYI034 - typing.Self needs Python 3.11; medmae supports 3.10
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
-        while not self._stop.wait(0.02):
-            resident = int(Path("/proc/self/statm").read_text().split()[1]) * page
-            self.peak = max(self.peak, resident / 2**20)
-
-    def __exit__(self, *_) -> None:
-        if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-
-
 @dataclass
 class Variant:
     """One implementation of a case: ``build()`` returns its step, run only when measured."""
@@ -191,10 +149,10 @@ def compare(
                 if variant.impl not in steps:
                     steps[variant.impl] = variant.build()
                 step = steps[variant.impl]
-                done, elapsed = timed(step, device, s.seconds / s.rounds, warmup=2 if round_ == 0 else 0)
+                times = step_times(step, device, s.seconds / s.rounds, warmup=2 if round_ == 0 else 0)
             total = totals[variant.impl]
-            total["steps"] += done
-            total["seconds"] += elapsed
+            total["steps"] += len(times)
+            total["seconds"] += sum(times)
             total["peak"] = max(total["peak"], memory.peak)
             if s.rounds == 1:
                 del steps[variant.impl], step
@@ -217,12 +175,6 @@ def compare(
         )
         print(json.dumps(records[-1]), flush=True)
     return records
-
-
-def free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -262,22 +214,6 @@ def monai_mae_loss(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     return (per_patch * mask).sum() / mask.sum()
 
 
-def train_step(
-    model: torch.nn.Module, loss_of: Callable[[], torch.Tensor], precision: str, device: torch.device
-) -> Callable[[], None]:
-    """One optimiser step (AdamW, fused on GPU) of ``loss_of()`` under ``precision``'s autocast."""
-    optimizer = build_optimizer(model, 1e-4, 0.05, (0.9, 0.95))
-
-    def step() -> None:
-        with autocast(precision, device):
-            loss = loss_of()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
 def medmae_pretrain_step(
     model: torch.nn.Module, batches: Callable[[], torch.Tensor], device: torch.device
 ) -> Callable[[], None]:
@@ -294,15 +230,6 @@ def medmae_pretrain_step(
 
 
 # ------------------------------------------------------------------------------------------------ data
-
-
-def hippocampus_volumes(root: Path) -> list[dict[str, torch.Tensor]]:
-    """The MSD hippocampus cases preprocessed once by the task's chain (padded to its 48 x 64 x 48 ROI)."""
-    task = load_task("msd_hippocampus")
-    split = load_split(task, root)
-    dataset = CaseDataset(task, split.train + split.validation + split.test, "validation")
-    items = [dataset[k] for k in range(len(dataset))]
-    return [{key: torch.as_tensor(item[key]).as_subclass(torch.Tensor) for key in ("image", "label")} for item in items]
 
 
 def synthetic_volumes(count: int, shape: tuple[int, ...], seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -386,15 +313,8 @@ def matmul_peak_tflops(device: torch.device) -> float:
     """This device's dense matmul rate (bf16 on GPU, fp32 on CPU) in TFLOP/s: the reference for 'peak'."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    steps, elapsed = timed(lambda: a @ b, device, 2.0)
-    return 2 * n**3 * steps / elapsed / 1e12
-
-
-def step_flops(step: Callable[[], None]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()
+    times = step_times(lambda: a @ b, device, 2.0)
+    return 2 * n**3 * len(times) / sum(times) / 1e12
 
 
 def case_model(s: Settings, device: torch.device) -> list[dict]:
@@ -551,14 +471,14 @@ def ratios(records: list[dict]) -> list[dict]:
     """Each medmae variant's rate over each MONAI anchor of the same case (compiled variants included, as
     ``medmae_compiled_over_...``; the anchors run eager)."""
     lines = []
-    for case in dict.fromkeys(r["case"] for r in records):
-        rows = {r["impl"]: r["rate"] for r in records if r["case"] == case}
-        ours = {k: v for k, v in rows.items() if k.startswith("medmae")}
+    for case, rows in grouped(records, "case", "impl").items():
+        rates = {impl: row["rate"] for impl, row in rows.items()}
+        ours = [impl for impl in rates if impl.startswith("medmae")]
         lines += [
-            {"case": case, "ratio": f"{impl}_over_{anchor}", "value": round(rate / anchor_rate, 2)}
-            for anchor, anchor_rate in rows.items()
+            {"case": case, "ratio": f"{impl}_over_{anchor}", "value": round(rates[impl] / rates[anchor], 2)}
+            for anchor in rates
             if anchor not in ours
-            for impl, rate in ours.items()
+            for impl in ours
         ]
     return lines
 
@@ -604,32 +524,10 @@ def summary(records: list[dict], ratio_lines: list[dict], device: torch.device) 
 
 
 def save_figure(ratio_lines: list[dict], path: Path, title: str) -> None:
-    """Horizontal bars: medmae's best rate over each MONAI anchor, per case, with the line of parity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Horizontal bars: each medmae variant's rate over each MONAI anchor, per case, with the line of parity."""
     labels = [f"{line['case']}: {line['ratio'].replace('_over_', ' / ')}" for line in ratio_lines]
-    values = [line["value"] for line in ratio_lines]
-    figure, axes = plt.subplots(figsize=(7, 0.45 * len(values) + 1.2))
-    axes.barh(labels[::-1], values[::-1], color="tab:blue")
-    axes.axvline(1.0, color="black", linewidth=1)
-    for y, value in enumerate(values[::-1]):
-        axes.text(value, y, f" {value:.2f}x", va="center")
-    axes.set_xlabel("medmae's rate / MONAI's rate (1 = parity)")
-    axes.set_xlim(0, max(values) * 1.25)
-    axes.set_title(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads"
+    values = {"medmae / MONAI": [line["value"] for line in ratio_lines]}
+    ratio_chart(path, labels, values, title, "medmae's rate / MONAI's rate (1 = parity)")
 
 
 def main() -> None:
@@ -673,7 +571,9 @@ def main() -> None:
                 f"{args.data_root}: no dataset.json; give --data-root (MSD Task04_Hippocampus) or --data synthetic"
             )
         volumes = (
-            hippocampus_volumes(args.data_root) if data == "hippocampus" else synthetic_volumes(48, (160, 160, 128))
+            task_volumes(load_task("msd_hippocampus"), args.data_root)
+            if data == "hippocampus"
+            else synthetic_volumes(48, (160, 160, 128))
         )
         records += case_pretrain(s, device, volumes)
     for name, run in (
@@ -689,8 +589,7 @@ def main() -> None:
     for line in lines[len(records) + 1 :]:
         print(json.dumps(line), flush=True)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        write_lines(args.output, lines)
     if args.figure is not None and ratio_lines:
         save_figure(ratio_lines, args.figure, f"{header['device']}, {header['mode']} mode, torch {torch.__version__}")
 

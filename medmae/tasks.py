@@ -14,6 +14,7 @@ from medmae.errors import TaskError
 INTENSITY_RULES = ("window", "zscore_nonzero", "percentile_zscore", "equalise")
 LAYOUTS = ("btcv", "msd", "chestxray14")
 REQUIRED = ("name", "title", "spatial_dims", "layout", "channels", "intensity", "roi", "manifest", "source")
+OPTIONAL = ("labels", "regions", "findings", "orientation", "spacing", "crop_foreground", "validation", "mean_groups")
 
 
 @dataclass(frozen=True)
@@ -132,90 +133,101 @@ def _orientation_ok(code: Any, dims: int) -> bool:
 
 def _problems(raw: dict[str, Any]) -> list[str]:
     """Every way ``raw`` fails to describe a task (empty when it is fine)."""
+    checks = [*_file_checks(raw), *_geometry_checks(raw), *_intensity_checks(raw), *_class_checks(raw)]
+    return [problem for ok, problem in checks if not ok]
+
+
+def _file_checks(raw: dict[str, Any]) -> list[tuple[bool, str]]:
+    """(holds, what it says) for the keys, the names, the layout and the source."""
+    unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
+    source = raw["source"]
+    return [
+        (not unknown, f"unknown keys {unknown}"),
+        (
+            all(isinstance(raw[k], str) and raw[k] for k in ("name", "title", "manifest")),
+            "name, title and manifest must be text",
+        ),
+        (raw["layout"] in LAYOUTS, f"layout {raw['layout']!r} is not one of {LAYOUTS}"),
+        (
+            isinstance(source, dict) and isinstance(source.get("url"), str) and isinstance(source.get("tree"), str),
+            "source must give a url and a tree (the expected layout)",
+        ),
+    ]
+
+
+def _geometry_checks(raw: dict[str, Any]) -> list[tuple[bool, str]]:
+    """(holds, what it says) for the dimensions, channels, ROI, spacing and orientation."""
     dims = raw["spatial_dims"]
-    problems = []
+    roi = raw["roi"]
+    return [
+        (dims in (2, 3), f"spatial_dims must be 2 or 3, not {dims!r}"),
+        (_strings(raw["channels"]), "channels must be a list of channel names"),
+        (
+            isinstance(roi, list) and len(roi) == dims and all(isinstance(v, int) and v > 0 for v in roi),
+            f"roi must be {dims} positive whole numbers",
+        ),
+        (
+            raw.get("spacing") is None or _numbers(raw["spacing"], dims, positive=True),
+            f"spacing must be {dims} positive numbers (mm)",
+        ),
+        (
+            raw.get("orientation") is None or _orientation_ok(raw["orientation"], dims),
+            f"orientation {raw.get('orientation')!r} must name each axis once, e.g. RAS",
+        ),
+    ]
 
-    def expect(ok: bool, problem: str) -> None:
-        if not ok:
-            problems.append(problem)
 
-    known = set(REQUIRED) | {
-        "labels",
-        "regions",
-        "findings",
-        "orientation",
-        "spacing",
-        "crop_foreground",
-        "validation",
-        "mean_groups",
-    }
-    expect(not set(raw) - known, f"unknown keys {sorted(set(raw) - known)}")
-    expect(
-        all(isinstance(raw[k], str) and raw[k] for k in ("name", "title", "manifest")),
-        "name, title and manifest must be text",
-    )
-    expect(dims in (2, 3), f"spatial_dims must be 2 or 3, not {dims!r}")
-    expect(raw["layout"] in LAYOUTS, f"layout {raw['layout']!r} is not one of {LAYOUTS}")
-    expect(_strings(raw["channels"]), "channels must be a list of channel names")
-    expect(
-        isinstance(raw["roi"], list)
-        and len(raw["roi"]) == dims
-        and all(isinstance(v, int) and v > 0 for v in raw["roi"]),
-        f"roi must be {dims} positive whole numbers",
-    )
-    expect(
-        raw.get("spacing") is None or _numbers(raw["spacing"], dims, positive=True),
-        f"spacing must be {dims} positive numbers (mm)",
-    )
-    expect(
-        raw.get("orientation") is None or _orientation_ok(raw["orientation"], dims),
-        f"orientation {raw.get('orientation')!r} must name each axis once, e.g. RAS",
-    )
+def _intensity_checks(raw: dict[str, Any]) -> list[tuple[bool, str]]:
+    """(holds, what it says) for the intensity rule and its parameters."""
     intensity = raw["intensity"] if isinstance(raw["intensity"], dict) else {}
     rule = intensity.get("rule")
-    expect(rule in INTENSITY_RULES, f"intensity rule {rule!r} is not one of {INTENSITY_RULES}")
+    checks = [(rule in INTENSITY_RULES, f"intensity rule {rule!r} is not one of {INTENSITY_RULES}")]
     if rule == "window":
-        expect(
-            _numbers(intensity.get("window"), 2) and intensity["window"][0] < intensity["window"][1],
-            "intensity window must be [low, high] with low < high",
+        window = intensity.get("window")
+        checks.append(
+            (_numbers(window, 2) and window[0] < window[1], "intensity window must be [low, high] with low < high")
         )
     if rule == "percentile_zscore":
-        expect(
-            _numbers(intensity.get("percentiles"), 2)
-            and 0 <= intensity["percentiles"][0] < intensity["percentiles"][1] <= 100,
-            "intensity percentiles must be [low, high] within 0..100",
+        low_high = intensity.get("percentiles")
+        checks.append(
+            (
+                _numbers(low_high, 2) and 0 <= low_high[0] < low_high[1] <= 100,
+                "intensity percentiles must be [low, high] within 0..100",
+            )
         )
-    labels, findings = raw.get("labels"), raw.get("findings")
-    expect(
-        _strings(labels, 2) or _strings(findings),
-        "a task needs labels (background first) or findings, as lists of names",
-    )
+    return checks
+
+
+def _class_checks(raw: dict[str, Any]) -> list[tuple[bool, str]]:
+    """(holds, what it says) for the labels or findings, the regions, the mean groups and the validation rule."""
+    labels = raw.get("labels")
     regions = raw.get("regions") or {}
     valid_regions = isinstance(regions, dict) and all(
         isinstance(v, list) and v and all(isinstance(x, int) and 0 < x < len(labels or ()) for x in v)
         for v in regions.values()
     )
-    expect(valid_regions, "regions must map names to lists of foreground label values")
     groups = raw.get("mean_groups") or {}
     scored = set(regions) if isinstance(regions, dict) and regions else set((labels or [None])[1:])
-    expect(
-        isinstance(groups, dict) and all(_strings(v) and set(v) <= scored for v in groups.values()),
-        "mean_groups must map names to lists of the task's scored classes (its regions, or its foreground labels)",
-    )
     validation = raw.get("validation") or {}
-    expect(
-        isinstance(validation, dict)
-        and isinstance(validation.get("fraction", 0.2), (int, float))
-        and 0 < validation.get("fraction", 0.2) < 1
-        and isinstance(validation.get("seed", 0), int),
-        "validation must be {fraction: a number between 0 and 1, seed: a whole number}",
-    )
-    source = raw["source"]
-    expect(
-        isinstance(source, dict) and isinstance(source.get("url"), str) and isinstance(source.get("tree"), str),
-        "source must give a url and a tree (the expected layout)",
-    )
-    return problems
+    fraction = validation.get("fraction", 0.2) if isinstance(validation, dict) else None
+    return [
+        (
+            _strings(labels, 2) or _strings(raw.get("findings")),
+            "a task needs labels (background first) or findings, as lists of names",
+        ),
+        (valid_regions, "regions must map names to lists of foreground label values"),
+        (
+            isinstance(groups, dict) and all(_strings(v) and set(v) <= scored for v in groups.values()),
+            "mean_groups must map names to lists of the task's scored classes (its regions, or its foreground labels)",
+        ),
+        (
+            isinstance(validation, dict)
+            and isinstance(fraction, (int, float))
+            and 0 < fraction < 1
+            and isinstance(validation.get("seed", 0), int),
+            "validation must be {fraction: a number between 0 and 1, seed: a whole number}",
+        ),
+    ]
 
 
 def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmae.seeds import seeded_noise
+from medmae.seeds import crop_seed, crop_seeds, item_seed, item_seeds, seeded_noise
 
 
 def _splitmix64_uniform(seed: int, token: int, tokens: int) -> float:
@@ -41,3 +41,10 @@ def test_seeded_noise_streams_are_apart_and_bad_sizes_are_refused():
     assert not torch.isin(masks, crops).any()  # crops and masks of one sample draw unrelated numbers
     with pytest.raises(ValueError, match="tokens"):
         seeded_noise(seeds, 2**17)
+
+
+def test_vectorised_seeds_equal_the_per_item_rules():
+    indices = torch.tensor([5, 0, 17, 3])
+    seeds = item_seeds(11, 4003, indices)
+    assert seeds.tolist() == [item_seed(11, 4003, i) for i in indices.tolist()]
+    assert crop_seeds(seeds, 3).tolist() == [crop_seed(s, k) for s in seeds.tolist() for k in range(3)]

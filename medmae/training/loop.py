@@ -79,96 +79,95 @@ def fit(
     resume_from: dict[str, Any] | None = None,
 ) -> Progress:
     """Train ``model`` for ``cfg.train.epochs`` epochs; returns the final :class:`Progress`."""
-    accumulate = cfg.optim.accumulate
-    steps = cfg.train.steps_per_epoch or len(loader) // accumulate
-    if steps == 0:
-        raise UserError(f"an epoch holds fewer than optim.accumulate={accumulate} batches; lower it or data.batch_size")
+    steps = _steps_per_epoch(cfg, loader)
+    float16 = autocast_dtype(cfg.train.precision, ctx.device) == torch.float16
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=float16)
+    progress, rows = _restored(cfg, ctx, run, optimizer, scaler, resume_from)
+    trained = _wrapped(cfg, ctx, model)
     total = cfg.train.epochs * steps
     warmup = round(cfg.optim.warmup_epochs * steps)
     peak = effective_lr(cfg, job.samples_per_item)
-    scaler = torch.amp.GradScaler(
-        ctx.device.type, enabled=autocast_dtype(cfg.train.precision, ctx.device) == torch.float16
-    )
-    progress = Progress()
-    rows = []
-    if resume_from is not None:
-        progress = Progress(**resume_from["progress"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        scaler.load_state_dict(resume_from["scaler"])
-        restore_rng(resume_from["rng"])
-        if ctx.world > 1:  # the checkpoint holds rank 0's RNG; give each process its own stream again
-            torch.manual_seed(cfg.train.seed + ctx.rank + progress.step)
-        rows = run.history(progress.epoch)
-        log.info("resumed at epoch %d, step %d", progress.epoch, progress.step)
-    set_activation_checkpointing(model, cfg.train.activation_checkpointing)
-    trained = DistributedDataParallel(model) if ctx.world > 1 else model
-    if cfg.train.compile:  # compiled on the first step; the raw model is what checkpoints save
-        trained = torch.compile(trained)
     schedule = functools.partial(
         learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr
     )
     for epoch in range(progress.epoch, cfg.train.epochs):
         model.train()
         started = time.perf_counter()
-        bar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-            unit="step",
-            disable=not ctx.is_main or None,
-            leave=False,
-        )
-        loss_sum, lr = train_epoch(
-            cfg,
-            ctx,
-            trained,
-            optimizer,
-            scaler,
-            _batches(loader, epoch, steps * accumulate),
-            job,
-            progress,
-            steps,
-            schedule,
-            bar,
-            epoch,
-        )
-        bar.close()
+        batches = _batches(loader, epoch, steps * cfg.optim.accumulate)
+        loss_sum, lr = train_epoch(cfg, ctx, trained, optimizer, scaler, batches, job, progress, steps, schedule)
         epoch_loss = all_mean(loss_sum / steps, ctx).item()
         check_finite(torch.tensor(epoch_loss), epoch, progress.step)
         seconds = time.perf_counter() - started
         progress.epoch = epoch + 1
         last = progress.epoch == cfg.train.epochs
-        row = {
-            "epoch": progress.epoch,
-            "step": progress.step,
-            "loss": epoch_loss,
-            "lr": lr,
-            "samples_per_s": steps * accumulate * cfg.data.batch_size * job.samples_per_item / seconds,
-            "seconds": seconds,
-            **job.end_of_epoch(progress.epoch, last),
-        }
-        improved = (
-            job.score_name is not None
-            and job.score_name in row
-            and not math.isnan(row[job.score_name])
-            and (progress.best is None or row[job.score_name] > progress.best)
-        )
-        if improved:
-            progress.best, progress.best_epoch = row[job.score_name], progress.epoch
-        elif last and job.score_name is not None and progress.best is None:  # never validated: the last model
-            improved = True
-            progress.best_epoch = progress.epoch
+        samples = steps * cfg.optim.accumulate * cfg.data.batch_size * job.samples_per_item
+        row = {"epoch": progress.epoch, "step": progress.step, "loss": epoch_loss, "lr": lr}
+        row |= {"samples_per_s": samples / seconds, "seconds": seconds, **job.end_of_epoch(progress.epoch, last)}
+        improved = _update_best(progress, row, job, last)
         rows.append(row)
         run.log_epoch(rows)
         if improved or last or progress.epoch % cfg.train.checkpoint_every == 0:
             run.save(payload(cfg, model, optimizer, scaler, progress, job), best=improved)
-        log.info(
-            "epoch %d/%d: %s",
-            progress.epoch,
-            cfg.train.epochs,
-            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch",) and isinstance(v, float)),
-        )
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+        log.info("epoch %d/%d: %s", progress.epoch, cfg.train.epochs, shown)
         barrier(ctx)
     return progress
+
+
+def _steps_per_epoch(cfg: Config, loader) -> int:
+    """Optimiser steps per epoch: ``train.steps_per_epoch``, else one pass over the loader."""
+    steps = cfg.train.steps_per_epoch or len(loader) // cfg.optim.accumulate
+    if steps == 0:
+        raise UserError(
+            f"an epoch holds fewer than optim.accumulate={cfg.optim.accumulate} batches; lower it or data.batch_size"
+        )
+    return steps
+
+
+def _restored(
+    cfg: Config,
+    ctx: Context,
+    run: RunFolder,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    resume_from: dict[str, Any] | None,
+) -> tuple[Progress, list[dict[str, Any]]]:
+    """Where a run starts: from scratch, or the progress, optimiser, scaler and RNG state of the checkpoint it
+    resumes and the rows of ``metrics.csv`` up to it."""
+    if resume_from is None:
+        return Progress(), []
+    progress = Progress(**resume_from["progress"])
+    optimizer.load_state_dict(resume_from["optimizer"])
+    scaler.load_state_dict(resume_from["scaler"])
+    restore_rng(resume_from["rng"])
+    if ctx.world > 1:  # the checkpoint holds rank 0's RNG; give each process its own stream again
+        torch.manual_seed(cfg.train.seed + ctx.rank + progress.step)
+    log.info("resumed at epoch %d, step %d", progress.epoch, progress.step)
+    return progress, run.history(progress.epoch)
+
+
+def _wrapped(cfg: Config, ctx: Context, model: nn.Module) -> nn.Module:
+    """``model`` as trained: with activation checkpointing set, in DDP over several processes, compiled on
+    its first step when ``train.compile`` is set (checkpoints save the raw model)."""
+    set_activation_checkpointing(model, cfg.train.activation_checkpointing)
+    trained = DistributedDataParallel(model) if ctx.world > 1 else model
+    return torch.compile(trained) if cfg.train.compile else trained
+
+
+def _update_best(progress: Progress, row: dict[str, Any], job: Job, last: bool) -> bool:
+    """Record a better validation score in ``progress``; True when this epoch's model is the new ``best.pt``
+    (the last epoch's, when the run never validated)."""
+    if job.score_name is None:
+        return False
+    score = row.get(job.score_name, math.nan)
+    if not math.isnan(score) and (progress.best is None or score > progress.best):
+        progress.best = score
+        progress.best_epoch = progress.epoch
+        return True
+    if last and progress.best is None:  # never validated: the last model
+        progress.best_epoch = progress.epoch
+        return True
+    return False
 
 
 def plain(x: Any) -> torch.Tensor:
@@ -187,14 +186,14 @@ def train_epoch(
     progress: Progress,
     steps: int,
     schedule: Callable[[int], float],
-    bar: tqdm,
-    epoch: int,
 ) -> tuple[torch.Tensor, float]:
-    """``steps`` optimiser steps of ``optim.accumulate`` micro-batches each; returns the summed loss (on the
-    device, not synchronised) and the last learning rate."""
+    """Epoch ``progress.epoch``: ``steps`` optimiser steps of ``optim.accumulate`` micro-batches each, with
+    a progress bar; returns the summed loss (on the device, not synchronised) and the last learning rate."""
     accumulate = cfg.optim.accumulate
     loss_sum = torch.zeros((), device=ctx.device)
     lr = 0.0
+    description = f"epoch {progress.epoch + 1}/{cfg.train.epochs}"
+    bar = tqdm(total=steps, desc=description, unit="step", disable=not ctx.is_main or None, leave=False)
     for _ in range(steps):
         lr = schedule(progress.step)
         set_learning_rate(optimizer, lr)
@@ -214,8 +213,9 @@ def train_epoch(
         progress.step += 1
         bar.update()
         if progress.step % cfg.train.log_every == 0:  # the only host-device synchronisation of the loop
-            check_finite(all_mean(loss.detach() * accumulate, ctx), epoch, progress.step)
+            check_finite(all_mean(loss.detach() * accumulate, ctx), progress.epoch, progress.step)
             bar.set_postfix(loss=f"{loss.item() * accumulate:.4f}", lr=f"{lr:.3g}")
+    bar.close()
     return loss_sum, lr
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medmae import resource_dir
+from medmae.cli import main
 from medmae.devices import autocast
 from medmae.models import create_model
 from medmae.training import pretrain
@@ -44,4 +45,29 @@ def test_pretraining_on_crops_memory_mapped_from_disk(tmp_path, demo_root):
         )
     )
     assert len(list((tmp_path / "cache").glob("demo_*.npy"))) == 1
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
+
+
+def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):
+    tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
+    assert (
+        main(
+            [
+                "pretrain",
+                "--task",
+                "demo",
+                "--data-root",
+                str(demo_root),
+                "--config",
+                tiny,
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--set",
+                "data.sampler=cached",
+                "--set",
+                "data.crops_per_volume=2",
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()

@@ -1,15 +1,15 @@
 """The speed benchmark: its JSON lines, ratios and target summary (the timings themselves are not asserted)."""
 
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+import speed
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import speed
+from tests.helpers import BENCHMARKS
 
 
 def test_every_medmae_variant_gets_a_ratio_over_each_anchor_and_the_summary_names_the_best():

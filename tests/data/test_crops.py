@@ -1,31 +1,38 @@
-"""Batched crops: exact sub-volumes of the cached volumes, uniform over every valid start, fair flips."""
+"""Cached crops (``medmae.data.crops``): exact sub-volumes of the cached volumes, uniform over every valid
+start, fair flips, seeded crops, disjoint shards, the disk cache and the prefetch thread."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
-from conftest import shared
 
-from medmae import resource_dir
-from medmae.cli import main
 from medmae.data.crops import CachedCrops, CropSampler, check_fits, disk_store, prefetched
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
 from medmae.errors import UserError
-from medmae.seeds import crop_seed, crop_seeds, item_seed, item_seeds
 from medmae.tasks import load_task
 
 
 def volumes() -> list[torch.Tensor]:
     return [torch.randn(2, 10, 9, 8), torch.randn(2, 6, 7, 5)]
+
+
+def _cached(dataset, task, **kwargs):
+    return CachedCrops(
+        dataset,
+        task.roi,
+        global_batch=2,
+        crops=2,
+        rank=0,
+        world=1,
+        seed=0,
+        device=torch.device("cpu"),
+        progress=False,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("copy", ["_slices", "_gather"])  # the CPU's per-crop copies and the GPU's single gather
@@ -70,20 +77,6 @@ def test_volumes_smaller_than_the_roi_are_refused():
         CropSampler(volumes(), roi=(8, 8, 8))
 
 
-def test_crop_benchmark_prints_both_rates():
-    root = shared("msd_hippocampus")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "crop_sampler.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--data-root", str(root), "--seconds", "0.2"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["case"] for line in lines] == ["monai_chain", "medmae_crop_sampler", "ratio"]
-    assert all(line["crops_per_s"] > 0 for line in lines[:2]) and lines[2]["medmae_over_monai"] > 0
-
-
 def test_cached_crops_deal_disjoint_shards_that_make_up_the_single_process_batch(demo_root):
     task = load_task("demo")
     dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
@@ -111,53 +104,6 @@ def test_cached_crops_deal_disjoint_shards_that_make_up_the_single_process_batch
     by_seed = {int(s): crop for b in ranks[0] + ranks[1] for s, crop in zip(b["sample_seed"], b["image"], strict=True)}
     assert all(
         torch.equal(by_seed[int(s)], crop) for s, crop in zip(single[0]["sample_seed"], single[0]["image"], strict=True)
-    )
-
-
-def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):
-    tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
-    assert (
-        main(
-            [
-                "pretrain",
-                "--task",
-                "demo",
-                "--data-root",
-                str(demo_root),
-                "--config",
-                tiny,
-                "--output-dir",
-                str(tmp_path / "run"),
-                "--set",
-                "data.sampler=cached",
-                "--set",
-                "data.crops_per_volume=2",
-            ]
-        )
-        == 0
-    )
-    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
-
-
-def test_vectorised_seeds_equal_the_per_item_rules():
-    indices = torch.tensor([5, 0, 17, 3])
-    seeds = item_seeds(11, 4003, indices)
-    assert seeds.tolist() == [item_seed(11, 4003, i) for i in indices.tolist()]
-    assert crop_seeds(seeds, 3).tolist() == [crop_seed(s, k) for s in seeds.tolist() for k in range(3)]
-
-
-def _cached(dataset, task, **kwargs):
-    return CachedCrops(
-        dataset,
-        task.roi,
-        global_batch=2,
-        crops=2,
-        rank=0,
-        world=1,
-        seed=0,
-        device=torch.device("cpu"),
-        progress=False,
-        **kwargs,
     )
 
 

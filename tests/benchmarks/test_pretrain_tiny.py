@@ -1,12 +1,15 @@
 """The committed pretraining benchmark: it runs on generated volumes, and on the real hippocampus MRIs a
 tiny 3D MAE trained for 300 steps ends at least 10 % below the loss of predicting zero (1.0)."""
 
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_tiny.py"
+from tests.helpers import BENCHMARKS
+
+SCRIPT = BENCHMARKS / "pretrain_tiny.py"
 
 
 def run(tmp_path, *args):

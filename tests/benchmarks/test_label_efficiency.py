@@ -1,20 +1,18 @@
 """The label-efficiency experiment: every stage runs (a few steps each) on the synthetic demo set and on the
 real X-rays, the runs are paired fairly, and the tables are the mean and spread of the runs."""
 
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+import label_efficiency
 import pandas as pd
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import label_efficiency
-from conftest import shared
-
 from medmae.checkpoint import load_checkpoint
+from tests.helpers import BENCHMARKS, shared
 
 
 def test_results_are_the_mean_and_sample_std_over_seeds():

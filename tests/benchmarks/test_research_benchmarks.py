@@ -1,15 +1,15 @@
 """The encoder-efficiency benchmark and the masking figure (their timings are not asserted)."""
 
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+import encoder_efficiency
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import encoder_efficiency
+from tests.helpers import BENCHMARKS
 
 
 def test_both_encoder_modes_are_measured_and_skipping_costs_fewer_flops(capsys):
