@@ -1,4 +1,4 @@
-"""Draw the masks each strategy hides, from the same seeds the training engine uses (no model, no data).
+"""Draw the masks each strategy hides, from the same seeds pretraining uses (no model, no data).
 
     python benchmarks/masking_figure.py                   # docs/results/masking_strategies.png
 

@@ -17,7 +17,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check = subcommand(data_commands, "check", run_check, run_check.__doc__)
     add_data_flags(check)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo = subcommand(data_commands, "demo", run_demo, run_demo.__doc__)
+    demo = subcommand(data_commands, "demo", run_write_demo, run_write_demo.__doc__)
     demo.add_argument("--output-dir", required=True)
     demo.add_argument("--cases", type=at_least(2), default=12, help="cases to write (at least 2; default 12)")
     demo.add_argument("--seed", type=int, default=0)
@@ -54,7 +54,7 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_write_demo(args: argparse.Namespace) -> int:
     """Write the synthetic demo set (BTCV layout).
 
     Example: ``medmae data demo --output-dir demo_data``

@@ -41,6 +41,7 @@ class MaskedAutoencoder(nn.Module):
         self,
         spatial_dims: int,
         img_size: int | Sequence[int],
+        *,
         decoder_width: int = 384,
         decoder_depth: int = 8,
         decoder_heads: int = 12,
@@ -208,6 +209,7 @@ class MaskedAutoencoder(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        *,
         seeds: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,

@@ -113,6 +113,7 @@ def strategy_mask(strategy: str, grid: tuple[int, ...], mask_ratio: float, seed:
     return block_mask(grid, math.prod(grid) - visible_count(strategy, grid, mask_ratio), rng)[0]
 
 
+@torch.compiler.disable  # as before the masks moved into the MAE: eager, outside a compiled graph
 def masking_noise(strategy: str, seeds: torch.Tensor, grid: tuple[int, ...], mask_ratio: float) -> torch.Tensor:
     """``[B, N]`` float64 noise on ``seeds.device`` whose ``visible_count`` lowest values are the sample's
     visible tokens: :func:`seeded_noise` for random masks; for block and grid masks, ``hidden + u / 2``
@@ -143,7 +144,7 @@ def random_masking(
         mask_ratio: fraction to hide, in ``[0, 1)``; at least one token must stay visible.
         generator: optional ``torch.Generator`` on ``tokens.device``, for reproducible masks.
         noise: optional ``[B, N]`` noise that decides the masks (the lowest ``K`` values stay visible);
-            the training engine draws it per sample, so a sample's mask does not depend on the batch or
+            pretraining draws it from each sample's seed, so a sample's mask does not depend on the batch or
             the process it lands in (:func:`masking_noise` for block and grid masks).
         keep: visible tokens per sample (:func:`visible_count`), overriding the ratio's.
 

@@ -63,11 +63,13 @@ def list_models() -> list[str]:
 
 
 def _accepted(target: Any) -> set[str]:
-    return set(inspect.signature(target).parameters)
+    """The named arguments of ``target`` (not its ``**kwargs``)."""
+    parameters = inspect.signature(target).parameters.values()
+    return {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
-def _check_known(name: str, args: dict[str, Any], *targets: Any) -> None:
-    unknown = set(args) - set().union(*map(_accepted, targets))
+def _check_known(name: str, args: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(args) - allowed
     if unknown:
         raise ValueError(f"{name}: unknown arguments {sorted(unknown)}")
 
@@ -97,18 +99,19 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     The model's ``config`` dict records its registry ``name`` and its architecture and geometry.
     """
     if name in BASELINES:
-        _check_known(name, kwargs, BaselineUNet)
+        _check_known(name, kwargs, _accepted(BaselineUNet))
         model = BaselineUNet(**{"spatial_dims": BASELINES[name], **kwargs})
         model.config["name"] = name
         return model
     kind, size, dims = _parse(name, kwargs)
     defaults = dict(ENCODERS.get(size, {}), spatial_dims=dims, img_size=DEFAULT_IMG_SIZE[dims], patch_size=PATCH_SIZE)
     if kind == "mae":
-        _check_known(name, kwargs, MaskedAutoencoder, ViTEncoder)
+        frozen = {"trainable_pos_embed"}  # an MAE's position embedding stays fixed
+        _check_known(name, kwargs, _accepted(MaskedAutoencoder) | _accepted(ViTEncoder) - frozen)
         model = MaskedAutoencoder(**{**defaults, **DECODERS.get((size, dims), {}), **kwargs})
     else:
         head = HEADS[kind]
-        _check_known(name, kwargs, ViTEncoder, head)
+        _check_known(name, kwargs, _accepted(ViTEncoder) | _accepted(head))
         head_args = {k: kwargs.pop(k) for k in list(kwargs) if k in _accepted(head) - {"encoder"}}
         encoder = ViTEncoder(**{**defaults, "trainable_pos_embed": True, **kwargs})
         model = head(encoder, **head_args)

@@ -240,3 +240,15 @@ def test_the_config_records_target_strategy_and_encoder_mode_and_rebuilds_them()
         tiny_mae(mask_strategy="grid", mask_ratio=0.75)
     with pytest.raises(ValueError, match="encoder_mode"):
         tiny_mae(encoder_mode="dense")
+
+
+def test_geometry_beyond_size_and_masking_settings_are_keywords():
+    """``MaskedAutoencoder(3, 96, 16, 1)`` would otherwise set the decoder's width and depth by position."""
+    with pytest.raises(TypeError):
+        MaskedAutoencoder(3, 32, 16)
+    model = MaskedAutoencoder(
+        3, 32, patch_size=16, in_channels=2, width=48, num_heads=3, decoder_width=48, decoder_heads=3
+    )
+    assert (model.config["patch_size"], model.config["in_channels"]) == ([16, 16, 16], 2)
+    with pytest.raises(TypeError):
+        model(torch.randn(1, 2, 32, 32, 32), 0.5)  # mask_ratio by keyword only

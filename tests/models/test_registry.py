@@ -86,3 +86,9 @@ def test_a_checkpoint_rebuilds_its_model_with_its_weights_or_names_the_problem()
     payload["state_dict"].pop("out.conv.conv.weight")
     with pytest.raises(CheckpointError, match="best.pt: its weights do not fit .* missing out.conv.conv.weight"):
         rebuild_model(payload, "best.pt")
+
+
+def test_an_mae_takes_no_trainable_position_embedding_and_no_unknown_arguments():
+    for argument in ("trainable_pos_embed", "encoder", "colour"):
+        with pytest.raises(ValueError, match=rf"mae_vit_tiny_patch16_3d: unknown arguments \['{argument}'\]"):
+            create_model("mae_vit_tiny_patch16_3d", **{argument: True})
