@@ -34,7 +34,13 @@ def run_torchrun(args: list[str], timeout: float = 600) -> subprocess.CompletedP
         env["GLOO_SOCKET_IFNAME"] = "lo"  # not whatever address the host name resolves to
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        start_new_session=True,
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)

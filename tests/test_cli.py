@@ -22,5 +22,11 @@ def test_cli_info_and_version(capsys):
 
 
 def test_python_dash_m_runs_the_cli():
-    result = subprocess.run([sys.executable, "-m", "medmae", "--version"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "medmae", "--version"],
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        check=False,
+    )
     assert result.returncode == 0 and result.stdout.strip() == f"medmae {medmae.__version__}"

@@ -15,7 +15,8 @@ def test_crop_benchmark_prints_both_rates():
     result = subprocess.run(
         [sys.executable, str(script), "--data-root", str(root), "--seconds", "0.2"],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         check=True,
     )
     lines = [json.loads(line) for line in result.stdout.splitlines()]

@@ -78,7 +78,7 @@ def test_quick_run_pairs_the_models_fairly_and_writes_every_output(tmp_path, dem
         "--work-dir",
         str(work),
     ]
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
     runs = pd.read_csv(output / "runs.csv")
     assert sorted(runs["method"]) == sorted(["mae_unetr", "scratch_unetr", "scratch_unet"] * 3)
     for _, row in runs.iterrows():  # each row holds its own run's foreground mean, as medmae evaluate wrote it
@@ -104,7 +104,9 @@ def test_quick_run_pairs_the_models_fairly_and_writes_every_output(tmp_path, dem
     provenance = json.loads((output / "provenance.json").read_text())
     assert (provenance["mode"], provenance["split"], provenance["scored_part"]) == ("quick", "fold0", "val")
     assert provenance["unet_seconds_per_step"] > 0 and len(provenance["commit"]) == 40
-    again = subprocess.run(command, check=True, capture_output=True, text=True)  # finished runs resume as finished
+    again = subprocess.run(
+        command, check=True, capture_output=True, encoding="utf-8", errors="replace"
+    )  # finished runs resume as finished
     assert pd.read_csv(output / "runs.csv")["steps"].tolist() == runs["steps"].tolist()
     assert again.returncode == 0
 
@@ -131,7 +133,8 @@ def test_quick_chest_xray_run_scores_auc_without_a_unet(tmp_path):
         ],
         check=True,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     runs = pd.read_csv(output / "runs.csv")
     assert list(runs["method"]) == ["mae_vit", "scratch_vit"]

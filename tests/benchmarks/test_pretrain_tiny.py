@@ -14,7 +14,11 @@ SCRIPT = BENCHMARKS / "pretrain_tiny.py"
 
 def run(tmp_path, *args):
     out = subprocess.run(
-        [sys.executable, str(SCRIPT), "--output-dir", str(tmp_path), *args], check=True, capture_output=True, text=True
+        [sys.executable, str(SCRIPT), "--output-dir", str(tmp_path), *args],
+        check=True,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert json.loads((tmp_path / "result.json").read_text()) == result

@@ -40,7 +40,8 @@ def test_a_finished_run_figure_is_redrawn_from_its_checkpoint(tmp_path, demo_roo
     done = subprocess.run(
         [sys.executable, str(script), str(run), str(tmp_path / "again.png"), "--data-root", str(demo_root)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]

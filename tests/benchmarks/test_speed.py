@@ -73,7 +73,8 @@ def test_tiny_cpu_run_prints_every_variant_its_ratio_and_the_summary(tmp_path):
             str(tmp_path / "speed.png"),
         ],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
         check=True,
     )
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -95,7 +96,8 @@ def test_unknown_cases_are_refused():
         [sys.executable, str(BENCHMARKS / "speed.py"), "--cases", "pretrain,warp"],
         check=False,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     assert result.returncode == 2 and "unknown cases ['warp']" in result.stderr
 
@@ -115,6 +117,7 @@ def test_pretrain_case_names_a_data_folder_without_dataset_json(tmp_path):
         ],
         check=False,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     assert result.returncode == 2 and "no dataset.json" in result.stderr

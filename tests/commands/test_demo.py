@@ -16,7 +16,8 @@ def run_demo(output, *flags: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "medmae", "demo", "--output-dir", str(output), *flags],
         check=False,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -96,7 +96,9 @@ def test_simpleitk_is_imported_only_for_files_that_need_it(tmp_path):
         f"read_image({str(path)!r}); print('SimpleITK' in sys.modules)"
     )
     assert (
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", check=True
+        ).stdout.strip()
         == "False"
     )
 

@@ -135,7 +135,8 @@ def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule,
             command(driver, stage, root, output, point if point != "random" else "never", count),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
         )
         if point == "random":
             try:
@@ -157,7 +158,9 @@ def run_until_done(driver: Path, stage: str, root: Path, output: Path, schedule,
             raw[len(raw) // 2] ^= 0xFF
             last.write_bytes(bytes(raw))
             seen["corrupted"] = 1
-    final = subprocess.run(command(driver, stage, root, output), capture_output=True, text=True, check=False)
+    final = subprocess.run(
+        command(driver, stage, root, output), capture_output=True, encoding="utf-8", errors="replace", check=False
+    )
     assert final.returncode == 0, final.stderr[-3000:]
     seen["passed_over"] += "passing over" in final.stderr
     return seen
@@ -184,7 +187,11 @@ def test_runs_killed_again_and_again_end_with_the_uninterrupted_weights(tmp_path
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     whole = subprocess.run(
-        command(driver, stage, demo_root, tmp_path / "whole"), capture_output=True, text=True, check=False
+        command(driver, stage, demo_root, tmp_path / "whole"),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        check=False,
     )
     assert whole.returncode == 0, whole.stderr[-3000:]
     output = tmp_path / "killed"

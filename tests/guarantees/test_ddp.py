@@ -57,7 +57,8 @@ def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path
                 else subprocess.run(
                     [sys.executable, *args],
                     capture_output=True,
-                    text=True,
+                    encoding="utf-8",
+                    errors="replace",
                     env=dict(os.environ, OMP_NUM_THREADS="1"),
                     check=False,
                 )
@@ -112,7 +113,8 @@ def test_two_process_ddp_pretraining_matches_one_process_with_the_monai_sampler(
             else subprocess.run(
                 [sys.executable, *args],
                 capture_output=True,
-                text=True,
+                encoding="utf-8",
+                errors="replace",
                 env=dict(os.environ, OMP_NUM_THREADS="1"),
                 check=False,
             )

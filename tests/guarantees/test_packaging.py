@@ -57,7 +57,13 @@ def test_a_regular_install_ships_the_resource_folders(tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(target))
     out = subprocess.run(
-        [sys.executable, "-c", code], check=True, cwd=tmp_path, env=env, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
     ).stdout.split()
     assert out[0].startswith(str(target))
     assert all(Path(p).is_file() and p.startswith(str(target / "medmae" / "_resources")) for p in out[1:4])
@@ -71,6 +77,11 @@ def test_ci_runs_the_linter_and_the_formatter_and_the_tree_passes_both():
     for check in (["check", "."], ["format", "--check", "."]):
         assert f".venv/bin/ruff {' '.join(check)}" in ci
         run = subprocess.run(
-            [sys.executable, "-m", "ruff", *check], cwd=ROOT, capture_output=True, text=True, check=False
+            [sys.executable, "-m", "ruff", *check],
+            cwd=ROOT,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            check=False,
         )
         assert run.returncode == 0, run.stdout[-3000:]

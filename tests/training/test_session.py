@@ -58,7 +58,11 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
     saved = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert 1 <= saved["epoch"] < 12
     resumed = subprocess.run(
-        _pretrain_command(demo_root, killed, *epochs, "--resume"), capture_output=True, text=True, check=False
+        _pretrain_command(demo_root, killed, *epochs, "--resume"),
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        check=False,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at epoch {saved['epoch']}, step {saved['step']}" in resumed.stderr
