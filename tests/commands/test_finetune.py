@@ -8,23 +8,7 @@ import pytest
 import torch
 
 from medmae.models import ViTEncoder
-
-PATCH, POS = "patch_embedding.patch_embeddings.weight", "patch_embedding.position_embeddings"
-
-
-def timm_layout(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
-    """A medmae 2D encoder (cls token, position-free) written in timm's layout, as a timm file would hold it."""
-    state, renamed = encoder.state_dict(), {}
-    for key, tensor in state.items():
-        key = (
-            key.replace("patch_embedding.patch_embeddings", "patch_embed.proj")
-            .replace("attn.out_proj", "attn.proj")
-            .replace("mlp.linear1", "mlp.fc1")
-            .replace("mlp.linear2", "mlp.fc2")
-        )
-        renamed[key] = tensor
-    renamed["pos_embed"] = torch.cat([torch.zeros(1, 1, tensor.shape[-1]), renamed.pop(POS)], dim=1)
-    return renamed | {"head.weight": torch.zeros(10, encoder.config["width"]), "head.bias": torch.zeros(10)}
+from tests.models.helpers import timm_layout
 
 
 @pytest.mark.slow

@@ -7,24 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from medmae.checkpoint import model_checkpoint
 from medmae.models import (
     ViTClassifier,
     classifier_from_pretrained,
     create_model,
 )
 from medmae.training.optim import build_optimizer
-
-SIZE_3D = (32, 48, 32)
-
-
-def pretrained(spatial_dims=3, **kwargs):
-    img_size = SIZE_3D if spatial_dims == 3 else (32, 48)
-    mae = create_model(f"mae_vit_tiny_patch16_{spatial_dims}d", img_size=img_size, **kwargs)
-    with torch.no_grad():  # make every tensor distinct from a fresh initialisation
-        for p in mae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return mae, model_checkpoint(mae)
+from tests.models.helpers import pretrained
 
 
 def tiny_classifier(**kwargs) -> nn.Module:

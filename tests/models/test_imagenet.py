@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from medmae.checkpoint import CheckpointError
 from medmae.models import ViTEncoder, WeightTransferError, classifier_from_pretrained, unetr_from_pretrained
 from medmae.models.imagenet import convert_vit_state, imagenet_payload, read_state_dict
+from tests.models.helpers import PATCH, POS
 from tests.timm_shim import import_timm
-
-PATCH, POS = "patch_embedding.patch_embeddings.weight", "patch_embedding.position_embeddings"
 
 
 def perturbed_timm(name, **kwargs):

@@ -12,23 +12,7 @@ from medmae.models import (
     create_model,
 )
 from medmae.models.imagenet import imagenet_payload
-
-PATCH, POS = "patch_embedding.patch_embeddings.weight", "patch_embedding.position_embeddings"
-
-
-def timm_layout(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
-    """A medmae 2D encoder (cls token, position-free) written in timm's layout, as a timm file would hold it."""
-    state, renamed = encoder.state_dict(), {}
-    for key, tensor in state.items():
-        key = (
-            key.replace("patch_embedding.patch_embeddings", "patch_embed.proj")
-            .replace("attn.out_proj", "attn.proj")
-            .replace("mlp.linear1", "mlp.fc1")
-            .replace("mlp.linear2", "mlp.fc2")
-        )
-        renamed[key] = tensor
-    renamed["pos_embed"] = torch.cat([torch.zeros(1, 1, tensor.shape[-1]), renamed.pop(POS)], dim=1)
-    return renamed | {"head.weight": torch.zeros(10, encoder.config["width"]), "head.bias": torch.zeros(10)}
+from tests.models.helpers import timm_layout
 
 
 def test_a_classifier_from_an_unregistered_vit_size_rebuilds_from_its_checkpoint_config(tmp_path):

@@ -6,30 +6,13 @@ import pytest
 import torch
 from monai.networks.nets import UNETR
 
-from medmae.checkpoint import model_checkpoint
 from medmae.models import (
     EncoderUNETR,
     create_model,
     to_monai_unetr,
     unetr_from_pretrained,
 )
-
-SIZE_3D = (32, 48, 32)
-
-
-def pretrained(spatial_dims=3, **kwargs):
-    img_size = SIZE_3D if spatial_dims == 3 else (32, 48)
-    mae = create_model(f"mae_vit_tiny_patch16_{spatial_dims}d", img_size=img_size, **kwargs)
-    with torch.no_grad():  # make every tensor distinct from a fresh initialisation
-        for p in mae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return mae, model_checkpoint(mae)
-
-
-def unshuffled_encoding(mae, x):
-    """The MAE encoder on every patch (mask ratio 0), back in patch order."""
-    latent, _, ids_restore = mae.forward_encoder(x, mask_ratio=0.0)
-    return torch.gather(latent, 1, ids_restore.unsqueeze(-1).expand(-1, -1, latent.shape[-1]))
+from tests.models.helpers import SIZE_3D, pretrained, unshuffled_encoding
 
 
 def test_unetr_encoder_equals_the_mae_encoder_and_unetr_equals_monai():

@@ -5,25 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmae.checkpoint import model_checkpoint
 from medmae.models import (
     WeightTransferError,
     classifier_from_pretrained,
-    create_model,
     resample_pos_embed,
     unetr_from_pretrained,
 )
-
-SIZE_3D = (32, 48, 32)
-
-
-def pretrained(spatial_dims=3, **kwargs):
-    img_size = SIZE_3D if spatial_dims == 3 else (32, 48)
-    mae = create_model(f"mae_vit_tiny_patch16_{spatial_dims}d", img_size=img_size, **kwargs)
-    with torch.no_grad():  # make every tensor distinct from a fresh initialisation
-        for p in mae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return mae, model_checkpoint(mae)
+from tests.models.helpers import pretrained
 
 
 def test_channel_and_grid_changes_are_adapted_and_reported():
