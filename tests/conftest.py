@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import shared
+from tests.helpers import demo_run, shared
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +31,9 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_checkpoint(demo_root, tmp_path_factory) -> Path:
     """A tiny UNETR fine-tuned on the demo set for one step: a real ``best.pt`` for evaluate and predict."""
-    from medmae import resource_dir
     from medmae.cli import main
 
     output = tmp_path_factory.mktemp("demo_unetr") / "unetr"
-    tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
     one_step = ["train.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1"]
-    sets = [flag for key in one_step for flag in ("--set", key)]
-    argv = ["finetune", "--task", "demo", "--data-root", str(demo_root), "--config", tiny, "--output-dir", str(output)]
-    assert main([*argv, *sets]) == 0
+    assert main(demo_run("finetune", demo_root, output, *(flag for key in one_step for flag in ("--set", key)))) == 0
     return output / "checkpoints" / "best.pt"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from medmae import resource_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -66,3 +68,23 @@ def descendants(pid: int) -> list[int]:
         found += children
         frontier = children
     return found
+
+
+TINY = str(resource_dir("configs") / "test" / "tiny.yaml")  # any task as a CPU smoke run: tiny models, 2 epochs
+
+
+def demo_run(command: str, data_root: str | Path, output: str | Path, *extra: str) -> list[str]:
+    """The arguments of ``medmae pretrain`` or ``medmae finetune`` on the demo task with the tiny recipe,
+    writing into ``output``; ``extra`` flags follow (``--set`` values in order, so the last one wins)."""
+    return [
+        command,
+        "--task",
+        "demo",
+        "--data-root",
+        str(data_root),
+        "--config",
+        TINY,
+        "--output-dir",
+        str(output),
+        *extra,
+    ]

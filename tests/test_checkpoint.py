@@ -9,12 +9,12 @@ import stat
 import pytest
 import torch
 
-from medmae import resource_dir
 from medmae.checkpoint import CheckpointError, load_checkpoint, load_weights, model_checkpoint, save_checkpoint
 from medmae.config import load_config
 from medmae.errors import UserError
 from medmae.models import create_model, unetr_from_pretrained
 from medmae.tasks import load_task
+from tests.helpers import demo_run
 
 
 class CodePayload:
@@ -132,19 +132,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path,
 
     for command in (
         ["predict", "--checkpoint", str(hostile), "--input", str(tmp_path), "--output-dir", str(tmp_path / "p")],
-        [
-            "finetune",
-            "--task",
-            "demo",
-            "--data-root",
-            str(demo_root),
-            "--pretrained",
-            str(hostile),
-            "--config",
-            str(resource_dir("configs") / "test" / "tiny.yaml"),
-            "--output-dir",
-            str(tmp_path / "run"),
-        ],
+        demo_run("finetune", demo_root, tmp_path / "run", "--pretrained", str(hostile)),
     ):
         assert main(command) == 2
     error = capsys.readouterr().err

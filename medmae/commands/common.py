@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from medmae.config import known_keys
-from medmae.tasks import load_task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,11 +77,6 @@ def run_request(args: argparse.Namespace) -> RunRequest:
         pretrained=getattr(args, "pretrained", None),
         label_fraction=getattr(args, "label_fraction", None),
     )
-
-
-def run_folder(request: RunRequest, stage: str) -> str:
-    """Where a run of ``stage`` writes: ``--output-dir``, else ``runs/<task>_<stage>``."""
-    return request.output_dir or f"runs/{load_task(request.task).name}_{stage}"
 
 
 def fraction(text: str) -> float:

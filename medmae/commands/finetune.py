@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_run_flags, fraction, run_folder, run_request, subcommand
+from medmae.commands.common import add_run_flags, fraction, run_request, subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -29,9 +29,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medmae.training import finetune
+    from medmae.training.session import output_dir
 
     request = run_request(args)
     finetune.run(request)
-    best = f"{run_folder(request, 'finetune')}/checkpoints/best.pt"
+    best = output_dir(request, "finetune") / "checkpoints" / "best.pt"
     print(f"fine-tuning finished; the best validation checkpoint is {best}")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_run_flags, run_folder, run_request, subcommand
+from medmae.commands.common import add_run_flags, run_request, subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -17,8 +17,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medmae.training import pretrain
+    from medmae.training.session import output_dir
 
     request = run_request(args)
     pretrain.run(request)
-    print(f"pretraining finished; checkpoints in {run_folder(request, 'pretrain')}/checkpoints")
+    print(f"pretraining finished; checkpoints in {output_dir(request, 'pretrain') / 'checkpoints'}")
     return 0

@@ -182,13 +182,19 @@ def _log_start(s: Setup, request: RunRequest, model: nn.Module, cases: int, crop
         origin = "from " + request.pretrained
     else:
         origin = "resumed" if s.resume_from is not None else "from scratch"
+    what = f"{model.config['name']} ({origin}) on {cases} of {len(s.split.train)} labelled training cases"
     cfg = s.cfg
     batch = effective_batch(cfg, crops)
+    rate = f"learning rate {effective_lr(cfg, crops):.3g} (base {cfg.optim.base_lr:.3g} x {batch} / 256)"
     log.info(
-        "fine-tuning %s (%s) on %d of %d labelled training cases of task %s: effective batch %d, "
-        "learning rate %.3g (base %.3g x %d / 256), layer decay %g, %d processes, device %s",
-        *(model.config["name"], origin, cases, len(s.split.train), s.task.name, batch),
-        *(effective_lr(cfg, crops), cfg.optim.base_lr, batch, cfg.optim.layer_decay, s.ctx.world, s.ctx.device),
+        "fine-tuning %s of task %s: effective batch %d, %s, layer decay %g, %d processes, device %s",
+        what,
+        s.task.name,
+        batch,
+        rate,
+        cfg.optim.layer_decay,
+        s.ctx.world,
+        s.ctx.device,
     )
 
 

@@ -88,20 +88,10 @@ def run(request: RunRequest) -> nn.Module:
         model.to(ctx.device)
         batch = effective_batch(cfg, crops)
         lr = effective_lr(cfg, crops)
+        what = f"{model.config['name']} on {len(dataset)} images of task {task.name}"
+        rate = f"learning rate {lr:.3g} (base {cfg.optim.base_lr:.3g} x {batch} / 256)"
         log.info(
-            "pretraining %s on %d images of task %s: effective batch %d, learning rate %.3g "
-            "(base %.3g x %d / 256), %d processes, device %s",
-            *(
-                model.config["name"],
-                len(dataset),
-                task.name,
-                batch,
-                lr,
-                cfg.optim.base_lr,
-                batch,
-                ctx.world,
-                ctx.device,
-            ),
+            "pretraining %s: effective batch %d, %s, %d processes, device %s", what, batch, rate, ctx.world, ctx.device
         )
         optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas)
         job = Job(

@@ -53,10 +53,15 @@ class Setup:
     split_record: dict[str, str]  # stored in checkpoints; a resumed run must use the same split
 
 
+def output_dir(request: RunRequest, stage: str) -> Path:
+    """Where a run of ``stage`` writes: ``--output-dir``, else ``runs/<task>_<stage>``."""
+    return Path(request.output_dir or f"runs/{load_task(request.task).name}_{stage}")
+
+
 def start(stage: str, request: RunRequest) -> Setup:
     """Resolve everything a run needs; on ``--resume`` the config comes from the newest checkpoint."""
     task = load_task(request.task)
-    output = Path(request.output_dir or f"runs/{task.name}_{stage}")
+    output = output_dir(request, stage)
     probe = RunFolder(output, write=False)
     resume_from = probe.latest() if request.resume else None
     if resume_from is not None:

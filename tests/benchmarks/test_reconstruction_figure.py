@@ -5,37 +5,17 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image as PILImage
 
-from tests.helpers import BENCHMARKS
+from tests.helpers import BENCHMARKS, demo_run
 
 
 def test_a_finished_run_figure_is_redrawn_from_its_checkpoint(tmp_path, demo_root):
     import subprocess
     import sys
 
-    from medmae import resource_dir
     from medmae.cli import main
 
     run = tmp_path / "mae"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--task",
-                "demo",
-                "--data-root",
-                str(demo_root),
-                "--config",
-                str(resource_dir("configs") / "test" / "tiny.yaml"),
-                "--output-dir",
-                str(run),
-                "--set",
-                "train.epochs=1",
-                "--set",
-                "optim.warmup_epochs=0",
-            ]
-        )
-        == 0
-    )
+    assert main(demo_run("pretrain", demo_root, run, "--set", "train.epochs=1", "--set", "optim.warmup_epochs=0")) == 0
     script = BENCHMARKS / "reconstruction_figure.py"
     done = subprocess.run(
         [sys.executable, str(script), str(run), str(tmp_path / "again.png"), "--data-root", str(demo_root)],

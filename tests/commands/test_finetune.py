@@ -8,37 +8,30 @@ import pytest
 import torch
 
 from medmae.models import ViTEncoder
+from tests.helpers import demo_run
 from tests.models.helpers import timm_layout
 
 
 @pytest.mark.slow
 def test_finetune_takes_imagenet_weights_from_the_command_line(tmp_path, demo_root, caplog):
-    from medmae import resource_dir
     from medmae.checkpoint import load_checkpoint
     from medmae.cli import main
 
     caplog.set_level(logging.INFO, logger="medmae")
     encoder = ViTEncoder(2, 224, 16, 3, 192, 12, 3, 768, cls_token=True, norm_eps=1e-6)
     torch.save(timm_layout(encoder), tmp_path / "vit_tiny.pth")
-    tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
     code = main(
-        [
+        demo_run(
             "finetune",
-            "--task",
-            "demo",
-            "--data-root",
-            str(demo_root),
-            "--config",
-            tiny,
+            demo_root,
+            tmp_path / "unetr",
             "--set",
             "train.epochs=1",
             "--set",
             "optim.warmup_epochs=0",
             "--pretrained",
             f"imagenet:{tmp_path / 'vit_tiny.pth'}",
-            "--output-dir",
-            str(tmp_path / "unetr"),
-        ]
+        )
     )
     assert code == 0
     log = caplog.text

@@ -3,11 +3,9 @@ unless ``--output-dir`` is given."""
 
 from __future__ import annotations
 
-from medmae import resource_dir
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+from tests.helpers import TINY
 
 
 def test_pretraining_writes_its_run_folder_and_says_where(capsys, demo_root, tmp_path, monkeypatch):

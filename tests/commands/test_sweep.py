@@ -7,10 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from medmae import resource_dir
 from medmae.cli import main
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+from tests.helpers import TINY
 
 
 def test_a_bad_value_is_refused_before_anything_runs(tmp_path, demo_root, capsys):

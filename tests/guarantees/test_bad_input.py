@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from medmae import resource_dir
 from medmae.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from medmae.cli import main
 from medmae.config import load_config
@@ -30,9 +29,7 @@ from medmae.errors import DataError
 from medmae.models import create_model
 from medmae.tasks import load_task
 from medmae.training.session import with_roi
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
-
+from tests.helpers import TINY, demo_run
 
 TRAIN_CASE, TEST_CASE = "0002", "0006"  # dataset_0.json lists case 6 as validation: the datalist split's test part
 
@@ -75,23 +72,17 @@ def clean(tmp_path_factory) -> dict[str, Path]:
     root = write_demo_dataset(base / "data", cases=6, validation=1, seed=0)
     assert (
         main(
-            [
+            demo_run(
                 "finetune",
-                "--task",
-                "demo",
-                "--data-root",
-                str(root),
-                "--config",
-                TINY,
-                "--output-dir",
-                str(base / "unetr"),
+                root,
+                base / "unetr",
                 "--set",
                 "train.epochs=1",
                 "--set",
                 "optim.warmup_epochs=0",
                 "--set",
                 "train.steps_per_epoch=1",
-            ]
+            )
         )
         == 0
     )
@@ -357,21 +348,7 @@ def test_a_broken_case_in_a_loader_worker_exits_2_naming_the_file(tmp_path, demo
     broken = root / "imagesTr" / "img0002.nii.gz"
     broken.write_bytes(broken.read_bytes()[:200])
     code = main(
-        [
-            "pretrain",
-            "--task",
-            "demo",
-            "--data-root",
-            str(root),
-            "--config",
-            TINY,
-            "--output-dir",
-            str(tmp_path / "run"),
-            "--set",
-            "data.num_workers=1",
-            "--set",
-            "train.steps_per_epoch=3",
-        ]
+        demo_run("pretrain", root, tmp_path / "run", "--set", "data.num_workers=1", "--set", "train.steps_per_epoch=3")
     )
     message = capsys.readouterr().err
     assert code == 2 and str(broken) in message and "Traceback" not in message

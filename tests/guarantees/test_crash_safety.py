@@ -18,12 +18,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medmae import resource_dir
 from medmae.checkpoint import load_checkpoint
-from tests.helpers import run_torchrun
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
-
+from tests.helpers import TINY, demo_run, run_torchrun
 
 EPOCHS = 40  # 12 kills at the 1st to 3rd checkpoint passage use up at most 36 epochs
 
@@ -229,15 +225,7 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_resumes(tmp_path, demo_ro
             "--max-restarts",
             "1",
             str(script),
-            "pretrain",
-            "--task",
-            "demo",
-            "--data-root",
-            str(demo_root),
-            "--config",
-            TINY,
-            "--output-dir",
-            str(output),
+            *demo_run("pretrain", demo_root, output),
             "--resume",
             "--set",
             "train.epochs=6",

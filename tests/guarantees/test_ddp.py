@@ -11,12 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medmae import resource_dir
 from medmae.training.optim import learning_rate
-from tests.helpers import run_torchrun
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
-
+from tests.helpers import TINY, run_torchrun
 
 DDP_SCRIPT = """
 import os, sys, torch
@@ -35,6 +31,16 @@ torch.save(model.state_dict(), os.path.join(sys.argv[5], f"{sys.argv[7]}_{sys.ar
 """
 
 
+def launch(args: list[str], name: str) -> subprocess.CompletedProcess:
+    """The worker script ``args`` under two-process torchrun (``ddp``) or as one process (``single``)."""
+    if name == "ddp":
+        return run_torchrun(args)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, encoding="utf-8", errors="replace", env=env, check=False
+    )
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path, demo_root):
     script = tmp_path / "ddp_run.py"
@@ -51,18 +57,7 @@ def test_two_process_ddp_matches_one_process_over_the_same_global_batch(tmp_path
                 name,
                 stage,
             ]
-            run = (
-                run_torchrun(args)
-                if name == "ddp"
-                else subprocess.run(
-                    [sys.executable, *args],
-                    capture_output=True,
-                    encoding="utf-8",
-                    errors="replace",
-                    env=dict(os.environ, OMP_NUM_THREADS="1"),
-                    check=False,
-                )
-            )
+            run = launch(args, name)
             assert run.returncode == 0, run.stderr[-3000:]
     rank0, rank1, single = (
         torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "ddp_rank1", "single_rank0")
@@ -107,18 +102,7 @@ def test_two_process_ddp_pretraining_matches_one_process_with_the_monai_sampler(
             "pretrain",
             "data.sampler=monai",
         ]
-        run = (
-            run_torchrun(args)
-            if name == "ddp"
-            else subprocess.run(
-                [sys.executable, *args],
-                capture_output=True,
-                encoding="utf-8",
-                errors="replace",
-                env=dict(os.environ, OMP_NUM_THREADS="1"),
-                check=False,
-            )
-        )
+        run = launch(args, name)
         assert run.returncode == 0, run.stderr[-3000:]
     rank0, single = (torch.load(tmp_path / f"pretrain_{n}.pt") for n in ("ddp_rank0", "single_rank0"))
     assert max((rank0[k] - single[k]).abs().max().item() for k in rank0) < 1e-5

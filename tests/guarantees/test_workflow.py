@@ -7,11 +7,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medmae import resource_dir
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+from tests.helpers import TINY
 
 
 def test_pretrain_finetune_evaluate_predict_on_hippocampus(tmp_path, hippocampus_root):

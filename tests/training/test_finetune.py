@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 
-from medmae import resource_dir
 from medmae.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from medmae.cli import main
 from medmae.config import load_config
@@ -20,9 +19,7 @@ from medmae.tasks import load_task
 from medmae.training import finetune
 from medmae.training.finetune import build_finetune_model, label_subset
 from medmae.training.session import RunRequest, with_roi
-from tests.helpers import shared
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+from tests.helpers import TINY, demo_run, shared
 
 
 def test_label_fraction_takes_a_fixed_nested_subset():
@@ -100,21 +97,9 @@ def test_without_pretrained_weights_the_same_command_trains_from_scratch(task_na
 def test_a_resumed_finetuning_repeats_the_lost_epoch_exactly(tmp_path, demo_root):
     """Resume from previous.pt (as after a crash that cost last.pt): drop path, optimiser and RNG state
     come back, so the repeated epoch ends with the same weights."""
-    command = [
-        "finetune",
-        "--task",
-        "demo",
-        "--data-root",
-        str(demo_root),
-        "--config",
-        TINY,
-        "--output-dir",
-        str(tmp_path / "run"),
-        "--set",
-        "train.epochs=3",
-        "--set",
-        "model.drop_path=0.1",
-    ]
+    command = demo_run(
+        "finetune", demo_root, tmp_path / "run", "--set", "train.epochs=3", "--set", "model.drop_path=0.1"
+    )
     assert main(command) == 0
     checkpoints = tmp_path / "run" / "checkpoints"
     finished = load_checkpoint(checkpoints / "last.pt")["state_dict"]
@@ -128,24 +113,7 @@ def test_a_resumed_finetuning_repeats_the_lost_epoch_exactly(tmp_path, demo_root
 def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_root, capsys):
     """``model.arch=unet``: the baseline a user would otherwise pick, through the same finetune and evaluate."""
     run = tmp_path / "unet"
-    assert (
-        main(
-            [
-                "finetune",
-                "--task",
-                "demo",
-                "--data-root",
-                str(demo_root),
-                "--config",
-                TINY,
-                "--output-dir",
-                str(run),
-                "--set",
-                "model.arch=unet",
-            ]
-        )
-        == 0
-    )
+    assert main(demo_run("finetune", demo_root, run, "--set", "model.arch=unet")) == 0
     saved = load_checkpoint(run / "checkpoints" / "best.pt")
     assert saved["config"]["name"] == "unet_3d" and saved["config"]["out_channels"] == len(
         load_task("demo").class_names
@@ -170,21 +138,15 @@ def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_
     assert pd.read_csv(tmp_path / "scores" / "per_case.csv")["case_id"].nunique() >= 1
     assert (
         main(
-            [
+            demo_run(
                 "finetune",
-                "--task",
-                "demo",
-                "--data-root",
-                str(demo_root),
-                "--config",
-                TINY,
-                "--output-dir",
-                str(tmp_path / "refused"),
+                demo_root,
+                tmp_path / "refused",
                 "--set",
                 "model.arch=unet",
                 "--pretrained",
                 str(run / "checkpoints" / "best.pt"),
-            ]
+            )
         )
         == 2
     )

@@ -6,35 +6,17 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from medmae import resource_dir
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
 from medmae.models.encoder import TransformerBlock
 from medmae.training import pretrain
 from medmae.training.session import RunRequest
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+from tests.helpers import TINY, demo_run
 
 
 def test_a_diverging_run_stops_with_a_clear_message(tmp_path, demo_root, capsys):
     output = tmp_path / "diverged"
-    code = main(
-        [
-            "pretrain",
-            "--task",
-            "demo",
-            "--data-root",
-            str(demo_root),
-            "--config",
-            TINY,
-            "--output-dir",
-            str(output),
-            "--set",
-            "optim.base_lr=1e30",
-            "--set",
-            "train.epochs=3",
-        ]
-    )
+    code = main(demo_run("pretrain", demo_root, output, "--set", "optim.base_lr=1e30", "--set", "train.epochs=3"))
     assert code == 2
     assert "the loss became" in capsys.readouterr().err
     assert not (output / "checkpoints" / "last.pt").exists()

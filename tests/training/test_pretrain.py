@@ -6,15 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from medmae import resource_dir
 from medmae.cli import main
 from medmae.devices import autocast
 from medmae.models import create_model
 from medmae.training import pretrain
 from medmae.training.pretrain import mae_loss
 from medmae.training.session import RunRequest
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+from tests.helpers import TINY, demo_run
 
 
 def test_bf16_autocast_step_matches_fp32():
@@ -49,24 +47,17 @@ def test_pretraining_on_crops_memory_mapped_from_disk(tmp_path, demo_root):
 
 
 def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):
-    tiny = str(resource_dir("configs") / "test" / "tiny.yaml")
     assert (
         main(
-            [
+            demo_run(
                 "pretrain",
-                "--task",
-                "demo",
-                "--data-root",
-                str(demo_root),
-                "--config",
-                tiny,
-                "--output-dir",
-                str(tmp_path / "run"),
+                demo_root,
+                tmp_path / "run",
                 "--set",
                 "data.sampler=cached",
                 "--set",
                 "data.crops_per_volume=2",
-            ]
+            )
         )
         == 0
     )

@@ -16,29 +16,13 @@ import pytest
 import torch
 import yaml
 
-from medmae import resource_dir
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
-
-TINY = str(resource_dir("configs") / "test" / "tiny.yaml")
+from tests.helpers import TINY, demo_run
 
 
 def _pretrain_command(demo_root: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "medmae",
-        "pretrain",
-        "--task",
-        "demo",
-        "--data-root",
-        str(demo_root),
-        "--config",
-        TINY,
-        "--output-dir",
-        str(output),
-        *extra,
-    ]
+    return [sys.executable, "-m", "medmae", *demo_run("pretrain", demo_root, output, *extra)]
 
 
 @pytest.mark.slow
@@ -76,44 +60,10 @@ def test_a_killed_pretraining_resumes_where_its_checkpoint_left_off(tmp_path, de
     again = main(["pretrain", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(killed)])
     assert again == 2  # an existing run is not overwritten without --resume
     assert (
-        main(
-            [
-                "pretrain",
-                "--task",
-                "demo",
-                "--data-root",
-                str(demo_root),
-                "--output-dir",
-                str(killed),
-                "--resume",
-                "--config",
-                TINY,
-                *epochs,
-                "--set",
-                "optim.base_lr=1",
-            ]
-        )
-        == 2
+        main(demo_run("pretrain", demo_root, killed, "--resume", *epochs, "--set", "optim.base_lr=1")) == 2
     )  # a resumed run keeps its saved config
     assert (
-        main(
-            [
-                "pretrain",
-                "--task",
-                "demo",
-                "--data-root",
-                str(demo_root),
-                "--output-dir",
-                str(killed),
-                "--resume",
-                "--config",
-                TINY,
-                *epochs,
-                "--set",
-                "train.dist_timeout_min=5",
-            ]
-        )
-        == 0
+        main(demo_run("pretrain", demo_root, killed, "--resume", *epochs, "--set", "train.dist_timeout_min=5")) == 0
     )  # but may wait longer for other processes
     assert yaml.safe_load((killed / "config.yaml").read_text())["train"]["dist_timeout_min"] == 5
 
