@@ -1,30 +1,40 @@
-"""Models: patchify, masking, position embeddings, the MAE, its encoder, UNETR, the classifier, transfer."""
+"""Models: patchify, masking, position embeddings, the ViT MAE and its encoder, UNETR, the light decoder, the
+classifier, the residual U-Net (DynUNet) and its sparse convolutional MAE, transfer."""
 
 from medmae.models.classifier import ViTClassifier
+from medmae.models.dynunet import ResidualUNet, dynunet_from_pretrained
 from medmae.models.encoder import ViTEncoder
+from medmae.models.light import LightDecoderViT
 from medmae.models.mae import MaskedAutoencoder
 from medmae.models.masking import random_masking
 from medmae.models.patchify import patchify, unpatchify
 from medmae.models.pos_embed import resample_pos_embed, sincos_pos_embed
 from medmae.models.registry import create_model, list_models
+from medmae.models.sparse_mae import SparseConvMAE
 from medmae.models.unetr import EncoderUNETR, to_monai_unetr
 from medmae.models.weights import (
     TransferReport,
     WeightTransferError,
     classifier_from_pretrained,
+    light_from_pretrained,
     load_encoder,
     unetr_from_pretrained,
 )
 
 __all__ = [
     "EncoderUNETR",
+    "LightDecoderViT",
     "MaskedAutoencoder",
+    "ResidualUNet",
+    "SparseConvMAE",
     "TransferReport",
     "ViTClassifier",
     "ViTEncoder",
     "WeightTransferError",
     "classifier_from_pretrained",
     "create_model",
+    "dynunet_from_pretrained",
+    "light_from_pretrained",
     "list_models",
     "load_encoder",
     "patchify",

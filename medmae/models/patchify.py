@@ -81,3 +81,13 @@ def unpatchify(patches: torch.Tensor, patch_size: Sequence[int], img_size: Seque
     for i in range(dims):
         order += [1 + i, 1 + dims + i]
     return x.permute(order).reshape(b, c, *img_size)
+
+
+def upsampling_stages(patch_size: Sequence[int]) -> list[tuple[int, ...]]:
+    """Per-axis factors of the x2 up-sampling stages that take a patch grid back to full resolution,
+    coarsest first; an axis with a smaller patch skips the finest stages: ``(8, 8, 4)`` -> ``[(2, 2, 2),
+    (2, 2, 2), (2, 2, 1)]``. Each axis must be a power of two, at least one of them >= 2."""
+    logs = [math.log2(p) if p > 0 else -1.0 for p in patch_size]
+    if any(log < 0 or not log.is_integer() for log in logs) or max(logs) < 1:
+        raise ValueError(f"patch_size {list(patch_size)}: a decoder needs a power of two per axis, one of them >= 2")
+    return [tuple(2 if j < log else 1 for log in logs) for j in range(int(max(logs)))]

@@ -1,4 +1,4 @@
-"""Moving a pretrained encoder into UNETR or a classifier, with an exact account of every tensor.
+"""Moving a pretrained ViT encoder into UNETR, the light decoder or a classifier, with an exact account of every tensor.
 
 One pure function, :func:`adapt_encoder_state`, decides what happens to each tensor (loaded as is,
 adapted, skipped, or left at its initialisation); :func:`load_encoder` applies it and asserts that the
@@ -19,7 +19,8 @@ from medmae.checkpoint import load_checkpoint
 from medmae.errors import UserError
 from medmae.models.classifier import ViTClassifier
 from medmae.models.encoder import ViTEncoder
-from medmae.models.patchify import grid_size
+from medmae.models.light import LightDecoderViT
+from medmae.models.patchify import as_tuple, grid_size
 from medmae.models.pos_embed import resample_pos_embed
 from medmae.models.unetr import EncoderUNETR
 
@@ -105,18 +106,29 @@ def _fit_pos_embed(
     return None
 
 
+def _check_patch_size(pretrained: list[int], wanted: list[int]) -> None:
+    """Refuse another patch size of the same dimensionality: a patch embedding is never resampled."""
+    if len(pretrained) == len(wanted) and list(pretrained) != list(wanted):
+        raise WeightTransferError(
+            f"the encoder was pretrained with patch size {list(pretrained)}; this model wants {list(wanted)}. A "
+            "patch embedding is not resampled: pretrain at the patch size you fine-tune with (model.patch_size)"
+        )
+
+
 def adapt_encoder_state(
     source: dict[str, torch.Tensor], source_config: dict[str, Any], target: ViTEncoder
 ) -> tuple[dict[str, torch.Tensor], TransferReport]:
     """Fit a pretrained encoder's tensors to ``target`` without touching ``target``.
 
-    Position embeddings are resampled to the target grid; the patch embedding is adapted to the target
-    channel count; a cls token present on one side only is skipped or left initialised. Any other
-    difference in keys or shapes raises :class:`WeightTransferError` naming each key and both shapes.
+    A different patch size is refused; position embeddings are resampled to the target grid; the patch
+    embedding is adapted to the target channel count; a cls token present on one side only is skipped or
+    left initialised. Any other difference in keys or shapes raises :class:`WeightTransferError` naming
+    each key and both shapes.
 
     Returns:
         the tensors to load (every target key except those reported as initialised) and the report.
     """
+    _check_patch_size(source_config["patch_size"], target.config["patch_size"])
     wanted = target.state_dict()
     report = TransferReport()
     state = {}
@@ -169,14 +181,19 @@ def load_encoder(target: ViTEncoder, source: dict[str, torch.Tensor], source_con
 
 def _target_encoder(config: dict[str, Any], overrides: dict[str, Any]) -> ViTEncoder:
     """An encoder with the pretrained architecture; ``overrides`` may change img_size, in_channels,
-    drop_path_rate, cls_token or trainable_pos_embed."""
+    drop_path_rate, cls_token or trainable_pos_embed, and may repeat (only) the pretrained patch_size."""
+    patch_size = overrides.pop("patch_size", None)
+    if patch_size is not None:
+        dims = overrides.get("spatial_dims", config["spatial_dims"])
+        _check_patch_size(config["patch_size"], list(as_tuple(patch_size, dims, "patch_size")))
+        overrides["patch_size"] = patch_size
     architecture = {key: config[key] for key in ARCHITECTURE_KEYS} | {"norm_eps": config.get("norm_eps", 1e-5)}
     return ViTEncoder(**{**architecture, "trainable_pos_embed": True, **overrides})
 
 
 def _derived_name(config: dict[str, Any], prefix: str, suffix: str = "") -> str:
     """Registry name of the fine-tuned model: ``mae_vit_base_patch16_3d`` -> ``unetr_vit_base_patch16_3d``."""
-    core = re.search(r"vit_[a-z0-9]+_patch\d+_[23]d", str(config.get("name")))
+    core = re.search(r"vit_[a-z0-9]+_patch[0-9x]+_[23]d", str(config.get("name")))
     return f"{prefix}{core.group(0)[4:]}{suffix}" if core else f"{prefix}custom{suffix}"
 
 
@@ -190,10 +207,11 @@ def unetr_from_pretrained(
     """UNETR for segmentation with the pretrained encoder.
 
     Args:
-        checkpoint: a medmae checkpoint path or payload (MAE, UNETR or classifier).
+        checkpoint: a medmae checkpoint path or payload (MAE, UNETR, light-decoder model or classifier).
         out_channels: classes including background.
         feature_size, norm_name: UNETR decoder settings.
-        encoder_overrides: e.g. ``img_size=(96, 96, 96)``, ``in_channels=4``, ``drop_path_rate=0.1``.
+        encoder_overrides: e.g. ``img_size=(96, 96, 96)``, ``in_channels=4``, ``drop_path_rate=0.1``;
+            ``patch_size`` must equal the pretrained one.
 
     Returns:
         the model and the :class:`TransferReport`.
@@ -203,6 +221,19 @@ def unetr_from_pretrained(
     model = EncoderUNETR(encoder, out_channels, feature_size=feature_size, norm_name=norm_name)
     report = load_encoder(model.vit, source, config)
     model.config["name"] = _derived_name(config, "unetr_vit_")
+    return model, report
+
+
+def light_from_pretrained(
+    checkpoint: str | Path | dict[str, Any], out_channels: int, **encoder_overrides: Any
+) -> tuple[LightDecoderViT, TransferReport]:
+    """The ViT with the light decoder (:mod:`medmae.models.light`) around the pretrained encoder; arguments
+    as :func:`unetr_from_pretrained`."""
+    source, config = encoder_source(checkpoint)
+    encoder = _target_encoder(config, {"cls_token": False, **encoder_overrides})
+    model = LightDecoderViT(encoder, out_channels)
+    report = load_encoder(model.vit, source, config)
+    model.config["name"] = _derived_name(config, "light_vit_")
     return model, report
 
 

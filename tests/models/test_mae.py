@@ -1,12 +1,16 @@
-"""The masked autoencoder: shapes, the encoder sees only visible tokens, the loss over hidden patches, the
-normalised target, gradients, bf16, reconstruction, the mask-token encoder and the recorded config."""
+"""The ViT masked autoencoder: shapes, the encoder sees only visible tokens, masking strategies,
+gradients, bf16, the mask-token encoder, the recorded config and any patch size (the shared target and loss:
+test_reconstruction.py)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from medmae.models import MaskedAutoencoder, create_model, patchify, unpatchify
+from medmae.models import MaskedAutoencoder, create_model
+from medmae.models.registry import vit_name
 
 SIZE_3D = (32, 48, 32)  # grid 2 x 3 x 2 = 12 patches of 16^3
 
@@ -40,45 +44,6 @@ def test_encoder_sees_only_the_visible_tokens(cls_token):
     assert torch.equal((mask == 0).sum(1), torch.tensor([visible, visible]))
 
 
-@pytest.mark.parametrize("norm_pix_loss", [True, False])
-def test_loss_ignores_visible_patches_and_follows_hidden_ones(norm_pix_loss):
-    model = tiny_mae(norm_pix_loss=norm_pix_loss)
-    x = torch.randn(2, 1, *SIZE_3D)
-    with torch.no_grad():
-        loss, pred, mask = model(x, generator=torch.Generator().manual_seed(0))
-    patches = patchify(x, model.patch_size)
-    noise = 5 * torch.randn_like(patches)
-    visible_changed = unpatchify(patches + noise * (1 - mask).unsqueeze(-1), model.patch_size, SIZE_3D)
-    hidden_changed = unpatchify(patches + noise * mask.unsqueeze(-1), model.patch_size, SIZE_3D)
-    assert torch.equal(model.forward_loss(visible_changed, pred, mask), loss)
-    assert not torch.allclose(model.forward_loss(hidden_changed, pred, mask), loss)
-
-
-def test_norm_pix_target_is_normalised_per_patch():
-    model = tiny_mae()
-    x = 100 + 20 * torch.randn(1, 1, *SIZE_3D)
-    target, _mean, _std = model.patch_target(x)
-    assert torch.allclose(target.mean(-1), torch.zeros(1, 12), atol=1e-4)
-    assert torch.allclose(target.std(-1, unbiased=False), torch.ones(1, 12), atol=1e-4)
-    raw = tiny_mae(norm_pix_loss=False).patch_target(x)[0]
-    assert torch.equal(raw, patchify(x, (16, 16, 16)))
-
-
-def test_norm_pix_statistics_survive_a_large_mean_and_bf16_autocast():
-    """CT in Hounsfield units: a mean of 1000 over a spread of 0.5 must not cancel the variance away, nor
-    must one outlying voxel (air at -1000) at the start of a patch."""
-    x = 1000 + 0.5 * torch.randn(2, 1, *SIZE_3D)
-    x[:, :, 0, 0, 0] = -1000.0
-    patches = patchify(x.double(), (16, 16, 16))
-    var, mean = torch.var_mean(patches, -1, keepdim=True, unbiased=False)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        target, got_mean, got_std = tiny_mae().patch_target(x)
-    assert target.dtype == torch.float32
-    assert torch.allclose(got_mean.double(), mean, rtol=0, atol=1e-4)
-    assert torch.allclose(got_std.double(), (var + 1e-6).sqrt(), rtol=1e-4)
-    assert torch.allclose(target.double(), (patches - mean) / (var + 1e-6).sqrt(), atol=2e-3)
-
-
 @pytest.mark.parametrize("spatial_dims,cls_token", [(3, False), (3, True), (2, False)])
 def test_every_trainable_parameter_receives_a_gradient(spatial_dims, cls_token):
     model = tiny_mae(spatial_dims, cls_token=cls_token)
@@ -103,25 +68,6 @@ def test_trains_under_bf16_autocast(spatial_dims):
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         optimizer.step()
-
-
-def test_reconstruct_keeps_visible_patches_and_fills_hidden_ones():
-    model = tiny_mae().eval()
-    x = torch.randn(2, 1, *SIZE_3D)
-    with torch.no_grad():
-        _, pred, mask = model(x)
-    images = model.reconstruct(x, pred, mask)
-    assert set(images) == {"masked", "prediction", "composite"}
-    visible = (1 - mask).unsqueeze(-1).bool()
-    composite = patchify(images["composite"], model.patch_size)
-    original = patchify(x, model.patch_size)
-    assert torch.equal(composite.masked_select(visible), original.masked_select(visible))
-    assert torch.equal(
-        patchify(images["masked"], model.patch_size).masked_select(~visible), torch.zeros(int((~visible).sum()) * 4096)
-    )
-    # hidden patches come from the prediction, mapped back with each patch's mean and std
-    _target, mean, std = model.patch_target(x)
-    assert torch.allclose(composite.masked_select(~visible), (pred * std + mean).masked_select(~visible))
 
 
 def test_mask_ratio_override_and_bad_arguments():
@@ -160,23 +106,6 @@ def test_decoder_puts_each_token_at_its_patch_position(cls_token):
         assert torch.equal(mask[b, ids_shuffle[b, :3]], torch.zeros(3))
     if cls_token:
         assert torch.allclose(seen[0][:, 0], embedded[:, 0])  # no position embedding on the cls token
-
-
-def test_loss_is_the_mean_over_hidden_patches_of_the_normalised_error():
-    model = tiny_mae()
-    x = 1 + 3 * torch.randn(2, 1, *SIZE_3D)
-    x[0, 0, :16, :16, :16] = 0.5 + 0.002 * torch.randn(16, 16, 16)  # variance 4e-6: the 1e-6 in the normaliser matters
-    pred, mask = torch.randn(2, 12, 4096), (torch.rand(2, 12) < 0.7).float()
-    mask[0, 0], mask[1, 0] = 1, 0  # the tiny-variance patch is hidden; some patch is visible
-    patches = patchify(x, (16, 16, 16)).double()
-    errors = []
-    for b in range(2):
-        for n in range(12):
-            if mask[b, n]:
-                p = patches[b, n]
-                target = (p - p.mean()) / (p.var(unbiased=False) + 1e-6).sqrt()
-                errors.append(((pred[b, n].double() - target) ** 2).mean())
-    assert torch.allclose(model.forward_loss(x, pred, mask).double(), torch.stack(errors).mean(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("spatial_dims,cls_token", [(3, False), (2, True)])
@@ -252,3 +181,29 @@ def test_geometry_beyond_size_and_masking_settings_are_keywords():
     assert (model.config["patch_size"], model.config["in_channels"]) == ([16, 16, 16], 2)
     with pytest.raises(TypeError):
         model(torch.randn(1, 2, 32, 32, 32), 0.5)  # mask_ratio by keyword only
+
+
+@pytest.mark.parametrize(
+    "spatial_dims, patch, size, grid",
+    [
+        (3, 8, (32, 48, 32), (4, 6, 4)),
+        (3, 4, (16, 16, 8), (4, 4, 2)),
+        (3, (8, 8, 4), (32, 16, 16), (4, 2, 4)),
+        (2, 8, (32, 48), (4, 6)),
+        (2, 4, (16, 8), (4, 2)),
+    ],
+)
+def test_any_patch_size_gives_per_patch_predictions_a_normalised_target_and_gradients(spatial_dims, patch, size, grid):
+    model = create_model(vit_name("mae_vit", "tiny", patch, spatial_dims), img_size=size)
+    p = model.patch_size
+    assert p == (patch,) * spatial_dims if isinstance(patch, int) else tuple(patch)
+    assert model.encoder.grid == grid and model.encoder.patch_embedding.position_embeddings.shape[1] == math.prod(grid)
+    x = 5 + 3 * torch.randn(2, 1, *size)
+    loss, pred, mask = model(x)
+    assert pred.shape == (2, math.prod(grid), math.prod(p)) and mask.shape == (2, math.prod(grid))
+    target = model.patch_target(x)[0]
+    assert torch.allclose(target.mean(-1), torch.zeros(2, math.prod(grid)), atol=1e-4)
+    loss.backward()
+    assert [n for n, q in model.named_parameters() if q.requires_grad and q.grad is None] == []
+    images = model.reconstruct(x, pred.detach(), mask)
+    assert images["composite"].shape == x.shape

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -27,7 +29,7 @@ def test_a_classifier_from_an_unregistered_vit_size_rebuilds_from_its_checkpoint
     rebuilt = create_model(config.pop("name"), **config)  # as evaluate, predict and --resume do
     rebuilt.load_state_dict(model.state_dict())
     assert (rebuilt.config["width"], rebuilt.config["depth"], rebuilt.config["num_heads"]) == (384, 2, 6)
-    with pytest.raises(ValueError, match="or another size with width, depth, num_heads, mlp_dim given"):
+    with pytest.raises(ValueError, match=r"\(another ViT size with width, depth, num_heads, mlp_dim given\)"):
         create_model("vit_small_patch16_2d_cls", num_classes=3)
 
 
@@ -76,3 +78,55 @@ def test_an_mae_takes_no_trainable_position_embedding_and_no_unknown_arguments()
     for argument in ("trainable_pos_embed", "encoder", "colour"):
         with pytest.raises(ValueError, match=rf"mae_vit_tiny_patch16_3d: unknown arguments \['{argument}'\]"):
             create_model("mae_vit_tiny_patch16_3d", **{argument: True})
+
+
+def test_names_carry_the_patch_size_and_the_mini_preset():
+    from medmae.models import list_models
+    from medmae.models.registry import input_multiple, vit_name
+
+    names = set(list_models())
+    assert {"mae_vit_mini_patch8_3d", "light_vit_tiny_patch4_2d", "unetr_vit_base_patch8_3d"} <= names
+    assert {"vit_mini_patch8_2d_cls", "mae_dynunet_mini_3d", "dynunet_base_2d", "unet_3d"} <= names
+    assert vit_name("unetr_vit", "mini", [8, 8, 4], 3) == "unetr_vit_mini_patch8x8x4_3d"
+    assert vit_name("vit", "tiny", [8, 8], 2) == "vit_tiny_patch8_2d_cls"
+    model = create_model("mae_vit_mini_patch8x8x4_3d", img_size=(32, 32, 16))
+    enc = model.encoder.config
+    assert enc["patch_size"] == [8, 8, 4] and (enc["width"], enc["depth"], enc["num_heads"]) == (192, 12, 3)
+    assert (model.config["decoder_width"], model.config["decoder_depth"]) == (96, 4)
+    assert create_model("mae_vit_tiny_patch8_3d", img_size=16, patch_size=(8, 8, 8)).patch_size == (8, 8, 8)
+    with pytest.raises(ValueError, match="patch_size differs from the 8 of its name"):
+        create_model("mae_vit_tiny_patch8_3d", img_size=16, patch_size=16)
+    assert input_multiple("light", [8, 8, 4]) == [8, 8, 4] and input_multiple("unetr", None) == 16
+    assert input_multiple("dynunet", None) == 16
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("light_vit_tiny_patch8_3d", {"img_size": 32, "out_channels": 3}),
+        ("unetr_vit_tiny_patch4_2d", {"img_size": (16, 32), "out_channels": 2}),
+        ("vit_tiny_patch8_2d_cls", {"img_size": 32, "num_classes": 4}),
+        ("dynunet_tiny_3d", {"img_size": 32, "in_channels": 2, "out_channels": 3}),
+        ("mae_dynunet_tiny_2d", {"img_size": (32, 48), "mask_ratio": 0.5}),
+    ],
+)
+def test_every_backbone_rebuilds_from_its_checkpoint_config(name, kwargs):
+    from medmae.models.registry import rebuild_model
+
+    model = create_model(name, **kwargs).eval()
+    rebuilt = rebuild_model(model_checkpoint(model), "best.pt").eval()
+    assert rebuilt.config == model.config and type(rebuilt) is type(model)
+    x = torch.randn(1, model.config["in_channels"], *model.config["img_size"])
+    with torch.no_grad():
+        if name.startswith("mae_"):
+            noise = torch.rand(1, math.prod(model.grid if hasattr(model, "grid") else model.encoder.grid))
+            assert torch.equal(rebuilt(x, noise=noise)[1], model(x, noise=noise)[1])
+        else:
+            assert torch.equal(rebuilt(x), model(x))
+
+
+def test_a_convolutional_config_whose_derived_settings_disagree_is_refused():
+    with pytest.raises(ValueError, match="mae_dynunet_tiny_3d: patch_size is fixed at"):
+        create_model("mae_dynunet_tiny_3d", img_size=32, patch_size=8)
+    with pytest.raises(ValueError, match="unknown arguments"):
+        create_model("dynunet_tiny_3d", in_channels=1, out_channels=2, drop_path_rate=0.1)

@@ -1,16 +1,22 @@
-"""Moving a pretrained encoder: exact key sets, adapted channels and grids reported, misfits named."""
+"""Moving a pretrained ViT encoder: exact key sets, adapted channels and grids reported, misfits and another
+patch size named."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from medmae.checkpoint import model_checkpoint
 from medmae.models import (
     WeightTransferError,
     classifier_from_pretrained,
+    create_model,
+    light_from_pretrained,
+    load_encoder,
     resample_pos_embed,
     unetr_from_pretrained,
 )
+from medmae.models.registry import vit_name
 from tests.models.helpers import pretrained
 
 
@@ -77,3 +83,27 @@ def test_an_encoder_that_does_not_fit_names_keys_and_shapes():
     assert "shape of patch_embedding.patch_embeddings.weight: checkpoint (48, 1, 16, 16)" in str(error.value)
     with pytest.raises(WeightTransferError, match="no encoder"):
         unetr_from_pretrained(dict(checkpoint, state_dict={}), out_channels=2)
+
+
+def test_a_checkpoint_of_another_patch_size_is_refused_not_resampled():
+    mae = create_model("mae_vit_tiny_patch8_3d", img_size=(16, 16, 16))
+    checkpoint = model_checkpoint(mae)
+    for build in (unetr_from_pretrained, light_from_pretrained):
+        with pytest.raises(WeightTransferError, match=r"pretrained with patch size \[8, 8, 8\]; this model wants"):
+            build(checkpoint, out_channels=2, patch_size=16)
+    target = create_model("unetr_vit_tiny_patch16_3d", img_size=32, out_channels=2)
+    with pytest.raises(WeightTransferError, match="A patch embedding is not resampled"):
+        load_encoder(target.vit, checkpoint["state_dict"], checkpoint["config"])
+
+
+@pytest.mark.parametrize("patch", [8, (8, 8, 4)])
+def test_the_light_model_takes_every_encoder_tensor_and_nothing_else(patch):
+    mae = create_model(vit_name("mae_vit", "tiny", patch, 3), img_size=(32, 32, 16))
+    model, report = light_from_pretrained(model_checkpoint(mae), out_channels=3, patch_size=patch)
+    assert model.config["name"] == vit_name("light_vit", "tiny", patch, 3)
+    encoder_keys = {k.removeprefix("encoder.") for k in mae.state_dict() if k.startswith("encoder.")}
+    assert set(report.loaded) == encoder_keys == set(model.vit.state_dict())
+    assert report.adapted == report.skipped == report.initialised == {}
+    for key in encoder_keys:
+        assert torch.equal(model.vit.state_dict()[key], mae.encoder.state_dict()[key])
+    assert model(torch.randn(1, 1, 32, 32, 16)).shape == (1, 3, 32, 32, 16)
