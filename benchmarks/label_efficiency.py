@@ -4,6 +4,7 @@ the test-set tables.
     python benchmarks/label_efficiency.py                         # MSD hippocampus, 2 CPU cores, about 90 minutes
     python benchmarks/label_efficiency.py --full                  # the same with ViT-B/16 on a GPU
     python benchmarks/label_efficiency.py --quick                 # a smoke run of every step (a minute or two)
+    python benchmarks/label_efficiency.py --backbone light_p8     # another pretrained backbone (see BACKBONES)
     python benchmarks/label_efficiency.py --task chestxray14 --data-root ../shared/data/chestxray14_nih_subset
 
 On the ``holdout40`` split (160 labelled cases: 128 for training and 32 for validation, which picks
@@ -16,6 +17,10 @@ UNETR of that fraction and seed, over as many epochs (its steps come from one ti
 ``time_vs_scratch_unetr`` in ``runs.csv`` says how close the times came). Every model is scored on the
 40 test cases with ``medmae evaluate``; ``hd95_undefined`` counts the case-class pairs whose HD95 is
 undefined (a class predicted empty) and so left out of the HD95 means.
+
+``--backbone`` swaps UNETR for another pretrained segmentation model in the MAE and in both of its arms
+(``unetr_p8``, ``light_p8``: the ViT at patch 8 with UNETR's or the light decoder; ``dynunet``: the residual
+DynUNet and its sparse convolutional MAE, at the U-Net's learning rate); the U-Net arm stays as it is.
 
 With ``--task chestxray14`` the same is done in 2D on the official split: a 2D MAE on the train_val
 images, the ViT classifier from it and from scratch, scored by per-finding and macro AUC on the test
@@ -76,6 +81,13 @@ CHEST_CPU = (
 )
 DEFAULT_SPLITS = {"msd_hippocampus": "holdout40"}
 UNET_BASE_LR = 0.064  # AdamW at 1e-3 for a batch of 4 (base_lr x batch / 256); UNETR keeps its recipe's rate
+# --backbone: the settings that pick it, for the MAE and for both of its fine-tuned arms (not the U-Net's).
+BACKBONES = {
+    "unetr": [],
+    "unetr_p8": ["model.arch=unetr", "model.patch_size=8"],
+    "light_p8": ["model.arch=light", "model.patch_size=8"],
+    "dynunet": ["model.arch=dynunet", f"optim.base_lr={UNET_BASE_LR}"],  # the U-Net's AdamW rate
+}
 
 # Budgets: (pretraining overrides, fine-tuning overrides shared by every model).
 SIZES = {
@@ -268,6 +280,9 @@ def main() -> None:
     parser.add_argument("--part", choices=["test", "val"], default="test", help="the part every model is scored on")
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
     parser.add_argument("--seeds", type=int, default=3, help="seeds for fractions below 1 (1.0 uses one)")
+    parser.add_argument(
+        "--backbone", choices=list(BACKBONES), default="unetr", help="the pretrained segmentation model (3D tasks)"
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="ViT-B/16 recipes for a GPU")
     size.add_argument("--quick", action="store_true", help="a few steps of everything (checks the pipeline only)")
@@ -288,18 +303,22 @@ def main() -> None:
     pretrain_overrides, finetune_overrides = SIZES[mode]
     if classification and mode == "cpu":
         pretrain_overrides, finetune_overrides = CHEST_CPU
+    if classification and args.backbone != "unetr":
+        parser.error(f"--backbone {args.backbone}: {args.task} classifies with the ViT classifier")
+    backbone = BACKBONES[args.backbone]
     output = args.output or Path("docs/results") / args.task
     work = args.work_dir or Path("runs") / f"label_efficiency_{args.task}_{mode}"
     started, code = time.time(), git_state()  # the code as it was imported, not as it is when the run ends
 
     mae_run = work / "mae"
-    pretrain.run(request(args, mae_run, pretrain_overrides, resume=True))
+    pretrain.run(request(args, mae_run, [*pretrain_overrides, *backbone], resume=True))
     mae = str(mae_run / "checkpoints" / "last.pt")
     epochs = int(next(o for o in finetune_overrides if o.startswith("train.epochs=")).split("=")[1])
     unet = [*finetune_overrides, "model.arch=unet", f"optim.base_lr={UNET_BASE_LR}", "optim.layer_decay=1.0"]
     per_step = None if classification else unet_seconds_per_step(args, work, unet)
-    model = "vit" if classification else "unetr"
-    scratch = [*finetune_overrides, "optim.layer_decay=1.0"]  # layer decay is for a pretrained encoder only
+    model = "vit" if classification else args.backbone
+    tuned = [*finetune_overrides, *backbone]
+    scratch = [*tuned, "optim.layer_decay=1.0"]  # layer decay is for a pretrained encoder only
     rows = []
     for fraction in args.fractions:
         for seed in range(args.seeds if fraction < 1 else 1):
@@ -307,9 +326,7 @@ def main() -> None:
             rows.append(
                 {
                     "method": f"mae_{model}",
-                    **finetune_run(
-                        args, work, f"mae_{model}_{tag}", finetune_overrides, fraction, seed, pretrained=mae
-                    ),
+                    **finetune_run(args, work, f"mae_{model}_{tag}", tuned, fraction, seed, pretrained=mae),
                 }
             )
             rows.append(

@@ -3,7 +3,8 @@ and masks as the figures the run drew itself (``figures/reconstruction_epochNNNN
 
     python benchmarks/reconstruction_figure.py RUN_FOLDER OUTPUT.png [--data-root D] [--checkpoint last.pt]
 
-Useful to redraw a finished run's figure with a newer medmae (the figures once showed 2D images rotated).
+Any backbone's MAE (ViT of any patch size, or the sparse convolutional MAE). Useful to redraw a finished
+run's figure with a newer medmae (the figures once showed 2D images rotated).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from medmae.checkpoint import load_checkpoint, load_weights
 from medmae.config import from_dict
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
+from medmae.models.registry import input_multiple
 from medmae.tasks import task_from_record
 from medmae.training.pretrain import build_mae, figure_batch, save_figure
 from medmae.training.session import with_roi
@@ -30,7 +32,8 @@ def main() -> None:
     path = args.run / "checkpoints" / args.checkpoint
     payload = load_checkpoint(path)
     cfg = from_dict(payload["run_config"], str(path))
-    task = with_roi(task_from_record(payload["task"], str(path)), cfg.model.img_size)
+    multiple = input_multiple(cfg.model.arch, cfg.model.patch_size)
+    task = with_roi(task_from_record(payload["task"], str(path)), cfg.model.img_size, multiple)
     split = load_split(task, args.data_root, split=payload["split"]["split"])
     cases = sorted({c.id: c for c in split.train + split.validation + split.unlabelled}.values(), key=lambda c: c.id)
     crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1

@@ -26,12 +26,15 @@ MaskStrategy = Literal["random", "block", "grid"]  # random (MAE), block-wise (B
 EncoderMode = Literal["skip", "mask_tokens"]  # the MAE encoder sees the visible patches only, or mask tokens too
 Tuning = Literal["full", "linear", "partial"]  # what a classifier's fine-tuning trains
 Pool = Literal["avg", "cls"]  # a classifier's pooled token
+# unetr: ViT + UNETR decoder; light: ViT + light decoder; dynunet: MONAI's residual DynUNet; unet: MONAI U-Net
+Arch = Literal["unetr", "light", "dynunet", "unet"]
 
 
 @dataclass
 class ModelConfig:
-    size: Literal["base", "tiny"] = "base"  # base (ViT-B/16) or tiny (width 48, for CPU runs)
-    arch: Literal["unetr", "unet"] = "unetr"  # 3D segmentation: unetr (ViT encoder) or unet (MONAI U-Net, scratch)
+    size: Literal["base", "mini", "tiny"] = "base"  # base (ViT-B), mini (width 192, CPU) or tiny (width 48, tests)
+    arch: Arch = "unetr"  # segmentation backbone; unetr and light pretrain the ViT MAE, dynunet the sparse conv MAE
+    patch_size: int | list[int] | None = None  # ViT patch (one or per axis); None: 16, or the pretrained encoder's
     img_size: list[int] | None = None  # input size; None: the task's ROI
     mask_ratio: float = 0.75
     norm_pix_loss: bool = True  # reconstruction target: per-patch normalised pixels (true) or raw pixels
@@ -125,15 +128,26 @@ def _close_matches(key: str, keys: list[str]) -> list[str]:
     )
 
 
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
 def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """``value`` as ``hint`` (int accepted for float, None for optional keys), else a UserError."""
+    """``value`` as ``hint`` (int accepted for float, None for optional keys, the first member of a union
+    that fits), else a UserError."""
     args = typing.get_args(hint)
+    members = [a for a in args if a is not type(None)]
     if value is None and type(None) in args:
         return None
     if typing.get_origin(hint) is Literal:
         base = type(args[0])
     elif args and typing.get_origin(hint) is not list:
-        base = next(a for a in args if a is not type(None))
+        for member in members[:-1]:
+            try:
+                return _coerce(key, value, member, source)
+            except UserError:
+                pass
+        base = members[-1]
     else:
         base = hint
     if typing.get_origin(base) is list:
@@ -144,7 +158,10 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
         return float(value)
     elif isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
-    expected = getattr(base, "__name__", str(base)) + (" or null" if type(None) in args else "")
+    names = (
+        [_type_name(m) for m in members] if members and typing.get_origin(hint) is not Literal else [_type_name(base)]
+    )
+    expected = " or ".join(names) + (" or null" if type(None) in args else "")
     raise UserError(f"{source}: {key} must be {expected}, not {value!r}")
 
 
@@ -227,6 +244,10 @@ def load_config(stage: str, task_name: str, config_file: str | Path | None = Non
 def validate(cfg: Config) -> None:
     """Choices (every key typed ``Literal``) and the ranges that types alone do not say."""
     problems = [problem for ok, problem in _ranges(cfg) if not ok]
+    vit_only = {"encoder_mode": cfg.model.encoder_mode != "skip", "patch_size": cfg.model.patch_size is not None}
+    if cfg.model.arch in ("dynunet", "unet") and any(vit_only.values()):
+        keys = ", ".join(f"model.{key}" for key, changed in vit_only.items() if changed)
+        problems.append(f"{keys} apply to ViTs only, not to model.arch={cfg.model.arch}")
     for key, hint in known_keys().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -244,6 +265,7 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (0 <= model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
         (0 <= model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
         (model.tuning_blocks >= 0, "model.tuning_blocks must be >= 0"),
+        (model.patch_size is None or min(_as_list(model.patch_size) or [0]) >= 1, "model.patch_size must be > 0"),
         (
             data.batch_size >= 1 and 1 <= data.crops_per_volume <= MAX_CROPS,
             f"data.batch_size must be >= 1 and data.crops_per_volume in [1, {MAX_CROPS}]",
@@ -263,6 +285,10 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (0 <= infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
         (infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),
     ]
+
+
+def _as_list(value: int | list[int]) -> list[int]:
+    return [value] if isinstance(value, int) else list(value)
 
 
 def from_dict(values: dict[str, dict[str, Any]], source: str) -> Config:

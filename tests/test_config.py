@@ -86,3 +86,33 @@ def test_resolved_config_round_trips(tmp_path):
 def test_more_crops_per_volume_than_the_seed_rule_allows_are_refused():
     with pytest.raises(UserError, match=r"data.crops_per_volume in \[1, 64\]"):
         load_config("pretrain", "btcv", overrides=["data.crops_per_volume=65"])
+
+
+def test_backbone_keys_patch_size_one_or_per_axis_and_vit_keys_refused_for_u_nets():
+    assert load_config("pretrain", "btcv", overrides=["model.patch_size=8"]).model.patch_size == 8
+    cfg = load_config("finetune", "btcv", overrides=["model.patch_size=[8, 8, 4]", "model.arch=light"])
+    assert (cfg.model.patch_size, cfg.model.arch, cfg.model.size) == ([8, 8, 4], "light", "base")
+    assert load_config("pretrain", "btcv", overrides=["model.size=mini"]).model.size == "mini"
+    with pytest.raises(UserError, match=r"model.patch_size must be int or list or null, not 'big'"):
+        load_config("pretrain", "btcv", overrides=["model.patch_size=big"])
+    with pytest.raises(UserError, match=r"model.patch_size must be > 0"):
+        load_config("pretrain", "btcv", overrides=["model.patch_size=[8, 0, 8]"])
+    with pytest.raises(
+        UserError, match=r"model.encoder_mode, model.patch_size apply to ViTs only, not to model.arch=dynunet"
+    ):
+        load_config(
+            "pretrain", "btcv", overrides=["model.arch=dynunet", "model.patch_size=8", "model.encoder_mode=mask_tokens"]
+        )
+    with pytest.raises(UserError, match=r"model.arch"):
+        load_config("finetune", "btcv", overrides=["model.arch=segformer"])
+    assert load_config("finetune", "btcv", overrides=["model.arch=dynunet"]).model.drop_path == 0.1  # ignored, said so
+
+
+@pytest.mark.parametrize(
+    "backbone", sorted((resource_dir("configs") / "backbones").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_backbone_file_picks_its_arch_for_both_stages(backbone):
+    arch = backbone.stem.split("_")[0]
+    for stage in ("pretrain", "finetune"):
+        cfg = load_config(stage, "msd_hippocampus", backbone)
+        assert (cfg.model.arch, cfg.model.size) == (arch, "mini")

@@ -10,6 +10,16 @@ import argparse
 import medmae
 from medmae.commands.common import subcommand
 
+FAMILIES = {  # registry name prefix -> what it builds
+    "mae_vit_": "ViT MAEs",
+    "unetr_vit_": "ViT + UNETR decoder",
+    "light_vit_": "ViT + light decoder",
+    "vit_": "ViT classifiers",
+    "mae_dynunet_": "sparse convolutional MAEs",
+    "dynunet_": "residual U-Nets (MONAI DynUNet)",
+    "unet_": "MONAI U-Nets (from scratch)",
+}
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     subcommand(commands, "info", run, __doc__)
@@ -28,5 +38,8 @@ def run(args: argparse.Namespace) -> int:
     for kind in medmae.RESOURCE_KINDS:
         print(f"{kind}: {medmae.resource_dir(kind)}")
     print("tasks: " + ", ".join(list_tasks()))
-    print("models: " + ", ".join(list_models()))
+    print("models (a ViT also builds with any power-of-two patch, or one per axis such as patch8x8x4):")
+    names = list_models()
+    for prefix, family in FAMILIES.items():
+        print(f"  {family}: " + ", ".join(name for name in names if name.startswith(prefix)))
     return 0

@@ -1,5 +1,5 @@
-"""Fine-tuning: UNETR (DiceCE) for 3D segmentation tasks, the ViT classifier (BCE with logits) for 2D
-classification; ``medmae finetune --task T [--pretrained CKPT]`` -> ``run(request)``."""
+"""Fine-tuning: a segmentation model (ViT with the UNETR or light decoder, DynUNet or U-Net; DiceCE) or
+the ViT classifier (BCE with logits) for 2D classification; ``medmae finetune --task T`` -> ``run(request)``."""
 
 from __future__ import annotations
 
@@ -24,9 +24,16 @@ from medmae.evaluation.metrics import dice_per_class
 from medmae.inference.classify import classify
 from medmae.inference.segment import predicted_masks, reference_masks, segment
 from medmae.models import create_model
+from medmae.models.dynunet import dynunet_from_pretrained
 from medmae.models.imagenet import imagenet_payload
-from medmae.models.registry import rebuild_model
-from medmae.models.weights import WeightTransferError, classifier_from_pretrained, encoder_source, unetr_from_pretrained
+from medmae.models.registry import PATCH_SIZE, rebuild_model, vit_name
+from medmae.models.weights import (
+    WeightTransferError,
+    classifier_from_pretrained,
+    encoder_source,
+    light_from_pretrained,
+    unetr_from_pretrained,
+)
 from medmae.tasks import TaskSpec
 from medmae.training.distributed import Context, gather
 from medmae.training.loop import Job, effective_batch, effective_lr, fit, plain
@@ -45,45 +52,62 @@ def label_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
 
 
 def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) -> nn.Module:
-    """UNETR (3D segmentation) or the ViT classifier, from a pretrained encoder or from scratch; or, with
-    ``model.arch=unet``, MONAI's U-Net from scratch."""
+    """The model of ``model.arch`` (3D or 2D segmentation: ViT with the UNETR or light decoder, DynUNet,
+    U-Net) or the ViT classifier, from a pretrained encoder or from scratch; U-Nets from scratch only."""
     outputs = len(task.class_names)
+    if task.is_classification and cfg.model.arch in ("dynunet", "unet", "light"):
+        raise UserError(f"model.arch={cfg.model.arch} segments; classification tasks use the ViT classifier")
     if cfg.model.arch == "unet":
-        if task.is_classification or pretrained is not None:
-            raise UserError(
-                "model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained "
-                f"encoder{' and does not classify' if task.is_classification else ''}"
-            )
+        if pretrained is not None:
+            raise UserError("model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained")
         return create_model(
             f"unet_{task.spatial_dims}d", in_channels=task.in_channels, out_channels=outputs, img_size=task.roi
         )
+    if cfg.model.arch == "dynunet":
+        return _dynunet(cfg, task, pretrained, outputs)
+    return _vit(cfg, task, pretrained, outputs)
+
+
+def _dynunet(cfg: Config, task: TaskSpec, pretrained: str | None, outputs: int) -> nn.Module:
+    """MONAI's residual DynUNet, from scratch or around a sparse-MAE-pretrained encoder."""
+    geometry = {"in_channels": task.in_channels, "img_size": task.roi}
+    if cfg.model.drop_path > 0:
+        log.info("model.drop_path=%g applies to ViT blocks only; the DynUNet has none", cfg.model.drop_path)
+    if pretrained is None:
+        return create_model(f"dynunet_{cfg.model.size}_{task.spatial_dims}d", out_channels=outputs, **geometry)
+    payload = _pretrained_payload(pretrained, task, "dynunet")
+    try:
+        model, report = dynunet_from_pretrained(payload, outputs, **geometry)
+    except (WeightTransferError, ValueError) as error:
+        raise WeightTransferError(f"{pretrained}: {error}") from error
+    log.info("%s", report)
+    return model
+
+
+def _vit(cfg: Config, task: TaskSpec, pretrained: str | None, outputs: int) -> nn.Module:
+    """A ViT with the UNETR or light decoder, or the ViT classifier, from scratch or pretrained."""
     encoder = {"img_size": task.roi, "in_channels": task.in_channels, "drop_path_rate": cfg.model.drop_path}
     probe = cfg.model.tuning == "linear"
+    kind = "vit" if task.is_classification else f"{cfg.model.arch}_vit"
     if pretrained is None:
+        name = vit_name(kind, cfg.model.size, cfg.model.patch_size or PATCH_SIZE, task.spatial_dims)
         if task.is_classification:
-            return create_model(
-                f"vit_{cfg.model.size}_patch16_{task.spatial_dims}d_cls",
-                num_classes=outputs,
-                pool=cfg.model.pool,
-                cls_token=cfg.model.pool == "cls",
-                head_norm=probe,
-                **encoder,
-            )
-        return create_model(
-            f"unetr_vit_{cfg.model.size}_patch16_{task.spatial_dims}d",
-            out_channels=outputs,
-            feature_size=cfg.model.feature_size,
-            **encoder,
-        )
-    payload = _pretrained_payload(pretrained, task)
+            head = {"num_classes": outputs, "pool": cfg.model.pool, "cls_token": cfg.model.pool == "cls"}
+            return create_model(name, head_norm=probe, **head, **encoder)
+        decoder = {"feature_size": cfg.model.feature_size} if cfg.model.arch == "unetr" else {}
+        return create_model(name, out_channels=outputs, **decoder, **encoder)
+    payload = _pretrained_payload(pretrained, task, "vit")
+    encoder["patch_size"] = cfg.model.patch_size
     try:
         if task.is_classification:
             model, report = classifier_from_pretrained(
                 payload, outputs, pool=cfg.model.pool, head_norm=probe, **encoder
             )
+        elif cfg.model.arch == "light":
+            model, report = light_from_pretrained(payload, outputs, **encoder)
         else:
             model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
-    except (WeightTransferError, ValueError) as error:  # ValueError: an encoder UNETR cannot take (depth, patch)
+    except (WeightTransferError, ValueError) as error:  # ValueError: an encoder the decoder cannot take
         raise WeightTransferError(f"{pretrained}: {error}") from error
     log.info("%s", report)
     if cfg.model.tuning != "full" and "cls_token" in report.initialised:
@@ -97,20 +121,30 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
 IMAGENET = "imagenet:"
 
 
-def _pretrained_payload(path: str, task: TaskSpec) -> dict[str, Any]:
-    """The pretrained checkpoint, with a warning where it was trained on other spacing or intensity; or,
-    for ``imagenet:FILE``, a timm or torchvision ViT converted to medmae's encoder (see
-    :mod:`medmae.models.imagenet`)."""
+def _pretrained_payload(path: str, task: TaskSpec, family: str) -> dict[str, Any]:
+    """The pretrained checkpoint of ``family`` (``vit`` or ``dynunet``), with a warning where it was trained
+    on other spacing or intensity; or, for ``imagenet:FILE``, a timm or torchvision ViT converted to
+    medmae's encoder (see :mod:`medmae.models.imagenet`)."""
     if path.startswith(IMAGENET):
+        if family != "vit":
+            raise UserError(f"{path}: ImageNet weights are ViT weights; use model.arch unetr or light")
         payload, notes = imagenet_payload(path.removeprefix(IMAGENET), task.spatial_dims)
         for note in notes:
             log.info("%s", note)
         return payload
     payload = load_checkpoint(path)
-    try:
-        _, config = encoder_source(payload)
-    except WeightTransferError as error:
-        raise WeightTransferError(f"{path}: {error}") from error
+    config = payload.get("config", {})
+    held = "dynunet" if "filters" in config else "vit"
+    if held != family:
+        wanted = "dynunet" if held == "dynunet" else "unetr or light"
+        raise WeightTransferError(
+            f"{path}: holds a {held} encoder ({config.get('name')}); fine-tune it with --set model.arch={wanted}"
+        )
+    if family == "vit":
+        try:
+            encoder_source(payload)
+        except WeightTransferError as error:
+            raise WeightTransferError(f"{path}: {error}") from error
     if config.get("spatial_dims") != task.spatial_dims:
         raise WeightTransferError(
             f"{path}: a {config.get('spatial_dims')}D encoder ({config.get('name')}); task "
@@ -186,13 +220,14 @@ def _log_start(s: Setup, request: RunRequest, model: nn.Module, cases: int, crop
     cfg = s.cfg
     batch = effective_batch(cfg, crops)
     rate = f"learning rate {effective_lr(cfg, crops):.3g} (base {cfg.optim.base_lr:.3g} x {batch} / 256)"
+    decay = f"layer decay {cfg.optim.layer_decay:g}" if "depth" in model.config else "no layer decay (not a ViT)"
     log.info(
-        "fine-tuning %s of task %s: effective batch %d, %s, layer decay %g, %d processes, device %s",
+        "fine-tuning %s of task %s: effective batch %d, %s, %s, %d processes, device %s",
         what,
         s.task.name,
         batch,
         rate,
-        cfg.optim.layer_decay,
+        decay,
         s.ctx.world,
         s.ctx.device,
     )

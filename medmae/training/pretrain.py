@@ -1,4 +1,4 @@
-"""MAE pretraining: ``medmae pretrain --task T`` -> ``run(request)``."""
+"""MAE pretraining (ViT or sparse convolutional): ``medmae pretrain --task T`` -> ``run(request)``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from medmae.data.loaders import CaseDataset, train_loader
 from medmae.errors import UserError
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
+from medmae.models.registry import PATCH_SIZE, vit_name
 from medmae.seeds import item_seed
 from medmae.tasks import TaskSpec
 from medmae.training.distributed import Context
@@ -29,25 +30,34 @@ FIGURE_SAMPLES = 4
 
 
 def build_mae(cfg: Config, task: TaskSpec) -> nn.Module:
-    """The registry MAE for the task's dimensionality, channels and ROI, sized by ``model.size``."""
-    extra: dict[str, Any] = {}
-    if cfg.model.decoder_width is not None:
-        extra |= {"decoder_width": cfg.model.decoder_width, "decoder_heads": max(1, cfg.model.decoder_width // 32)}
-    if cfg.model.decoder_depth is not None:
-        extra["decoder_depth"] = cfg.model.decoder_depth
-    try:
-        return create_model(
-            f"mae_vit_{cfg.model.size}_patch16_{task.spatial_dims}d",
-            img_size=task.roi,
-            in_channels=task.in_channels,
-            mask_ratio=cfg.model.mask_ratio,
-            norm_pix_loss=cfg.model.norm_pix_loss,
-            mask_strategy=cfg.model.mask_strategy,
-            encoder_mode=cfg.model.encoder_mode,
-            drop_path_rate=cfg.model.drop_path,
-            **extra,
+    """The registry MAE of ``model.arch``'s family for the task's dimensionality, channels and ROI: the ViT
+    MAE (``unetr``, ``light``; ``model.patch_size``, 16 by default) or the sparse convolutional MAE
+    (``dynunet``), sized by ``model.size``."""
+    model = cfg.model
+    common: dict[str, Any] = {
+        "img_size": task.roi,
+        "in_channels": task.in_channels,
+        "mask_ratio": model.mask_ratio,
+        "norm_pix_loss": model.norm_pix_loss,
+        "mask_strategy": model.mask_strategy,
+    }
+    if model.arch == "unet":
+        raise UserError(
+            "model.arch=unet is trained from scratch only; pretrain with model.arch unetr, light or dynunet"
         )
-    except ValueError as error:  # a ratio the mask strategy cannot give on this patch grid
+    if model.arch == "dynunet":
+        name = f"mae_dynunet_{model.size}_{task.spatial_dims}d"
+        extra = {} if model.decoder_width is None else {"decoder_width": model.decoder_width}
+    else:
+        name = vit_name("mae_vit", model.size, model.patch_size or PATCH_SIZE, task.spatial_dims)
+        extra = {"encoder_mode": model.encoder_mode, "drop_path_rate": model.drop_path}
+        if model.decoder_width is not None:
+            extra |= {"decoder_width": model.decoder_width, "decoder_heads": max(1, model.decoder_width // 32)}
+        if model.decoder_depth is not None:
+            extra["decoder_depth"] = model.decoder_depth
+    try:
+        return create_model(name, **common, **extra)
+    except ValueError as error:  # a patch or ratio the ROI cannot take
         raise UserError(f"task {task.name}, ROI {task.roi}: {error}") from error
 
 

@@ -17,7 +17,7 @@ from medmae.config import Config, flatten, from_dict, load_config, save_config
 from medmae.data.cases import Split
 from medmae.data.manifests import load_split
 from medmae.errors import UserError
-from medmae.models.registry import PATCH_SIZE
+from medmae.models.registry import PATCH_SIZE, input_multiple
 from medmae.tasks import TaskSpec, load_task
 from medmae.training.distributed import Context, barrier, setup, teardown
 from medmae.training.run_folder import RunFolder
@@ -74,7 +74,7 @@ def start(stage: str, request: RunRequest) -> Setup:
         if request.resume:
             log.info("%s: no checkpoint to resume from; starting from the beginning", output)
         cfg = _requested_config(stage, task, request)
-    task = with_roi(task, cfg.model.img_size)
+    task = with_roi(task, cfg.model.img_size, input_multiple(cfg.model.arch, cfg.model.patch_size))
     ctx = setup(cfg.train.device, cfg.train.dist_timeout_min)
     torch.manual_seed(cfg.train.seed + ctx.rank)
     split = load_split(task, request.data_root, request.manifest, request.split)  # before any folder is made
@@ -138,12 +138,14 @@ def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
     return requested
 
 
-def with_roi(task: TaskSpec, img_size: list[int] | None) -> TaskSpec:
-    """The task with ``model.img_size`` as its crop size (the ROI), when the config sets one."""
+def with_roi(task: TaskSpec, img_size: list[int] | None, multiple: int | list[int] = PATCH_SIZE) -> TaskSpec:
+    """The task with ``model.img_size`` as its crop size (the ROI), when the config sets one; each size a
+    multiple of the model's ``multiple`` (:func:`~medmae.models.registry.input_multiple`), one or per axis."""
     if img_size is None:
         return task
-    if len(img_size) != task.spatial_dims or any(s < PATCH_SIZE or s % PATCH_SIZE for s in img_size):
+    multiples = [multiple] * task.spatial_dims if isinstance(multiple, int) else list(multiple)
+    if len(img_size) != task.spatial_dims or any(s < m or s % m for s, m in zip(img_size, multiples)):
         raise UserError(
-            f"model.img_size {img_size}: task {task.name} needs {task.spatial_dims} multiples of {PATCH_SIZE}"
+            f"model.img_size {img_size}: task {task.name} needs {task.spatial_dims} multiples of {multiple}"
         )
     return replace(task, roi=tuple(img_size), record={**task.record, "roi": list(img_size)})

@@ -28,7 +28,7 @@ from medmae.files import write_text
 from medmae.inference.evaluate import evaluate
 from medmae.models.masking import visible_count
 from medmae.models.patchify import grid_size
-from medmae.models.registry import PATCH_SIZE
+from medmae.models.registry import input_multiple
 from medmae.tasks import TaskSpec, load_task
 from medmae.training import finetune, pretrain
 from medmae.training.session import RunRequest, with_roi
@@ -162,9 +162,11 @@ def check_point(
         for stage in STAGES
     }
     model = cfg["pretrain"].model
-    roi = with_roi(task, model.img_size).roi
+    multiple = input_multiple(model.arch, model.patch_size)
+    roi = with_roi(task, model.img_size, multiple).roi
     try:
-        visible_count(model.mask_strategy, grid_size(roi, [PATCH_SIZE] * len(roi)), model.mask_ratio)
+        unit = [multiple] * len(roi) if isinstance(multiple, int) else multiple
+        visible_count(model.mask_strategy, grid_size(roi, unit), model.mask_ratio)
     except ValueError as error:
         raise UserError(f"sweep point {point}: {error}") from error
     if cfg["finetune"].model.tuning != "full" and not task.is_classification:

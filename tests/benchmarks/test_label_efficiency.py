@@ -141,3 +141,20 @@ def test_quick_chest_xray_run_scores_auc_without_a_unet(tmp_path):
     assert runs["auc_mean"].between(0, 1).all() and "auc_Effusion" in runs.columns
     assert "| mae_vit | 100% | 1 |" in (output / "results.md").read_text()
     assert json.loads((output / "provenance.json").read_text())["split"] is None  # the manifest's default
+
+
+@pytest.mark.slow
+def test_another_backbone_replaces_unetr_in_the_mae_and_both_of_its_arms(tmp_path, demo_root):
+    output, work = tmp_path / "results", tmp_path / "work"
+    command = [
+        *[sys.executable, str(BENCHMARKS / "label_efficiency.py"), "--quick", "--task", "demo"],
+        *["--data-root", str(demo_root), "--split", "fold0", "--part", "val", "--fractions", "1.0"],
+        *["--backbone", "dynunet", "--output", str(output), "--work-dir", str(work)],
+    ]
+    subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
+    runs = pd.read_csv(output / "runs.csv")
+    assert sorted(runs["method"]) == ["mae_dynunet", "scratch_dynunet", "scratch_unet"]
+    assert load_checkpoint(work / "mae" / "checkpoints" / "last.pt")["config"]["name"] == "mae_dynunet_tiny_3d"
+    for method, name in (("mae_dynunet", "dynunet_tiny_3d"), ("scratch_unet", "unet_3d")):
+        (run,) = runs.loc[runs["method"] == method, "run"]
+        assert load_checkpoint(work / run / "checkpoints" / "best.pt")["config"]["name"] == name

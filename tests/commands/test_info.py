@@ -14,4 +14,7 @@ def test_info_lists_versions_folders_tasks_and_models(capsys):
     assert out.startswith(f"medmae {medmae.__version__}, torch ") and "device cpu" in out.splitlines()[0]
     for kind in medmae.RESOURCE_KINDS:
         assert f"{kind}: {medmae.resource_dir(kind)}" in out
-    assert f"tasks: {', '.join(list_tasks())}" in out and f"models: {', '.join(list_models())}" in out
+    assert f"tasks: {', '.join(list_tasks())}" in out
+    listed = [line for line in out.splitlines() if line.startswith("  ")]
+    assert sorted(name for line in listed for name in line.split(": ")[1].split(", ")) == list_models()
+    assert "  ViT + light decoder: light_vit_base_patch16_2d, " in out

@@ -1,5 +1,5 @@
-"""Fine-tuning: label subsets, models from scratch, the U-Net baseline, a classifier from a 2D MAE, exact
-resume, channels-last UNETR, and refusals of settings that cannot train."""
+"""Fine-tuning: label subsets, models from scratch, the U-Net baseline, every backbone from its MAE, a
+classifier from a 2D MAE, exact resume, channels-last UNETR, and refusals of settings that cannot train."""
 
 from __future__ import annotations
 
@@ -189,3 +189,59 @@ def test_a_frozen_encoder_reading_an_untrained_cls_token_is_refused(tmp_path, tu
         build_finetune_model(cfg, task, str(path))
     cfg = load_config("finetune", "chestxray14", None, [f"model.tuning={tuning}", "model.pool=avg"])
     assert type(build_finetune_model(cfg, task, str(path))).__name__ == "ViTClassifier"
+
+
+@pytest.mark.parametrize(
+    "backbone, mae_name, model_name",
+    [
+        (["model.arch=light", "model.patch_size=8"], "mae_vit_tiny_patch8_3d", "light_vit_tiny_patch8_3d"),
+        (
+            ["model.arch=unetr", "model.patch_size=[16, 16, 8]"],
+            "mae_vit_tiny_patch16x16x8_3d",
+            "unetr_vit_tiny_patch16x16x8_3d",
+        ),
+        (["model.arch=dynunet"], "mae_dynunet_tiny_3d", "dynunet_tiny_3d"),
+    ],
+)
+def test_every_backbone_pretrains_fine_tunes_from_its_mae_and_evaluates(
+    tmp_path, demo_root, backbone, mae_name, model_name
+):
+    settings = [flag for value in backbone for flag in ("--set", value)]
+    assert main(demo_run("pretrain", demo_root, tmp_path / "mae", *settings)) == 0
+    mae = load_checkpoint(tmp_path / "mae" / "checkpoints" / "last.pt")
+    assert mae["config"]["name"] == mae_name and (tmp_path / "mae" / "figures").is_dir()
+    pretrained = str(tmp_path / "mae" / "checkpoints" / "last.pt")
+    assert main(demo_run("finetune", demo_root, tmp_path / "seg", *settings, "--pretrained", pretrained)) == 0
+    best = tmp_path / "seg" / "checkpoints" / "best.pt"
+    assert load_checkpoint(best)["config"]["name"] == model_name
+    scores = tmp_path / "scores"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--task",
+                "demo",
+                "--checkpoint",
+                str(best),
+                "--data-root",
+                str(demo_root),
+                "--output-dir",
+                str(scores),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert pd.read_csv(scores / "per_case.csv")["case_id"].nunique() >= 1
+
+
+def test_a_checkpoint_of_the_other_family_is_refused_naming_the_arch(tmp_path, demo_root, capsys):
+    assert main(demo_run("pretrain", demo_root, tmp_path / "conv", "--set", "model.arch=dynunet")) == 0
+    conv = str(tmp_path / "conv" / "checkpoints" / "last.pt")
+    assert (
+        main(demo_run("finetune", demo_root, tmp_path / "vit", "--set", "model.arch=light", "--pretrained", conv)) == 2
+    )
+    assert (
+        "holds a dynunet encoder (mae_dynunet_tiny_3d); fine-tune it with --set model.arch=dynunet"
+        in capsys.readouterr().err
+    )
