@@ -2,16 +2,20 @@
 
     python benchmarks/pretrain_tiny.py                        # generated volumes, no download (about a minute)
     python benchmarks/pretrain_tiny.py --data hippocampus     # 200 real MSD hippocampus MRIs, 300 steps
+    python benchmarks/pretrain_tiny.py --data hippocampus --model mae_dynunet_tiny_3d   # another backbone's MAE
 
 The held-out loss is the MAE loss (MSE of the per-patch normalised target over the hidden patches) on
 volumes never trained on, with fixed masks, next to two references on the same patches: predicting zero
 (the normalised target's mean: 1.0 on any patch that is not constant) and predicting each grid position's
-mean training patch. Writes ``checkpoint.pt``, ``reconstruction.png`` and ``result.json`` into
+mean training patch. ``--model`` picks the MAE (any registry MAE: ``mae_vit_*_3d`` of any patch size, or
+the sparse convolutional ``mae_dynunet_*_3d``); each is compared with its own references, since the target is
+per patch of its own size. Writes ``checkpoint.pt``, ``reconstruction.png`` and ``result.json`` into
 ``--output-dir`` (default ``runs/pretrain_tiny_<data>``).
 
 The hippocampus volumes go through medmae's own msd_hippocampus chain (RAS, 1 mm spacing, clipped to the
 0.5-99.5 percentiles, z-scored, padded to its 48 x 64 x 48 ROI). The committed hippocampus run (the second
-command) is kept in docs/results/speed/ (``pretrain_tiny_hippocampus.json`` and ``.png``).
+command) is kept in docs/results/speed/ (``pretrain_tiny_hippocampus.json`` and ``.png``); the runs of every
+backbone are in docs/results/backbones/.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from medmae.tasks import load_task
 
 TASK = load_task("msd_hippocampus")
 ROI = TASK.roi  # 48 x 64 x 48: multiples of 16 that hold every hippocampus crop
+DEFAULT_MODEL = "mae_vit_tiny_patch16_3d"
 
 
 def synthetic_volumes(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -140,11 +145,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"the registry MAE to pretrain (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
         "--model-arg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override an argument of mae_vit_tiny_patch16_3d, e.g. decoder_depth=4 (repeatable)",
+        help="override an argument of the model, e.g. decoder_depth=4 (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flips", action="store_true", help="random flips along each axis while training")
@@ -163,7 +171,9 @@ def main() -> None:
     train_volumes, test_volumes = volumes[~is_test], volumes[is_test]
 
     model_args = dict(parse_model_arg(a) for a in args.model_arg)
-    model = create_model("mae_vit_tiny_patch16_3d", img_size=ROI, mask_ratio=args.mask_ratio, **model_args)
+    if not args.model.startswith("mae_") or not args.model.endswith("_3d"):
+        parser.error(f"--model {args.model}: give a 3D MAE, mae_vit_..._3d or mae_dynunet_..._3d")
+    model = create_model(args.model, img_size=ROI, mask_ratio=args.mask_ratio, **model_args)
     start = time.perf_counter()
     losses = train(model, train_volumes, args.steps, args.batch_size, args.lr, args.seed, args.flips)
     seconds = time.perf_counter() - start
@@ -183,7 +193,7 @@ def main() -> None:
     )
     result = {
         "case": f"pretrain_tiny_{args.data}",
-        "model": "mae_vit_tiny_patch16_3d",
+        "model": args.model,
         "roi": list(ROI),
         "train_volumes": len(train_volumes),
         "heldout_volumes": len(test_volumes),

@@ -37,3 +37,9 @@ def test_hippocampus_300_steps_beats_predicting_zero_by_10_percent(tmp_path, hip
     assert (result["train_volumes"], result["heldout_volumes"]) == (160, 40)
     assert abs(result["heldout_zero_prediction_loss"] - 1.0) < 0.01
     assert result["heldout_loss"] <= 0.9, result
+
+
+def test_the_convolutional_mae_and_another_patch_size_run_too(tmp_path):
+    for model in ("mae_dynunet_tiny_3d", "mae_vit_tiny_patch8_3d"):
+        result = run(tmp_path / model, "--steps", "2", "--batch-size", "2", "--model", model)
+        assert result["model"] == model and result["heldout_positional_mean_loss"] > 0
