@@ -7,9 +7,9 @@ A step is one AdamW step on a fixed batch (``--batch``, 2 by default) of generat
 the backbone's MAE (75 % hidden) for pretraining, DiceCE on ``--classes`` classes for fine-tuning. Backbones
 (``--backbones``, default all): ``unetr_p16`` (UNETR, MONAI's at patch 16), ``unetr_p8``, ``light_p8``,
 ``light_p4`` (ViT with the light decoder), ``dynunet`` (MONAI's residual DynUNet, sparse conv MAE) and
-``unet`` (MONAI's U-Net, no pretraining). Each line gives the median and quartiles of the step times and
-the parameter count; ``--output`` also writes the lines to a JSON-lines file. The committed CPU run is in
-docs/results/backbones/ (``steps_cpu.jsonl``).
+``unet`` (MONAI's U-Net, no pretraining); an MAE that two backbones share is timed once. Each line gives
+the median and quartiles of the step times and the parameter count; ``--output`` also writes the lines to
+a JSON-lines file. The committed CPU run is in docs/results/backbones/ (``steps_cpu.jsonl``).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
     backbones = args.backbones.split(",")
     for backbone in set(backbones) - set(BACKBONES):
         parser.error(f"--backbones: unknown {backbone!r}; choose from {', '.join(BACKBONES)}")
-    lines = []
+    lines, measured = [], {}  # measured: model name -> its line (an MAE two backbones share is timed once)
     for backbone in backbones:
         for stage, template, measure in zip(
             ("pretrain", "finetune"), BACKBONES[backbone], (pretraining_step, finetuning_step)
@@ -98,11 +98,13 @@ def main() -> None:
             if template is None:
                 continue
             name = template.format(size=size)
-            model, times = measure(name, args)
-            lines.append(step_record(stage, backbone, name, model, times, args))
+            if name not in measured:
+                model, times = measure(name, args)
+                measured[name] = step_record(stage, backbone, name, model, times, args)
+                del model
+                free(args.device)
+            lines.append(dict(measured[name], backbone=backbone))
             print(json.dumps(lines[-1]), flush=True)
-            del model
-            free(args.device)
     if args.output:
         write_lines(args.output, lines)
 

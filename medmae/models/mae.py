@@ -142,10 +142,6 @@ class MaskedAutoencoder(PatchReconstruction, nn.Module):
         latent, _ = self.encoder.forward_tokens(kept)
         return latent, mask, ids_restore
 
-    def _check_size(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"input of spatial size {tuple(x.shape[2:])} given to an MAE built for {self.img_size}")
-
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent ``[B, K (+1), D]``, ids_restore ``[B, N]`` -> per-patch predictions ``[B, N, prod(p) * C]``
         (``mask_tokens`` mode: latent ``[B, N (+1), D]`` already in token order, no mask tokens added)."""

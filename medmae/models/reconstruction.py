@@ -1,7 +1,7 @@
 """The masked-reconstruction target, loss and figures that every MAE shares (ViT and convolutional).
 
-A model mixes in :class:`PatchReconstruction` and provides ``patch_size`` (the masking unit, per axis)
-and ``norm_pix_loss``; predictions are per patch, ``[B, N, prod(p) * C]`` in :func:`patchify` order.
+A model mixes in :class:`PatchReconstruction` and provides ``patch_size`` (the masking unit, per axis),
+``img_size`` and ``norm_pix_loss``; predictions are per patch, ``[B, N, prod(p) * C]`` in :func:`patchify` order.
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ NORM_PIX_EPS = 1e-6
 
 
 class PatchReconstruction:
-    """Target, loss on hidden patches and reconstruction images, for a model with ``patch_size`` and
-    ``norm_pix_loss``."""
+    """Input check, target, loss on hidden patches and reconstruction images, for a model with
+    ``patch_size``, ``img_size`` and ``norm_pix_loss``."""
 
     patch_size: tuple[int, ...]
+    img_size: tuple[int, ...]
     norm_pix_loss: bool
+
+    def _check_size(self, x: torch.Tensor) -> None:
+        """Raise ValueError unless ``x`` ``[B, C, *S]`` has this model's ``img_size``."""
+        if tuple(x.shape[2:]) != self.img_size:
+            raise ValueError(f"input of spatial size {tuple(x.shape[2:])} given to an MAE built for {self.img_size}")
 
     def patch_target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x ``[B, C, *S]`` -> (target, mean, std), each ``[B, N, L]`` or ``[B, N, 1]``, in float32.

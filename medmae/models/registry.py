@@ -146,15 +146,14 @@ def _conv(name: str, match: re.Match, kwargs: dict[str, Any]) -> nn.Module:
         raise _unknown(name)
     target = SparseConvMAE if kind == "mae_dynunet" else ResidualUNet
     settings = {"spatial_dims": int(dims), "filters": DYNUNET_FILTERS.get(size), **kwargs}
+    dims = settings["spatial_dims"]
     derived = {  # recorded in the model's config, fixed by its other settings
-        "kernel_size": KERNEL_SIZE,
-        "patch_size": list(total_stride(settings.get("strides", DYNUNET_STRIDES), settings["spatial_dims"])),
+        "kernel_size": (KERNEL_SIZE,) * dims,
+        "patch_size": total_stride(settings.get("strides", DYNUNET_STRIDES), dims),
     }
     for key, value in derived.items():
-        if key in settings and list(as_tuple(settings.pop(key), settings["spatial_dims"], key)) != list(
-            as_tuple(value, settings["spatial_dims"], key)
-        ):
-            raise ValueError(f"{name}: {key} is fixed at {value} by the architecture")
+        if key in settings and as_tuple(settings.pop(key), dims, key) != value:
+            raise ValueError(f"{name}: {key} is fixed at {list(value)} by the architecture")
     _check_known(name, settings, _accepted(target))
     return target(**settings)
 

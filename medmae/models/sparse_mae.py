@@ -236,10 +236,6 @@ class SparseConvMAE(PatchReconstruction, nn.Module):
             y = self.decoder_blocks[i](self.upsample[i](y) + dense[i])
         return patchify(self.head(y), self.patch_size)
 
-    def _check_size(self, x: torch.Tensor) -> None:
-        if tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"input of spatial size {tuple(x.shape[2:])} given to an MAE built for {self.img_size}")
-
     def draw_mask(
         self,
         batch: int,
