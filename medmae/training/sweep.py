@@ -27,7 +27,7 @@ from medmae.evaluation.figures import save_sweep_figure
 from medmae.files import write_text
 from medmae.inference.evaluate import evaluate
 from medmae.models.masking import visible_count
-from medmae.models.patchify import grid_size
+from medmae.models.patchify import as_tuple, grid_size
 from medmae.models.registry import input_multiple
 from medmae.tasks import TaskSpec, load_task
 from medmae.training import finetune, pretrain
@@ -165,8 +165,8 @@ def check_point(
     multiple = input_multiple(model.arch, model.patch_size)
     roi = with_roi(task, model.img_size, multiple).roi
     try:
-        unit = [multiple] * len(roi) if isinstance(multiple, int) else multiple
-        visible_count(model.mask_strategy, grid_size(roi, unit), model.mask_ratio)
+        grid = grid_size(roi, as_tuple(multiple, len(roi), "model.patch_size"))
+        visible_count(model.mask_strategy, grid, model.mask_ratio)
     except ValueError as error:
         raise UserError(f"sweep point {point}: {error}") from error
     if cfg["finetune"].model.tuning != "full" and not task.is_classification:
