@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from medmae.training.session import RunRequest
 
-SUMMARY_COLUMNS = ["class", "dsc_mean", "hd95_mm_mean", "dsc_undefined", "hd95_mm_undefined"]
+SUMMARY_COLUMNS = ["class", "dsc_mean", "hd95_mm_mean", "hd95_penalised", "dsc_undefined", "hd95_mm_undefined"]
 
 
 def subcommand(commands: argparse._SubParsersAction, name: str, handler: Callable, doc: str) -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--hd95-penalty",
         type=distance_mm,
         metavar="MM",
-        help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default undefined",
+        help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default the image diagonal",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

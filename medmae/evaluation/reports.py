@@ -26,14 +26,17 @@ PER_CASE_COLUMNS = [
     "spacing",
     "empty",
     "hd95_penalised",
+    "hd95_penalty_mm",
 ]
 
 
 def empty_rule(penalty_mm: float | None) -> str:
-    one_side = f"HD95 set to the penalty of {penalty_mm} mm" if penalty_mm is not None else "HD95 undefined"
+    """The empty-mask rule as one line of a report; ``penalty_mm`` as given to :func:`score_masks`."""
+    penalty = f"the fixed penalty of {penalty_mm} mm" if penalty_mm is not None else "the image diagonal in mm"
     return (
-        "empty masks: both empty -> DSC and HD95 undefined, left out of means; one side empty -> DSC 0 "
-        f"and {one_side} (column 'empty' says which side, 'hd95_penalised' whether the penalty was used)"
+        "empty masks: both empty -> DSC and HD95 undefined, left out of means; one side empty (a missed or "
+        f"invented class) -> DSC 0 and HD95 set to {penalty}, counted in the means ('hd95_penalised' counts "
+        "such cases, 'hd95_penalty_mm' gives the penalty); HD95 surfaces: face connectivity, as MONAI"
     )
 
 
@@ -51,12 +54,15 @@ def per_case_row(case_id: str, class_name: str, score: MaskScore, spacing: Seque
         "spacing": "x".join(f"{s:g}" for s in spacing),
         "empty": score.empty,
         "hd95_penalised": score.hd95_penalised,
+        "hd95_penalty_mm": score.penalty_mm,
     }
 
 
 def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
-    """Per class: mean, std (ddof 1), median and undefined count of DSC and HD95 over cases; then the
-    foreground mean (the mean of the class means) and the task's named groups (BTCV's 8-organ mean)."""
+    """Per class: mean, std (ddof 1), median and undefined count of DSC and HD95 over cases, and the count
+    of cases whose HD95 is the empty-mask penalty (counted in the HD95 figures); then the foreground mean
+    (the mean of the class means, with the summed penalised count) and the task's named groups (BTCV's
+    8-organ mean)."""
     rows = []
     for name in task.scored_classes:
         part = per_case[per_case["class"] == name]
@@ -81,6 +87,7 @@ def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
                 "class": group,
                 "dsc_mean": chosen["dsc_mean"].mean(),
                 "hd95_mm_mean": chosen["hd95_mm_mean"].mean(),
+                "hd95_penalised": int(chosen["hd95_penalised"].sum()),
                 "classes": f"{defined} of {len(members)}",
             }
         )

@@ -233,7 +233,11 @@ def _result_row(summary: pd.DataFrame | float, mae: Path, tuned: Path) -> dict[s
     if isinstance(summary, float):
         return row | {"macro_auc": summary}
     mean = summary.set_index("class").loc["foreground mean"]
-    return row | {"mean_dsc": float(mean["dsc_mean"]), "mean_hd95_mm": float(mean["hd95_mm_mean"])}
+    return row | {
+        "mean_dsc": float(mean["dsc_mean"]),
+        "mean_hd95_mm": float(mean["hd95_mm_mean"]),
+        "hd95_penalised": int(mean["hd95_penalised"]),  # case-class pairs counted at the empty-mask penalty
+    }
 
 
 def _stage_request(
@@ -252,7 +256,7 @@ def markdown(table: pd.DataFrame, labels: list[str], metric: str) -> str:
     columns = [
         *labels,
         metric,
-        *(["mean_hd95_mm"] if "mean_hd95_mm" in table else []),
+        *(["mean_hd95_mm", "hd95_penalised"] if "mean_hd95_mm" in table else []),
         "pretrain_loss",
         "pretrain_seconds",
         "finetune_seconds",

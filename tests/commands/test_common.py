@@ -30,13 +30,14 @@ def test_run_flags_become_a_run_request():
         parser.parse_args(["--task", "demo", "--split", "fold1", "--fold", "2"])  # one or the other
 
 
-def test_a_summary_prints_its_means_and_undefined_counts(capsys):
+def test_a_summary_prints_its_means_beside_the_penalised_and_undefined_counts(capsys):
     summary = pd.DataFrame(
         [
             {
                 "class": "liver",
                 "dsc_mean": 0.91234,
                 "hd95_mm_mean": float("nan"),
+                "hd95_penalised": 3,
                 "dsc_undefined": 0,
                 "hd95_mm_undefined": 2,
                 "cases": 4,
@@ -44,5 +45,7 @@ def test_a_summary_prints_its_means_and_undefined_counts(capsys):
         ]
     )
     print_summary(summary)
-    out = capsys.readouterr().out
-    assert "0.9123" in out and " - " in out and "cases" not in out
+    header, line = capsys.readouterr().out.splitlines()[-2:]
+    assert "0.9123" in line and " - " in line and "cases" not in header
+    assert header.split().index("hd95_penalised") == header.split().index("hd95_mm_mean") + 1
+    assert line.split()[3] == "3"

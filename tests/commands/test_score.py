@@ -93,14 +93,16 @@ def test_pairs_on_different_grids_or_missing_exit_2_naming_the_case(capsys, demo
     assert not (tmp_path / "pred_scores").exists()  # nothing written
 
 
-def test_empty_predictions_follow_the_rule_with_and_without_penalty(capsys, demo_root, tmp_path):
+def test_empty_predictions_count_at_the_image_diagonal_or_the_given_penalty(capsys, demo_root, tmp_path):
     refs = demo_root / "labelsTr"
     shutil.copytree(refs, tmp_path / "pred")
     label = np.asarray(nib.load(refs / "label0001.nii.gz").dataobj)
     resave(tmp_path / "pred" / "label0001.nii.gz", array=np.where(label == 2, 0, label).astype(np.uint8))  # no spleen
     shifted = np.roll(np.asarray(nib.load(refs / "label0003.nii.gz").dataobj), 2, axis=0)
     resave(tmp_path / "pred" / "label0003.nii.gz", array=shifted)
-    for extra, expected in (((), None), (("--hd95-penalty", 373.13), 373.13)):
+    image = nib.load(refs / "label0001.nii.gz")
+    diagonal = float(np.linalg.norm((np.array(image.shape) - 1) * np.array(image.header.get_zooms())))
+    for extra, expected in (((), diagonal), (("--hd95-penalty", 373.13), 373.13)):
         code, out = score(
             capsys,
             "--task",
@@ -116,19 +118,17 @@ def test_empty_predictions_follow_the_rule_with_and_without_penalty(capsys, demo
         assert code == 0, out
         per_case = pd.read_csv(tmp_path / "out" / "per_case.csv").set_index(["case_id", "class"])
         spleen = per_case.loc[("label0001", "spleen")]
-        assert (
-            spleen["dsc"] == 0
-            and spleen["empty"] == "prediction"
-            and spleen["hd95_penalised"] == (expected is not None)
-        )
-        assert np.isnan(spleen["hd95_mm"]) if expected is None else spleen["hd95_mm"] == expected
+        assert spleen["dsc"] == 0 and spleen["empty"] == "prediction" and spleen["hd95_penalised"]
+        assert spleen["hd95_mm"] == pytest.approx(expected, rel=1e-5) == spleen["hd95_penalty_mm"]
         liver = per_case.loc[("label0003", "liver")]
         assert 0.5 < liver["dsc"] < 1 and 0 < liver["hd95_mm"] <= 6.0  # moved by 2 voxels of 3 mm: at most 6 mm
         reference = np.asarray(nib.load(refs / "label0003.nii.gz").dataobj) == 1
         assert liver["hd95_mm"] == pytest.approx(score_masks(shifted == 1, reference, (3.0, 3.0, 3.0)).hd95_mm)
         summary = pd.read_csv(tmp_path / "out" / "summary.csv", comment="#").set_index("class")
-        assert summary.loc["spleen", "hd95_penalised"] == (0 if expected is None else 1)
-        assert summary.loc["spleen", "hd95_mm_undefined"] == (1 if expected is None else 0)
+        assert summary.loc["spleen", "hd95_penalised"] == 1 and summary.loc["spleen", "hd95_mm_undefined"] == 0
+        assert summary.loc["spleen", "hd95_mm_mean"] == pytest.approx(
+            per_case.xs("spleen", level="class")["hd95_mm"].mean(), rel=1e-5
+        )  # the miss is in the mean
 
 
 def test_label_values_outside_the_task_exit_2(capsys, demo_root, tmp_path):

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from medmae.evaluation.classification import per_finding_auc
-from medmae.evaluation.reports import summarise, write_classification_report
+from medmae.evaluation.metrics import score_masks
+from medmae.evaluation.reports import per_case_row, summarise, write_classification_report
 from medmae.tasks import load_task
 
 
@@ -48,6 +49,27 @@ def test_summary_means_skip_undefined_and_count_them():
     assert summary.loc["spleen", "dsc_undefined"] == 3 and np.isnan(summary.loc["spleen", "dsc_mean"])
     assert summary.loc["foreground mean", "dsc_mean"] == pytest.approx(0.8)  # spleen has no mean to count
     assert summary.loc["eight_organ_mean", "dsc_mean"] == pytest.approx(0.8)
+
+
+def test_a_missed_class_raises_the_mean_hd95_and_is_counted():
+    """A model that misses a class on one case must not get a better mean HD95 than one that finds it
+    badly: the case counts at its penalty (the image diagonal) and the summary says how many did."""
+    task = load_task("msd_hippocampus")
+    ref = np.zeros((20, 20, 20), bool)
+    ref[5:12, 5:12, 5:12] = True
+    found_badly = np.roll(ref, 4, axis=0)
+    rows = [
+        per_case_row(case, "anterior", score_masks(pred, ref, (1.0, 1.0, 1.0)), (1.0, 1.0, 1.0))
+        for case, pred in (("a", ref), ("b", found_badly), ("c", np.zeros_like(ref)))
+    ]
+    rows += [{**row, "class": "posterior"} for row in rows]
+    summary = summarise(pd.DataFrame(rows), task).set_index("class")
+    diagonal = np.sqrt(3 * 19.0**2)
+    assert summary.loc["anterior", "hd95_mm_mean"] == pytest.approx((0.0 + 4.0 + diagonal) / 3)
+    assert summary.loc["anterior", "hd95_penalised"] == 1 and summary.loc["anterior", "hd95_mm_undefined"] == 0
+    assert summary.loc["foreground mean", "hd95_penalised"] == 2
+    without_the_miss = summarise(pd.DataFrame(rows[:2] + rows[3:5]), task).set_index("class")
+    assert summary.loc["anterior", "hd95_mm_mean"] > without_the_miss.loc["anterior", "hd95_mm_mean"]
 
 
 def test_summary_median_class_means_and_group_coverage():
