@@ -84,6 +84,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     figure_every: int = 20  # pretraining: reconstruction figure every N epochs (and at the end)
     val_every: int = 10  # fine-tuning: validation every N epochs (and at the end)
+    patience: int | None = None  # fine-tuning: stop after this many validations without a better score (None: never)
     log_every: int = 20  # steps between progress-bar loss updates
     compile: bool = False  # torch.compile the training model
     activation_checkpointing: bool = False  # recompute each transformer block in the backward pass
@@ -280,6 +281,7 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (train.epochs >= 1, "train.epochs must be >= 1"),
         (optim.warmup_epochs < train.epochs, "optim.warmup_epochs must be fewer than train.epochs"),
         (train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
+        (train.patience is None or train.patience >= 1, "train.patience must be >= 1 or null"),
         (train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
         (min(every) >= 1, "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
         (0 <= infer.overlap < 1, "infer.overlap must lie in [0, 1)"),

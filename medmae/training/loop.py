@@ -91,6 +91,8 @@ def fit(
         learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr
     )
     for epoch in range(progress.epoch, cfg.train.epochs):
+        if stopped_early(cfg, progress):  # a resumed run that had already stopped
+            break
         model.train()
         started = time.perf_counter()
         batches = _batches(loader, epoch, steps * cfg.optim.accumulate)
@@ -104,14 +106,32 @@ def fit(
         row = {"epoch": progress.epoch, "step": progress.step, "loss": epoch_loss, "lr": lr}
         row |= {"samples_per_s": samples / seconds, "seconds": seconds, **job.end_of_epoch(progress.epoch, last)}
         improved = _update_best(progress, row, job, last)
+        stop = job.score_name is not None and stopped_early(cfg, progress)
         rows.append(row)
         run.log_epoch(rows)
-        if improved or last or progress.epoch % cfg.train.checkpoint_every == 0:
+        if improved or last or stop or progress.epoch % cfg.train.checkpoint_every == 0:
             run.save(payload(cfg, model, optimizer, scaler, progress, job), best=improved)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
         log.info("epoch %d/%d: %s", progress.epoch, cfg.train.epochs, shown)
         barrier(ctx)
+        if stop:
+            log.info(
+                "stopped early at epoch %d: no better %s in %d validations since epoch %d",
+                progress.epoch,
+                job.score_name,
+                cfg.train.patience,
+                progress.best_epoch,
+            )
+            break
     return progress
+
+
+def stopped_early(cfg: Config, progress: Progress) -> bool:
+    """True once ``train.patience`` validations (every ``train.val_every`` epochs) have passed without a
+    better score than the best one, at epoch ``progress.best_epoch``."""
+    if cfg.train.patience is None or progress.best_epoch is None:
+        return False
+    return progress.epoch - progress.best_epoch >= cfg.train.patience * cfg.train.val_every
 
 
 def _steps_per_epoch(cfg: Config, loader) -> int:

@@ -110,6 +110,23 @@ def test_a_resumed_finetuning_repeats_the_lost_epoch_exactly(tmp_path, demo_root
     assert all(torch.equal(finished[k], resumed["state_dict"][k]) for k in finished)
 
 
+def test_patience_stops_a_run_whose_validation_stopped_improving_and_it_stays_stopped(tmp_path, demo_root):
+    """At a vanishing learning rate the validation score never beats epoch 1's, so with patience 2 the
+    run ends after epoch 3 of 6; resuming it trains nothing more."""
+    command = demo_run(
+        "finetune",
+        demo_root,
+        tmp_path / "run",
+        *("--set", "train.epochs=6", "--set", "train.val_every=1", "--set", "train.patience=2"),
+        *("--set", "optim.base_lr=1e-12", "--set", "optim.warmup_epochs=0"),
+    )
+    assert main(command) == 0
+    assert list(pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"]) == [1, 2, 3]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == 1
+    assert main([*command, "--resume"]) == 0
+    assert list(pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"]) == [1, 2, 3]
+
+
 def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_root, capsys):
     """``model.arch=unet``: the baseline a user would otherwise pick, through the same finetune and evaluate."""
     run = tmp_path / "unet"

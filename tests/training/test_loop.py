@@ -4,12 +4,15 @@ compile and activation-checkpointing switches reach the step."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 import torch
 
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
+from medmae.config import Config
 from medmae.models.encoder import TransformerBlock
 from medmae.training import pretrain
+from medmae.training.loop import Progress, stopped_early
 from medmae.training.session import RunRequest
 from tests.helpers import TINY, demo_run
 
@@ -61,3 +64,14 @@ def test_compile_and_activation_checkpointing_switches_reach_the_training_step(t
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["state_dict"]
     assert saved.keys() == model.state_dict().keys() and not any(k.startswith("_orig_mod") for k in saved)
+
+
+@pytest.mark.parametrize(
+    ("patience", "epoch", "best_epoch", "stopped"),
+    [(None, 50, 1, False), (2, 5, None, False), (2, 39, 20, False), (2, 40, 20, True), (1, 31, 20, True)],
+)
+def test_stopped_early_counts_validations_since_the_best(patience, epoch, best_epoch, stopped):
+    """``train.val_every`` 10: patience 2 stops 20 epochs after the best score, not before."""
+    cfg = Config()
+    cfg.train.val_every, cfg.train.patience = 10, patience
+    assert stopped_early(cfg, Progress(epoch=epoch, best_epoch=best_epoch)) is stopped
