@@ -177,13 +177,18 @@ def write_lines(path: Path, lines: list[dict]) -> None:
 
 
 def task_volumes(
-    task: TaskSpec, root: Path, stage: str = "validation", parts: Sequence[str] = LABELLED
+    task: TaskSpec,
+    root: Path,
+    stage: str = "validation",
+    parts: Sequence[str] = LABELLED,
+    split: str | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """The cases in ``parts`` of the task's default split at ``root``, in order of case id, each through the
-    task's ``stage`` chain, as plain tensors: ``image`` ``[C, *S]`` and, for "validation", ``label``
-    ``[1, *S]``; "inference" gives the image only. Both pad each volume to at least the task's ROI."""
-    split = load_split(task, root)
-    cases = sorted({case.id: case for part in parts for case in split.parts[part]}.values(), key=lambda c: c.id)
+    """The cases in ``parts`` of ``split`` (default: the task's default split) at ``root``, in order of case
+    id, each through the task's ``stage`` chain, as plain tensors: ``image`` ``[C, *S]`` and, for
+    "validation", ``label`` ``[1, *S]``; "inference" gives the image only. Both pad each volume to at least
+    the task's ROI."""
+    chosen = load_split(task, root, split=split)
+    cases = sorted({case.id: case for part in parts for case in chosen.parts[part]}.values(), key=lambda c: c.id)
     dataset = CaseDataset(task, cases, stage)
     keys = ("image", "label") if stage == "validation" else ("image",)
     items = (dataset[k] for k in range(len(dataset)))

@@ -1,37 +1,41 @@
-"""Does MAE self-pretraining help when labels are scarce? One command, on real data, from pretraining to
-the test-set tables.
+"""Does MAE self-pretraining beat training from scratch, and the plain U-Net, when labels are scarce? One
+resumable command, on real data, from pretraining to paired statistics on the test cases.
 
-    python benchmarks/label_efficiency.py                         # MSD hippocampus, 2 CPU cores, about 90 minutes
-    python benchmarks/label_efficiency.py --full                  # the same with ViT-B/16 on a GPU
-    python benchmarks/label_efficiency.py --quick                 # a smoke run of every step (a minute or two)
-    python benchmarks/label_efficiency.py --backbone light_p8     # another pretrained backbone (see BACKBONES)
+    python benchmarks/label_efficiency.py                  # MSD hippocampus, 2 CPU cores (hours; resumes)
+    python benchmarks/label_efficiency.py --quick          # a few steps of every stage (checks the pipeline)
+    python benchmarks/label_efficiency.py --full           # ViT-B/16 and DynUNet base recipes for a GPU
+    python benchmarks/label_efficiency.py --arms mae_unetr scratch_unetr scratch_unet   # some arms only
     python benchmarks/label_efficiency.py --task chestxray14 --data-root ../shared/data/chestxray14_nih_subset
 
-On the ``holdout40`` split (160 labelled cases: 128 for training and 32 for validation, which picks
-each run's ``best.pt``; 40 test cases) it pretrains one MAE on the 160 images (no labels), then trains
-UNETR from that MAE and from scratch (without layer decay, which is meant for a pretrained encoder)
-with each label fraction of the 128 training cases (1.0 and 0.1 by default; the smaller fractions over
-``--seeds`` seeds, which pick both the label subset and the initialisation), each for the same steps;
-and MONAI's U-Net from scratch on the same label sets for the same training wall time as the scratch
-UNETR of that fraction and seed, over as many epochs (its steps come from one timed calibration run;
-``time_vs_scratch_unetr`` in ``runs.csv`` says how close the times came). Every model is scored on the
-40 test cases with ``medmae evaluate``; ``hd95_undefined`` counts the case-class pairs whose HD95 is
-undefined (a class predicted empty) and so left out of the HD95 means.
+Protocol (3D segmentation; ``holdout40`` split of MSD hippocampus: 128 training, 32 validation, 40 test):
 
-``--backbone`` swaps UNETR for another pretrained segmentation model in the MAE and in both of its arms
-(``unetr_p8``, ``light_p8``: the ViT at patch 8 with UNETR's or the light decoder; ``dynunet``: the residual
-DynUNet and its sparse convolutional MAE, at the U-Net's learning rate); the U-Net arm stays as it is.
+1. **Pretraining**: one MAE per pretrained backbone on the images of the training and validation parts (no
+   labels): the ViT MAE for UNETR, the sparse convolutional MAE for DynUNet. Its held-out reconstruction loss
+   on the test images (never trained on; nothing is chosen on it) is written beside two references: zero and
+   the per-position mean patch.
+2. **Arms**: ``mae_unetr``/``scratch_unetr`` (the tiny UNETR of issue 11), ``mae_dynunet``/``scratch_dynunet``
+   (MONAI's residual DynUNet), ``scratch_unet`` (MONAI's plain U-Net, the reference any pretraining has to
+   beat). Within a backbone both arms get the same step budget and stopping rule; the U-Net gets the same
+   budget in wall time as scratch UNETR (its steps per epoch scaled by the measured ratio of step times) and
+   the same number of validations.
+3. **Learning rate**: every arm's peak rate is picked from the same grid (``--lrs``) by its best validation
+   mean DSC with the smallest label fraction and seed 0; that rate is then used for every seed and fraction.
+4. **Training**: until validation stops improving (``train.patience`` validations without a better score) or
+   the step budget ends; ``best.pt`` is picked on validation. Each seed picks the label subset and the
+   initialisation, the same subsets for every arm.
+5. **Scoring**: ``medmae evaluate`` on the test part. A run whose model never predicts a class on any test
+   case is "collapsed" and counts as it is (DSC 0, HD95 at the image-diagonal penalty).
+6. **Statistics**: per test case, each arm's mean foreground DSC averaged over seeds (each case counts once),
+   then paired differences (MAE minus scratch per backbone; the better MAE arm on validation minus the U-Net):
+   mean, percentile-bootstrap 95 % interval, Wilcoxon signed-rank p (``medmae.evaluation.statistics``).
 
-With ``--task chestxray14`` the same is done in 2D on the official split: a 2D MAE on the train_val
-images, the ViT classifier from it and from scratch, scored by per-finding and macro AUC on the test
-images (findings without both classes in the test images are left out of the mean and listed); there
-is no U-Net there.
-
-Writes into ``--output`` (default ``docs/results/<task>``): ``runs.csv`` (one row per model), ``results.csv``
-and ``results.md`` (mean +/- std over seeds), ``score_vs_labels.png``, the pretrained MAE's reconstruction
-figure, every run's resolved ``config.yaml`` and ``provenance.json`` (commit, command, machine, wall time).
-Checkpoints and predictions stay in ``--work-dir``; every run resumes there, so an interrupted
-experiment continues where it stopped (a changed config or split is refused: use another work folder).
+Writes into ``--output`` (default ``docs/results/<task>_label_efficiency``): ``runs/<run>/`` (each run's
+``per_case.csv``, ``summary.csv``, ``metrics.csv`` with its validation curve, ``config.yaml``, ``result.json``),
+``pretrained/`` (each MAE's weights, curve and held-out loss), ``runs.csv``, ``lr_selection.csv``,
+``comparisons.csv``, ``results.md``, ``dsc_vs_labels.png``, ``validation_curves.png``, ``provenance.json``.
+Checkpoints stay in ``--work-dir``. A run with a ``result.json`` in ``--output`` is done and is not repeated, so
+an interrupted experiment continues where it stopped, on this machine from its work folder and on another
+from the committed results folder (the MAE weights in ``pretrained/`` included).
 """
 
 from __future__ import annotations
@@ -43,311 +47,363 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from harness import HIPPOCAMPUS, SHARED_DATA
+from harness import HIPPOCAMPUS, SHARED_DATA, task_volumes
+from medmae.checkpoint import load_checkpoint, save_checkpoint
+from medmae.evaluation.statistics import bootstrap_mean_interval, paired_comparison
 from medmae.inference.evaluate import evaluate
+from medmae.models.registry import rebuild_model
 from medmae.tasks import load_task
 from medmae.training import finetune, pretrain
 from medmae.training.session import RunRequest
 
 DEFAULT_ROOTS = {"msd_hippocampus": HIPPOCAMPUS, "chestxray14": SHARED_DATA / "chestxray14_nih_subset"}
-# ChestX-ray14 on a CPU: the NIH subset's images are 64 x 64, so the models take 64 x 64 (no upsampling to 224).
-CHEST_CPU = (
-    [
-        "model.size=tiny",
-        "model.img_size=[64,64]",
-        "data.batch_size=64",
-        "train.epochs=300",
-        "train.figure_every=100",
-        "optim.base_lr=1.5e-3",
-        "optim.warmup_epochs=20",
-        "data.num_workers=1",
-    ],
-    [
-        "model.size=tiny",
-        "model.img_size=[64,64]",
-        "data.batch_size=32",
-        "train.epochs=20",
-        "train.steps_per_epoch=10",
-        "train.val_every=5",
-        "optim.base_lr=8e-3",
-        "optim.warmup_epochs=2",
-        "data.num_workers=1",
-    ],
-)
 DEFAULT_SPLITS = {"msd_hippocampus": "holdout40"}
-UNET_BASE_LR = 0.064  # AdamW at 1e-3 for a batch of 4 (base_lr x batch / 256); UNETR keeps its recipe's rate
-# --backbone: the settings that pick it, for the MAE and for both of its fine-tuned arms (not the U-Net's).
-BACKBONES = {
-    "unetr": [],
-    "unetr_p8": ["model.arch=unetr", "model.patch_size=8"],
-    "light_p8": ["model.arch=light", "model.patch_size=8"],
-    "dynunet": ["model.arch=dynunet", f"optim.base_lr={UNET_BASE_LR}"],  # the U-Net's AdamW rate
-}
-
-# Budgets: (pretraining overrides, fine-tuning overrides shared by every model).
-SIZES = {
-    "cpu": (
-        [
-            "model.size=tiny",
-            "data.batch_size=16",
-            "train.epochs=600",
-            "train.figure_every=100",  # about 9 minutes
-            "optim.base_lr=1.5e-3",
-            "optim.warmup_epochs=30",
-            "data.num_workers=1",
-        ],
-        [
-            "model.size=tiny",
-            "model.feature_size=8",
-            "data.batch_size=4",
-            "train.epochs=8",  # 200 steps, about 7 minutes
-            "train.steps_per_epoch=25",
-            "train.val_every=4",
-            "optim.base_lr=0.64",
-            "optim.warmup_epochs=1",
-            "optim.clip_grad=1.0",
-            "data.num_workers=1",
-        ],
-    ),
-    "full": (
-        ["model.size=base", "train.epochs=400"],
-        ["model.size=base", "train.epochs=100", "train.steps_per_epoch=20", "train.val_every=10"],
-    ),
-    "quick": (
-        [
-            "model.size=tiny",
-            "data.batch_size=4",
-            "train.epochs=2",
-            "train.steps_per_epoch=2",
-            "optim.warmup_epochs=1",
-            "data.num_workers=0",
-        ],
-        [
-            "model.size=tiny",
-            "model.feature_size=8",
-            "data.batch_size=2",
-            "train.epochs=2",
-            "train.steps_per_epoch=2",
-            "train.val_every=2",
-            "optim.warmup_epochs=1",
-            "data.num_workers=0",
-        ],
-    ),
+SEGMENTATION_ARMS = ["mae_unetr", "scratch_unetr", "mae_dynunet", "scratch_dynunet", "scratch_unet"]
+CLASSIFICATION_ARMS = ["mae_vit", "scratch_vit"]
+MODEL_SETS = {  # fine-tuning: what picks each backbone
+    "unetr": ["model.arch=unetr", "model.feature_size=8"],
+    "dynunet": ["model.arch=dynunet"],
+    "unet": ["model.arch=unet"],
+    "vit": [],
 }
 
 
-def train_seconds(run: Path) -> tuple[float, int]:
-    """Training wall time (validation excluded) and optimiser steps of a finished run, from metrics.csv."""
-    metrics = pd.read_csv(run / "metrics.csv", comment="#")
-    return float(metrics["seconds"].sum()), int(metrics["step"].iloc[-1])
+@dataclass(frozen=True)
+class Budget:
+    """One mode's settings: each MAE's pretraining overrides, the fine-tuning overrides every arm shares (the
+    learning rate comes from the grid), the grid of peak learning rates, and the fine-tuning batch."""
+
+    pretrain: dict[str, list[str]]
+    finetune: list[str]
+    lrs: tuple[float, ...]
+    batch: int
 
 
-def request(args, run: Path, overrides: list[str], **options) -> RunRequest:
-    """A run of the experiment's task, data and split in the folder ``run``; ``options``: resume, pretrained,
-    label_fraction."""
-    return RunRequest(
-        args.task, str(args.data_root), split=args.split, output_dir=str(run), overrides=overrides, **options
-    )
+CPU = Budget(
+    pretrain={
+        # 300 epochs of 10 steps of 16 crops at a peak rate of 3e-3 (0.048 x 16 / 256), as the pretrain_tiny runs
+        "unetr": ["model.size=tiny", "data.batch_size=16", "train.epochs=300", "optim.base_lr=0.048"]
+        + ["optim.warmup_epochs=20", "train.figure_every=100", "data.num_workers=1"],
+        # the sparse convolutional MAE: 300 steps of 8 crops, where its held-out loss is already below the reference
+        "dynunet": ["model.arch=dynunet", "model.size=tiny", "data.batch_size=8", "train.epochs=15"]
+        + ["optim.base_lr=0.096", "optim.warmup_epochs=1", "train.figure_every=15", "data.num_workers=1"],
+    },
+    finetune=["model.size=tiny", "data.batch_size=4", "train.epochs=16", "train.steps_per_epoch=25"]
+    + ["train.val_every=2", "train.patience=3", "optim.warmup_epochs=1", "optim.clip_grad=1.0"]
+    + ["data.num_workers=1"],
+    lrs=(1e-3, 3e-3, 1e-2),
+    batch=4,
+)
+QUICK = Budget(
+    pretrain={
+        backbone: [*extra, "model.size=tiny", "data.batch_size=4", "train.epochs=2", "train.steps_per_epoch=2"]
+        + ["optim.warmup_epochs=1", "data.num_workers=0"]
+        for backbone, extra in (("unetr", []), ("dynunet", ["model.arch=dynunet"]), ("vit", []))
+    },
+    finetune=["model.size=tiny", "data.batch_size=2", "train.epochs=2", "train.steps_per_epoch=2"]
+    + ["train.val_every=1", "train.patience=1", "optim.warmup_epochs=1", "data.num_workers=0"],
+    lrs=(1e-3, 1e-2),
+    batch=2,
+)
+FULL = Budget(
+    pretrain={"unetr": ["model.size=base", "train.epochs=400"], "dynunet": ["model.arch=dynunet", "model.size=base"]},
+    finetune=["model.size=base", "train.epochs=100", "train.steps_per_epoch=20", "train.val_every=5"]
+    + ["train.patience=4"],
+    lrs=(1e-4, 3e-4, 1e-3),
+    batch=8,
+)
+CHEST_CPU = Budget(
+    pretrain={
+        "vit": ["model.size=tiny", "model.img_size=[64,64]", "data.batch_size=64", "train.epochs=300"]
+        + ["train.figure_every=100", "optim.base_lr=1.5e-3", "optim.warmup_epochs=20", "data.num_workers=1"]
+    },
+    finetune=["model.size=tiny", "model.img_size=[64,64]", "data.batch_size=32", "train.epochs=20"]
+    + ["train.steps_per_epoch=10", "train.val_every=5", "optim.warmup_epochs=2", "data.num_workers=1"],
+    lrs=(1e-3, 3e-3, 1e-2),
+    batch=32,
+)
 
 
-def finetune_run(
-    args, work: Path, name: str, overrides: list[str], fraction: float, seed: int, pretrained: str | None = None
-) -> dict:
-    """Fine-tune one model (resuming it if an earlier invocation was interrupted; a changed config or split
-    is refused) and score its best checkpoint on ``args.part``; one row of ``runs.csv``."""
-    run = work / name
-    seeded = [*overrides, f"data.label_seed={seed}", f"train.seed={seed}"]
-    finetune.run(request(args, run, seeded, pretrained=pretrained, label_fraction=fraction, resume=True))
-    summary, _, _ = evaluate(
-        str(run / "checkpoints" / "best.pt"),
-        args.task,
-        str(args.data_root),
-        None,
-        args.split,
-        args.part,
-        str(run / f"evaluate_{args.part}"),
-        progress=False,
-    )
-    seconds, steps = train_seconds(run)
-    row = {"run": name, "label_fraction": fraction, "seed": seed, "steps": steps, "train_seconds": round(seconds, 1)}
-    if isinstance(summary, float):  # classification: the macro AUC, and each finding's AUC (empty when undefined)
-        findings = pd.read_csv(run / f"evaluate_{args.part}" / "per_finding.csv", comment="#")
-        row["auc_mean"] = summary
-        row |= {
-            f"auc_{f}": auc if defined else None for f, auc, defined in findings[["finding", "auc", "defined"]].values
-        }
+def backbone_of(arm: str) -> str:
+    return arm.split("_", 1)[1]
+
+
+def run_name(arm: str, fraction: float, seed: int, lr: float) -> str:
+    return f"{arm}_labels{fraction:g}_seed{seed}_lr{lr:g}"
+
+
+class Experiment:
+    """The experiment's settings, folders and finished runs (``result.json`` files in ``output/runs``)."""
+
+    def __init__(self, args: argparse.Namespace, budget: Budget) -> None:
+        self.args, self.budget = args, budget
+        self.task = load_task(args.task)
+        self.output, self.work = args.output, args.work_dir
+        (self.output / "runs").mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def request(self, folder: Path, overrides: list[str], **options) -> RunRequest:
+        args = self.args
+        return RunRequest(
+            args.task, str(args.data_root), split=args.split, output_dir=str(folder), overrides=overrides, **options
+        )
+
+    def pretrained(self, backbone: str) -> str:
+        """The MAE checkpoint of ``backbone``: the results folder's copy when there is one (another machine's
+        run), else pretrained in the work folder (resumed if interrupted), copied without optimiser state."""
+        kept = self.output / "pretrained" / f"mae_{backbone}.pt"
+        if kept.is_file():
+            return str(kept)
+        folder = self.work / f"mae_{backbone}"
+        pretrain.run(self.request(folder, self.budget.pretrain[backbone], resume=True))
+        payload = load_checkpoint(folder / "checkpoints" / "last.pt")
+        slim = {k: v for k, v in payload.items() if k not in ("optimizer", "scaler", "rng")}
+        kept.parent.mkdir(exist_ok=True)
+        shutil.copy(folder / "metrics.csv", kept.with_suffix(".metrics.csv"))
+        figures = sorted((folder / "figures").glob("reconstruction_epoch*.png"))
+        if figures:
+            shutil.copy(figures[-1], kept.with_suffix(".reconstruction.png"))
+        if not self.task.is_classification:
+            measured = self.heldout(rebuild_model(payload, kept))
+            kept.with_suffix(".heldout.json").write_text(json.dumps(measured, indent=2) + "\n")
+        save_checkpoint(slim, kept)
+        return str(kept)
+
+    def heldout(self, mae: torch.nn.Module) -> dict:
+        """The MAE's reconstruction loss on the test images (never trained on) against its references."""
+        from pretrain_tiny import heldout_loss
+
+        root, split = Path(self.args.data_root), self.args.split
+        seen = task_volumes(self.task, root, "inference", ("train", "validation"), split)
+        unseen = task_volumes(self.task, root, "inference", ("test",), split)
+        shapes = {tuple(item["image"].shape) for item in seen + unseen}
+        if len(shapes) > 1:  # the references need aligned, equally sized images (true of hippocampus)
+            return {"skipped": f"the images differ in shape ({len(shapes)} shapes), so no positional mean"}
+        stack = [torch.stack([item["image"] for item in items]) for items in (seen, unseen)]
+        return {**heldout_loss(mae, *stack), "images_seen": len(seen), "images_held_out": len(unseen)}
+
+    def finetune(self, arm: str, fraction: float, seed: int, lr: float, extra: list[str] = ()) -> dict:
+        """Fine-tune one arm (resumed if interrupted) and score its ``best.pt`` on ``--part``; its row of
+        ``runs.csv``. Done runs (a ``result.json`` in the results folder) are read back instead."""
+        name = run_name(arm, fraction, seed, lr)
+        kept = self.output / "runs" / name
+        if (kept / "result.json").is_file():
+            return json.loads((kept / "result.json").read_text())
+        folder = self.work / name
+        overrides = [*self.budget.finetune, *MODEL_SETS[backbone_of(arm)], *extra]
+        overrides += [
+            f"optim.base_lr={lr * 256 / self.budget.batch:g}",
+            f"data.label_seed={seed}",
+            f"train.seed={seed}",
+        ]
+        overrides += [] if arm.startswith("mae_") else ["optim.layer_decay=1.0"]  # layer decay is for pretrained ViTs
+        pretrained = self.pretrained(backbone_of(arm)) if arm.startswith("mae_") else None
+        finetune.run(self.request(folder, overrides, pretrained=pretrained, label_fraction=fraction, resume=True))
+        scored = folder / f"evaluate_{self.args.part}"
+        args = self.args
+        summary, _, _ = evaluate(
+            str(folder / "checkpoints" / "best.pt"), args.task, str(args.data_root), None, args.split, args.part,
+            str(scored), progress=False,
+        )  # fmt: skip
+        metrics = pd.read_csv(folder / "metrics.csv", comment="#")
+        score = "val_macro_auc" if self.task.is_classification else "val_mean_dsc"
+        row = {
+            "run": name, "arm": arm, "label_fraction": fraction, "seed": seed, "lr": lr,
+            "steps": int(metrics["step"].iloc[-1]), "train_seconds": round(float(metrics["seconds"].sum()), 1),
+            "best_val": float(metrics[score].max()), "best_step": int(metrics.loc[metrics[score].idxmax(), "step"]),
+        }  # fmt: skip
+        row |= test_scores(summary, scored)
+        kept.mkdir(parents=True, exist_ok=True)
+        for file in [folder / "metrics.csv", folder / "config.yaml", *sorted(scored.glob("*.csv"))]:
+            shutil.copy(file, kept / file.name)
+        (kept / "result.json").write_text(json.dumps(row, indent=2) + "\n")
         return row
-    classes = summary[summary["cases"].notna()]  # per class rows; the group rows (foreground mean) have no count
-    row["hd95_undefined"] = int(classes["hd95_mm_undefined"].sum())  # cases x classes left out of the HD95 means
+
+
+def test_scores(summary: pd.DataFrame | float, scored: Path) -> dict:
+    """A run's test figures: macro AUC, or mean DSC and HD95 per class and overall, the penalised HD95 count and
+    the classes the model never predicted on any test case (a collapsed run)."""
+    if isinstance(summary, float):
+        return {"auc_mean": summary}
+    per_case = pd.read_csv(scored / "per_case.csv", comment="#")
+    never = [name for name, part in per_case.groupby("class") if (part["n_pred"] == 0).all()]
+    row = {"collapsed_classes": " ".join(never), "collapsed": bool(never)}
     for _, line in summary.iterrows():
         key = "mean" if line["class"] == "foreground mean" else line["class"]
-        row[f"dsc_{key}"] = line["dsc_mean"]
-        row[f"hd95_mm_{key}"] = line["hd95_mm_mean"]
-    return row
+        row |= {f"dsc_{key}": line["dsc_mean"], f"hd95_mm_{key}": line["hd95_mm_mean"]}
+    return row | {"hd95_penalised": int(summary.set_index("class").loc["foreground mean", "hd95_penalised"])}
 
 
-def unet_seconds_per_step(args, work: Path, overrides: list[str]) -> float:
-    """The U-Net's training seconds per step, from a short timed run (its first epoch left out), measured
-    once per work folder and kept in ``unet_calibration.json`` so that every U-Net of the experiment gets
-    its budget from the same figure."""
-    record = work / "unet_calibration.json"
-    if record.is_file():
-        return json.loads(record.read_text())["seconds_per_step"]
-    run = work / "unet_calibration"
-    shutil.rmtree(run, ignore_errors=True)
-    short = ["train.epochs=3", "train.steps_per_epoch=4", "train.val_every=100", "optim.warmup_epochs=1"]
-    finetune.run(request(args, run, [*overrides, *short]))
-    metrics = pd.read_csv(run / "metrics.csv", comment="#")
-    per_step = float(metrics["seconds"].iloc[1:].sum()) / (4 * (len(metrics) - 1))
-    record.write_text(json.dumps({"seconds_per_step": per_step}) + "\n")
-    return per_step
+def step_ratio(experiment: Experiment, lr: float) -> float:
+    """Seconds per training step of scratch UNETR over the U-Net's, from two short timed runs (their first
+    epoch left out), measured once per experiment (``step_ratio.json`` in the results folder)."""
+    record = experiment.output / "step_ratio.json"
+    if not record.is_file():
+        short = ["train.epochs=3", "train.steps_per_epoch=4", "train.val_every=100", "optim.warmup_epochs=1"]
+        per_step = {}
+        for backbone in ("unetr", "unet"):
+            folder = experiment.work / f"calibration_{backbone}"
+            shutil.rmtree(folder, ignore_errors=True)
+            overrides = [*experiment.budget.finetune, *MODEL_SETS[backbone], *short, f"optim.base_lr={lr:g}"]
+            finetune.run(experiment.request(folder, overrides))
+            metrics = pd.read_csv(folder / "metrics.csv", comment="#")
+            per_step[backbone] = float(metrics["seconds"].iloc[1:].sum()) / (4 * (len(metrics) - 1))
+        record.write_text(json.dumps(per_step | {"ratio": per_step["unetr"] / per_step["unet"]}) + "\n")
+    return json.loads(record.read_text())["ratio"]
 
 
-def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std (ddof 1) over seeds of every metric, per method and label fraction."""
-    metrics = [c for c in runs.columns if c.startswith(("dsc_", "hd95_", "auc_"))] + ["steps", "train_seconds"]
-    grouped = runs.groupby(["method", "label_fraction"], sort=False)
-    table = grouped[metrics].agg(["mean", "std"])
-    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
-    return table.reset_index().assign(seeds=grouped.size().values)
+def unet_budget(experiment: Experiment, ratio: float) -> list[str]:
+    """The U-Net's steps per epoch: scratch UNETR's, scaled by their step-time ratio (same wall time, same
+    epochs and validations)."""
+    steps = int(next(o for o in experiment.budget.finetune if o.startswith("train.steps_per_epoch=")).split("=")[1])
+    return [f"train.steps_per_epoch={max(1, round(steps * ratio))}"]
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """The results as a Markdown table: mean +/- std over seeds of each class's DSC, the mean DSC and HD95."""
-    score = "auc" if "auc_mean_mean" in table.columns else "dsc"
-    columns = [c.removesuffix("_mean") for c in table.columns if c.startswith(f"{score}_") and c.endswith("_mean")]
-    columns += ["hd95_mm_mean", "hd95_undefined"] if score == "dsc" else []
-    header = ["method", "labels", "seeds", *columns, "steps", "train s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, row in table.iterrows():
-        cells = [row["method"], f"{row['label_fraction']:.0%}", str(row["seeds"])]
-        for column in columns:
-            std = row[f"{column}_std"]
-            mean, digits = row[f"{column}_mean"], 1 if column.endswith("undefined") else 3
-            cells.append(
-                "n/a" if pd.isna(mean) else f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" +/- {std:.{digits}f}")
-            )
-        cells += [f"{row['steps_mean']:.0f}", f"{row['train_seconds_mean']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def choose_rates(experiment: Experiment, arms: list[str], fraction: float, extra: dict[str, list[str]]) -> pd.DataFrame:
+    """Every arm trained once per grid rate with ``fraction`` of the labels and seed 0; the table of their best
+    validation scores, the chosen rate marked."""
+    rows = [
+        experiment.finetune(arm, fraction, 0, lr, extra.get(arm, [])) | {"chosen": False}
+        for arm in arms
+        for lr in experiment.budget.lrs
+    ]
+    columns = ["run", "arm", "label_fraction", "seed", "lr", "best_val", "best_step", "steps", "train_seconds"]
+    table = pd.DataFrame(rows)[[*columns, "chosen"]]
+    for arm, part in table.groupby("arm", sort=False):
+        table.loc[part["best_val"].idxmax(), "chosen"] = True
+    return table
 
 
-def plot(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Mean foreground DSC against the label fraction, one line per method, std as error bars."""
+def per_case_dsc(experiment: Experiment, runs: pd.DataFrame) -> pd.DataFrame:
+    """``[run x case]`` -> one row per run and test case: the case's mean foreground DSC (a missed class is 0)."""
+    frames = []
+    for _, run in runs.iterrows():
+        table = pd.read_csv(experiment.output / "runs" / run["run"] / "per_case.csv", comment="#")
+        means = table.groupby("case_id")["dsc"].mean().rename("dsc").reset_index()
+        frames.append(means.assign(arm=run["arm"], label_fraction=run["label_fraction"], seed=run["seed"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def comparisons(runs: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
+    """Paired per-case differences, each case's DSC averaged over seeds first: MAE minus scratch per backbone,
+    and the better MAE arm (by mean validation score, never by test score) minus the U-Net."""
+    rows = []
+    for fraction, part in cases.groupby("label_fraction"):
+        seeds = part.groupby("arm")["seed"].unique().map(set)
+        pairs = [(f"mae_{b}", f"scratch_{b}") for b in ("unetr", "dynunet", "vit")]
+        maes = runs[(runs["label_fraction"] == fraction) & runs["arm"].str.startswith("mae_")]
+        if len(maes):
+            pairs.append((maes.groupby("arm")["best_val"].mean().idxmax(), "scratch_unet"))
+        for a, b in pairs:
+            if a in seeds and b in seeds and (common := seeds[a] & seeds[b]):
+                shared = part[part["seed"].isin(common)]  # while runs are missing: the seeds both arms have
+                by_arm = shared.groupby(["arm", "case_id"])["dsc"].mean().unstack("case_id")
+                result = paired_comparison(by_arm.loc[a], by_arm.loc[b])
+                rows.append({"label_fraction": fraction, "a": a, "b": b, "seeds": len(common)} | result.as_row())
+    return pd.DataFrame(rows)
+
+
+def arm_table(runs: pd.DataFrame, cases: pd.DataFrame | None) -> pd.DataFrame:
+    """Per arm and label fraction: seeds, collapsed runs, mean DSC (per class and overall, mean over runs), mean
+    HD95 with its penalised count, chosen lr; and ``case_dsc``, the mean over test cases of their seed-averaged
+    mean DSC, with its bootstrap 95 % interval (``ci_low``, ``ci_high``)."""
+    score = "auc_mean" if "auc_mean" in runs else "dsc_mean"
+    metrics = [c for c in runs.columns if c.startswith(("dsc_", "hd95_mm_", "auc_"))]
+    grouped = runs.groupby(["arm", "label_fraction"], sort=False)
+    table = grouped[metrics + ["steps", "train_seconds"]].mean().reset_index()
+    table["seeds"] = grouped.size().values
+    table["lr"] = grouped["lr"].first().values
+    if "collapsed" in runs:
+        table["collapsed_runs"] = grouped["collapsed"].sum().astype(int).values
+        table["hd95_penalised"] = grouped["hd95_penalised"].sum().astype(int).values
+    table[f"{score}_std"] = grouped[score].std().values
+    if cases is not None:
+        seed_averaged = cases.groupby(["arm", "label_fraction", "case_id"])["dsc"].mean()
+        keys = list(zip(table["arm"], table["label_fraction"]))
+        table["case_dsc"] = [seed_averaged.loc[key].mean() for key in keys]
+        intervals = [bootstrap_mean_interval(seed_averaged.loc[key]) for key in keys]
+        table["ci_low"], table["ci_high"] = zip(*intervals)
+    return table
+
+
+def markdown(table: pd.DataFrame, compared: pd.DataFrame, selection: pd.DataFrame) -> str:
+    """results.md: the arms, the paired comparisons and the learning-rate selection as Markdown tables."""
+
+    def fmt(value) -> str:
+        return "n/a" if pd.isna(value) else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    def section(title: str, frame: pd.DataFrame) -> list[str]:
+        head = "| " + " | ".join(frame.columns) + " |"
+        lines = [f"## {title}", "", head, "|" + "---|" * len(frame.columns)]
+        return lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)] + [""]
+
+    ordered = table.sort_values(["label_fraction", "arm"])
+    shown = ["arm", "label_fraction", "seeds", "lr", "collapsed_runs", "case_dsc", "ci_low", "ci_high"]
+    shown += [c for c in table if c.startswith(("dsc_", "auc_"))]
+    shown += ["hd95_mm_mean", "hd95_penalised", "steps", "train_seconds"]
+    lines = section("Arms (test part; means over seeds)", ordered[[c for c in shown if c in table]])
+    lines += section("Paired differences a - b of per-case mean DSC (seed-averaged)", compared) if len(compared) else []
+    return "\n".join(lines + section("Learning rate chosen on validation", selection)) + "\n"
+
+
+def plot_scores(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Mean test score against the label fraction, one line per arm, with the 95 % interval (or the std over
+    seeds where there is no per-case interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    score = "auc" if "auc_mean_mean" in table.columns else "dsc"
-    figure, axes = plt.subplots(figsize=(5.5, 4))
-    for method, part in table.groupby("method", sort=False):
+    score = "auc_mean" if "auc_mean" in table else "dsc_mean"
+    figure, axes = plt.subplots(figsize=(6, 4.2))
+    for arm, part in table.groupby("arm", sort=False):
         part = part.sort_values("label_fraction")
-        axes.errorbar(
-            part["label_fraction"] * 100,
-            part[f"{score}_mean_mean"],
-            yerr=part[f"{score}_mean_std"].fillna(0),
-            marker="o",
-            capsize=3,
-            label=method,
-        )
+        if "ci_low" in part:  # the mean over test cases of their seed-averaged DSC, and its interval
+            centre = part["case_dsc"]
+            error = [(centre - part["ci_low"]).clip(lower=0), (part["ci_high"] - centre).clip(lower=0)]
+        else:
+            centre, error = part[score], part[f"{score}_std"].fillna(0)
+        axes.errorbar(part["label_fraction"] * 100, centre, yerr=error, marker="o", capsize=3, label=arm)
     axes.set_xscale("log")
     axes.set_xlabel("labelled training cases (%)")
-    axes.set_ylabel("test macro AUC" if score == "auc" else "test mean DSC (foreground classes)")
+    axes.set_ylabel("test macro AUC" if score == "auc_mean" else "test mean DSC (95 % bootstrap interval)")
     axes.set_title(title, fontsize=9)
-    axes.legend()
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="msd_hippocampus")
-    parser.add_argument(
-        "--data-root", type=Path, default=None, help="default: ../shared/data's copy of the task's data"
-    )
-    parser.add_argument(
-        "--split",
-        default=None,
-        help="the manifest's split (default: holdout40 for hippocampus, else the manifest's default)",
-    )
-    parser.add_argument("--part", choices=["test", "val"], default="test", help="the part every model is scored on")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds for fractions below 1 (1.0 uses one)")
-    parser.add_argument(
-        "--backbone", choices=list(BACKBONES), default="unetr", help="the pretrained segmentation model (3D tasks)"
-    )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--full", action="store_true", help="ViT-B/16 recipes for a GPU")
-    size.add_argument("--quick", action="store_true", help="a few steps of everything (checks the pipeline only)")
-    parser.add_argument("--output", type=Path, default=None, help="results folder (default docs/results/<task>)")
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        help="runs, checkpoints, predictions (default runs/label_efficiency_<task>_<mode>)",
-    )
-    args = parser.parse_args()
-    args.data_root = args.data_root or DEFAULT_ROOTS.get(args.task)
-    if args.data_root is None or not args.data_root.is_dir():
-        parser.error(f"{args.data_root}: no such data folder; give --data-root")
-    mode = "full" if args.full else "quick" if args.quick else "cpu"
-    args.split = args.split or DEFAULT_SPLITS.get(args.task)
-    classification = load_task(args.task).is_classification
-    pretrain_overrides, finetune_overrides = SIZES[mode]
-    if classification and mode == "cpu":
-        pretrain_overrides, finetune_overrides = CHEST_CPU
-    if classification and args.backbone != "unetr":
-        parser.error(f"--backbone {args.backbone}: {args.task} classifies with the ViT classifier")
-    backbone = BACKBONES[args.backbone]
-    output = args.output or Path("docs/results") / args.task
-    work = args.work_dir or Path("runs") / f"label_efficiency_{args.task}_{mode}"
-    started, code = time.time(), git_state()  # the code as it was imported, not as it is when the run ends
+def plot_validation(experiment: Experiment, runs: pd.DataFrame, path: Path) -> None:
+    """Every run's validation curve (score against step), one panel per arm; the chosen checkpoint dotted."""
+    import matplotlib
 
-    mae_run = work / "mae"
-    pretrain.run(request(args, mae_run, [*pretrain_overrides, *backbone], resume=True))
-    mae = str(mae_run / "checkpoints" / "last.pt")
-    epochs = int(next(o for o in finetune_overrides if o.startswith("train.epochs=")).split("=")[1])
-    unet = [*finetune_overrides, "model.arch=unet", f"optim.base_lr={UNET_BASE_LR}", "optim.layer_decay=1.0"]
-    per_step = None if classification else unet_seconds_per_step(args, work, unet)
-    model = "vit" if classification else args.backbone
-    tuned = [*finetune_overrides, *backbone]
-    scratch = [*tuned, "optim.layer_decay=1.0"]  # layer decay is for a pretrained encoder only
-    rows = []
-    for fraction in args.fractions:
-        for seed in range(args.seeds if fraction < 1 else 1):
-            tag = f"labels{fraction:g}_seed{seed}"
-            rows.append(
-                {
-                    "method": f"mae_{model}",
-                    **finetune_run(args, work, f"mae_{model}_{tag}", tuned, fraction, seed, pretrained=mae),
-                }
-            )
-            rows.append(
-                {
-                    "method": f"scratch_{model}",
-                    **finetune_run(args, work, f"scratch_{model}_{tag}", scratch, fraction, seed),
-                }
-            )
-            if per_step is not None:  # the U-Net trains as long as the scratch UNETR did, over as many epochs
-                per_epoch = max(1, round(rows[-1]["train_seconds"] / per_step / epochs))
-                budget = [*unet, f"train.steps_per_epoch={per_epoch}"]
-                rows.append(
-                    {
-                        "method": "scratch_unet",
-                        **finetune_run(args, work, f"scratch_unet_{tag}", budget, fraction, seed),
-                    }
-                )
-                rows[-1]["time_vs_scratch_unetr"] = round(rows[-1]["train_seconds"] / rows[-2]["train_seconds"], 2)
-            pd.DataFrame(rows).to_csv(work / "runs_so_far.csv", index=False)
-    provenance = {**code, "unet_seconds_per_step": per_step, "work_dir": str(work), "data_root": str(args.data_root)}
-    write_results(args, mode, output, work, pd.DataFrame(rows), time.time() - started, provenance)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(runs["arm"]))
+    figure, panels = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3), sharey=True, squeeze=False)
+    for axes, arm in zip(panels[0], arms):
+        for _, run in runs[runs["arm"] == arm].iterrows():
+            metrics = pd.read_csv(experiment.output / "runs" / run["run"] / "metrics.csv", comment="#")
+            score = "val_macro_auc" if "val_macro_auc" in metrics else "val_mean_dsc"
+            valid = metrics.dropna(subset=[score])
+            label = f"{run['label_fraction']:.0%} s{run['seed']} lr {run['lr']:g}"
+            (line,) = axes.plot(valid["step"], valid[score], marker=".", label=label)
+            axes.axvline(run["best_step"], color=line.get_color(), linestyle=":", linewidth=0.8)
+        axes.set_title(arm, fontsize=9)
+        axes.set_xlabel("step")
+        axes.legend(fontsize=5)
+    panels[0][0].set_ylabel("validation score")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def git_state() -> dict:
@@ -360,37 +416,90 @@ def git_state() -> dict:
     return {"commit": git[0] or None, "uncommitted_changes": bool(git[1])}
 
 
-def write_results(args, mode: str, output: Path, work: Path, runs: pd.DataFrame, seconds: float, extra: dict) -> None:
-    output.mkdir(parents=True, exist_ok=True)
+def write_results(experiment: Experiment, runs: pd.DataFrame, selection: pd.DataFrame, extra: dict) -> None:
+    """Every table, figure and the provenance, from the runs finished so far (called after each run)."""
+    output = experiment.output
     runs.to_csv(output / "runs.csv", index=False)
-    table = aggregate(runs)
+    selection.to_csv(output / "lr_selection.csv", index=False)
+    cases = None if experiment.task.is_classification else per_case_dsc(experiment, runs)
+    compared = pd.DataFrame() if cases is None else comparisons(runs, cases)
+    compared.to_csv(output / "comparisons.csv", index=False)
+    table = arm_table(runs, cases)
     table.to_csv(output / "results.csv", index=False)
-    (output / "results.md").write_text(markdown(table))
-    plot(
-        table, output / "score_vs_labels.png", f"{args.task} ({mode} sizes): {len(runs)} models on the {args.part} part"
+    (output / "results.md").write_text(markdown(table, compared, selection))
+    title = f"{experiment.args.task}: {len(runs)} runs scored on the {experiment.args.part} part"
+    plot_scores(table, output / "dsc_vs_labels.png", title)
+    plot_validation(
+        experiment, pd.concat([runs, selection.assign(seed=0)]).drop_duplicates("run"), output / "validation_curves.png"
     )
-    figures = sorted((work / "mae" / "figures").glob("reconstruction_epoch*.png"))
-    if figures:
-        shutil.copy(figures[-1], output / "mae_reconstruction.png")
-    configs = output / "configs"
-    shutil.rmtree(configs, ignore_errors=True)
-    configs.mkdir()
-    for name in ["mae", *runs["run"]]:
-        shutil.copy(work / name / "config.yaml", configs / f"{name}.yaml")
     provenance = {
         **extra,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "mode": mode,
-        "split": args.split,
-        "scored_part": args.part,
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, "
+        "split": experiment.args.split,
+        "scored_part": experiment.args.part,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
         "torch": torch.__version__,
-        "wall_seconds_this_invocation": round(seconds),
+        "runs_done": len(runs),
     }
     (output / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    print(markdown(table))
+
+
+def parse_args() -> tuple[argparse.Namespace, Budget, str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="msd_hippocampus")
+    parser.add_argument("--data-root", type=Path, default=None, help="default: ../shared/data's copy of the task")
+    parser.add_argument("--split", default=None, help="default: holdout40 for hippocampus, else the manifest's")
+    parser.add_argument("--part", choices=["test", "val"], default="test", help="the part every model is scored on")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
+    parser.add_argument("--seeds", type=int, default=5, help="seeds for fractions below 1 (1.0 uses one)")
+    parser.add_argument("--arms", nargs="+", default=None, help=f"default: {' '.join(SEGMENTATION_ARMS)}")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="the grid of peak learning rates")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="ViT-B/16 and DynUNet base recipes for a GPU")
+    size.add_argument("--quick", action="store_true", help="a few steps of everything (checks the pipeline only)")
+    parser.add_argument("--output", type=Path, default=None, help="default docs/results/<task>_label_efficiency")
+    parser.add_argument("--work-dir", type=Path, default=None, help="default runs/label_efficiency_<task>_<mode>")
+    args = parser.parse_args()
+    args.data_root = args.data_root or DEFAULT_ROOTS.get(args.task)
+    if args.data_root is None or not args.data_root.is_dir():
+        parser.error(f"{args.data_root}: no such data folder; give --data-root")
+    args.split = args.split or DEFAULT_SPLITS.get(args.task)
+    mode = "full" if args.full else "quick" if args.quick else "cpu"
+    classification = load_task(args.task).is_classification
+    known = CLASSIFICATION_ARMS if classification else SEGMENTATION_ARMS
+    args.arms = args.arms or known
+    if unknown := sorted(set(args.arms) - set(known)):
+        parser.error(f"--arms {' '.join(unknown)}: {args.task} has the arms {', '.join(known)}")
+    budget = {"full": FULL, "quick": QUICK, "cpu": CHEST_CPU if classification else CPU}[mode]
+    if args.lrs:
+        budget = Budget(budget.pretrain, budget.finetune, tuple(args.lrs), budget.batch)
+    args.output = args.output or Path("docs/results") / f"{args.task}_label_efficiency"
+    args.work_dir = args.work_dir or Path("runs") / f"label_efficiency_{args.task}_{mode}"
+    return args, budget, mode
+
+
+def main() -> None:
+    args, budget, mode = parse_args()
+    experiment = Experiment(args, budget)
+    started, code = time.time(), git_state()  # the code as it was imported, not as it is when the run ends
+    fractions = sorted(args.fractions)
+    for backbone in dict.fromkeys(backbone_of(a) for a in args.arms if a.startswith("mae_")):
+        experiment.pretrained(backbone)
+    extra: dict[str, list[str]] = {}
+    if "scratch_unet" in args.arms:  # the U-Net's wall-time budget: scratch UNETR's steps x their time ratio
+        extra["scratch_unet"] = unet_budget(experiment, step_ratio(experiment, budget.lrs[0] * 256 / budget.batch))
+    selection = choose_rates(experiment, args.arms, fractions[0], extra)
+    chosen = dict(zip(selection.loc[selection["chosen"], "arm"], selection.loc[selection["chosen"], "lr"]))
+    info = {**code, "mode": mode, "lr_grid": list(budget.lrs), "unet_extra": extra.get("scratch_unet")}
+    rows = []
+    for fraction in fractions:
+        for seed in range(args.seeds if fraction < 1 else 1):
+            for arm in args.arms:
+                rows.append(experiment.finetune(arm, fraction, seed, chosen[arm], extra.get(arm, [])))
+                elapsed = {"wall_seconds_this_invocation": round(time.time() - started)}
+                write_results(experiment, pd.DataFrame(rows), selection, info | elapsed)
+    print((args.output / "results.md").read_text())
 
 
 if __name__ == "__main__":
