@@ -57,7 +57,7 @@ def paired_comparison(
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"paired scores must be two 1D arrays of the same non-zero length, got {a.shape} and {b.shape}")
+        raise ValueError(f"paired scores must be two 1D arrays of the same non-zero length: {a.shape}, {b.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("paired scores must be finite: score a missed case (DSC 0), do not drop it")
     differences = a - b
