@@ -56,6 +56,7 @@ class DataConfig:
     num_workers: int = 2
     sampler: Literal["cached", "monai"] = "cached"  # 3D pretraining crops: medmae.data.crops or MONAI's chain
     cache_dir: str | None = None  # cached sampler: memory-map the volumes from a file here; None: on the device
+    flips: bool = True  # cached sampler: flip each pretraining crop along each axis with probability 1/2
     skip_bad_cases: bool = False
     label_fraction: float = 1.0  # fine-tuning: share of the labelled training cases used
     label_seed: int = 0

@@ -170,6 +170,7 @@ class CachedCrops:
         progress: bool = True,
         cache_dir: str | Path | None = None,
         write_cache: bool = True,
+        flips: bool = True,
     ) -> None:
         self.sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)  # refuses a bad batch size first
         if cache_dir is None:
@@ -181,6 +182,7 @@ class CachedCrops:
             self.crops = CropSampler(volumes, roi, device)
         else:
             self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress, write=write_cache), roi)
+        self.crops.flips = flips
         self.per_rank = global_batch // world
         self.copies = crops
         self.seed = seed

@@ -132,6 +132,8 @@ def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: 
     """MONAI's per-sample chain in loader processes, or (``data.sampler=cached``, 3D) crops drawn in
     batches from volumes cached once, on the training device or memory-mapped from ``data.cache_dir``."""
     if cfg.data.sampler == "monai" or task.spatial_dims != 3:
+        if not cfg.data.flips:
+            raise UserError("data.flips=false needs the cached 3D crop sampler (data.sampler=cached, a 3D task)")
         return train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
     cached = CaseDataset(task, dataset.cases, "inference")
     writer = int(os.environ.get("LOCAL_RANK", "0")) == 0  # one process per node writes a disk cache; the others wait
@@ -147,6 +149,7 @@ def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: 
         progress=ctx.is_main,
         cache_dir=cfg.data.cache_dir,
         write_cache=writer,
+        flips=cfg.data.flips,
     )
 
 

@@ -107,6 +107,21 @@ def test_cached_crops_deal_disjoint_shards_that_make_up_the_single_process_batch
     )
 
 
+def test_cached_crops_without_flips_keep_every_axis_as_it_is(demo_root):
+    """``data.flips=false``: no crop is mirrored; with flips, some of the same seeds' crops are."""
+    task = load_task("demo")
+    dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
+    device = torch.device("cpu")
+    plain, flipped = (
+        CachedCrops(dataset, task.roi, 4, 2, 0, 1, 0, device, progress=False, flips=flips) for flips in (False, True)
+    )
+    ids, seeds = torch.zeros(8, dtype=torch.int64), torch.arange(8)
+    assert not plain.crops.draw(ids, seeds=seeds)[2].any() and flipped.crops.draw(ids, seeds=seeds)[2].any()
+    for loader in (plain, flipped):
+        loader.sampler.set_pass(0)
+    assert not torch.equal(next(iter(plain))["image"], next(iter(flipped))["image"])
+
+
 def test_disk_cache_gives_the_same_batches_as_memory_and_is_reused(tmp_path, demo_root):
     task = load_task("demo")
     dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")

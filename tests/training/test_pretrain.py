@@ -46,6 +46,14 @@ def test_pretraining_on_crops_memory_mapped_from_disk(tmp_path, demo_root):
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
 
 
+def test_unflipped_crops_need_the_cached_sampler(tmp_path, demo_root, capsys):
+    command = demo_run(
+        "pretrain", demo_root, tmp_path / "run", "--set", "data.sampler=monai", "--set", "data.flips=false"
+    )
+    assert main(command) == 2
+    assert "data.flips=false needs the cached 3D crop sampler" in capsys.readouterr().err
+
+
 def test_pretraining_runs_on_cached_crops(tmp_path, demo_root):
     assert (
         main(
