@@ -1,9 +1,11 @@
-"""The label-efficiency experiment: every stage runs (a few steps each) on the synthetic demo set and on the
-real X-rays, the runs are paired fairly, and the tables are the mean and spread of the runs."""
+"""The label-efficiency experiment: the statistics and tables on runs with known answers; every stage (a few
+steps each) on the synthetic demo set and on the real X-rays, fair pairing of the arms, the learning rate
+chosen on validation, and resuming from the results folder alone."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,100 +17,123 @@ from medmae.checkpoint import load_checkpoint
 from tests.helpers import BENCHMARKS, shared
 
 
-def test_results_are_the_mean_and_sample_std_over_seeds():
-    runs = pd.DataFrame(
+def known_cases() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two seeds x 4 cases: MAE UNETR = scratch UNETR + 0.05 on every case; the U-Net 0.1 below scratch; MAE
+    DynUNet has the best validation score although its test scores are the lowest."""
+    base = {"c0": 0.6, "c1": 0.7, "c2": 0.8, "c3": 0.9}
+    arms = {"mae_unetr": 0.05, "scratch_unetr": 0.0, "scratch_unet": -0.1, "mae_dynunet": -0.2}
+    cases = pd.DataFrame(
         [
-            {
-                "method": "mae_unetr",
-                "label_fraction": 0.1,
-                "seed": s,
-                "dsc_mean": d,
-                "hd95_mm_mean": h,
-                "hd95_undefined": 1,
-                "steps": 10,
-                "train_seconds": 5.0,
-            }
-            for s, d, h in ((0, 0.5, 4.0), (1, 0.7, 6.0))
-        ]
-        + [
-            {
-                "method": "mae_unetr",
-                "label_fraction": 1.0,
-                "seed": 0,
-                "dsc_mean": 0.8,
-                "hd95_mm_mean": 3.0,
-                "hd95_undefined": 0,
-                "steps": 10,
-                "train_seconds": 5.0,
-            }
+            {"arm": arm, "label_fraction": 0.1, "seed": seed, "case_id": case, "dsc": dsc + shift + 0.01 * seed}
+            for arm, shift in arms.items()
+            for seed in (0, 1)
+            for case, dsc in base.items()
         ]
     )
-    table = label_efficiency.aggregate(runs)
-    low = table[table["label_fraction"] == 0.1].iloc[0]
-    assert (low["dsc_mean_mean"], low["seeds"]) == (pytest.approx(0.6), 2)
-    assert low["dsc_mean_std"] == pytest.approx(2**0.5 * 0.1)  # ddof 1
-    text = label_efficiency.markdown(table)
-    assert "| mae_unetr | 10% | 2 | 0.600 +/- 0.141 | 5.000 +/- 1.414 | 1.0 +/- 0.0 | 10 | 5 |" in text
-    assert "| mae_unetr | 100% | 1 | 0.800 | 3.000 | 0.0 | 10 | 5 |" in text  # one seed: no spread
+    best_val = {"mae_unetr": 0.7, "scratch_unetr": 0.6, "scratch_unet": 0.5, "mae_dynunet": 0.9}
+    runs = pd.DataFrame(
+        [
+            {"arm": arm, "label_fraction": 0.1, "seed": seed, "best_val": best_val[arm]}
+            for arm in arms
+            for seed in (0, 1)
+        ]
+    )
+    return runs, cases
+
+
+def test_comparisons_pair_each_backbone_and_pick_the_best_mae_on_validation_not_test():
+    runs, cases = known_cases()
+    table = label_efficiency.comparisons(runs, cases).set_index(["a", "b"])
+    unetr = table.loc[("mae_unetr", "scratch_unetr")]
+    assert unetr["mean_difference"] == pytest.approx(0.05) and unetr["ci_low"] == pytest.approx(0.05)
+    assert (unetr["cases"], unetr["seeds"], unetr["wins"]) == (4, 2, 4)
+    assert ("mae_dynunet", "scratch_unet") in table.index  # best on validation, though worst on test
+    assert table.loc[("mae_dynunet", "scratch_unet"), "mean_difference"] == pytest.approx(-0.1)
+    assert ("mae_dynunet", "scratch_dynunet") not in table.index  # no scratch DynUNet runs
+
+
+def test_comparisons_use_only_the_seeds_both_arms_have():
+    runs, cases = known_cases()
+    cases = cases[~((cases["arm"] == "scratch_unetr") & (cases["seed"] == 1))]
+    row = label_efficiency.comparisons(runs, cases).set_index(["a", "b"]).loc[("mae_unetr", "scratch_unetr")]
+    assert row["seeds"] == 1 and row["mean_difference"] == pytest.approx(0.05)
+
+
+def test_the_arm_table_holds_the_seed_averaged_case_mean_inside_its_interval():
+    runs, cases = known_cases()
+    runs = runs.assign(
+        run="r", lr=1e-3, dsc_mean=0.7, hd95_mm_mean=2.0, hd95_penalised=1, collapsed=False, steps=10, train_seconds=1.0
+    )
+    table = label_efficiency.arm_table(runs, cases).set_index("arm")
+    assert table.loc["mae_unetr", "case_dsc"] == pytest.approx(0.75 + 0.05 + 0.005)  # case mean, shift, seeds
+    assert table.loc["mae_unetr", "ci_low"] <= table.loc["mae_unetr", "case_dsc"] <= table.loc["mae_unetr", "ci_high"]
+    assert (table.loc["mae_unetr", "seeds"], table.loc["mae_unetr", "hd95_penalised"]) == (2, 2)
+
+
+def quick_command(root, output, work, *extra) -> list[str]:
+    return [
+        *[sys.executable, str(BENCHMARKS / "label_efficiency.py"), "--quick", "--task", "demo"],
+        *["--data-root", str(root), "--split", "fold0", "--part", "val", "--output", str(output)],
+        *["--work-dir", str(work), *extra],
+    ]
 
 
 @pytest.mark.slow
-def test_quick_run_pairs_the_models_fairly_and_writes_every_output(tmp_path, demo_root):
+def test_quick_run_pairs_the_arms_fairly_and_writes_every_output(tmp_path, demo_root):
     """Every stage on the synthetic demo set (scored on its validation part: it has no test part)."""
     output, work = tmp_path / "results", tmp_path / "work"
-    command = [
-        sys.executable,
-        str(BENCHMARKS / "label_efficiency.py"),
-        "--quick",
-        "--task",
-        "demo",
-        "--data-root",
-        str(demo_root),
-        "--split",
-        "fold0",
-        "--part",
-        "val",
-        "--fractions",
-        "1.0",
-        "0.5",
-        "--seeds",
-        "2",
-        "--output",
-        str(output),
-        "--work-dir",
-        str(work),
-    ]
+    command = quick_command(demo_root, output, work, "--fractions", "1.0", "0.5", "--seeds", "2")
     subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
     runs = pd.read_csv(output / "runs.csv")
-    assert sorted(runs["method"]) == sorted(["mae_unetr", "scratch_unetr", "scratch_unet"] * 3)
-    for _, row in runs.iterrows():  # each row holds its own run's foreground mean, as medmae evaluate wrote it
-        summary = pd.read_csv(work / row["run"] / "evaluate_val" / "summary.csv", comment="#")
-        assert row["dsc_mean"] == pytest.approx(summary.set_index("class").loc["foreground mean", "dsc_mean"], rel=1e-5)
+    arms = label_efficiency.SEGMENTATION_ARMS
+    assert sorted(runs["arm"]) == sorted(arms * 3)  # 50 % x 2 seeds, 100 % x 1
+    selection = pd.read_csv(output / "lr_selection.csv")
+    assert len(selection) == len(arms) * 2 and (selection["label_fraction"] == 0.5).all()
+    for arm, part in selection.groupby("arm"):
+        chosen = part.loc[part["best_val"].idxmax(), "lr"]
+        assert part.loc[part["chosen"], "lr"].tolist() == [chosen]
+        assert (runs.loc[runs["arm"] == arm, "lr"] == chosen).all()  # every seed and fraction uses it
+    ratio = json.loads((output / "step_ratio.json").read_text())["ratio"]
+    for _, row in runs.iterrows():
+        kept = output / "runs" / row["run"]
+        summary = pd.read_csv(kept / "summary.csv", comment="#").set_index("class")
+        assert row["dsc_mean"] == pytest.approx(summary.loc["foreground mean", "dsc_mean"], rel=1e-5)
         saved = load_checkpoint(work / row["run"] / "checkpoints" / "best.pt")
-        assert saved["pretrained"] == (
-            str(work / "mae" / "checkpoints" / "last.pt") if row["method"] == "mae_unetr" else None
-        )
+        backbone = row["arm"].split("_", 1)[1]
+        pretrained = str(output / "pretrained" / f"mae_{backbone}.pt")
+        assert saved["pretrained"] == (pretrained if row["arm"].startswith("mae_") else None)
         config = saved["run_config"]
         assert (config["data"]["label_fraction"], config["data"]["label_seed"], config["train"]["seed"]) == (
             row["label_fraction"],
             row["seed"],
             row["seed"],
         )
-        assert config["optim"]["layer_decay"] == (1.0 if row["method"] != "mae_unetr" else 0.9)  # demo recipe: 0.9
-    paired = runs[runs["method"] != "scratch_unet"].groupby(["label_fraction", "seed"])["steps"].nunique()
-    assert (paired == 1).all()  # MAE and scratch UNETR: the same steps on the same label set
-    assert runs.loc[runs["method"] == "scratch_unet", "time_vs_scratch_unetr"].notna().all()
-    assert (output / "results.md").read_text().count("| mae_unetr |") == 2
-    assert (output / "score_vs_labels.png").stat().st_size > 10_000 and (output / "mae_reconstruction.png").is_file()
-    assert {p.stem for p in (output / "configs").iterdir()} == {"mae", *runs["run"]}
+        assert config["optim"]["base_lr"] == pytest.approx(row["lr"] * 256 / 2)  # the grid's peak rate at batch 2
+        assert (config["train"]["epochs"], config["train"]["patience"]) == (2, 1)
+        expected_steps = max(1, round(2 * ratio)) if row["arm"] == "scratch_unet" else 2
+        assert config["train"]["steps_per_epoch"] == expected_steps  # the U-Net: scratch UNETR's wall time
+        if row["arm"] != "mae_unetr":
+            assert config["optim"]["layer_decay"] == 1.0
+    compared = pd.read_csv(output / "comparisons.csv")
+    assert {("mae_unetr", "scratch_unetr"), ("mae_dynunet", "scratch_dynunet")} <= set(
+        zip(compared["a"], compared["b"])
+    )
+    assert (compared["b"] == "scratch_unet").sum() == 2  # the best MAE on validation against the U-Net, per fraction
+    for name in ("dsc_vs_labels.png", "validation_curves.png"):
+        assert (output / name).stat().st_size > 10_000
+    for backbone, model in (("unetr", "mae_vit_tiny_patch16_3d"), ("dynunet", "mae_dynunet_tiny_3d")):
+        assert load_checkpoint(output / "pretrained" / f"mae_{backbone}.pt")["config"]["name"] == model
+        assert "optimizer" not in load_checkpoint(output / "pretrained" / f"mae_{backbone}.pt")
+        assert (output / "pretrained" / f"mae_{backbone}.heldout.json").is_file()
+    assert "## Paired differences" in (output / "results.md").read_text()
     provenance = json.loads((output / "provenance.json").read_text())
     assert (provenance["mode"], provenance["split"], provenance["scored_part"]) == ("quick", "fold0", "val")
-    assert provenance["unet_seconds_per_step"] > 0 and len(provenance["commit"]) == 40
-    again = subprocess.run(
-        command, check=True, capture_output=True, encoding="utf-8", errors="replace"
-    )  # finished runs resume as finished
-    assert pd.read_csv(output / "runs.csv")["steps"].tolist() == runs["steps"].tolist()
-    assert again.returncode == 0
+    assert provenance["runs_done"] == len(runs) and len(provenance["commit"]) == 40
+
+    shutil.rmtree(work)  # another machine: only the committed results folder
+    subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
+    assert pd.read_csv(output / "runs.csv").equals(runs)
+    assert not work.exists() or not any(work.iterdir())  # nothing was trained again
 
 
 @pytest.mark.slow
@@ -117,19 +142,9 @@ def test_quick_chest_xray_run_scores_auc_without_a_unet(tmp_path):
     output = tmp_path / "results"
     subprocess.run(
         [
-            sys.executable,
-            str(BENCHMARKS / "label_efficiency.py"),
-            "--quick",
-            "--task",
-            "chestxray14",
-            "--data-root",
-            str(root),
-            "--fractions",
-            "1.0",
-            "--output",
-            str(output),
-            "--work-dir",
-            str(tmp_path / "work"),
+            *[sys.executable, str(BENCHMARKS / "label_efficiency.py"), "--quick", "--task", "chestxray14"],
+            *["--data-root", str(root), "--fractions", "1.0", "--output", str(output)],
+            *["--work-dir", str(tmp_path / "work")],
         ],
         check=True,
         capture_output=True,
@@ -137,24 +152,18 @@ def test_quick_chest_xray_run_scores_auc_without_a_unet(tmp_path):
         errors="replace",
     )
     runs = pd.read_csv(output / "runs.csv")
-    assert list(runs["method"]) == ["mae_vit", "scratch_vit"]
+    assert list(runs["arm"]) == ["mae_vit", "scratch_vit"]
     assert runs["auc_mean"].between(0, 1).all() and "auc_Effusion" in runs.columns
-    assert "| mae_vit | 100% | 1 |" in (output / "results.md").read_text()
+    assert "| mae_vit | 1.000 | 1 |" in (output / "results.md").read_text()
     assert json.loads((output / "provenance.json").read_text())["split"] is None  # the manifest's default
 
 
-@pytest.mark.slow
-def test_another_backbone_replaces_unetr_in_the_mae_and_both_of_its_arms(tmp_path, demo_root):
-    output, work = tmp_path / "results", tmp_path / "work"
-    command = [
-        *[sys.executable, str(BENCHMARKS / "label_efficiency.py"), "--quick", "--task", "demo"],
-        *["--data-root", str(demo_root), "--split", "fold0", "--part", "val", "--fractions", "1.0"],
-        *["--backbone", "dynunet", "--output", str(output), "--work-dir", str(work)],
-    ]
-    subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
-    runs = pd.read_csv(output / "runs.csv")
-    assert sorted(runs["method"]) == ["mae_dynunet", "scratch_dynunet", "scratch_unet"]
-    assert load_checkpoint(work / "mae" / "checkpoints" / "last.pt")["config"]["name"] == "mae_dynunet_tiny_3d"
-    for method, name in (("mae_dynunet", "dynunet_tiny_3d"), ("scratch_unet", "unet_3d")):
-        (run,) = runs.loc[runs["method"] == method, "run"]
-        assert load_checkpoint(work / run / "checkpoints" / "best.pt")["config"]["name"] == name
+def test_an_arm_of_another_task_is_refused(tmp_path, demo_root):
+    result = subprocess.run(
+        quick_command(demo_root, tmp_path / "o", tmp_path / "w", "--arms", "mae_vit"),
+        check=False,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+    )
+    assert result.returncode == 2 and "--arms mae_vit: demo has the arms mae_unetr" in result.stderr
