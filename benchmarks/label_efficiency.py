@@ -5,6 +5,7 @@ resumable command, on real data, from pretraining to paired statistics on the te
     python benchmarks/label_efficiency.py --quick          # a few steps of every stage (checks the pipeline)
     python benchmarks/label_efficiency.py --full           # ViT-B/16 and DynUNet base recipes for a GPU
     python benchmarks/label_efficiency.py --arms mae_unetr scratch_unetr scratch_unet   # some arms only
+    python benchmarks/label_efficiency.py --report         # train nothing: the tables of the runs done so far
     python benchmarks/label_efficiency.py --task chestxray14 --data-root ../shared/data/chestxray14_nih_subset
 
 Protocol (3D segmentation; ``holdout40`` split of MSD hippocampus: 128 training, 32 validation, 40 test):
@@ -191,13 +192,16 @@ class Experiment:
         stack = [torch.stack([item["image"] for item in items]) for items in (seen, unseen)]
         return {**heldout_loss(mae, *stack), "images_seen": len(seen), "images_held_out": len(unseen)}
 
-    def finetune(self, arm: str, fraction: float, seed: int, lr: float, extra: list[str] = ()) -> dict:
+    def finetune(self, arm: str, fraction: float, seed: int, lr: float, extra: list[str] = ()) -> dict | None:
         """Fine-tune one arm (resumed if interrupted) and score its ``best.pt`` on ``--part``; its row of
-        ``runs.csv``. Done runs (a ``result.json`` in the results folder) are read back instead."""
+        ``runs.csv``. Done runs (a ``result.json`` in the results folder) are read back instead; with
+        ``--report`` a run not done yet is None."""
         name = run_name(arm, fraction, seed, lr)
         kept = self.output / "runs" / name
         if (kept / "result.json").is_file():
             return json.loads((kept / "result.json").read_text())
+        if self.args.report:
+            return None
         folder = self.work / name
         overrides = [*self.budget.finetune, *MODEL_SETS[backbone_of(arm)], *extra]
         overrides += [
@@ -268,18 +272,14 @@ def unet_budget(experiment: Experiment, ratio: float) -> list[str]:
     return [f"train.steps_per_epoch={max(1, round(steps * ratio))}"]
 
 
-def choose_rates(experiment: Experiment, arms: list[str], fraction: float, extra: dict[str, list[str]]) -> pd.DataFrame:
-    """Every arm trained once per grid rate with ``fraction`` of the labels and seed 0; the table of their best
-    validation scores, the chosen rate marked."""
-    rows = [
-        experiment.finetune(arm, fraction, 0, lr, extra.get(arm, [])) | {"chosen": False}
-        for arm in arms
-        for lr in experiment.budget.lrs
-    ]
+def selection_table(grid: list[dict], lrs: tuple[float, ...]) -> pd.DataFrame:
+    """The grid runs (seed 0, smallest label fraction) finished so far and their best validation scores; an arm's
+    rate is chosen (the best score) once every rate of the grid has run for it."""
     columns = ["run", "arm", "label_fraction", "seed", "lr", "best_val", "best_step", "steps", "train_seconds"]
-    table = pd.DataFrame(rows)[[*columns, "chosen"]]
-    for arm, part in table.groupby("arm", sort=False):
-        table.loc[part["best_val"].idxmax(), "chosen"] = True
+    table = pd.DataFrame(grid, columns=columns).assign(chosen=False)
+    for _, part in table.groupby("arm", sort=False):
+        if set(lrs) <= set(part["lr"]):
+            table.loc[part["best_val"].idxmax(), "chosen"] = True
     return table
 
 
@@ -422,8 +422,12 @@ def git_state() -> dict:
 def write_results(experiment: Experiment, runs: pd.DataFrame, selection: pd.DataFrame, extra: dict) -> None:
     """Every table, figure and the provenance, from the runs finished so far (called after each run)."""
     output = experiment.output
-    runs.to_csv(output / "runs.csv", index=False)
     selection.to_csv(output / "lr_selection.csv", index=False)
+    every = pd.concat([selection, runs]).drop_duplicates("run")
+    plot_validation(experiment, every, output / "validation_curves.png")
+    if runs.empty:  # still choosing learning rates
+        return
+    runs.to_csv(output / "runs.csv", index=False)
     cases = None if experiment.task.is_classification else per_case_dsc(experiment, runs)
     compared = pd.DataFrame() if cases is None else comparisons(runs, cases)
     compared.to_csv(output / "comparisons.csv", index=False)
@@ -432,9 +436,6 @@ def write_results(experiment: Experiment, runs: pd.DataFrame, selection: pd.Data
     (output / "results.md").write_text(markdown(table, compared, selection))
     title = f"{experiment.args.task}: {len(runs)} runs scored on the {experiment.args.part} part"
     plot_scores(table, output / "dsc_vs_labels.png", title)
-    plot_validation(
-        experiment, pd.concat([runs, selection.assign(seed=0)]).drop_duplicates("run"), output / "validation_curves.png"
-    )
     provenance = {
         **extra,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -463,6 +464,7 @@ def parse_args() -> tuple[argparse.Namespace, Budget, str]:
     size.add_argument("--quick", action="store_true", help="a few steps of everything (checks the pipeline only)")
     parser.add_argument("--output", type=Path, default=None, help="default docs/results/<task>_label_efficiency")
     parser.add_argument("--work-dir", type=Path, default=None, help="default runs/label_efficiency_<task>_<mode>")
+    parser.add_argument("--report", action="store_true", help="train nothing: the tables of the runs done so far")
     args = parser.parse_args()
     args.data_root = args.data_root or DEFAULT_ROOTS.get(args.task)
     if args.data_root is None or not args.data_root.is_dir():
@@ -487,22 +489,34 @@ def main() -> None:
     experiment = Experiment(args, budget)
     started, code = time.time(), git_state()  # the code as it was imported, not as it is when the run ends
     fractions = sorted(args.fractions)
-    for backbone in dict.fromkeys(backbone_of(a) for a in args.arms if a.startswith("mae_")):
-        experiment.pretrained(backbone)
+    if not args.report:
+        for backbone in dict.fromkeys(backbone_of(a) for a in args.arms if a.startswith("mae_")):
+            experiment.pretrained(backbone)
     extra: dict[str, list[str]] = {}
-    if "scratch_unet" in args.arms:  # the U-Net's wall-time budget: scratch UNETR's steps x their time ratio
+    if "scratch_unet" in args.arms and not args.report:  # the U-Net's budget: scratch UNETR's steps x time ratio
         extra["scratch_unet"] = unet_budget(experiment, step_ratio(experiment, budget.lrs[0] * 256 / budget.batch))
-    selection = choose_rates(experiment, args.arms, fractions[0], extra)
-    chosen = dict(zip(selection.loc[selection["chosen"], "arm"], selection.loc[selection["chosen"], "lr"]))
     info = {**code, "mode": mode, "lr_grid": list(budget.lrs), "unet_extra": extra.get("scratch_unet")}
-    rows = []
+    grid: list[dict] = []
+    rows: list[dict] = []
+
+    def run(arm: str, fraction: float, seed: int, lr: float, into: list[dict]) -> None:
+        """Train (or, with --report, only read back) one run and rewrite every table and figure."""
+        if (row := experiment.finetune(arm, fraction, seed, lr, extra.get(arm, []))) is not None:
+            into.append(row)
+            elapsed = {"wall_seconds_this_invocation": round(time.time() - started)}
+            write_results(experiment, pd.DataFrame(rows), selection_table(grid, budget.lrs), info | elapsed)
+
+    for arm in args.arms:
+        for lr in budget.lrs:
+            run(arm, fractions[0], 0, lr, grid)
+    selection = selection_table(grid, budget.lrs)
+    chosen = dict(zip(selection.loc[selection["chosen"], "arm"], selection.loc[selection["chosen"], "lr"]))
     for fraction in fractions:
         for seed in range(args.seeds if fraction < 1 else 1):
-            for arm in args.arms:
-                rows.append(experiment.finetune(arm, fraction, seed, chosen[arm], extra.get(arm, [])))
-                elapsed = {"wall_seconds_this_invocation": round(time.time() - started)}
-                write_results(experiment, pd.DataFrame(rows), selection, info | elapsed)
-    print((args.output / "results.md").read_text())
+            for arm in (a for a in args.arms if a in chosen):
+                run(arm, fraction, seed, chosen[arm], rows)
+    if (args.output / "results.md").is_file():
+        print((args.output / "results.md").read_text())
 
 
 if __name__ == "__main__":

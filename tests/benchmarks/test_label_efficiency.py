@@ -70,6 +70,16 @@ def test_the_arm_table_holds_the_seed_averaged_case_mean_inside_its_interval():
     assert (table.loc["mae_unetr", "seeds"], table.loc["mae_unetr", "hd95_penalised"]) == (2, 2)
 
 
+def test_a_rate_is_chosen_on_validation_once_its_whole_grid_has_run():
+    grid = [
+        {"run": f"{arm}_{lr}", "arm": arm, "label_fraction": 0.1, "seed": 0, "lr": lr, "best_val": score}
+        for arm, lr, score in [("a", 1e-3, 0.5), ("a", 1e-2, 0.7), ("b", 1e-3, 0.9)]
+    ]
+    table = label_efficiency.selection_table(grid, (1e-3, 1e-2))
+    assert table.loc[table["chosen"], "run"].tolist() == ["a_0.01"]  # b has not run at 1e-2 yet
+    assert label_efficiency.selection_table([], (1e-3,)).empty
+
+
 def quick_command(root, output, work, *extra) -> list[str]:
     return [
         *[sys.executable, str(BENCHMARKS / "label_efficiency.py"), "--quick", "--task", "demo"],
@@ -129,6 +139,10 @@ def test_quick_run_pairs_the_arms_fairly_and_writes_every_output(tmp_path, demo_
     provenance = json.loads((output / "provenance.json").read_text())
     assert (provenance["mode"], provenance["split"], provenance["scored_part"]) == ("quick", "fold0", "val")
     assert provenance["runs_done"] == len(runs) and len(provenance["commit"]) == 40
+
+    (output / "runs.csv").unlink()
+    subprocess.run([*command, "--report"], check=True, capture_output=True, encoding="utf-8", errors="replace")
+    assert pd.read_csv(output / "runs.csv").equals(runs)  # the tables again, from the kept runs alone
 
     shutil.rmtree(work)  # another machine: only the committed results folder
     subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
