@@ -98,8 +98,10 @@ CPU = Budget(
         + ["optim.base_lr=0.096", "optim.warmup_epochs=1", "train.figure_every=15", "data.num_workers=1"]
         + ["data.flips=false"],
     },
-    finetune=["model.size=tiny", "data.batch_size=4", "train.epochs=16", "train.steps_per_epoch=25"]
-    + ["train.val_every=2", "train.patience=3", "optim.warmup_epochs=1", "optim.clip_grad=1.0"]
+    # at most 800 steps of 4 crops (the earlier 600-step UNETR run was still improving at its end); validation
+    # every 50 steps; stop after 4 validations without a better score
+    finetune=["model.size=tiny", "data.batch_size=4", "train.epochs=32", "train.steps_per_epoch=25"]
+    + ["train.val_every=2", "train.patience=4", "optim.warmup_epochs=1", "optim.clip_grad=1.0"]
     + ["data.num_workers=1"],
     lrs=(1e-3, 3e-3, 1e-2),
     batch=4,
