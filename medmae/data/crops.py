@@ -179,10 +179,11 @@ class CachedCrops:
                 for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)
             ]
             check_fits(volumes, device)
-            self.crops = CropSampler(volumes, roi, device)
+            self.crops = CropSampler(volumes, roi, device, flips)
         else:
-            self.crops = CropSampler.from_store(*disk_store(dataset, cache_dir, progress, write=write_cache), roi)
-        self.crops.flips = flips
+            self.crops = CropSampler.from_store(
+                *disk_store(dataset, cache_dir, progress, write=write_cache), roi, flips
+            )
         self.per_rank = global_batch // world
         self.copies = crops
         self.seed = seed

@@ -5,8 +5,8 @@ structure, as in MONAI's ``compute_hausdorff_distance``, Metrics Reloaded and me
 border count as surface). For each direction, the distances (in mm, using the voxel spacing) from one
 mask's surface voxels to the nearest surface voxel of the other mask; the 95th percentile (linear
 interpolation) of each directed set; HD95 is the larger of the two (MONAI's definition). ``connectivity=
-"full"`` erodes with the full (26-neighbour in 3D) structure instead: thinner surfaces, HD95 values some
-7-14 % lower on hippocampus labels, not comparable with published figures.
+"full"`` erodes with the full (26-neighbour in 3D) structure instead: thicker surfaces, HD95 values some
+7-14 % lower on hippocampus predictions, not comparable with published figures.
 
 Empty masks: both empty -> DSC and HD95 undefined (NaN), left out of means (nothing to find, nothing
 found). One side empty -> DSC 0, and HD95 is undefined, so it is set to a penalty: the image diagonal in mm

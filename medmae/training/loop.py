@@ -106,7 +106,7 @@ def fit(
         row = {"epoch": progress.epoch, "step": progress.step, "loss": epoch_loss, "lr": lr}
         row |= {"samples_per_s": samples / seconds, "seconds": seconds, **job.end_of_epoch(progress.epoch, last)}
         improved = _update_best(progress, row, job, last)
-        stop = job.score_name is not None and stopped_early(cfg, progress)
+        stop = stopped_early(cfg, progress)
         rows.append(row)
         run.log_epoch(rows)
         if improved or last or stop or progress.epoch % cfg.train.checkpoint_every == 0:
