@@ -67,6 +67,7 @@ DEFAULT_ROOTS = {"msd_hippocampus": HIPPOCAMPUS, "chestxray14": SHARED_DATA / "c
 DEFAULT_SPLITS = {"msd_hippocampus": "holdout40"}
 SEGMENTATION_ARMS = ["mae_unetr", "scratch_unetr", "mae_dynunet", "scratch_dynunet", "scratch_unet"]
 CLASSIFICATION_ARMS = ["mae_vit", "scratch_vit"]
+PRETRAINED_VITS = {"mae_unetr", "mae_vit"}  # the arms whose fine-tuning uses layer-wise rate decay
 MODEL_SETS = {  # fine-tuning: what picks each backbone
     "unetr": ["model.arch=unetr", "model.feature_size=8"],
     "dynunet": ["model.arch=dynunet"],
@@ -211,7 +212,7 @@ class Experiment:
             f"data.label_seed={seed}",
             f"train.seed={seed}",
         ]
-        overrides += [] if arm.startswith("mae_") else ["optim.layer_decay=1.0"]  # layer decay is for pretrained ViTs
+        overrides += [] if arm in PRETRAINED_VITS else ["optim.layer_decay=1.0"]  # layer decay is for pretrained ViTs
         pretrained = self.pretrained(backbone_of(arm)) if arm.startswith("mae_") else None
         finetune.run(self.request(folder, overrides, pretrained=pretrained, label_fraction=fraction, resume=True))
         scored = folder / f"evaluate_{self.args.part}"
@@ -236,10 +237,11 @@ class Experiment:
 
 
 def test_scores(summary: pd.DataFrame | float, scored: Path) -> dict:
-    """A run's test figures: macro AUC, or mean DSC and HD95 per class and overall, the penalised HD95 count and
-    the classes the model never predicted on any test case (a collapsed run)."""
+    """A run's test figures: macro AUC and AUC per finding, or mean DSC and HD95 per class and overall, the
+    penalised HD95 count and the classes the model never predicted on any test case (a collapsed run)."""
     if isinstance(summary, float):
-        return {"auc_mean": summary}
+        findings = pd.read_csv(scored / "per_finding.csv", comment="#")
+        return {"auc_mean": summary} | {f"auc_{line.finding}": line.auc for line in findings.itertuples()}
     per_case = pd.read_csv(scored / "per_case.csv", comment="#")
     never = [name for name, part in per_case.groupby("class") if (part["n_pred"] == 0).all()]
     row = {"collapsed_classes": " ".join(never), "collapsed": bool(never)}
