@@ -36,7 +36,8 @@ Writes into ``--output`` (default ``docs/results/<task>_label_efficiency``): ``r
 ``comparisons.csv``, ``results.md``, ``dsc_vs_labels.png``, ``validation_curves.png``, ``provenance.json``.
 Checkpoints stay in ``--work-dir``. A run with a ``result.json`` in ``--output`` is done and is not repeated, so
 an interrupted experiment continues where it stopped, on this machine from its work folder and on another
-from the committed results folder (the MAE weights in ``pretrained/`` included).
+from the committed results folder: finished runs are read back; the MAE weights in ``pretrained/`` (over 1 MB,
+not committed) are pretrained again where they are missing.
 """
 
 from __future__ import annotations

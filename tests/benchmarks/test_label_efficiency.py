@@ -184,14 +184,18 @@ def test_an_arm_of_another_task_is_refused(tmp_path, demo_root):
 
 
 def test_git_keeps_the_files_a_resumed_experiment_reads_from_the_results_folder():
-    """Each run's ``result.json`` and the MAE weights must be committed for another machine to resume; the
-    work folder's checkpoints stay ignored."""
+    """Each run's ``result.json`` must be committed for another machine to resume; the MAE weights (over
+    1 MB) and the work folder's checkpoints stay ignored."""
     if not (ROOT / ".git").exists() or shutil.which("git") is None:
         pytest.skip("not a git checkout, or no git: nothing decides what is committed")
-    kept = ["runs/mae_unetr_labels0.1_seed0_lr0.003/result.json", "pretrained/mae_unetr.pt"]
-    paths = [f"docs/results/msd_hippocampus_label_efficiency/{name}" for name in kept]
+    folder = "docs/results/msd_hippocampus_label_efficiency"
+    kept, weights = f"{folder}/runs/mae_unetr_labels0.1_seed0_lr0.003/result.json", f"{folder}/pretrained/mae_unetr.pt"
     work = "runs/label_efficiency_msd_hippocampus_cpu/mae_unetr_labels0.1_seed0_lr0.003/checkpoints/best.pt"
     ignored = subprocess.run(
-        ["git", "check-ignore", "--no-index", *paths, work], check=True, cwd=ROOT, capture_output=True, encoding="utf-8"
+        ["git", "check-ignore", "--no-index", kept, weights, work],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        encoding="utf-8",
     ).stdout.split()
-    assert ignored == [work]
+    assert ignored == [weights, work]
