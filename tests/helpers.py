@@ -88,3 +88,35 @@ def demo_run(command: str, data_root: str | Path, output: str | Path, *extra: st
         str(output),
         *extra,
     ]
+
+
+def write_dicom_series(image_path: Path, folder: Path) -> Path:
+    """Write the 3D image file ``image_path`` as a DICOM series of one file per slice in ``folder``
+    (float intensities rounded to int16: DICOM stores integers)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(image_path))
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        image = sitk.Cast(sitk.Round(image), sitk.sitkInt16)
+    folder.mkdir(parents=True)
+    direction = image.GetDirection()  # row-major 3 x 3: the columns are the axes' directions
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        slice_ = image[:, :, z]
+        slice_.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
+        slice_.SetMetaData("0020|0037", "\\".join(map(str, direction[0::3] + direction[1::3])))
+        slice_.SetMetaData("0020|0013", str(z))
+        slice_.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+        slice_.SetMetaData("0018|0050", str(image.GetSpacing()[2]))
+        writer.SetFileName(str(folder / f"{z:03d}.dcm"))
+        writer.Execute(slice_)
+    return folder
+
+
+def convert_image(image_path: Path, target: Path) -> Path:
+    """Write the image file ``image_path`` in the format that ``target``'s suffix names (SimpleITK)."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.ReadImage(str(image_path)), str(target))
+    return target

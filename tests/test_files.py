@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medmae.files import OutputError, atomic_open, removed_on_error, write_nifti, write_text
+from medmae.files import OutputError, atomic_open, atomic_path, removed_on_error, write_nifti, write_text
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
@@ -18,6 +18,18 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
         handle.write("new, half written")
         raise RuntimeError("stopped")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_writer_that_takes_a_name_gets_one_with_the_suffix_and_fails_without_a_trace(tmp_path):
+    path = write_text(tmp_path / "labels.nrrd", "old")
+    with pytest.raises(OutputError, match=rf"^{path}: cannot be written \(no NRRD writer\)"), atomic_path(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".nrrd" and tmp != path
+        tmp.write_text("half")
+        raise RuntimeError("ITK ERROR\nno NRRD writer")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["labels.nrrd"]
+    with atomic_path(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["labels.nrrd"]
 
 
 def test_a_file_that_cannot_be_written_is_an_output_error_naming_it(tmp_path):

@@ -1,4 +1,4 @@
-"""``medmae predict``: predict files: label maps on each input's grid (3D), probabilities CSV (2D).
+"""``medmae predict``: predict files: label maps on each input's grid, in its format (3D); probabilities (2D).
 
 Example: ``medmae predict --checkpoint runs/btcv_finetune/checkpoints/best.pt --input BTCV/imagesTs --output-dir out``
 """
@@ -20,6 +20,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="let --output-dir lie inside the input folder (an input file is still never overwritten)",
     )
+    parser.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="3D: also <case id>.npz with each class's probability on the input's grid (as nnU-Net's)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -32,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         args.output_dir,
         progress=not args.quiet,
         inside_input=args.allow_output_inside_input,
+        save_probabilities=args.save_probabilities,
     )
-    print(f"wrote {len(written)} files to {args.output_dir}")
+    extra = f" and {len(written)} probability files (.npz)" if args.save_probabilities else ""
+    print(f"wrote {len(written)} files{extra} to {args.output_dir}")
     return 0

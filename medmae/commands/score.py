@@ -15,8 +15,10 @@ from medmae.files import removed_on_error
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = subcommand(commands, "score", run, __doc__)
     parser.add_argument("--task", required=True, help="the task whose classes are scored")
-    parser.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI)")
-    parser.add_argument("--ref", required=True, help="folder of reference label maps (NIfTI), matched by case id")
+    parser.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI, NRRD, MetaImage)")
+    parser.add_argument(
+        "--ref", required=True, help="folder of reference label maps (NIfTI, NRRD, MetaImage), matched by case id"
+    )
     parser.add_argument("--output-dir", help="where the reports go (default: <pred>_scores beside --pred)")
     parser.add_argument("--images", help="folder of the images, for the figure's background")
     parser.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ID_SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".mha", ".dcm")
+ID_SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,6 @@ class Split:
 def case_id(image: Path) -> str:
     name = image.name
     for suffix in ID_SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -12,6 +12,8 @@ from medmae.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = {2: (".png", ".dcm"), 3: VOLUME_SUFFIXES}
 
 
 @dataclass
@@ -50,6 +52,24 @@ def read_image(path: str | Path) -> Image:
         f"unsupported file type; medmae reads {', '.join(NIFTI_SUFFIXES + ('.png',) + SITK_SUFFIXES)} "
         "and DICOM series folders",
     )
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """Whether ``folder`` holds a DICOM series (its files' headers are read, whatever their names)."""
+    import SimpleITK as sitk
+
+    return folder.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+def image_entries(folder: Path, spatial_dims: int) -> tuple[list[Path], list[Path]]:
+    """The images of ``folder`` (files with an image suffix and, for 3D, subfolders holding a DICOM
+    series; hidden entries such as macOS ``._*`` ignored), and the other entries, both sorted."""
+    images, others = [], []
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        is_file_image = path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES[spatial_dims])
+        is_series = spatial_dims == 3 and path.is_dir() and is_dicom_series(path)
+        (images if is_file_image or is_series else others).append(path)
+    return images, others
 
 
 def _read_nifti(path: Path) -> Image:
@@ -106,14 +126,55 @@ def _read_sitk(path: Path, series: bool) -> Image:
     channels_last = array.ndim == dims + 1
     array = np.moveaxis(array, -1, 0) if channels_last else array[None]
     array = np.ascontiguousarray(np.moveaxis(array, list(range(1, dims + 1)), list(range(dims, 0, -1))))  # -> x, y, z
-    direction = np.asarray(image.GetDirection()).reshape(dims, dims)
-    affine = np.eye(4)
-    affine[:dims, :dims] = direction * np.asarray(image.GetSpacing())
-    affine[:dims, 3] = image.GetOrigin()
-    affine[:2] *= -1  # SimpleITK is LPS, NIfTI and MONAI are RAS
     if array.dtype.kind == "f" and array.dtype != np.float32:
         array = array.astype(np.float32)
-    return Image(array, affine, path)
+    return Image(array, sitk_affine(image), path)
+
+
+def sitk_affine(image) -> np.ndarray:
+    """The RAS voxel-to-world affine (4 x 4) of a SimpleITK image or image file reader (LPS geometry)."""
+    dims = image.GetDimension()
+    affine = np.eye(4)
+    affine[:dims, :dims] = np.asarray(image.GetDirection()).reshape(dims, dims) * np.asarray(image.GetSpacing())
+    affine[:dims, 3] = image.GetOrigin()
+    affine[:2] *= -1  # SimpleITK is LPS, NIfTI and MONAI are RAS
+    return affine
+
+
+@dataclass
+class Header:
+    """An image's grid without its voxels: ``shape`` as NIfTI gives it (spatial axes, then channels when
+    there are several) and the RAS ``affine``."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+
+def read_header(path: str | Path) -> Header:
+    """The grid of an image file without reading its voxels (a DICOM series folder is read whole)."""
+    path = Path(path)
+    if path.is_dir() or not path.name.lower().endswith(NIFTI_SUFFIXES + SITK_SUFFIXES):
+        image = read_image(path)
+        channels = image.array.shape[:1] if image.array.shape[0] > 1 else ()
+        return Header(image.array.shape[1:] + channels, image.affine)
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        try:
+            nifti = nib.load(path)
+        except Exception as error:  # nibabel raises many types for broken headers
+            raise DataError(path, f"unreadable NIfTI header ({type(error).__name__}: {error})") from error
+        return Header(tuple(nifti.shape), np.asarray(nifti.affine, dtype=np.float64))
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise DataError(path, f"unreadable by SimpleITK ({str(error).strip().splitlines()[-1]})") from error
+    channels = reader.GetNumberOfComponents()
+    return Header(tuple(reader.GetSize()) + ((channels,) if channels > 1 else ()), sitk_affine(reader))
 
 
 LABEL_ROUNDING = 1e-3

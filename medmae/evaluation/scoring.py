@@ -1,7 +1,8 @@
 """Score segmentations already on disk (``medmae score``; later ``medmae evaluate`` scores the same way).
 
-Files are matched by case id: the file name without ``.nii``/``.nii.gz``; where the names differ by a
-prefix only (BTCV's ``img0001`` and ``label0001``), by the number that ends them.
+Files (NIfTI, NRRD, MetaImage, DICOM series folders) are matched by case id: the file name without its
+suffix (``.nii.gz``, ``.nrrd``, ...); where the names differ by a prefix only (BTCV's ``img0001`` and
+``label0001``), by the number that ends them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from medmae.data.cases import case_id
 from medmae.data.check import AFFINE_TOLERANCE_MM
-from medmae.data.readers import integer_labels, read_image
+from medmae.data.readers import VOLUME_SUFFIXES, image_entries, integer_labels, read_header, read_image
 from medmae.errors import DataError, UserError
 from medmae.evaluation.figures import save_case_sheet, to_ras
 from medmae.evaluation.metrics import class_masks, score_masks
@@ -25,21 +26,18 @@ from medmae.evaluation.reports import empty_rule, per_case_row, summarise, write
 from medmae.tasks import TaskSpec
 
 
-def nifti_files(folder: Path) -> dict[str, Path]:
-    """Case id -> NIfTI file of ``folder`` (hidden files such as macOS ``._*`` are ignored); two files
-    of one case id (``a.nii`` and ``a.nii.gz``) are an error."""
+def volume_files(folder: Path) -> dict[str, Path]:
+    """Case id -> 3D image of ``folder`` (NIfTI, NRRD, MetaImage files, DICOM series subfolders; hidden
+    files such as macOS ``._*`` ignored); two files of one case id (``a.nii`` and ``a.nii.gz``) are an error."""
     if not folder.is_dir():
         raise DataError(folder, "no such folder")
     files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.endswith((".nii", ".nii.gz")) and not path.name.startswith("."):
-            if case_id(path) in files:
-                raise DataError(
-                    folder, f"two files for case {case_id(path)}: {files[case_id(path)].name} and {path.name}"
-                )
-            files[case_id(path)] = path
+    for path in image_entries(folder, 3)[0]:
+        if (case := case_id(path)) in files:
+            raise DataError(folder, f"two files for case {case}: {files[case].name} and {path.name}")
+        files[case] = path
     if not files:
-        raise DataError(folder, "holds no .nii or .nii.gz files")
+        raise DataError(folder, f"holds no {', '.join(VOLUME_SUFFIXES)} files or DICOM series")
     return files
 
 
@@ -63,24 +61,23 @@ def pair_files(references: dict[str, Path], others: dict[str, Path]) -> dict[str
     return pairs
 
 
-def _spatial_shape(image: nib.Nifti1Image, dims: int) -> tuple[int, ...] | str:
+def _spatial_shape(shape: tuple[int, ...], dims: int) -> tuple[int, ...] | str:
     """The shape of a single-channel label map, or the problem (a trailing axis of length 1 is allowed)."""
-    shape = image.shape
     if len(shape) == dims + 1 and shape[-1] == 1:
         shape = shape[:-1]
-    return shape if len(shape) == dims else f"shape {image.shape} is not a {dims}D label map with one channel"
+    return shape if len(shape) == dims else f"shape {shape} is not a {dims}D label map with one channel"
 
 
 def _grid_problem(task: TaskSpec, other: Path, ref: Path, what: str = "prediction") -> str | None:
     """Why ``other`` (a prediction, or an image for the figure) does not share the reference's grid.
     The reference and a prediction must be single-channel label maps; an image may have channels."""
     try:
-        o, r = nib.load(other), nib.load(ref)
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types for broken headers
-        return f"unreadable NIfTI header ({type(error).__name__}: {error})"
+        o, r = read_header(other), read_header(ref)
+    except DataError as error:
+        return str(error)
     label_maps = [("reference", r)] + ([(what, o)] if what == "prediction" else [])
-    for name, image in label_maps:
-        shape = _spatial_shape(image, task.spatial_dims)
+    for name, header in label_maps:
+        shape = _spatial_shape(header.shape, task.spatial_dims)
         if isinstance(shape, str):
             return f"{name} {shape}"
     if o.shape[: task.spatial_dims] != r.shape[: task.spatial_dims]:
@@ -117,9 +114,9 @@ def match_and_check(
     """Pairs (prediction, reference) and images per case id, and notes. Every missing prediction or image
     and every grid mismatch is collected and raised together as a :class:`UserError` naming the cases,
     before anything is scored."""
-    references, predictions = nifti_files(ref_dir), nifti_files(pred_dir)
+    references, predictions = volume_files(ref_dir), volume_files(pred_dir)
     matched = pair_files(references, predictions)
-    images = pair_files(references, nifti_files(image_dir)) if image_dir else {}
+    images = pair_files(references, volume_files(image_dir)) if image_dir else {}
     problems = [f"{case}: no prediction in {pred_dir}" for case in references if case not in matched]
     problems += [f"{case}: no image in {image_dir}" for case in references if image_dir and case not in images]
     pairs = {case: (matched[case], references[case]) for case in sorted(matched)}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -18,26 +17,16 @@ from medmae.config import from_dict
 from medmae.data.cases import Case, case_id
 from medmae.data.check import read_errors
 from medmae.data.loaders import CaseDataset
-from medmae.data.readers import read_image
+from medmae.data.readers import IMAGE_SUFFIXES, image_entries, is_dicom_series, read_image
+from medmae.data.writers import label_map_suffix, write_label_map, write_probabilities
 from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
 from medmae.evaluation.reports import write_csv
-from medmae.files import removed_on_error, write_nifti
+from medmae.files import removed_on_error
 from medmae.inference.classify import classify
-from medmae.inference.segment import segment, to_label_map, to_original_grid
+from medmae.inference.segment import background_outside, segment, to_label_map, to_original_grid
 from medmae.models.registry import rebuild_model
 from medmae.tasks import TaskSpec, task_from_record
-
-IMAGE_SUFFIXES = {2: (".png", ".dcm"), 3: (".nii", ".nii.gz")}
-
-
-def save_label_map(labels: np.ndarray, like: Path, path: Path) -> Path:
-    """Write ``labels`` (uint8) as NIfTI with the affine of the image ``like``, atomically."""
-    affine = nib.load(like).affine
-    image = nib.Nifti1Image(labels.astype(np.uint8), affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    return write_nifti(image, path)
 
 
 def predict_volumes(
@@ -48,17 +37,28 @@ def predict_volumes(
     output: Path,
     device: torch.device,
     progress: bool = True,
+    save_probabilities: bool = False,
 ) -> dict[str, Path]:
-    """Segment each case's image and write ``<output>/<case id>.nii.gz`` on the image's own grid."""
+    """Segment each case's image and write ``<output>/<case id><suffix>`` on the image's own grid, in the
+    image's format (:func:`medmae.data.writers.label_map_suffix`); with ``save_probabilities`` also
+    ``<case id>.npz``, the class probabilities ``[K, *S]`` on that grid."""
     cfg = from_dict(run_config, "checkpoint")
     dataset = CaseDataset(task, cases, "inference")
     written = {}
     for index, case in enumerate(tqdm(cases, desc="predicting", unit="case", disable=not progress)):
         item = dataset[index]  # a file that cannot be read raises a DataError naming it
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, device)
-        labels = to_label_map(task, to_original_grid(dataset.transform, item, probabilities))
-        written[case.id] = save_label_map(labels.numpy(), case.image, output / f"{case.id}.nii.gz")
+        on_grid = background_outside(task, to_original_grid(dataset.transform, item, probabilities))
+        labels = to_label_map(task, on_grid).numpy()
+        written[case.id] = write_label_map(labels, case.image, output / label_map_name(case))
+        if save_probabilities:
+            write_probabilities(on_grid.numpy(), task.class_names, output / f"{case.id}.npz")
     return written
+
+
+def label_map_name(case: Case) -> str:
+    """``<case id>`` with the suffix of the input's format (see :func:`label_map_suffix`)."""
+    return case.id + label_map_suffix(case.image)
 
 
 def load_finetuned(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Module, dict, TaskSpec, torch.device]:
@@ -77,29 +77,42 @@ def load_finetuned(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Mod
     return model, payload, task_from_record(payload["task"], str(checkpoint)), device
 
 
-def input_files(source: Path, task: TaskSpec) -> list[Path]:
-    """``source`` itself, or the image files of the folder ``source`` (hidden files ignored)."""
+def input_files(source: Path, task: TaskSpec) -> tuple[list[Path], list[Path]]:
+    """The images to predict, and the entries of a folder that are skipped as not images: ``source``
+    itself (a file, or a DICOM series folder for 3D tasks), or the images of the folder ``source``
+    (:func:`medmae.data.readers.image_entries`)."""
     if source.is_file():
-        return [source]
+        return [source], []
     if not source.is_dir():
         raise DataError(source, "no such file or folder")
-    suffixes = IMAGE_SUFFIXES[task.spatial_dims]
-    files = sorted(p for p in source.iterdir() if p.name.lower().endswith(suffixes) and not p.name.startswith("."))
+    files, others = image_entries(source, task.spatial_dims)
+    if not files and task.spatial_dims == 3 and is_dicom_series(source):
+        return [source], []
     if not files:
-        raise DataError(source, f"holds no {' or '.join(suffixes)} files")
-    return files
+        series = " or DICOM series" if task.spatial_dims == 3 else ""
+        raise DataError(source, f"holds no {' or '.join(IMAGE_SUFFIXES[task.spatial_dims])} files{series}")
+    return files, others
 
 
 def predict(
-    checkpoint: str, source: str, output_dir: str, progress: bool = True, inside_input: bool = False
+    checkpoint: str,
+    source: str,
+    output_dir: str,
+    progress: bool = True,
+    inside_input: bool = False,
+    save_probabilities: bool = False,
 ) -> list[Path]:
-    """Predictions for a file or a folder of files: label maps (NIfTI, same grid and affine) for 3D tasks,
+    """Predictions for a file or a folder of files: label maps (same grid and orientation, in the input's
+    format; with ``save_probabilities`` also the probabilities, see :func:`predict_volumes`) for 3D tasks,
     ``probabilities.csv`` for 2D classification. Every input is read and checked before anything is written;
     the output folder may lie inside the input folder only with ``inside_input``, and an input file is
     never overwritten. A failure leaves nothing new in the output folder."""
     model, payload, task, device = load_finetuned(checkpoint)
     source_path, output = Path(source).resolve(), Path(output_dir).resolve()
-    files = input_files(source_path, task)
+    files, skipped = input_files(source_path, task)
+    if skipped:
+        shown = ", ".join(p.name for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        print(f"note: {len(skipped)} entries of {source_path} are not images and are skipped: {shown}")
     folder = source_path if source_path.is_dir() else source_path.parent
     if not inside_input and (output == folder or folder in output.parents):
         raise UserError(
@@ -109,7 +122,7 @@ def predict(
     cases = [Case(case_id(path), path) for path in files]
     if len({c.id for c in cases}) != len(cases):
         raise UserError(f"{source}: two files share a case id; predictions would overwrite each other")
-    targets = {output / "probabilities.csv"} if task.is_classification else {output / f"{c.id}.nii.gz" for c in cases}
+    targets = {output / "probabilities.csv"} if task.is_classification else {output / label_map_name(c) for c in cases}
     clash = sorted(str(t) for t in targets if t in files or (folder in t.parents and t.exists()))
     if clash:
         raise UserError(
@@ -127,7 +140,8 @@ def predict(
             table.insert(0, "image_id", ids)
             table.insert(1, "file", [str(c.image) for c in cases])
             return [write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])]
-        return list(predict_volumes(model, task, payload["run_config"], cases, output, device, progress).values())
+        config = payload["run_config"]
+        return list(predict_volumes(model, task, config, cases, output, device, progress, save_probabilities).values())
 
 
 def refuse_unreadable(task: TaskSpec, files: list[Path], progress: bool = True) -> None:

@@ -72,3 +72,13 @@ def to_original_grid(transform: Compose, item: dict[str, Any], probabilities: to
     pred = MetaTensor(probabilities, meta=dict(image.meta), applied_operations=list(image.applied_operations))
     inverter = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)
     return torch.as_tensor(inverter({"image": image, "pred": pred})["pred"])
+
+
+def background_outside(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
+    """Label probabilities ``[K, *S]`` on the original grid with the mass that inverting a crop or pad
+    left out (zeros outside the processed region, partial sums at its border) given to the background,
+    so that every voxel's probabilities sum to 1; region (sigmoid) probabilities are returned as they are."""
+    if task.regions:
+        return probabilities
+    missing = (1 - probabilities.sum(dim=0)).clamp(min=0)
+    return torch.cat([probabilities[:1] + missing, probabilities[1:]])

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from medmae.data.readers import read_image
+from medmae.data.readers import image_entries, read_header, read_image
 from medmae.errors import DataError
+from tests.helpers import convert_image, write_dicom_series
 
 
 def save_nifti(path, array, affine=None):
@@ -48,22 +49,38 @@ def test_nrrd_and_dicom_series_through_simpleitk(tmp_path):
     sitk.WriteImage(sitk.ReadImage(str(tmp_path / "r.nii.gz")), str(tmp_path / "r.nrrd"))
     nrrd = read_image(tmp_path / "r.nrrd")
     assert np.array_equal(nrrd.array, reference.array) and np.allclose(nrrd.affine, reference.affine)
-    series = tmp_path / "series"
-    series.mkdir()
-    image = sitk.ReadImage(str(tmp_path / "r.nii.gz"))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(image.GetDepth()):
-        slice_ = image[:, :, z]
-        slice_.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
-        slice_.SetMetaData("0020|0013", str(z))
-        slice_.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
-        slice_.SetMetaData("0018|0050", "2.5")
-        writer.SetFileName(str(series / f"{z:03d}.dcm"))
-        writer.Execute(slice_)
+    series = write_dicom_series(tmp_path / "r.nii.gz", tmp_path / "series")
     dicom = read_image(series)
     assert np.array_equal(dicom.array, reference.array)
     assert np.allclose(dicom.spacing, (0.8, 0.9, 2.5), atol=1e-3)
+
+
+def test_a_header_gives_the_grid_of_every_format_as_reading_the_image_does(tmp_path):
+    affine = np.array([[0, -0.9, 0, 5], [0.8, 0, 0, -7], [0, 0, 2.5, 30], [0, 0, 0, 1]])
+    nifti = save_nifti(tmp_path / "r.nii.gz", np.arange(120, dtype=np.int16).reshape(4, 5, 6), affine)
+    files = [nifti, convert_image(nifti, tmp_path / "r.nrrd"), convert_image(nifti, tmp_path / "r.mha")]
+    for path in [*files, write_dicom_series(nifti, tmp_path / "series")]:
+        header, image = read_header(path), read_image(path)
+        assert header.shape == (4, 5, 6) and np.allclose(header.affine, image.affine, atol=1e-4), path
+        assert np.allclose(header.affine, affine, atol=1e-4), path
+    four = save_nifti(tmp_path / "four.nii.gz", np.zeros((4, 5, 6, 2), np.float32))
+    assert read_header(convert_image(four, tmp_path / "four.nrrd")).shape == read_header(four).shape == (4, 5, 6, 2)
+    (tmp_path / "bad.mha").write_text("junk")
+    with pytest.raises(DataError, match="bad.mha: unreadable by SimpleITK"):
+        read_header(tmp_path / "bad.mha")
+
+
+def test_a_folder_lists_its_image_files_and_dicom_series_apart_from_the_rest(tmp_path):
+    nifti = save_nifti(tmp_path / "a.nii.gz", np.zeros((4, 5, 6), np.float32))
+    convert_image(nifti, tmp_path / "b.NRRD")
+    write_dicom_series(nifti, tmp_path / "c")
+    (tmp_path / "empty").mkdir()
+    for name in ("notes.txt", "._a.nii.gz", "d.png"):
+        (tmp_path / name).write_bytes(b"")
+    images, others = image_entries(tmp_path, 3)
+    assert [p.name for p in images] == ["a.nii.gz", "b.NRRD", "c"]
+    assert [p.name for p in others] == ["d.png", "empty", "notes.txt"]
+    assert [p.name for p in image_entries(tmp_path, 2)[0]] == ["d.png"]
 
 
 def test_broken_files_are_named_with_the_problem(tmp_path):

@@ -8,9 +8,10 @@ import pytest
 
 from medmae.checkpoint import CheckpointError, load_checkpoint, model_checkpoint, save_checkpoint
 from medmae.errors import DataError
-from medmae.inference.predict import input_files, load_finetuned, save_label_map
+from medmae.inference.predict import input_files, load_finetuned
 from medmae.models import create_model
 from medmae.tasks import load_task
+from tests.helpers import write_dicom_series
 
 
 def test_a_finetuned_checkpoint_loads_in_eval_mode_with_its_task(demo_checkpoint):
@@ -34,20 +35,24 @@ def test_pretraining_and_incomplete_checkpoints_are_refused(tmp_path):
 
 def test_input_files_are_the_file_or_the_folder_images_without_hidden_ones(tmp_path):
     task = load_task("demo")
-    for name in ("b.nii.gz", "a.nii", "._a.nii", "notes.txt"):
+    for name in ("b.nii.gz", "a.nii", "c.nrrd", "d.mha", "._a.nii", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in input_files(tmp_path, task)] == ["a.nii", "b.nii.gz"]
-    assert input_files(tmp_path / "a.nii", task) == [tmp_path / "a.nii"]
+    files, skipped = input_files(tmp_path, task)
+    assert [p.name for p in files] == ["a.nii", "b.nii.gz", "c.nrrd", "d.mha"] and [p.name for p in skipped] == [
+        "notes.txt"
+    ]
+    assert input_files(tmp_path / "a.nii", task) == ([tmp_path / "a.nii"], [])
     with pytest.raises(DataError, match="holds no .png or .dcm files"):
         input_files(tmp_path, load_task("chestxray14"))
     with pytest.raises(DataError, match="no such file or folder"):
         input_files(tmp_path / "missing", task)
 
 
-def test_a_label_map_is_written_as_uint8_with_the_image_affine(tmp_path):
-    affine = np.diag([0.8, 0.8, 2.5, 1.0])
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), affine), tmp_path / "image.nii.gz")
-    labels = np.random.default_rng(0).integers(0, 3, (4, 5, 6))
-    written = nib.load(save_label_map(labels, tmp_path / "image.nii.gz", tmp_path / "out" / "image.nii.gz"))
-    assert written.get_data_dtype() == np.uint8 and np.array_equal(written.get_fdata(), labels)
-    assert np.allclose(written.affine, affine) and int(written.header["qform_code"]) == 1
+def test_a_dicom_series_folder_is_one_input_and_a_folder_of_series_is_many(tmp_path):
+    image = tmp_path / "image.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(4, 5, 6), np.eye(4)), image)
+    write_dicom_series(image, tmp_path / "patients" / "p1")
+    write_dicom_series(image, tmp_path / "patients" / "p2")
+    task = load_task("demo")
+    assert input_files(tmp_path / "patients" / "p1", task) == ([tmp_path / "patients" / "p1"], [])
+    assert [p.name for p in input_files(tmp_path / "patients", task)[0]] == ["p1", "p2"]

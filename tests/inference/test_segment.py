@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medmae.inference.segment import to_label_map
+from medmae.inference.segment import background_outside, to_label_map
 from medmae.tasks import load_task
 
 
@@ -49,3 +49,16 @@ def test_sliding_window_segmentation_gives_probabilities_on_the_image_grid():
     probabilities = segment(model, task, torch.randn(1, 60, 50, 40), InferConfig(), "fp32", torch.device("cpu"))
     assert probabilities.shape == (5, 60, 50, 40) and probabilities.device.type == "cpu"
     torch.testing.assert_close(probabilities.sum(0), torch.ones(60, 50, 40))
+
+
+def test_what_a_crop_left_out_of_the_original_grid_is_background():
+    labels = load_task("demo")
+    inside = torch.softmax(torch.randn(5, 4, 4, 4), dim=0)
+    on_grid = torch.zeros(5, 6, 4, 4)  # two planes outside the crop, then its border plane blended halfway
+    on_grid[:, 1], on_grid[:, 2:] = 0.5 * inside[:, 0], inside[:, :4]
+    completed = background_outside(labels, on_grid)
+    assert torch.allclose(completed.sum(dim=0), torch.ones(6, 4, 4))
+    assert (completed[0, 0] == 1).all() and torch.equal(completed[1:], on_grid[1:])
+    assert torch.allclose(completed[0, 1], 0.5 + 0.5 * inside[0, 0])
+    regions = load_task("msd_brain")
+    assert torch.equal(background_outside(regions, on_grid[:3]), on_grid[:3])  # sigmoid: nothing to give
