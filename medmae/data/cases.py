@@ -10,13 +10,21 @@ ID_SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".nhdr", ".mha", ".mhd", ".dc
 
 @dataclass(frozen=True)
 class Case:
-    """One case: an image file, a label file (segmentation) or targets (classification, one 0/1 per finding)."""
+    """One case: an image file, a label file (segmentation) or targets (classification, one 0/1 per finding).
+    Where each channel has a file of its own (nnU-Net's ``case_0000``, ``case_0001``, ...), ``image`` is the
+    first channel's file and ``more_channels`` the others, in order."""
 
     id: str
     image: Path
     label: Path | None = None
     targets: tuple[int, ...] | None = None
     patient: str | None = None
+    more_channels: tuple[Path, ...] = ()
+
+    @property
+    def image_files(self) -> tuple[Path, ...]:
+        """Every file of the image, one per channel file, in channel order."""
+        return (self.image, *self.more_channels)
 
 
 @dataclass

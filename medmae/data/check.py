@@ -14,11 +14,10 @@ import numpy as np
 from tqdm import tqdm
 
 from medmae.data.cases import Case, Split
-from medmae.data.readers import Image, integer_labels, read_image
+from medmae.data.readers import AFFINE_TOLERANCE_MM, Image, integer_labels, read_channels, read_image
 from medmae.errors import DataError
 from medmae.tasks import TaskSpec
 
-AFFINE_TOLERANCE_MM = 1e-3
 EXTREME_INTENSITY = 1e10  # far beyond HU, MR units, PET Bq/ml; float32 overflows in statistics near 1e19
 
 
@@ -112,7 +111,7 @@ def check_case(task: TaskSpec, case: Case) -> CaseReport:
     """Read one case and collect its errors and warnings; never raises for bad data."""
     report = CaseReport(case)
     try:
-        image = read_image(case.image)
+        image = read_channels(case.image_files)
     except DataError as error:
         report.errors.append(str(error))
         image = None

@@ -297,7 +297,7 @@ def disk_store(
     key = {
         "medmae": medmae.__version__,
         "task": dataset.task.record,
-        "cases": [[c.id, str(c.image), c.image.stat().st_size, c.image.stat().st_mtime_ns] for c in dataset.cases],
+        "cases": [[c.id, *[v for f in c.image_files for v in _file_key(f)]] for c in dataset.cases],
     }
     name = (
         f"{dataset.task.name}_{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
@@ -312,6 +312,11 @@ def disk_store(
             time.sleep(poll_seconds)
     shapes = torch.tensor(json.loads(index.read_text())["shapes"])
     return torch.from_numpy(np.load(data, mmap_mode="c")), shapes
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """What identifies a file's content for the cache: its path, size and modification time."""
+    return str(path), path.stat().st_size, path.stat().st_mtime_ns
 
 
 def _write_store(dataset: CaseDataset, data: Path, index: Path, progress: bool) -> None:

@@ -22,7 +22,8 @@ log = logging.getLogger("medmae")
 
 def case_dict(case: Case, with_label: bool = True) -> dict[str, Any]:
     """The MONAI input of one case: file paths, the targets vector for classification, and its id."""
-    d: dict[str, Any] = {"image": str(case.image), "case_id": case.id}
+    image = [str(path) for path in case.image_files] if case.more_channels else str(case.image)
+    d: dict[str, Any] = {"image": image, "case_id": case.id}
     if with_label and case.label is not None:
         d["label"] = str(case.label)
     elif with_label and case.targets is not None:

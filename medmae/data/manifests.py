@@ -1,7 +1,7 @@
 """Which cases a task has and how they split into train, validation and test parts.
 
 Where the cases come from, first found wins: ``--manifest FILE``; ``dataset_0.json`` or ``dataset.json``
-at the data root (MONAI datalist / MSD format); the stored ``data_manifests/<task>.json``; for
+at the data root (MONAI datalist, MSD or nnU-Net v2 format); the stored ``data_manifests/<task>.json``; for
 ChestX-ray14 the official list files (see :mod:`medmae.data.chestxray`).
 
 Splits: ``datalist`` (the parts a datalist names: its ``test`` list if labelled, else its ``validation``
@@ -23,6 +23,7 @@ from medmae import resource_dir
 from medmae.data.cases import Case, Split, case_id
 from medmae.data.chestxray import chestxray_split
 from medmae.data.layout import DATALISTS, check_layout, found_instead, inside, layout_help, resolve_data_root
+from medmae.data.nnunet import is_nnunet, read_nnunet
 from medmae.errors import DataError, UserError
 from medmae.tasks import TaskSpec
 
@@ -33,13 +34,20 @@ FOLD_SEED = 0
 def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
     """A MONAI datalist / MSD ``dataset.json``: the labelled entries of ``training``, ``validation`` and
     ``test``, and under ``unlabelled`` every entry without a label (an image path, or a dict with no
-    ``label``; once, however many parts name it)."""
+    ``label``; once, however many parts name it). An nnU-Net v2 ``dataset.json`` is read from its folders
+    (:func:`medmae.data.nnunet.read_nnunet`). A UTF-8 byte-order mark is accepted."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(path, f"unreadable JSON manifest ({error})") from error
+    if is_nnunet(raw):
+        return read_nnunet(path, raw, root)
     if not isinstance(raw, dict) or not isinstance(raw.get("training"), list):
-        raise DataError(path, 'a manifest needs a \'training\' list of {"image": ..., "label": ...} entries')
+        raise DataError(
+            path,
+            'a manifest needs a \'training\' list of {"image": ..., "label": ...} entries (MSD, MONAI), or '
+            "'channel_names' and 'file_ending' (nnU-Net v2)",
+        )
     parts = {"training": [], "validation": [], "test": [], "unlabelled": []}
     seen = {}
     listed = set()

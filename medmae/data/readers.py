@@ -14,6 +14,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_SUFFIXES = {2: (".png", ".dcm"), 3: VOLUME_SUFFIXES}
+AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass
@@ -52,6 +53,25 @@ def read_image(path: str | Path) -> Image:
         f"unsupported file type; medmae reads {', '.join(NIFTI_SUFFIXES + ('.png',) + SITK_SUFFIXES)} "
         "and DICOM series folders",
     )
+
+
+def read_channels(paths: str | Path | list | tuple) -> Image:
+    """Read an image from one file (or series folder), or from one file per channel, stacked in order; the
+    channel files must share the first one's grid (shape, and affine within 1e-3 mm)."""
+    if isinstance(paths, (str, Path)):
+        return read_image(paths)
+    images = [read_image(path) for path in paths]
+    first = images[0]
+    for image in images[1:]:
+        if image.array.shape[1:] != first.array.shape[1:]:
+            raise DataError(
+                image.path, f"shape {image.array.shape[1:]} differs from {first.path.name}'s {first.array.shape[1:]}"
+            )
+        if not np.allclose(image.affine, first.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+            gap = np.abs(image.affine - first.affine).max()
+            raise DataError(image.path, f"affine differs from {first.path.name}'s by up to {gap:.4g} mm")
+    arrays = [image.array.astype(np.float32) if len(images) > 1 else image.array for image in images]
+    return Image(np.concatenate(arrays), first.affine, first.path)
 
 
 def is_dicom_series(folder: Path) -> bool:

@@ -49,7 +49,7 @@ from monai.transforms import (
 )
 
 from medmae.data.check import read_errors
-from medmae.data.readers import integer_labels, read_image
+from medmae.data.readers import integer_labels, read_channels
 from medmae.errors import DataError
 from medmae.tasks import TaskSpec
 
@@ -63,7 +63,8 @@ def is_nonzero(x: torch.Tensor) -> torch.Tensor:
 
 
 class ReadImaged(MapTransform):
-    """Read each key's file with :func:`medmae.data.readers.read_image` into a MetaTensor ``[C, *S]``
+    """Read each key's file (or list of channel files) with :func:`medmae.data.readers.read_channels` into
+    a MetaTensor ``[C, *S]``
     carrying the affine; images become float32, labels integers (float labels rounded, see
     :func:`medmae.data.readers.integer_labels`). With ``task``, a file that ``medmae data check`` would
     call an error (dimensionality, channels, NaN, inf or intensities beyond 1e10, label grid or values;
@@ -75,7 +76,7 @@ class ReadImaged(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        read = {key: read_image(d[key]) for key in self.key_iterator(d)}
+        read = {key: read_channels(d[key]) for key in self.key_iterator(d)}
         if self.task is not None and "image" in read:
             errors = read_errors(self.task, read["image"], read.get("label"))
             if errors:

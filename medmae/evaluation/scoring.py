@@ -17,8 +17,14 @@ import pandas as pd
 from tqdm import tqdm
 
 from medmae.data.cases import case_id
-from medmae.data.check import AFFINE_TOLERANCE_MM
-from medmae.data.readers import VOLUME_SUFFIXES, image_entries, integer_labels, read_header, read_image
+from medmae.data.readers import (
+    AFFINE_TOLERANCE_MM,
+    VOLUME_SUFFIXES,
+    image_entries,
+    integer_labels,
+    read_header,
+    read_image,
+)
 from medmae.errors import DataError, UserError
 from medmae.evaluation.figures import save_case_sheet, to_ras
 from medmae.evaluation.metrics import class_masks, score_masks

@@ -3,6 +3,7 @@ grid for 3D tasks, probabilities per finding for 2D classification; nothing is w
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from medmae.config import from_dict
 from medmae.data.cases import Case, case_id
 from medmae.data.check import read_errors
 from medmae.data.loaders import CaseDataset
-from medmae.data.readers import IMAGE_SUFFIXES, image_entries, is_dicom_series, read_image
+from medmae.data.readers import IMAGE_SUFFIXES, image_entries, is_dicom_series, read_channels
 from medmae.data.writers import label_map_suffix, write_label_map, write_probabilities
 from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
@@ -94,6 +95,29 @@ def input_files(source: Path, task: TaskSpec) -> tuple[list[Path], list[Path]]:
     return files, others
 
 
+def input_cases(files: list[Path], channels: int) -> list[Case]:
+    """One case per file, named by :func:`case_id`; or, where every file is named as nnU-Net's
+    ``<case>_<NNNN><suffix>`` and each case has all ``channels`` files ``_0000`` ...,  one case per
+    ``<case>`` with its channel files in order. Two files of one case id are refused, naming both."""
+    ids = [case_id(path) for path in files]
+    named = [re.fullmatch(r"(.+)_(\d{4})", case) for case in ids]
+    if all(named):
+        groups: dict[str, dict[int, Path]] = {}
+        for match, path in zip(named, files):
+            groups.setdefault(match.group(1), {})[int(match.group(2))] = path
+        if all(sorted(group) == list(range(channels)) for group in groups.values()):
+            ordered = {case: [group[k] for k in range(channels)] for case, group in groups.items()}
+            return [Case(case, paths[0], more_channels=tuple(paths[1:])) for case, paths in ordered.items()]
+    cases: dict[str, Case] = {}
+    for case, path in zip(ids, files):
+        if case in cases:
+            raise UserError(
+                f"{cases[case].image} and {path}: two files of case {case}; predictions would overwrite each other"
+            )
+        cases[case] = Case(case, path)
+    return list(cases.values())
+
+
 def predict(
     checkpoint: str,
     source: str,
@@ -119,16 +143,14 @@ def predict(
             f"--output-dir {output} lies inside the input folder {folder}; choose a folder outside it "
             "(or pass --allow-output-inside-input)"
         )
-    cases = [Case(case_id(path), path) for path in files]
-    if len({c.id for c in cases}) != len(cases):
-        raise UserError(f"{source}: two files share a case id; predictions would overwrite each other")
+    cases = input_cases(files, task.in_channels)
     targets = {output / "probabilities.csv"} if task.is_classification else {output / label_map_name(c) for c in cases}
     clash = sorted(str(t) for t in targets if t in files or (folder in t.parents and t.exists()))
     if clash:
         raise UserError(
             f"{clash[0]}: a file of the input folder would be overwritten by a prediction; choose another --output-dir"
         )
-    refuse_unreadable(task, files, progress)
+    refuse_unreadable(task, cases, progress)
     with removed_on_error(output):
         if task.is_classification:
             cfg = from_dict(payload["run_config"], checkpoint)
@@ -144,12 +166,12 @@ def predict(
         return list(predict_volumes(model, task, config, cases, output, device, progress, save_probabilities).values())
 
 
-def refuse_unreadable(task: TaskSpec, files: list[Path], progress: bool = True) -> None:
-    """Read every file as the model would and raise :class:`UserError` listing each that cannot be used."""
+def refuse_unreadable(task: TaskSpec, cases: list[Case], progress: bool = True) -> None:
+    """Read every case's image as the model would and raise :class:`UserError` listing each that cannot be used."""
     problems = []
-    for path in tqdm(files, desc="checking inputs", unit="file", disable=not progress or len(files) < 2):
+    for case in tqdm(cases, desc="checking inputs", unit="case", disable=not progress or len(cases) < 2):
         try:
-            problems += read_errors(task, read_image(path))
+            problems += read_errors(task, read_channels(case.image_files))
         except DataError as error:
             problems.append(str(error))
     if problems:

@@ -3,6 +3,8 @@ input's format; ``medmae score`` reads them back."""
 
 from __future__ import annotations
 
+import shutil
+
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -63,3 +65,13 @@ def test_saved_probabilities_lie_on_the_input_grid_and_give_the_label_map(capsys
     assert probabilities.dtype == np.float32 and probabilities.shape == (5, *nib.load(image).shape)
     assert np.allclose(probabilities.sum(axis=0), 1, atol=1e-4)
     assert np.array_equal(probabilities.argmax(axis=0), labels)
+
+
+def test_nnunet_named_inputs_give_predictions_named_as_nnunet_does(capsys, demo_root, demo_checkpoint, tmp_path):
+    inputs = tmp_path / "imagesTs"
+    inputs.mkdir()
+    shutil.copy(demo_root / "imagesTr" / "img0003.nii.gz", inputs / "case_0003_0000.nii.gz")
+    output = tmp_path / "predictions"
+    argv = ["predict", "--checkpoint", str(demo_checkpoint), "--input", str(inputs), "--output-dir", str(output)]
+    assert main([*argv, "--quiet"]) == 0
+    assert [p.name for p in output.iterdir()] == ["case_0003.nii.gz"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from medmae.checkpoint import CheckpointError, load_checkpoint, model_checkpoint, save_checkpoint
-from medmae.errors import DataError
-from medmae.inference.predict import input_files, load_finetuned
+from medmae.errors import DataError, UserError
+from medmae.inference.predict import input_cases, input_files, load_finetuned
 from medmae.models import create_model
 from medmae.tasks import load_task
 from tests.helpers import write_dicom_series
@@ -56,3 +56,13 @@ def test_a_dicom_series_folder_is_one_input_and_a_folder_of_series_is_many(tmp_p
     task = load_task("demo")
     assert input_files(tmp_path / "patients" / "p1", task) == ([tmp_path / "patients" / "p1"], [])
     assert [p.name for p in input_files(tmp_path / "patients", task)[0]] == ["p1", "p2"]
+
+
+def test_nnunet_channel_files_become_one_case_named_without_the_channel_suffix(tmp_path):
+    files = [tmp_path / name for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz")]
+    cases = input_cases(files, channels=2)
+    assert [(c.id, c.image_files) for c in cases] == [("a", tuple(files[:2])), ("b", tuple(files[2:]))]
+    assert [c.id for c in input_cases(files[::2], channels=1)] == ["a", "b"]
+    assert [c.id for c in input_cases(files, channels=1)] == [p.name[:-7] for p in files]  # not nnU-Net's naming
+    with pytest.raises(UserError, match=r"x.nii and .*x.nii.gz: two files of case x"):
+        input_cases([tmp_path / "x.nii", tmp_path / "x.nii.gz"], channels=1)

@@ -1,0 +1,110 @@
+"""nnU-Net v2 raw datasets read as they are: one file per channel, case ids without the channel suffix,
+labels from labelsTr, imagesTs as unlabelled images; each broken layout named."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medmae.cli import main
+from medmae.data.manifests import read_datalist
+from medmae.data.readers import read_channels
+from medmae.errors import DataError
+from tests.helpers import shared
+
+
+def save(path, array, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
+    return path
+
+
+def nnunet_dataset(root, cases=("a", "b"), channels=2, test=("t",)):
+    """A tiny two-channel nnU-Net raw dataset; its dataset.json starts with a UTF-8 byte-order mark."""
+    for case in cases:
+        for k in range(channels):
+            save(root / "imagesTr" / f"{case}_{k:04d}.nii.gz", np.full((4, 5, 6), k + 1, np.float32))
+        save(root / "labelsTr" / f"{case}.nii.gz", np.zeros((4, 5, 6), np.uint8))
+    for case in test:
+        for k in range(channels):
+            save(root / "imagesTs" / f"{case}_{k:04d}.nii.gz", np.zeros((4, 5, 6), np.float32))
+    spec = {
+        "channel_names": {str(k): f"MRI{k}" for k in range(channels)},
+        "labels": {"background": 0, "tumour": 1},
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text("\ufeff" + json.dumps(spec), encoding="utf-8")
+    return root / "dataset.json"
+
+
+def test_an_nnunet_dataset_gives_cases_with_their_channel_files_and_labels(tmp_path):
+    parts = read_datalist(nnunet_dataset(tmp_path), tmp_path)
+    assert [c.id for c in parts["training"]] == ["a", "b"] and [c.id for c in parts["unlabelled"]] == ["t"]
+    first = parts["training"][0]
+    assert [p.name for p in first.image_files] == ["a_0000.nii.gz", "a_0001.nii.gz"]
+    assert first.label == tmp_path / "labelsTr" / "a.nii.gz" and parts["unlabelled"][0].label is None
+    image = read_channels([str(p) for p in first.image_files])
+    assert image.array.shape == (2, 4, 5, 6) and image.array[1].min() == 2  # channels stacked in order
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda root: (root / "imagesTr" / "b_0001.nii.gz").unlink(), "case b has channel files [0]"),
+        (
+            lambda root: (root / "imagesTr" / "b_0001.nii.gz").rename(root / "imagesTr" / "b1.nii.gz"),
+            "b1.nii.gz: not named",
+        ),
+        (lambda root: (root / "labelsTr" / "a.nii.gz").unlink(), "a.nii.gz: missing: the label of training case a"),
+        (lambda root: edit(root, numTraining=3), "'numTraining' says 3, imagesTr/ holds 2 cases"),
+        (lambda root: edit(root, channel_names={"1": "T1"}), "'channel_names' must map 0, 1, ..."),
+        (lambda root: edit(root, file_ending="nii.gz"), "'file_ending' must be a suffix"),
+    ],
+)
+def test_each_broken_nnunet_layout_is_named(tmp_path, damage, problem):
+    manifest = nnunet_dataset(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(DataError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        read_datalist(manifest, tmp_path)
+
+
+def edit(root, **changes):
+    spec = json.loads((root / "dataset.json").read_text(encoding="utf-8-sig"))
+    (root / "dataset.json").write_text(json.dumps(spec | changes))
+
+
+def test_channel_files_must_share_a_grid(tmp_path):
+    first = save(tmp_path / "a_0000.nii.gz", np.zeros((4, 5, 6), np.float32))
+    moved = save(tmp_path / "a_0001.nii.gz", np.zeros((4, 5, 6), np.float32), np.diag([1, 1, 2.0, 1]))
+    shorter = save(tmp_path / "a_0002.nii.gz", np.zeros((4, 5, 5), np.float32))
+    with pytest.raises(DataError, match=r"a_0001.nii.gz: affine differs from a_0000.nii.gz's by up to"):
+        read_channels([first, moved])
+    with pytest.raises(DataError, match=r"a_0002.nii.gz: shape \(4, 5, 5\) differs from a_0000.nii.gz's"):
+        read_channels([first, shorter])
+
+
+def test_data_check_reads_real_hippocampus_cases_in_nnunet_layout(capsys, tmp_path):
+    source = shared("msd_hippocampus")
+    root = tmp_path / "Dataset004_Hippocampus"
+    ids = [p.name[: -len(".nii.gz")] for p in sorted((source / "imagesTr").glob("hippocampus_*.nii.gz"))[:10]]
+    for case in ids:
+        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (root / "labelsTr").mkdir(exist_ok=True)
+        (root / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}.nii.gz")
+        (root / "labelsTr" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
+    spec = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+        "numTraining": len(ids),
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(spec))
+    code = main(["data", "check", "--quiet", "--task", "msd_hippocampus", "--data-root", str(root), "--split", "fold0"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "split fold0 from" in out.out and "dataset.json: 6 train, 2 validation, 2 test" in out.out
+    assert "\ncases                10\ncases with errors    0\n" in out.out
