@@ -76,6 +76,7 @@ def run_request(args: argparse.Namespace) -> RunRequest:
         resume=args.resume,
         pretrained=getattr(args, "pretrained", None),
         label_fraction=getattr(args, "label_fraction", None),
+        images=getattr(args, "images", None),
     )
 
 

@@ -13,7 +13,9 @@ from train with the task's seeded rule; the test part is never used to pick a ch
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -24,6 +26,7 @@ from medmae.data.cases import Case, Split, case_id
 from medmae.data.chestxray import chestxray_split
 from medmae.data.layout import DATALISTS, check_layout, found_instead, inside, layout_help, resolve_data_root
 from medmae.data.nnunet import is_nnunet, read_nnunet
+from medmae.data.readers import IMAGE_SUFFIXES, is_dicom_series
 from medmae.errors import DataError, UserError
 from medmae.tasks import TaskSpec
 
@@ -178,3 +181,56 @@ def _by_id(pool: list[Case], ids: list[str], source: str, split: str) -> list[Ca
             + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         )
     return [by_id[i] for i in ids]
+
+
+IMAGES_SPLIT = "images"
+
+
+def images_split(task: TaskSpec, sources: list[str]) -> Split:
+    """Unlabelled images for pretraining without a manifest: every image under the folders (searched
+    recursively) or glob patterns ``sources``, each once. A seeded share (the task's validation fraction
+    and seed) is the validation part, held out from training for the reconstruction check; the rest is the
+    train part. A case's id is its path below the images' common folder, without the suffix."""
+    found = sorted({path.resolve() for source in sources for path in find_images(source, task.spatial_dims)})
+    if not found:
+        suffixes = ", ".join(IMAGE_SUFFIXES[task.spatial_dims])
+        raise UserError(f"--images {' '.join(sources)}: no images found ({suffixes} files or DICOM series folders)")
+    base = Path(os.path.commonpath(found)) if len(found) > 1 else found[0].parent
+    cases = [Case(_relative_id(path, base), path) for path in found]
+    train, held_out = carve(cases, task.validation_fraction, task.validation_seed)
+    notes = [] if held_out else ["one image only: no held-out share; the reconstruction figure shows a trained image"]
+    return Split(IMAGES_SPLIT, f"--images {' '.join(sources)}", train, held_out, [], [], notes)
+
+
+def _relative_id(path: Path, base: Path) -> str:
+    """``path`` below ``base`` without its suffix (``patient1/ct``), or its bare id when it is ``base``."""
+    relative = path.relative_to(base) if path != base else Path(path.name)
+    return relative.with_name(case_id(relative)).as_posix()
+
+
+def find_images(source: str, spatial_dims: int) -> list[Path]:
+    """The image files and DICOM series folders that ``source`` names: an image file, a folder (searched
+    recursively; hidden entries skipped) or a glob pattern (``**`` reaches any depth)."""
+    path = Path(source).expanduser()
+    if glob.has_magic(source):
+        matches = [Path(match) for match in glob.glob(str(path), recursive=True)]
+        if not matches:
+            raise UserError(f"--images {source}: the pattern matches nothing")
+        return [image for match in matches for image in find_images(str(match), spatial_dims)]
+    if path.is_dir():
+        return _images_below(path, spatial_dims)
+    if not path.exists():
+        raise DataError(path, "no such file or folder")
+    return [path] if path.name.lower().endswith(IMAGE_SUFFIXES[spatial_dims]) else []
+
+
+def _images_below(folder: Path, spatial_dims: int) -> list[Path]:
+    images = []
+    for where, folders, files in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        shown = [name for name in files if not name.startswith(".")]
+        ours = [name for name in shown if name.lower().endswith(IMAGE_SUFFIXES[spatial_dims])]
+        images += [Path(where) / name for name in sorted(ours)]
+        if spatial_dims == 3 and shown and not ours and is_dicom_series(Path(where)):
+            images.append(Path(where))
+    return images

@@ -78,7 +78,14 @@ def is_dicom_series(folder: Path) -> bool:
     """Whether ``folder`` holds a DICOM series (its files' headers are read, whatever their names)."""
     import SimpleITK as sitk
 
-    return folder.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not folder.is_dir():
+        return False
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found" for other folders
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def image_entries(folder: Path, spatial_dims: int) -> tuple[list[Path], list[Path]]:

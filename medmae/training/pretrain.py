@@ -14,6 +14,7 @@ from medmae.checkpoint import load_weights
 from medmae.config import Config
 from medmae.data.crops import CachedCrops
 from medmae.data.loaders import CaseDataset, train_loader
+from medmae.data.manifests import IMAGES_SPLIT
 from medmae.errors import UserError
 from medmae.evaluation.figures import save_reconstruction_figure
 from medmae.models import create_model
@@ -83,14 +84,19 @@ def save_figure(model: nn.Module, images: torch.Tensor, path, title: str) -> flo
 
 
 def run(request: RunRequest) -> nn.Module:
-    """Pretrain an MAE on the task's images (train, validation and unlabelled parts; never the test part)."""
+    """Pretrain an MAE on the task's images (train, validation and unlabelled parts; never the test part).
+    With ``--images``, the held-out share (the validation part) is not trained on: the reconstruction
+    figure and its loss show those images."""
     with running(start("pretrain", request)) as s:
         cfg, task, ctx = s.cfg, s.task, s.ctx
+        held_out = s.split.validation if s.split.name == IMAGES_SPLIT else []
         cases = sorted(
-            {c.id: c for c in [*s.split.train, *s.split.validation, *s.split.unlabelled]}.values(), key=lambda c: c.id
+            {c.id: c for c in [*s.split.train, *s.split.validation, *s.split.unlabelled] if c not in held_out}.values(),
+            key=lambda c: c.id,
         )
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
         dataset = CaseDataset(task, cases, "pretrain", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
+        shown = CaseDataset(task, held_out, "pretrain", samples=crops) if held_out else dataset
         loader = _loader(cfg, task, dataset, crops, ctx)
         model = build_mae(cfg, task)
         if s.resume_from is not None:
@@ -99,6 +105,8 @@ def run(request: RunRequest) -> nn.Module:
         batch = effective_batch(cfg, crops)
         lr = effective_lr(cfg, crops)
         what = f"{model.config['name']} on {len(dataset)} images of task {task.name}"
+        if held_out:
+            what += f" ({len(held_out)} more held out for the reconstruction figure)"
         rate = f"learning rate {lr:.3g} (base {cfg.optim.base_lr:.3g} x {batch} / 256)"
         log.info(
             "pretraining %s: effective batch %d, %s, %d processes, device %s", what, batch, rate, ctx.world, ctx.device
@@ -106,7 +114,7 @@ def run(request: RunRequest) -> nn.Module:
         optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas)
         job = Job(
             loss=lambda m, batch: mae_loss(m, batch, ctx.device),
-            end_of_epoch=_figures(s, model, figure_batch(dataset, cfg, crops) if ctx.is_main else None),
+            end_of_epoch=_figures(s, model, figure_batch(shown, cfg, crops) if ctx.is_main else None),
             describe={"stage": "pretrain", "task": task.record, "split": s.split_record},
             samples_per_item=crops,
         )

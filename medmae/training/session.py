@@ -15,7 +15,7 @@ import torch
 
 from medmae.config import Config, flatten, from_dict, load_config, save_config
 from medmae.data.cases import Split
-from medmae.data.manifests import load_split
+from medmae.data.manifests import images_split, load_split
 from medmae.errors import UserError
 from medmae.models.registry import PATCH_SIZE, input_multiple
 from medmae.tasks import TaskSpec, load_task
@@ -40,6 +40,7 @@ class RunRequest:
     resume: bool = False
     pretrained: str | None = None
     label_fraction: float | None = None
+    images: list[str] | None = None  # pretraining on these folders or patterns instead of a data root
 
 
 @dataclass
@@ -77,7 +78,10 @@ def start(stage: str, request: RunRequest) -> Setup:
     task = with_roi(task, cfg.model.img_size, input_multiple(cfg.model.arch, cfg.model.patch_size))
     ctx = setup(cfg.train.device, cfg.train.dist_timeout_min)
     torch.manual_seed(cfg.train.seed + ctx.rank)
-    split = load_split(task, request.data_root, request.manifest, request.split)  # before any folder is made
+    if request.images:  # before any folder is made
+        split = images_split(task, request.images)
+    else:
+        split = load_split(task, request.data_root, request.manifest, request.split)
     run = RunFolder(output, write=ctx.is_main)
     split_record = {"task": task.name, "split": split.name}
     if resume_from is not None and resume_from.get("split", split_record) != split_record:

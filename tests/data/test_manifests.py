@@ -7,7 +7,7 @@ import json
 import pytest
 
 from medmae.data.cases import Case
-from medmae.data.manifests import carve, fold_split, load_split, read_datalist, stored_manifest
+from medmae.data.manifests import carve, fold_split, images_split, load_split, read_datalist, stored_manifest
 from medmae.errors import DataError, UserError
 from medmae.tasks import load_task
 from tests.helpers import shared
@@ -142,3 +142,20 @@ def test_fold_assignment_is_pinned():
         ["05", "09"],
         ["03", "06"],
     ]
+
+
+def test_plain_image_folders_give_cases_by_relative_path_with_a_seeded_held_out_share(tmp_path):
+    task = load_task("demo")
+    for name in ("p1/ct.nii.gz", "p2/ct.nrrd", "p2/deeper/mr.mha", "p3/ct.nii.gz", "p4/ct.nii.gz", ".hidden/x.nii"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "p1" / "notes.txt").write_text("x")
+    split = images_split(task, [str(tmp_path), str(tmp_path / "p1" / "*.nii.gz")])  # p1/ct named twice: once
+    ids = sorted(c.id for c in split.train + split.validation)
+    assert ids == ["p1/ct", "p2/ct", "p2/deeper/mr", "p3/ct", "p4/ct"] and split.name == "images"
+    assert len(split.validation) == 1 and split.validation == images_split(task, [str(tmp_path)]).validation
+    assert not split.test and not split.notes
+    with pytest.raises(UserError, match="the pattern matches nothing"):
+        images_split(task, [str(tmp_path / "*.dcm")])
+    with pytest.raises(UserError, match="no images found"):
+        images_split(task, [str(tmp_path / "p1" / "notes.txt")])
