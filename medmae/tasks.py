@@ -12,9 +12,21 @@ from medmae import resource_dir
 from medmae.errors import TaskError
 
 INTENSITY_RULES = ("window", "zscore_nonzero", "percentile_zscore", "equalise")
-LAYOUTS = ("btcv", "msd", "chestxray14")
-REQUIRED = ("name", "title", "spatial_dims", "layout", "channels", "intensity", "roi", "manifest", "source")
-OPTIONAL = ("labels", "regions", "findings", "orientation", "spacing", "crop_foreground", "validation", "mean_groups")
+LAYOUTS = ("btcv", "msd", "nnunet", "chestxray14")
+REQUIRED = ("name", "spatial_dims", "layout", "channels", "intensity", "roi")
+OPTIONAL = (
+    "title",
+    "manifest",
+    "source",
+    "labels",
+    "regions",
+    "findings",
+    "orientation",
+    "spacing",
+    "crop_foreground",
+    "validation",
+    "mean_groups",
+)
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,7 @@ class TaskSpec:
     channels: tuple[str, ...]
     intensity: dict[str, Any]
     roi: tuple[int, ...]
-    manifest: str
+    manifest: str | None
     source_url: str
     source_tree: str
     path: Path
@@ -140,17 +152,17 @@ def _problems(raw: dict[str, Any]) -> list[str]:
 def _file_checks(raw: dict[str, Any]) -> list[tuple[bool, str]]:
     """(holds, what it says) for the keys, the names, the layout and the source."""
     unknown = sorted(set(raw) - set(REQUIRED) - set(OPTIONAL))
-    source = raw["source"]
+    source = raw.get("source", {})
+    texts = [raw[k] for k in ("name", "title", "manifest") if k in raw]
     return [
         (not unknown, f"unknown keys {unknown}"),
-        (
-            all(isinstance(raw[k], str) and raw[k] for k in ("name", "title", "manifest")),
-            "name, title and manifest must be text",
-        ),
+        (all(isinstance(text, str) and text for text in texts), "name, title and manifest must be text"),
         (raw["layout"] in LAYOUTS, f"layout {raw['layout']!r} is not one of {LAYOUTS}"),
         (
-            isinstance(source, dict) and isinstance(source.get("url"), str) and isinstance(source.get("tree"), str),
-            "source must give a url and a tree (the expected layout)",
+            isinstance(source, dict)
+            and set(source) <= {"url", "tree"}
+            and all(isinstance(source.get(k, ""), str) for k in ("url", "tree")),
+            "source may give only a url and a tree (the expected layout), as text",
         ),
     ]
 
@@ -238,15 +250,15 @@ def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:
     validation = raw.get("validation") or {}
     return TaskSpec(
         name=raw["name"],
-        title=raw["title"],
+        title=raw.get("title") or raw["name"],
         spatial_dims=dims,
         layout=raw["layout"],
         channels=tuple(raw["channels"]),
         intensity=dict(raw["intensity"]),
         roi=tuple(raw["roi"]),
-        manifest=raw["manifest"],
-        source_url=raw["source"]["url"],
-        source_tree=raw["source"]["tree"].rstrip(),
+        manifest=raw.get("manifest"),
+        source_url=raw.get("source", {}).get("url", ""),
+        source_tree=raw.get("source", {}).get("tree", "").rstrip(),
         path=path,
         labels=tuple(raw.get("labels") or ()),
         regions={name: tuple(values) for name, values in (raw.get("regions") or {}).items()},

@@ -120,3 +120,27 @@ def convert_image(image_path: Path, target: Path) -> Path:
 
     sitk.WriteImage(sitk.ReadImage(str(image_path)), str(target))
     return target
+
+
+def hippocampus_as_nnunet(root: Path, cases: int = 10) -> Path:
+    """The first ``cases`` real hippocampus cases laid out as nnU-Net v2's ``Dataset004_Hippocampus`` under
+    ``root`` (links to ../shared/data; skipped when it is absent)."""
+    import json
+
+    source = shared("msd_hippocampus")
+    dataset = root / "Dataset004_Hippocampus"
+    (dataset / "imagesTr").mkdir(parents=True)
+    (dataset / "labelsTr").mkdir()
+    ids = [p.name[: -len(".nii.gz")] for p in sorted((source / "imagesTr").glob("hippocampus_*.nii.gz"))[:cases]]
+    for case in ids:
+        (dataset / "imagesTr" / f"{case}_0000.nii.gz").symlink_to((source / "imagesTr" / f"{case}.nii.gz").resolve())
+        (dataset / "labelsTr" / f"{case}.nii.gz").symlink_to((source / "labelsTr" / f"{case}.nii.gz").resolve())
+    spec = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
+        "numTraining": len(ids),
+        "file_ending": ".nii.gz",
+        "name": "Hippocampus",
+    }
+    (dataset / "dataset.json").write_text(json.dumps(spec))
+    return dataset

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from medmae.errors import TaskError
+import pytest
+import yaml
+
+from medmae.data.manifests import load_split, stored_manifest
+from medmae.errors import TaskError, UserError
 from medmae.tasks import list_tasks, load_task
 
 BROKEN_VALUES = {
@@ -56,7 +60,7 @@ def test_unknown_and_broken_task_files_are_named(tmp_path):
     with pytest.raises(TaskError, match=r"broken.yaml: intensity rule 'gamma'"):
         load_task(broken)
     broken.write_text("name: x\n")
-    with pytest.raises(TaskError, match=r"broken.yaml: missing keys \['title'"):
+    with pytest.raises(TaskError, match=r"broken.yaml: missing keys \['spatial_dims', 'layout'"):
         load_task(broken)
     broken.write_text("[1, 2")
     with pytest.raises(TaskError, match="broken.yaml: cannot read"):
@@ -85,3 +89,24 @@ def test_mean_groups_must_name_scored_classes(tmp_path):
     path.write_text(load_task("demo").path.read_text() + "mean_groups: {organs: [liver, background]}\n")
     with pytest.raises(TaskError, match="mean_groups must map names to lists of the task's scored classes"):
         load_task(path)
+
+
+def test_a_minimal_task_file_needs_no_title_manifest_or_source_and_splits_by_folds(tmp_path, demo_root):
+    minimal = tmp_path / "mine.yaml"
+    keys = ("name", "spatial_dims", "layout", "channels", "labels", "intensity", "roi")
+    minimal.write_text(yaml.safe_dump({key: load_task("demo").record[key] for key in keys} | {"name": "mine"}))
+    task = load_task(minimal)
+    assert (task.title, task.manifest, task.source_url) == ("mine", None, "")
+    assert load_split(task, demo_root).name == "datalist"  # the demo's dataset_0.json names its parts
+    training = json.loads((demo_root / "dataset_0.json").read_text())["training"]
+    (tmp_path / "only_training.json").write_text(json.dumps({"training": training}))
+    assert load_split(task, demo_root, tmp_path / "only_training.json").name == "fold0"
+
+
+def test_a_task_manifest_is_found_beside_the_task_file_first(tmp_path):
+    record = dict(load_task("demo").record) | {"name": "mine", "manifest": "mine.json"}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(UserError, match=r"its manifest mine.json is neither at .*mine.json nor at"):
+        stored_manifest(load_task(tmp_path / "mine.yaml"))
+    (tmp_path / "mine.json").write_text(json.dumps({"default_split": "fold2", "splits": {}}))
+    assert stored_manifest(load_task(tmp_path / "mine.yaml"))["default_split"] == "fold2"

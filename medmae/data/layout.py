@@ -15,8 +15,18 @@ DATALISTS = ("dataset_0.json", "dataset.json")
 ENV_DATA = "MEDMAE_DATA"
 
 
+GENERIC_TREES = {
+    "btcv": "DATA_ROOT/\n  dataset_0.json or dataset.json\n  imagesTr/ ...",
+    "msd": "DATA_ROOT/\n  dataset.json\n  imagesTr/ ...\n  labelsTr/ ...",
+    "nnunet": "DATA_ROOT/\n  dataset.json\n  imagesTr/<case>_0000<file_ending> ...\n  labelsTr/<case><file_ending> ...",
+}
+
+
 def layout_help(task: TaskSpec) -> str:
-    return f"Download: {task.source_url}\nExpected layout:\n{task.source_tree}"
+    """Where the task's data comes from and how its data root looks (the task file's ``source``, else the
+    layout's general form)."""
+    tree = task.source_tree or GENERIC_TREES.get(task.layout, "")
+    return (f"Download: {task.source_url}\n" if task.source_url else "") + f"Expected layout ({task.layout}):\n{tree}"
 
 
 def resolve_data_root(task: TaskSpec, data_root: str | Path | None) -> Path:
@@ -50,7 +60,7 @@ def inside(root: Path, relative: Any, where: str) -> Path:
     return root.joinpath(*[part for part in pure.parts if part != "."])
 
 
-LAYOUT_MARKERS = {"btcv": ("imagesTr", *DATALISTS), "msd": ("dataset.json",)}
+LAYOUT_MARKERS = {"btcv": ("imagesTr", *DATALISTS), "msd": ("dataset.json",), "nnunet": ("dataset.json",)}
 
 
 def check_layout(task: TaskSpec, root: Path) -> None:

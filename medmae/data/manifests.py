@@ -79,9 +79,22 @@ def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
     return parts
 
 
+NO_MANIFEST = {"default_split": "fold0"}
+
+
 def stored_manifest(task: TaskSpec) -> dict[str, Any]:
-    path = resource_dir("data_manifests") / task.manifest
-    return json.loads(path.read_text())
+    """The task's stored manifest (default split, named splits, perhaps a case list): ``manifest`` beside
+    the task file, else in medmae's ``data_manifests/``; a task without one splits by ``fold0``."""
+    if task.manifest is None:
+        return NO_MANIFEST
+    beside, shipped = task.path.parent / task.manifest, resource_dir("data_manifests") / task.manifest
+    path = beside if beside.is_file() else shipped
+    if not path.is_file():
+        raise UserError(f"task {task.name}: its manifest {task.manifest} is neither at {beside} nor at {shipped}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(path, f"unreadable manifest ({error})") from error
 
 
 def carve(cases: list[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:

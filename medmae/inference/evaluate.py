@@ -35,9 +35,10 @@ def evaluate(
     """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
     AUC for classification), the notes and the files written."""
     model, payload, task, device = load_finetuned(checkpoint)
-    if load_task(task_name).name != task.name:
+    named = load_task(task_name)  # the task file: its manifest lies beside it (the checkpoint's copy does not)
+    if named.name != task.name:
         raise UserError(f"{checkpoint}: trained on task {task.name}, not {task_name}")
-    cases = getattr(load_split(task, data_root, manifest, split_name), PARTS[part])
+    cases = getattr(load_split(named, data_root, manifest, split_name), PARTS[part])
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
     output = Path(output_dir or Path(checkpoint).resolve().parent.parent / f"evaluate_{part}")

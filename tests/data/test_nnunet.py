@@ -13,7 +13,7 @@ from medmae.cli import main
 from medmae.data.manifests import read_datalist
 from medmae.data.readers import read_channels
 from medmae.errors import DataError
-from tests.helpers import shared
+from tests.helpers import hippocampus_as_nnunet
 
 
 def save(path, array, affine=None):
@@ -88,21 +88,7 @@ def test_channel_files_must_share_a_grid(tmp_path):
 
 
 def test_data_check_reads_real_hippocampus_cases_in_nnunet_layout(capsys, tmp_path):
-    source = shared("msd_hippocampus")
-    root = tmp_path / "Dataset004_Hippocampus"
-    ids = [p.name[: -len(".nii.gz")] for p in sorted((source / "imagesTr").glob("hippocampus_*.nii.gz"))[:10]]
-    for case in ids:
-        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-        (root / "labelsTr").mkdir(exist_ok=True)
-        (root / "imagesTr" / f"{case}_0000.nii.gz").symlink_to(source / "imagesTr" / f"{case}.nii.gz")
-        (root / "labelsTr" / f"{case}.nii.gz").symlink_to(source / "labelsTr" / f"{case}.nii.gz")
-    spec = {
-        "channel_names": {"0": "MRI"},
-        "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
-        "numTraining": len(ids),
-        "file_ending": ".nii.gz",
-    }
-    (root / "dataset.json").write_text(json.dumps(spec))
+    root = hippocampus_as_nnunet(tmp_path)
     code = main(["data", "check", "--quiet", "--task", "msd_hippocampus", "--data-root", str(root), "--split", "fold0"])
     out = capsys.readouterr()
     assert code == 0, out.err

@@ -1,0 +1,134 @@
+"""A task file inferred from a dataset (``medmae task init``): layout, channels and labels from its
+``dataset.json`` (nnU-Net v2, MSD or MONAI datalist), spacing, intensity rule and ROI from its images.
+Each inference comes with a line that says what it was inferred from."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmae.data.cases import Case
+from medmae.data.layout import DATALISTS
+from medmae.data.manifests import read_datalist
+from medmae.data.nnunet import is_nnunet
+from medmae.data.readers import integer_labels, read_channels, read_header, read_image
+from medmae.errors import DataError
+
+HEADER_SAMPLE = 50  # images whose headers give the spacing and the shape
+VOXEL_SAMPLE = 8  # labelled images whose voxels give the intensity rule
+ROI_MULTIPLE, ROI_MAX = 16, 128
+AIR_HU = -500  # a single channel this low is CT in Hounsfield units (air is -1000)
+
+
+def describe_dataset(root: Path, name: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The task file's mapping for the dataset at ``root`` and, for each inferred key, why."""
+    manifest = next((root / n for n in DATALISTS if (root / n).is_file()), None)
+    if manifest is None:
+        raise DataError(root, f"no {' or '.join(DATALISTS)} here: medmae task init reads the dataset's description")
+    raw = json.loads(manifest.read_text(encoding="utf-8-sig"))
+    cases = read_datalist(manifest, root)
+    labelled = cases["training"] + cases["validation"] + cases["test"]
+    if not labelled:
+        raise DataError(manifest, "lists no labelled case: a task needs labels to know its classes")
+    why = [f"name: {name or dataset_name(root)} ({'--name' if name else 'the folder name'})"]
+    name = name or dataset_name(root)
+    record: dict[str, Any] = {"name": name, "title": str(raw.get("name") or raw.get("description") or name)}
+    record["layout"] = "nnunet" if is_nnunet(raw) else "msd" if manifest.name == "dataset.json" else "btcv"
+    why.append(f"layout: {record['layout']} ({manifest.name}{', nnU-Net v2' if is_nnunet(raw) else ''})")
+    record["spatial_dims"] = 3
+    record["channels"], said = channel_names(raw, labelled[0])
+    why.append(f"channels: {', '.join(record['channels'])} ({said})")
+    labels, regions, said = label_names(raw, labelled)
+    record["labels"] = labels
+    if regions:
+        record["regions"] = regions
+    why.append(f"labels: {', '.join(labels)}" + (f"; regions {', '.join(regions)}" if regions else "") + f" ({said})")
+    record["orientation"] = "RAS"
+    why.append("orientation: RAS (medmae's convention; every image is turned to it)")
+    spacing, roi, said = geometry(labelled + cases["unlabelled"])
+    record["spacing"], record["roi"] = spacing, roi
+    why.append(f"spacing: {spacing} mm and roi: {roi} ({said})")
+    record["intensity"], record["crop_foreground"], said = intensity_rule(record["channels"], labelled)
+    why.append(f"intensity: {record['intensity']}, crop_foreground: {record['crop_foreground']} ({said})")
+    record["validation"] = {"fraction": 0.2, "seed": 0}
+    split = "the datalist's parts" if cases["validation"] or cases["test"] else "fold0 (5 folds by case id)"
+    why.append(f"validation: 20 % of the training cases, seed 0 (the default); no manifest: the split is {split}")
+    return record, why
+
+
+def dataset_name(root: Path) -> str:
+    """``Dataset004_Hippocampus`` or ``Task04_Hippocampus`` -> ``hippocampus``: lower case, words joined by _."""
+    stem = re.sub(r"^(Dataset\d+|Task\d+)_", "", root.resolve().name)
+    return re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_") or "my_task"
+
+
+def channel_names(raw: dict[str, Any], first: Case) -> tuple[list[str], str]:
+    """The channel names from ``channel_names`` (nnU-Net) or ``modality`` (MSD), else one per channel."""
+    named = raw.get("channel_names") or raw.get("modality")
+    if isinstance(named, dict) and named:
+        return [str(named[key]) for key in sorted(named, key=int)], "dataset.json"
+    count = read_channels(first.image_files).array.shape[0]
+    return [f"channel{k}" for k in range(count)] if count > 1 else ["image"], f"{first.image.name} has {count}"
+
+
+def snake(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_") or "unnamed"
+
+
+def label_names(raw: dict[str, Any], labelled: list[Case]) -> tuple[list[str], dict[str, list[int]], str]:
+    """Labels (index = value) and regions from ``labels``: nnU-Net's name -> value (or -> list of values:
+    regions), MSD's value -> name; else ``label1`` ... up to the largest value in a sample of labels."""
+    given = raw.get("labels")
+    if isinstance(given, dict) and given and is_nnunet(raw):
+        regions = {snake(k): sorted(v) for k, v in given.items() if isinstance(v, list)}
+        plain = {int(v): snake(k) for k, v in given.items() if not isinstance(v, list)}
+        top = max([*plain, *[max(v) for v in regions.values()]])
+        return [plain.get(k, f"label{k}") for k in range(top + 1)], regions, "dataset.json, nnU-Net's labels"
+    if isinstance(given, dict) and given:
+        values = {int(k): snake(v) for k, v in given.items()}
+        return [values.get(k, f"label{k}") for k in range(max(values) + 1)], {}, "dataset.json, MSD's labels"
+    top = max(int(integer_labels(read_image(case.label)).max()) for case in labelled[:VOXEL_SAMPLE])
+    said = f"the largest value in {min(len(labelled), VOXEL_SAMPLE)} label maps"
+    return ["background", *[f"label{k}" for k in range(1, top + 1)]], {}, said
+
+
+def geometry(cases: list[Case]) -> tuple[list[float], list[int], str]:
+    """The median spacing of up to 50 images, and the ROI: their median shape at that spacing, rounded up
+    to a multiple of 16 per axis (the ViT's patch) and capped at 128."""
+    sample = cases[:: max(1, len(cases) // HEADER_SAMPLE)][:HEADER_SAMPLE]
+    headers = [read_header(case.image) for case in sample]
+    spacings = np.array([np.linalg.norm(h.affine[:3, :3], axis=0) for h in headers])
+    sizes = np.array([np.array(h.shape[:3]) * s for h, s in zip(headers, spacings)])  # in mm
+    spacing = [round(float(v), 3) for v in np.median(spacings, axis=0)]
+    shape = np.median(sizes, axis=0) / np.array(spacing)
+    roi = [int(min(ROI_MAX, ROI_MULTIPLE * math.ceil(v / ROI_MULTIPLE))) for v in shape]
+    said = f"median of {len(sample)} images; ROI: their median shape {np.round(shape).astype(int).tolist()} rounded up"
+    return spacing, roi, said + f" to a multiple of {ROI_MULTIPLE}, at most {ROI_MAX}"
+
+
+def intensity_rule(channels: list[str], labelled: list[Case]) -> tuple[dict[str, Any], bool, str]:
+    """CT (a channel named so, or values down to -500: Hounsfield units): a window at the 0.5 and 99.5
+    percentiles of the labelled voxels (as nnU-Net's CT rule); other
+    modalities: a z-score of the non-zero voxels (and a crop to them) when at least a quarter of the voxels
+    are exactly zero, else a z-score after clipping to the 0.5 and 99.5 percentiles."""
+    sample = labelled[:VOXEL_SAMPLE]
+    images = [read_channels(case.image_files).array for case in sample]
+    named_ct = len(channels) == 1 and channels[0].strip().upper() == "CT"
+    hounsfield = len(channels) == 1 and min(float(image.min()) for image in images) <= AIR_HU
+    if named_ct or hounsfield:
+        inside = np.concatenate(
+            [image[0][integer_labels(read_image(case.label))[0] > 0] for image, case in zip(images, sample)]
+        )
+        low, high = (round(float(v)) for v in np.percentile(inside, [0.5, 99.5]))
+        why = "named CT" if named_ct else f"values down to {AIR_HU} or below: CT in Hounsfield units"
+        return {"rule": "window", "window": [low, high]}, False, f"{why}; labelled voxels of {len(sample)} cases"
+    zero = float(np.mean([np.mean(image == 0) for image in images]))
+    if zero >= 0.25:
+        return {"rule": "zscore_nonzero"}, True, f"{zero:.0%} of the voxels of {len(sample)} images are 0"
+    said = f"only {zero:.0%} of the voxels of {len(sample)} images are 0"
+    return {"rule": "percentile_zscore", "percentiles": [0.5, 99.5]}, False, said

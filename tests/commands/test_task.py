@@ -1,0 +1,68 @@
+"""``medmae task init``: a task file inferred from a dataset, each inference printed, that works at once."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import yaml
+
+from medmae.cli import main
+from medmae.tasks import load_task
+from tests.helpers import hippocampus_as_nnunet
+
+
+def test_real_hippocampus_in_nnunet_layout_gives_the_shipped_task_facts(capsys, tmp_path, monkeypatch):
+    root = hippocampus_as_nnunet(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["task", "init", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "spacing: [1.0, 1.0, 1.0] mm and roi: [48, 64, 48] (median of 10 images" in out
+    assert "wrote hippocampus.yaml; check the data with: medmae data check --task hippocampus.yaml" in out
+    task, shipped = load_task(tmp_path / "hippocampus.yaml"), load_task("msd_hippocampus")
+    for fact in ("channels", "labels", "orientation", "spacing", "roi", "intensity", "crop_foreground"):
+        assert getattr(task, fact) == getattr(shipped, fact), fact
+    assert (task.name, task.layout, task.manifest) == ("hippocampus", "nnunet", None)
+    assert (tmp_path / "hippocampus.yaml").read_text().startswith("# Written by medmae task init")
+    check = ["data", "check", "--quiet", "--task", "hippocampus.yaml", "--data-root", str(root)]
+    assert main(check) == 0 and "split fold0" in capsys.readouterr().out
+    assert main(["task", "init", str(root)]) == 2
+    assert "hippocampus.yaml: already exists; choose another --output or pass --force" in capsys.readouterr().err
+
+
+def test_ct_gets_a_window_from_its_labelled_voxels(capsys, demo_root, tmp_path):
+    output = tmp_path / "ct.yaml"
+    assert main(["task", "init", str(demo_root), "--name", "ct", "--output", str(output)]) == 0
+    task = load_task(output)
+    assert task.layout == "btcv" and task.intensity["rule"] == "window"  # air at -1000 HU: CT
+    low, high = task.intensity["window"]
+    assert -200 < low < high < 400  # the demo's organs lie between about -100 and 250 HU
+    assert task.labels == ("background", "liver", "spleen", "right_kidney", "left_kidney")
+    assert main(["data", "check", "--quiet", "--task", str(output), "--data-root", str(demo_root)]) == 0
+
+
+def test_nnunet_region_labels_become_regions(capsys, tmp_path):
+    root = tmp_path / "Dataset001_Tumour"
+    for folder, name in (("imagesTr", "a_0000.nii.gz"), ("labelsTr", "a.nii.gz")):
+        (root / folder).mkdir(parents=True)
+        volume = np.arange(8000, dtype=np.uint8).reshape(20, 20, 20) % 3
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), root / folder / name)
+    spec = {
+        "channel_names": {"0": "T2"},
+        "labels": {"background": 0, "whole tumour": [1, 2], "core": [2]},
+        "regions_class_order": [1, 2],
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(spec))
+    output = tmp_path / "tumour.yaml"
+    assert main(["task", "init", str(root), "--output", str(output)]) == 0
+    record = yaml.safe_load(output.read_text())
+    assert record["labels"] == ["background", "label1", "label2"] and record["name"] == "tumour"
+    assert record["regions"] == {"whole_tumour": [1, 2], "core": [2]} and load_task(output).regions
+
+
+def test_a_folder_without_a_dataset_description_is_refused(capsys, tmp_path):
+    assert main(["task", "init", str(tmp_path)]) == 2
+    assert "no dataset_0.json or dataset.json here" in capsys.readouterr().err
