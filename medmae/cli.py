@@ -2,14 +2,17 @@
 
 Exit codes, for every subcommand: 0 success; 2 a problem the user can fix (bad arguments, bad or missing
 data, an output folder that cannot be written), with a short message naming the file and the problem and
-no traceback unless ``--debug``; 1 an internal error.
+no traceback unless ``--debug``; 1 an internal error; 130 interrupted by Ctrl-C (SIGINT), 143 stopped by
+SIGTERM (a batch scheduler's stop): both clean up as a failure does and say how to go on.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 
@@ -38,8 +41,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that a run cleans up as after Ctrl-C."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated()
+
+
+INTERRUPTED = (
+    "interrupted; rerun the same command to start again, or, for pretrain, finetune and sweep, add --resume "
+    "to continue from the newest checkpoint (a run stopped before its first one left nothing behind)"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one subcommand and return its exit code (0 success, 2 a problem the user can fix, 1 internal)."""
+    """Run one subcommand and return its exit code (0 success, 2 a problem the user can fix, 1 internal,
+    130 Ctrl-C, 143 SIGTERM)."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: the run's cleanup has run on the way out
+        print(f"\nmedmae: {INTERRUPTED}", file=sys.stderr)
+        return 143 if isinstance(error, Terminated) else 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
     if getattr(args, "fold", None) is not None:

@@ -32,11 +32,14 @@ class RunFolder:
         self.unusable = []
 
     def prepare(self, resume: bool) -> None:
-        """Refuse to overwrite a finished or running folder unless resuming; create the folders."""
+        """Refuse to overwrite a folder that holds a checkpoint unless resuming (a run killed before its
+        first checkpoint left only its config: it starts again); create the folders."""
         if not resume and (self.root / "config.yaml").exists():
-            raise UserError(
-                f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir"
-            )
+            if any(self.checkpoints.glob("*.pt")):
+                raise UserError(
+                    f"{self.root}: already holds a run; pass --resume to continue it or choose another --output-dir"
+                )
+            log.info("%s: holds no checkpoint (a run stopped before its first one); starting again", self.root)
         self.before = snapshot(self.root)
         if self.write:
             self.checkpoints.mkdir(parents=True, exist_ok=True)

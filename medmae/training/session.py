@@ -23,7 +23,7 @@ from medmae.training.distributed import Context, barrier, setup, teardown
 from medmae.training.run_folder import RunFolder
 
 log = logging.getLogger("medmae")
-CHANGEABLE_ON_RESUME = ("train.dist_timeout_min",)  # keys a resumed run may change: no effect on its results
+CHANGEABLE_ON_RESUME = ("train.dist_timeout_min", "train.epochs")  # keys a resumed run may change
 
 
 @dataclass
@@ -127,7 +127,8 @@ def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config
 
 def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
     """The config a resumed run continues with: the saved one. Repeating the command line is fine; a
-    changed value is refused, except for the keys of ``CHANGEABLE_ON_RESUME``, which take the requested one."""
+    changed value is refused, except for the keys of ``CHANGEABLE_ON_RESUME``, which take the requested one:
+    ``train.epochs`` extends (or shortens) a finished or running schedule."""
     before, after = flatten(saved.to_dict(), "saved"), flatten(requested.to_dict(), "requested")
     changed = [
         f"{key} {before[key]!r} -> {after[key]!r}"
@@ -138,6 +139,13 @@ def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
         raise UserError(
             f"{output}: --resume continues with the saved config, but this command changes "
             f"{', '.join(changed)}; drop those changes or start a new run in another --output-dir"
+        )
+    if saved.train.epochs != requested.train.epochs:
+        log.info(
+            "train.epochs %d -> %d: the warm-up and cosine schedule are recomputed over %d epochs, so from the "
+            "resumed step the learning rate is the longer schedule's (higher than where the shorter one had "
+            "decayed to) and reaches optim.min_lr at epoch %d",
+            *(saved.train.epochs, requested.train.epochs, requested.train.epochs, requested.train.epochs),
         )
     return requested
 

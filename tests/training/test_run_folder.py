@@ -74,6 +74,8 @@ def test_history_drops_rows_after_the_checkpoint_and_an_existing_run_is_kept(tmp
     run.log_epoch([{"epoch": e, "step": 2 * e, "loss": 1.0 / e} for e in (1, 2, 3)])
     assert [row["epoch"] for row in run.history(2)] == [1, 2]
     (tmp_path / "config.yaml").write_text("model: {}\n")
+    RunFolder(tmp_path, write=True).prepare(resume=False)  # a config without a checkpoint: killed early, redone
+    run.save(payload(1))
     with pytest.raises(UserError, match="already holds a run"):
         RunFolder(tmp_path, write=True).prepare(resume=False)
 

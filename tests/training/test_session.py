@@ -4,6 +4,7 @@ that changes the config is refused)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -93,3 +94,15 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path,
     with pytest.raises(RuntimeError, match="stopped"), running(setup):
         raise RuntimeError("stopped before any checkpoint")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_extended_by_resuming_with_more_epochs(tmp_path, demo_root, caplog):
+    caplog.set_level(logging.INFO, logger="medmae")
+    run = tmp_path / "run"
+    assert main(demo_run("pretrain", demo_root, run)) == 0  # the tiny recipe: 2 epochs
+    assert main(demo_run("pretrain", demo_root, run, "--resume", "--set", "train.epochs=4")) == 0
+    assert "train.epochs 2 -> 4: the warm-up and cosine schedule are recomputed over 4 epochs" in caplog.text
+    assert main(demo_run("pretrain", demo_root, tmp_path / "four", "--set", "train.epochs=4")) == 0
+    extended, four = (pd.read_csv(folder / "metrics.csv") for folder in (run, tmp_path / "four"))
+    assert list(extended["epoch"]) == [1, 2, 3, 4] and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 4
+    assert np.allclose(extended["lr"][2:], four["lr"][2:])  # epochs 3 and 4 follow the 4-epoch schedule
