@@ -16,7 +16,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (checkpoints/best.pt)")
     parser.add_argument("--part", choices=["test", "val"], default="test", help="which part to score (default: test)")
     parser.add_argument(
-        "--output-dir", help="where predictions and reports go (default: evaluate_<part> in the run folder)"
+        "--output-dir",
+        help="where predictions and reports go (default: evaluate_<part> in the run folder; "
+        "evaluate_<split>_<part> for another split than the checkpoint's)",
+    )
+    parser.add_argument(
+        "--allow-seen-cases",
+        action="store_true",
+        help="evaluate cases the checkpoint trained on (another split than its own) with a warning, not a refusal",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -33,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         args.part,
         args.output_dir,
         progress=not args.quiet,
+        allow_seen=args.allow_seen_cases,
     )
     for note in notes:
         print(f"note: {note}")

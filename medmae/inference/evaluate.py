@@ -3,12 +3,14 @@ on the original grid as ``medmae score`` does (AUC per finding for classificatio
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 from torch.utils.data import DataLoader
 
 from medmae.config import from_dict
+from medmae.data.cases import Case
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
 from medmae.errors import UserError
@@ -17,9 +19,17 @@ from medmae.evaluation.scoring import check_pairs, refuse, write_report
 from medmae.files import removed_on_error
 from medmae.inference.classify import classify
 from medmae.inference.predict import load_finetuned, predict_volumes
-from medmae.tasks import load_task
+from medmae.tasks import TaskSpec, load_task
 
 PARTS = {"test": "test", "val": "validation"}
+log = logging.getLogger("medmae")
+
+
+def seen_cases(task: TaskSpec, data_root, manifest, trained_split: str, cases: list[Case]) -> list[str]:
+    """The ids of ``cases`` that lie in the training or validation part of ``trained_split``."""
+    trained = load_split(task, data_root, manifest, trained_split)
+    used = {case.id for case in trained.train + trained.validation}
+    return sorted(case.id for case in cases if case.id in used)
 
 
 def evaluate(
@@ -31,17 +41,33 @@ def evaluate(
     part: str,
     output_dir: str | None,
     progress: bool = True,
+    allow_seen: bool = False,
 ) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
     """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
-    AUC for classification), the notes and the files written."""
+    AUC for classification), the notes and the files written. Cases that the checkpoint trained or picked
+    its weights on (in another split than its own) are refused, or with ``allow_seen`` warned about; the
+    default output folder is ``evaluate_<part>`` for the checkpoint's split, ``evaluate_<split>_<part>``
+    for another."""
     model, payload, task, device = load_finetuned(checkpoint)
     named = load_task(task_name)  # the task file: its manifest lies beside it (the checkpoint's copy does not)
     if named.name != task.name:
         raise UserError(f"{checkpoint}: trained on task {task.name}, not {task_name}")
-    cases = getattr(load_split(named, data_root, manifest, split_name), PARTS[part])
+    split = load_split(named, data_root, manifest, split_name)
+    cases = getattr(split, PARTS[part])
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
-    output = Path(output_dir or Path(checkpoint).resolve().parent.parent / f"evaluate_{part}")
+    trained = payload.get("split", {}).get("split", split.name)
+    seen = seen_cases(named, data_root, manifest, trained, cases) if trained != split.name else []
+    if seen:
+        problem = (
+            f"{len(seen)} of the {len(cases)} {PARTS[part]} cases of split {split.name} were in the training or "
+            f"validation part of split {trained}, which {checkpoint} was trained on: {', '.join(seen[:10])}"
+        )
+        if not allow_seen:
+            raise UserError(f"{problem}; evaluate on --split {trained}, or pass --allow-seen-cases")
+        log.warning("WARNING: %s; their scores are not a test of the model", problem)
+    folder = f"evaluate_{part}" if trained == split.name else f"evaluate_{split.name}_{part}"
+    output = Path(output_dir or Path(checkpoint).resolve().parent.parent / folder)
     with removed_on_error(output):
         if task.is_classification:
             cfg = from_dict(payload["run_config"], checkpoint)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 from medmae.cli import main
 
 
@@ -20,3 +23,28 @@ def test_a_checkpoint_of_another_task_is_refused(capsys, demo_root, demo_checkpo
     assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
     assert "trained on task demo, not btcv" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cases_the_checkpoint_trained_on_are_refused_or_warned_about(
+    capsys, caplog, demo_root, demo_checkpoint, tmp_path
+):
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
+    checkpoint.parent.mkdir(parents=True)
+    shutil.copy(demo_checkpoint, checkpoint)  # trained on the demo's datalist split
+    argv = ["evaluate", "--task", "demo", "--data-root", str(demo_root), "--checkpoint", str(checkpoint), "--quiet"]
+    assert main([*argv, "--fold", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "test cases of split fold1 were in the training or validation part of split datalist" in err
+    assert (
+        "evaluate on --split datalist, or pass --allow-seen-cases" in err
+        and not (tmp_path / "run" / "evaluate_fold1_test").exists()
+    )
+    caplog.set_level(logging.WARNING, logger="medmae")
+    assert main([*argv, "--fold", "1", "--allow-seen-cases"]) == 0
+    assert "WARNING:" in caplog.text and "their scores are not a test of the model" in caplog.text
+    assert main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoints",
+        "evaluate_fold1_test",
+        "evaluate_test",
+    ]
