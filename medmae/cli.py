@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(message)s")
+    stamped = "%(message)s" if sys.stderr.isatty() else "%(asctime)s %(message)s"  # a log file gets time stamps
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format=stamped, datefmt="%Y-%m-%d %H:%M:%S"
+    )
     if getattr(args, "fold", None) is not None:
         args.split = f"fold{args.fold}"
     if args.handler is None:

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,13 +91,16 @@ def fit(
     schedule = functools.partial(
         learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr
     )
+    heartbeat = Heartbeat(total, progress.step, enabled=ctx.is_main and not sys.stderr.isatty())
     for epoch in range(progress.epoch, cfg.train.epochs):
         if stopped_early(cfg, progress):  # a resumed run that had already stopped
             break
         model.train()
         started = time.perf_counter()
         batches = _batches(loader, epoch, steps * cfg.optim.accumulate)
-        loss_sum, lr = train_epoch(cfg, ctx, trained, optimizer, scaler, batches, job, progress, steps, schedule)
+        loss_sum, lr = train_epoch(
+            cfg, ctx, trained, optimizer, scaler, batches, job, progress, steps, schedule, heartbeat
+        )
         epoch_loss = all_mean(loss_sum / steps, ctx).item()
         check_finite(torch.tensor(epoch_loss), epoch, progress.step)
         seconds = time.perf_counter() - started
@@ -195,6 +199,33 @@ def plain(x: Any) -> torch.Tensor:
     return torch.as_tensor(x).as_subclass(torch.Tensor)
 
 
+class Heartbeat:
+    """Progress for logs that are not a terminal (``nohup``, batch schedulers), where no progress bar shows:
+    at most one line per ``every`` seconds with the step, loss, rate and the time the run has left, beside
+    the logging's time stamp."""
+
+    def __init__(self, total_steps: int, first_step: int, every: float = 60.0, enabled: bool = True) -> None:
+        self.total, self.first, self.every, self.enabled = total_steps, first_step, every, enabled
+        self.started = self.last = time.monotonic()
+
+    def beat(self, step: int, where: str, loss: float, lr: float) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.every or step <= self.first:
+            return
+        self.last = now
+        rate = (step - self.first) / (now - self.started)
+        left = (self.total - step) / rate
+        shown = f"loss {loss:.4g}, lr {lr:.3g}, {rate:.3g} steps/s, about {span(left)} left"
+        log.info("%s of %d: %s", where, self.total, shown)
+
+
+def span(seconds: float) -> str:
+    """A duration as people read it: ``45s``, ``12m05s``, ``3h07m``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def train_epoch(
     cfg: Config,
     ctx: Context,
@@ -206,14 +237,17 @@ def train_epoch(
     progress: Progress,
     steps: int,
     schedule: Callable[[int], float],
+    heartbeat: Heartbeat | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Epoch ``progress.epoch``: ``steps`` optimiser steps of ``optim.accumulate`` micro-batches each, with
-    a progress bar; returns the summed loss (on the device, not synchronised) and the last learning rate."""
+    a progress bar (on a terminal) or ``heartbeat`` lines (in a log); returns the summed loss (on the
+    device, not synchronised) and the last learning rate."""
     accumulate = cfg.optim.accumulate
     loss_sum = torch.zeros((), device=ctx.device)
     lr = 0.0
     description = f"epoch {progress.epoch + 1}/{cfg.train.epochs}"
     bar = tqdm(total=steps, desc=description, unit="step", disable=not ctx.is_main or None, leave=False)
+    heartbeat = heartbeat or Heartbeat(cfg.train.epochs * steps, progress.step, enabled=False)
     for _ in range(steps):
         lr = schedule(progress.step)
         set_learning_rate(optimizer, lr)
@@ -235,6 +269,7 @@ def train_epoch(
         if progress.step % cfg.train.log_every == 0:  # the only host-device synchronisation of the loop
             check_finite(all_mean(loss.detach() * accumulate, ctx), progress.epoch, progress.step)
             bar.set_postfix(loss=f"{loss.item() * accumulate:.4f}", lr=f"{lr:.3g}")
+            heartbeat.beat(progress.step, f"{description}, step {progress.step}", loss.item() * accumulate, lr)
     bar.close()
     return loss_sum, lr
 

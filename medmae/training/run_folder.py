@@ -122,11 +122,12 @@ class RunFolder:
         return table[table["epoch"] <= epochs].to_dict("records")
 
     def board(self):
-        """A TensorBoard writer, or None when tensorboard is not installed."""
+        """A TensorBoard writer, or None when tensorboard is not installed (said once, with the fix)."""
         if self._board is None and self.write:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
+                log.info("note: no TensorBoard logs (tensorboard is not installed: pip install 'medmae[tensorboard]')")
                 self._board = False
             else:
                 self._board = SummaryWriter(str(self.root / "tensorboard"))

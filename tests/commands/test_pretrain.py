@@ -4,11 +4,15 @@ unless ``--output-dir`` is given."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
-from tests.helpers import TINY, convert_image, write_dicom_series
+from tests.helpers import TINY, convert_image, demo_run, write_dicom_series
 
 
 def test_pretraining_writes_its_run_folder_and_says_where(capsys, demo_root, tmp_path, monkeypatch):
@@ -37,3 +41,12 @@ def test_pretraining_on_plain_folders_of_nrrd_and_dicom_holds_a_share_out(capsys
     assert last["split"] == {"task": "demo", "split": "images"} and (output / "figures").is_dir()
     assert main([*argv, "--images", str(scans), "--data-root", str(demo_root)]) == 2
     assert "--images replaces --data-root: give one or the other" in capsys.readouterr().err
+
+
+def test_a_log_file_gets_time_stamped_lines(demo_root, tmp_path):
+    command = [sys.executable, "-m", "medmae", *demo_run("pretrain", demo_root, tmp_path / "run")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)  # stderr: a pipe
+    assert done.returncode == 0, done.stderr
+    epochs = [line for line in done.stderr.splitlines() if " epoch 1/2: " in line or " epoch 2/2: " in line]
+    assert len(epochs) == 2 and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch", line) for line in epochs)

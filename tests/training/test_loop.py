@@ -3,6 +3,8 @@ compile and activation-checkpointing switches reach the step."""
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 import torch
@@ -11,7 +13,7 @@ from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
 from medmae.config import Config
 from medmae.models.encoder import TransformerBlock
-from medmae.training import pretrain
+from medmae.training import loop, pretrain
 from medmae.training.loop import Progress, stopped_early
 from medmae.training.session import RunRequest
 from tests.helpers import TINY, demo_run
@@ -75,3 +77,17 @@ def test_stopped_early_counts_validations_since_the_best(patience, epoch, best_e
     cfg = Config()
     cfg.train.val_every, cfg.train.patience = 10, patience
     assert stopped_early(cfg, Progress(epoch=epoch, best_epoch=best_epoch)) is stopped
+
+
+def test_a_log_that_is_not_a_terminal_gets_a_line_a_minute_with_rate_and_time_left(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="medmae")
+    clock = iter([0.0, 30.0, 61.0, 90.0, 125.0])
+    monkeypatch.setattr(loop.time, "monotonic", lambda: next(clock))
+    heartbeat = loop.Heartbeat(total_steps=1000, first_step=0, every=60.0)  # started at 0 s
+    for step in (5, 10, 15, 20):  # at 30, 61, 90 and 125 s
+        heartbeat.beat(step, f"epoch 1/5, step {step}", 0.5, 1e-3)
+    assert caplog.messages == [
+        "epoch 1/5, step 10 of 1000: loss 0.5, lr 0.001, 0.164 steps/s, about 1h40m left",
+        "epoch 1/5, step 20 of 1000: loss 0.5, lr 0.001, 0.16 steps/s, about 1h42m left",
+    ]
+    assert [loop.span(s) for s in (45, 725, 11220)] == ["45s", "12m05s", "3h07m"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-import types
 
 import pytest
 import torch
@@ -80,29 +80,22 @@ def test_history_drops_rows_after_the_checkpoint_and_an_existing_run_is_kept(tmp
         RunFolder(tmp_path, write=True).prepare(resume=False)
 
 
-def test_each_epoch_row_goes_to_tensorboard_when_it_is_installed(tmp_path, monkeypatch):
-    scalars = []
+def test_each_epoch_row_goes_to_real_tensorboard_event_files(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    class Writer:
-        def __init__(self, folder: str) -> None:
-            scalars.append(("folder", folder))
-
-        def add_scalar(self, key, value, step):
-            scalars.append((key, value, step))
-
-        def flush(self):
-            pass
-
-        def close(self):
-            pass
-
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     run = RunFolder(tmp_path, write=True)
     run.log_epoch([{"epoch": 1, "step": 4, "loss": 0.5, "lr": 1e-3, "val_mean_dsc": 0.7}])
+    run.log_epoch([{"epoch": 1, "step": 4, "loss": 0.5}, {"epoch": 2, "step": 8, "loss": 0.25, "lr": 5e-4}])
     run.close()
-    assert scalars == [
-        ("folder", str(tmp_path / "tensorboard")),
-        ("loss", 0.5, 4),
-        ("lr", 1e-3, 4),
-        ("val_mean_dsc", 0.7, 4),
-    ]
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    assert sorted(events.Tags()["scalars"]) == ["loss", "lr", "val_mean_dsc"]
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(4, 0.5), (8, 0.25)]
+
+
+def test_without_tensorboard_a_run_says_how_to_get_it_once(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="medmae")
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
+    run = RunFolder(tmp_path, write=True)
+    for epoch in (1, 2):
+        run.log_epoch([{"epoch": epoch, "step": 2 * epoch, "loss": 0.5}])
+    assert caplog.text.count("pip install 'medmae[tensorboard]'") == 1 and not (tmp_path / "tensorboard").exists()
