@@ -173,7 +173,8 @@ def apply(cfg: Config, values: dict[str, Any], source: str) -> None:
     for key, value in values.items():
         if key not in keys:
             matches = _close_matches(key, list(keys))
-            hint = f"; did you mean {', '.join(matches)}?" if matches else "; `medmae pretrain --help` lists the keys"
+            listed = "; `medmae pretrain --task T --print-config` lists the keys"
+            hint = f"; did you mean {', '.join(matches)}?" if matches else listed
             raise UserError(f"{source}: unknown config key {key!r}{hint}")
         section, name = key.split(".")
         setattr(getattr(cfg, section), name, _coerce(key, value, keys[key], source))
@@ -229,18 +230,38 @@ def stage_file(stage: str, task_name: str) -> Path:
     return path if path.is_file() else folder / "default.yaml"
 
 
-def load_config(stage: str, task_name: str, config_file: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Typed defaults, then the stage's recipe for the task, then ``config_file``, then ``overrides``."""
+ConfigFiles = str | Path | list[str | Path] | None
+
+
+def config_layers(
+    stage: str, task_name: str, config_files: ConfigFiles, overrides: list[str]
+) -> list[tuple[str, dict[str, Any]]]:
+    """(source, values) in the order they apply: the stage's recipe for the task, each config file in the
+    order given, then the ``--set`` overrides."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: choose one of {STAGES}")
-    cfg = Config()
+    files = [] if config_files is None else [config_files] if isinstance(config_files, (str, Path)) else config_files
     recipe = stage_file(stage, task_name)
-    apply(cfg, read_yaml(recipe), str(recipe))
-    if config_file is not None:
-        apply(cfg, read_yaml(Path(config_file)), str(config_file))
-    apply(cfg, dict(parse_override(text) for text in overrides), "--set")
+    layers = [(str(recipe), read_yaml(recipe)), *[(str(f), read_yaml(Path(f))) for f in files]]
+    return [*layers, ("--set", dict(parse_override(text) for text in overrides))]
+
+
+def load_config(stage: str, task_name: str, config_files: ConfigFiles = None, overrides: list[str] = ()) -> Config:
+    """Typed defaults, then the stage's recipe for the task, then each of ``config_files`` in order, then
+    ``overrides``."""
+    cfg = Config()
+    for source, values in config_layers(stage, task_name, config_files, list(overrides)):
+        apply(cfg, values, source)
     validate(cfg)
     return cfg
+
+
+def config_sources(stage: str, task_name: str, config_files: ConfigFiles, overrides: list[str]) -> dict[str, str]:
+    """Each key (``section.key``) -> where its value comes from: ``default``, a recipe, a file or ``--set``."""
+    sources = dict.fromkeys(known_keys(), "default")
+    for source, values in config_layers(stage, task_name, config_files, list(overrides)):
+        sources |= dict.fromkeys(values, source)
+    return sources
 
 
 def validate(cfg: Config) -> None:
@@ -264,7 +285,7 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
     model, data, optim, train, infer = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.infer
     every = (train.checkpoint_every, train.figure_every, train.val_every, train.log_every)
     return [
-        (0 <= model.mask_ratio < 1, "model.mask_ratio must lie in [0, 1)"),
+        (0 < model.mask_ratio < 1, "model.mask_ratio must lie in (0, 1): with nothing hidden, nothing is learnt"),
         (0 <= model.drop_path < 1, "model.drop_path must lie in [0, 1)"),
         (model.tuning_blocks >= 0, "model.tuning_blocks must be >= 0"),
         (model.patch_size is None or min(_as_list(model.patch_size) or [0]) >= 1, "model.patch_size must be > 0"),

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from medmae import resource_dir
-from medmae.config import Config, from_dict, known_keys, load_config, parse_override, save_config
+from medmae.cli import main
+from medmae.config import Config, config_sources, from_dict, known_keys, load_config, parse_override, save_config
 from medmae.errors import UserError
 from medmae.tasks import list_tasks
 
@@ -60,8 +61,9 @@ def test_wrong_types_and_ranges_are_errors():
         load_config("pretrain", "btcv", overrides=["data.batch_size=four"])
     with pytest.raises(UserError, match=r"data.batch_size must be int, not True"):
         load_config("pretrain", "btcv", overrides=["data.batch_size=true"])
-    with pytest.raises(UserError, match=r"model.mask_ratio must lie in \[0, 1\)"):
-        load_config("pretrain", "btcv", overrides=["model.mask_ratio=1.0"])
+    for hidden in (1.0, 0):  # all hidden, or nothing hidden (a loss of 0 that teaches nothing)
+        with pytest.raises(UserError, match=r"model.mask_ratio must lie in \(0, 1\): with nothing hidden"):
+            load_config("pretrain", "btcv", overrides=[f"model.mask_ratio={hidden}"])
     with pytest.raises(UserError, match=r"train.dist_timeout_min must be > 0"):
         load_config("pretrain", "btcv", overrides=["train.dist_timeout_min=0"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
@@ -116,3 +118,24 @@ def test_every_backbone_file_picks_its_arch_for_both_stages(backbone):
     for stage in ("pretrain", "finetune"):
         cfg = load_config(stage, "msd_hippocampus", backbone)
         assert (cfg.model.arch, cfg.model.size) == (arch, "mini")
+
+
+def test_config_files_apply_in_order_and_every_key_names_its_source(tmp_path):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("optim: {base_lr: 0.1, warmup_epochs: 3}\n")
+    second.write_text("optim: {base_lr: 0.2}\n")
+    cfg = load_config("pretrain", "demo", [first, second], ["train.epochs=7"])
+    assert (cfg.optim.base_lr, cfg.optim.warmup_epochs, cfg.train.epochs) == (0.2, 3, 7)  # both files count
+    sources = config_sources("pretrain", "demo", [first, second], ["train.epochs=7"])
+    assert (sources["optim.base_lr"], sources["optim.warmup_epochs"]) == (str(second), str(first))
+    assert sources["train.epochs"] == "--set" and sources["model.mask_ratio"].endswith("configs/pretrain/demo.yaml")
+    assert sources["optim.clip_grad"] == "default" and set(sources) == set(known_keys())
+
+
+def test_print_config_shows_each_value_with_its_source_and_trains_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["finetune", "--task", "demo", "--config", str(TINY), "--config", str(TINY), "--set", "optim.base_lr=0.5"]
+    assert main([*argv, "--label-fraction", "0.5", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "  base_lr: 0.5  # --set\n" in out and f'  size: "tiny"  # {TINY}\n' in out
+    assert "  label_fraction: 0.5  # --label-fraction\n" in out and not (tmp_path / "runs").exists()

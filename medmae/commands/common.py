@@ -7,10 +7,9 @@ parser (``medmae --help``, a mistyped flag) stays instant.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-from medmae.config import known_keys
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,22 +42,49 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
-    """The data flags, then ``--config``, ``--output-dir``, ``--set`` and ``--resume`` of a training run."""
+    """The data flags, then ``--config``, ``--output-dir``, ``--set``, ``--resume`` and ``--print-config``."""
     add_data_flags(parser)
-    parser.add_argument("--config", help="a YAML file over the task's recipe (e.g. configs/test/tiny.yaml)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        help="a YAML file over the task's recipe (e.g. configs/test/tiny.yaml); repeatable, applied in order",
+    )
     parser.add_argument("--output-dir", help="the run folder (default: runs/<task>_<stage>)")
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change one config key, e.g. --set optim.base_lr=1e-3 (repeatable; keys: " + ", ".join(known_keys()) + ")",
+        help="change one config key, e.g. --set optim.base_lr=1e-3 (repeatable); every key with its value and "
+        "where it comes from: --print-config; meanings and defaults: docs/reference/config.md",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --output-dir from its newest checkpoint (last.pt, else previous.pt)",
     )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config, each key with where its value comes from, and exit",
+    )
+
+
+def print_config(stage: str, args: argparse.Namespace) -> None:
+    """The resolved config of a run as YAML, each key commented with its source (default, recipe, file,
+    --set); nothing is trained, no data is read."""
+    from medmae.config import config_sources, load_config
+    from medmae.tasks import load_task
+
+    task = load_task(args.task)
+    cfg = load_config(stage, task.name, args.config, args.set)
+    sources = config_sources(stage, task.name, args.config, args.set)
+    if getattr(args, "label_fraction", None) is not None:
+        cfg.data.label_fraction, sources["data.label_fraction"] = args.label_fraction, "--label-fraction"
+    for section, values in cfg.to_dict().items():
+        print(f"{section}:")
+        for key, value in values.items():
+            print(f"  {key}: {json.dumps(value)}  # {sources[f'{section}.{key}']}")
 
 
 def run_request(args: argparse.Namespace) -> RunRequest:

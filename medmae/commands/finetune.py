@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_run_flags, fraction, run_request, subcommand
+from medmae.commands.common import add_run_flags, fraction, print_config, run_request, subcommand
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from medmae.training import finetune
     from medmae.training.session import output_dir
 
+    if args.print_config:
+        print_config("finetune", args)
+        return 0
     request = run_request(args)
     finetune.run(request)
     best = output_dir(request, "finetune") / "checkpoints" / "best.pt"

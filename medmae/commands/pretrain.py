@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from medmae.commands.common import add_run_flags, run_request, subcommand
+from medmae.commands.common import add_run_flags, print_config, run_request, subcommand
 from medmae.errors import UserError
 
 
@@ -28,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from medmae.training import pretrain
     from medmae.training.session import output_dir
 
+    if args.print_config:
+        print_config("pretrain", args)
+        return 0
     data_flags = {"--data-root": args.data_root, "--manifest": args.manifest, "--split/--fold": args.split}
     given = [flag for flag, value in data_flags.items() if value]
     if args.images and given:

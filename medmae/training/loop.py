@@ -91,7 +91,8 @@ def fit(
     schedule = functools.partial(
         learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr
     )
-    heartbeat = Heartbeat(total, progress.step, enabled=ctx.is_main and not sys.stderr.isatty())
+    advice = CPU_ADVICE if ctx.device.type == "cpu" and ctx.is_main else ""
+    heartbeat = Heartbeat(total, progress.step, enabled=ctx.is_main and not sys.stderr.isatty(), advice=advice)
     for epoch in range(progress.epoch, cfg.train.epochs):
         if stopped_early(cfg, progress):  # a resumed run that had already stopped
             break
@@ -199,23 +200,44 @@ def plain(x: Any) -> torch.Tensor:
     return torch.as_tensor(x).as_subclass(torch.Tensor)
 
 
+LONG_CPU_RUN_S = 2 * 3600
+CPU_ADVICE = (
+    "for a CPU train a tiny model: --config configs/test/tiny.yaml (a smoke run) or the CPU recipes of "
+    "docs/how-to/msd_hippocampus.md#on-a-cpu"
+)
+
+
 class Heartbeat:
     """Progress for logs that are not a terminal (``nohup``, batch schedulers), where no progress bar shows:
     at most one line per ``every`` seconds with the step, loss, rate and the time the run has left, beside
-    the logging's time stamp."""
+    the logging's time stamp. With ``advice`` (a run on the CPU), a run that will take more than two hours
+    says so once, after 3 steps, with the advice."""
 
-    def __init__(self, total_steps: int, first_step: int, every: float = 60.0, enabled: bool = True) -> None:
-        self.total, self.first, self.every, self.enabled = total_steps, first_step, every, enabled
+    def __init__(
+        self, total_steps: int, first_step: int, every: float = 60.0, enabled: bool = True, advice: str = ""
+    ) -> None:
+        self.total, self.first, self.every, self.enabled, self.advice = total_steps, first_step, every, enabled, advice
         self.started = self.last = time.monotonic()
 
-    def beat(self, step: int, where: str, loss: float, lr: float) -> None:
+    def pace(self, step: int) -> tuple[float, float] | None:
+        """(steps per second, seconds left) after ``step``; warns once about a long CPU run (see above)."""
         now = time.monotonic()
-        if not self.enabled or now - self.last < self.every or step <= self.first:
-            return
-        self.last = now
+        if step <= self.first or now <= self.started:
+            return None
         rate = (step - self.first) / (now - self.started)
         left = (self.total - step) / rate
-        shown = f"loss {loss:.4g}, lr {lr:.3g}, {rate:.3g} steps/s, about {span(left)} left"
+        if self.advice and step - self.first >= 3 and left > LONG_CPU_RUN_S:
+            log.warning("this run needs about %s more at %.3g steps/s; %s", span(left), rate, self.advice)
+            self.advice = ""
+        return rate, left
+
+    def beat(self, step: int, where: str, loss: float, lr: float) -> None:
+        """The progress line, if enabled and ``every`` seconds have passed since the last one."""
+        paced = self.pace(step)
+        if paced is None or not self.enabled or time.monotonic() - self.last < self.every:
+            return
+        self.last = time.monotonic()
+        shown = f"loss {loss:.4g}, lr {lr:.3g}, {paced[0]:.3g} steps/s, about {span(paced[1])} left"
         log.info("%s of %d: %s", where, self.total, shown)
 
 
@@ -266,6 +288,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
         bar.update()
+        if heartbeat.advice:  # a run on the CPU: its pace is known after a few steps
+            heartbeat.pace(progress.step)
         if progress.step % cfg.train.log_every == 0:  # the only host-device synchronisation of the loop
             check_finite(all_mean(loss.detach() * accumulate, ctx), progress.epoch, progress.step)
             bar.set_postfix(loss=f"{loss.item() * accumulate:.4f}", lr=f"{lr:.3g}")

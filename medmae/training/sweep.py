@@ -57,7 +57,9 @@ def resolve_key(key: str) -> str:
     matches = [k for k in keys if k.rsplit(".", 1)[-1] == key]
     if len(matches) == 1:
         return matches[0]
-    hint = f"it could be {', '.join(matches)}" if matches else "`medmae pretrain --help` lists the keys"
+    hint = (
+        f"it could be {', '.join(matches)}" if matches else "`medmae pretrain --task T --print-config` lists the keys"
+    )
     raise UserError(f"--param {key}: not one config key; {hint}")
 
 

@@ -81,13 +81,30 @@ def test_stopped_early_counts_validations_since_the_best(patience, epoch, best_e
 
 def test_a_log_that_is_not_a_terminal_gets_a_line_a_minute_with_rate_and_time_left(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="medmae")
-    clock = iter([0.0, 30.0, 61.0, 90.0, 125.0])
-    monkeypatch.setattr(loop.time, "monotonic", lambda: next(clock))
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
     heartbeat = loop.Heartbeat(total_steps=1000, first_step=0, every=60.0)  # started at 0 s
-    for step in (5, 10, 15, 20):  # at 30, 61, 90 and 125 s
+    for step, seconds in ((5, 30.0), (10, 61.0), (15, 90.0), (20, 125.0)):
+        now[0] = seconds
         heartbeat.beat(step, f"epoch 1/5, step {step}", 0.5, 1e-3)
     assert caplog.messages == [
         "epoch 1/5, step 10 of 1000: loss 0.5, lr 0.001, 0.164 steps/s, about 1h40m left",
         "epoch 1/5, step 20 of 1000: loss 0.5, lr 0.001, 0.16 steps/s, about 1h42m left",
     ]
     assert [loop.span(s) for s in (45, 725, 11220)] == ["45s", "12m05s", "3h07m"]
+
+
+def test_a_long_cpu_run_warns_once_after_three_steps_with_advice(monkeypatch, caplog):
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    heartbeat = loop.Heartbeat(total_steps=40_000, first_step=0, enabled=False, advice=loop.CPU_ADVICE)
+    for step in range(1, 6):
+        now[0] = 2.0 * step  # 2 s a step: 22 hours for 40,000 steps
+        heartbeat.pace(step)
+    warnings = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"this run needs about 22h13m more at 0.5 steps/s; {loop.CPU_ADVICE}"]
+    quick = loop.Heartbeat(total_steps=100, first_step=0, enabled=False, advice=loop.CPU_ADVICE)
+    for step in range(1, 6):
+        now[0] = 10.0 + step
+        quick.pace(step)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # 100 steps: no warning

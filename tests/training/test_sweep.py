@@ -14,7 +14,9 @@ def test_keys_are_config_keys_or_their_unique_leaf_names_with_an_optional_stage(
     assert parse_param("finetune:model.tuning=full,linear") == Param("finetune", "model.tuning", ("full", "linear"))
     assert parse_param("img_size=[64,64],[96,96]").values == ([64, 64], [96, 96])
     assert parse_param("optim.base_lr=1e-3,5e-4").values == (0.001, 0.0005)  # YAML's 1e-3 read as a number
-    with pytest.raises(UserError, match="--param warmup: not one config key; `medmae pretrain --help` lists the keys"):
+    with pytest.raises(
+        UserError, match="--param warmup: not one config key; `medmae pretrain --task T --print-config` lists the keys"
+    ):
         parse_param("warmup=1,2")
     with pytest.raises(UserError, match="listed twice"):
         parse_param("mask_ratio=0.5,0.5")
