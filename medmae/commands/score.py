@@ -27,6 +27,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="MM",
         help="HD95 when exactly one side is empty (the BraTS challenges use 373.13); default the image diagonal",
     )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score the references that have a prediction and list the others (default: refuse)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -40,7 +45,14 @@ def run(args: argparse.Namespace) -> int:
     images = Path(args.images) if args.images else None
     with removed_on_error(output):
         summary, notes, written = score_to_folder(
-            load_task(args.task), pred, Path(args.ref), output, images, args.hd95_penalty, progress=not args.quiet
+            load_task(args.task),
+            pred,
+            Path(args.ref),
+            output,
+            images,
+            args.hd95_penalty,
+            progress=not args.quiet,
+            allow_missing=args.allow_missing,
         )
     for note in notes:
         print(f"note: {note}")

@@ -115,25 +115,32 @@ def check_pairs(task: TaskSpec, pairs: dict[str, tuple[Path, Path]], images: dic
 
 
 def match_and_check(
-    task: TaskSpec, pred_dir: Path, ref_dir: Path, image_dir: Path | None = None
+    task: TaskSpec, pred_dir: Path, ref_dir: Path, image_dir: Path | None = None, allow_missing: bool = False
 ) -> tuple[dict[str, tuple[Path, Path]], dict[str, Path], list[str]]:
-    """Pairs (prediction, reference) and images per case id, and notes. Every missing prediction or image
-    and every grid mismatch is collected and raised together as a :class:`UserError` naming the cases,
-    before anything is scored."""
+    """Pairs (prediction, reference) and images per case id, and notes. Every missing prediction (unless
+    ``allow_missing``: then a note lists them and the others are scored) or image and every grid mismatch
+    is collected and raised together as a :class:`UserError` naming the cases, before anything is scored."""
     references, predictions = volume_files(ref_dir), volume_files(pred_dir)
     matched = pair_files(references, predictions)
     images = pair_files(references, volume_files(image_dir)) if image_dir else {}
-    problems = [f"{case}: no prediction in {pred_dir}" for case in references if case not in matched]
+    missing = [case for case in references if case not in matched]
+    problems = [] if allow_missing else [f"{case}: no prediction in {pred_dir}" for case in missing]
     problems += [f"{case}: no image in {image_dir}" for case in references if image_dir and case not in images]
+    if allow_missing and not matched:
+        problems.append(f"no reference of {ref_dir} has a prediction in {pred_dir}")
     pairs = {case: (matched[case], references[case]) for case in sorted(matched)}
     refuse(task, problems + check_pairs(task, pairs, images))
     unused = sorted(set(predictions.values()) - set(matched.values()))
-    notes = (
-        [f"{len(unused)} predictions have no reference and are not scored: " + ", ".join(p.name for p in unused[:5])]
-        if unused
-        else []
-    )
+    notes = [f"{len(missing)} references have no prediction and are not scored: {shown(missing)}"] if missing else []
+    if unused:
+        names = shown([p.name for p in unused])
+        notes.append(f"{len(unused)} predictions have no reference and are not scored: {names}")
     return pairs, images, notes
+
+
+def shown(names: list[str], limit: int = 10) -> str:
+    """The first ``limit`` names, and how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penalty_mm: float | None) -> list[dict]:
@@ -200,11 +207,12 @@ def score_to_folder(
     image_dir: Path | None = None,
     penalty_mm: float | None = None,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> tuple[pd.DataFrame, list[str], list[Path]]:
     """Match the folders' files by case id, score them, and write the reports (see :func:`write_report`)."""
     if task.is_classification:
         raise UserError(f"medmae score scores segmentations; task {task.name} is a classification task")
-    pairs, images, notes = match_and_check(task, pred_dir, ref_dir, image_dir)
+    pairs, images, notes = match_and_check(task, pred_dir, ref_dir, image_dir, allow_missing)
     return write_report(
         task,
         pairs,

@@ -209,3 +209,21 @@ def test_default_output_folder_and_figure_rows(capsys, demo_root, tmp_path, monk
     code, out = score(capsys, "--task", "demo", "--pred", ".", "--ref", demo_root / "labelsTr")
     assert code == 0 and (tmp_path / "pred_scores" / "summary.csv").is_file()
     assert "best_worst.png" in out
+
+
+def test_missing_predictions_are_refused_unless_allowed_then_listed(capsys, demo_root, tmp_path):
+    refs = demo_root / "labelsTr"
+    shutil.copytree(refs, tmp_path / "pred")
+    for case in ("label0005", "label0006"):
+        (tmp_path / "pred" / f"{case}.nii.gz").unlink()
+    code, out = score(capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs)
+    assert code == 2 and "label0005: no prediction in" in out and "label0006: no prediction in" in out
+    code, out = score(capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs, "--allow-missing")
+    assert code == 0 and "note: 2 references have no prediction and are not scored: label0005, label0006" in out
+    per_case = pd.read_csv(tmp_path / "pred_scores" / "per_case.csv", comment="#")
+    assert sorted(per_case["case_id"].unique()) == ["label0001", "label0002", "label0003", "label0004"]
+    empty = tmp_path / "none"
+    empty.mkdir()
+    (empty / "other.nii.gz").write_bytes((refs / "label0001.nii.gz").read_bytes())
+    code, out = score(capsys, "--task", "demo", "--pred", empty, "--ref", refs, "--allow-missing")
+    assert code == 2 and "no reference of" in out and "has a prediction in" in out
