@@ -19,6 +19,19 @@ from medmae.errors import DataError
 from medmae.tasks import TaskSpec
 
 EXTREME_INTENSITY = 1e10  # far beyond HU, MR units, PET Bq/ml; float32 overflows in statistics near 1e19
+MIN_SIZE = 16  # the ViT's patch: an image smaller on every axis holds less than one patch
+
+
+def affine_problem(image: Image) -> str | None:
+    """Why an image's voxel-to-world affine is unusable (not finite, or singular: a zero spacing), or None."""
+    dims = image.array.ndim - 1
+    linear = image.affine[:dims, :dims]
+    if not np.isfinite(image.affine).all():
+        return "its affine (the header's voxel-to-world matrix) holds NaN or inf"
+    if abs(np.linalg.det(linear)) < 1e-12:
+        spacing = ", ".join(f"{v:g}" for v in np.linalg.norm(linear, axis=0))
+        return f"its affine is singular (voxel spacing {spacing} mm): a broken header"
+    return None
 
 
 @dataclass
@@ -44,12 +57,21 @@ def _check_image(task: TaskSpec, image: Image, report: CaseReport) -> None:
             f"{where}: {array.shape[0]} channels, task {task.name} needs {task.in_channels} "
             f"({', '.join(task.channels)})"
         )
+    if problem := affine_problem(image):
+        report.errors.append(f"{where}: {problem}")
+    if array.ndim - 1 == task.spatial_dims and all(size < MIN_SIZE for size in array.shape[1:]):
+        report.errors.append(
+            f"{where}: image of shape {tuple(array.shape[1:])} is smaller than one patch "
+            f"({MIN_SIZE} voxels) on every axis: nothing to learn from"
+        )
     finite = np.isfinite(array) if array.dtype.kind == "f" else np.ones(array.shape, dtype=bool)
     if not finite.all():
         report.errors.append(f"{where}: {int((~finite).sum())} non-finite voxels (NaN or inf)")
     if finite.any():
         values = array[finite]
         report.intensity = (float(values.min()), float(values.max()))
+        if report.intensity[0] == report.intensity[1]:
+            report.warnings.append(f"{where}: every voxel is {report.intensity[0]:g} (a blank image?)")
         if max(-report.intensity[0], report.intensity[1]) > EXTREME_INTENSITY:
             report.errors.append(
                 f"{where}: intensities reach {max(report.intensity, key=abs):.3g}, beyond "
@@ -85,7 +107,10 @@ def _check_label(task: TaskSpec, image: Image, label: Image, report: CaseReport,
             f"{where}: label shape {tuple(array.shape[1:])} differs from image shape {tuple(image.array.shape[1:])}"
         )
         return
-    if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+    # a broken image affine is named among the image's errors: no comparison with it means anything
+    if problem := affine_problem(label):
+        report.errors.append(f"{where}: {problem}")
+    elif not affine_problem(image) and not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
         report.errors.append(
             f"{where}: label affine differs from the image affine (largest difference "
             f"{np.abs(label.affine - image.affine).max():.4g} mm)"

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from monai.data import list_data_collate
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from medmae.data.cases import Case
 from medmae.data.check import check_case
@@ -46,17 +47,38 @@ class CaseDataset(Dataset):
         skip_bad_cases: check every case first (as ``medmae data check``) and leave out those with errors,
             logging each one and keeping them in ``skipped``; otherwise the first bad case raises
             :class:`DataError` naming the case and the file.
+        check_first: check every case first and raise :class:`UserError` listing every case with errors
+            (for chains that read files lazily, which would meet a bad case only when it is drawn).
     """
 
     def __init__(
-        self, task: TaskSpec, cases: list[Case], stage: str, samples: int = 2, skip_bad_cases: bool = False
+        self,
+        task: TaskSpec,
+        cases: list[Case],
+        stage: str,
+        samples: int = 2,
+        skip_bad_cases: bool = False,
+        check_first: bool = False,
     ) -> None:
         self.task = task
         self.stage = stage
         self.skipped = {}
-        if skip_bad_cases:  # pretraining reads no labels, so a label problem does not remove its image
-            reports = [check_case(task, replace(case, label=None) if stage in IMAGE_ONLY else case) for case in cases]
-            self.skipped = {r.case.id: r.errors for r in reports if r.errors}
+        if skip_bad_cases or check_first:  # pretraining reads no labels: a label problem does not remove its image
+            checked = tqdm(cases, desc="checking cases", unit="case", disable=None, leave=False)
+            reports = [check_case(task, replace(case, label=None) if stage in IMAGE_ONLY else case) for case in checked]
+            warnings = [warning for r in reports for warning in r.warnings]
+            for warning in warnings[:5]:
+                log.warning("warning: %s", warning)
+            if len(warnings) > 5:
+                log.warning("and %d more warnings (medmae data check lists them)", len(warnings) - 5)
+            bad = {r.case.id: r.errors for r in reports if r.errors}
+            if bad and not skip_bad_cases:
+                listed = "\n  ".join(f"{case_id}: {'; '.join(errors)}" for case_id, errors in bad.items())
+                raise UserError(
+                    f"{len(bad)} of {len(cases)} cases have errors, found before training:\n  {listed}\n"
+                    "(--set data.skip_bad_cases=true leaves such cases out)"
+                )
+            self.skipped = bad
             for case_id, errors in self.skipped.items():
                 log.warning("skipped case %s: %s", case_id, "; ".join(errors))
             cases = [case for case in cases if case.id not in self.skipped]

@@ -195,8 +195,11 @@ def run(request: RunRequest) -> nn.Module:
         cfg, task, ctx = s.cfg, s.task, s.ctx
         cases = label_subset(s.split.train, cfg.data.label_fraction, cfg.data.label_seed)
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
-        dataset = CaseDataset(task, cases, "train", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
-        validation = CaseDataset(task, s.split.validation, "validation") if s.split.validation else None
+        checked = task.spatial_dims == 3  # MONAI's chain reads lazily: bad 3D cases are named before the first step
+        dataset = CaseDataset(task, cases, "train", crops, cfg.data.skip_bad_cases, check_first=checked)
+        validation = None
+        if s.split.validation:
+            validation = CaseDataset(task, s.split.validation, "validation", check_first=checked)
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
         model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
         _set_tuning(model, cfg, task, ctx.world)

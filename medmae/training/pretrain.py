@@ -95,7 +95,8 @@ def run(request: RunRequest) -> nn.Module:
             key=lambda c: c.id,
         )
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
-        dataset = CaseDataset(task, cases, "pretrain", samples=crops, skip_bad_cases=cfg.data.skip_bad_cases)
+        lazy = task.spatial_dims == 3 and cfg.data.sampler == "monai"  # the cached sampler reads every case first
+        dataset = CaseDataset(task, cases, "pretrain", crops, cfg.data.skip_bad_cases, check_first=lazy)
         shown = CaseDataset(task, held_out, "pretrain", samples=crops) if held_out else dataset
         loader = _loader(cfg, task, dataset, crops, ctx)
         model = build_mae(cfg, task)

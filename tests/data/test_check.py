@@ -148,3 +148,37 @@ def test_affine_tolerance_is_a_thousandth_of_a_millimetre(demo_root, tmp_path):
         nib.save(nib.Nifti1Image(np.asarray(source.dataobj), affine), tmp_path / "l.nii.gz")
         errors = check_case(task, Case("x", case.image, tmp_path / "l.nii.gz")).errors
         assert (errors == []) == ok, errors
+
+
+def save_with_srow_z(path, srow_z):
+    """A NIfTI whose sform (the only transform) has the third row ``srow_z``, as a broken header would."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((20, 20, 20))
+    header.set_data_dtype(np.float32)
+    header["sform_code"], header["qform_code"] = 1, 0
+    header["srow_x"], header["srow_y"], header["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], srow_z
+    nib.save(nib.Nifti1Image(np.arange(8000, dtype=np.float32).reshape(20, 20, 20), None, header=header), path)
+    return path
+
+
+def test_a_broken_image_affine_is_named_on_the_image_not_blamed_on_its_label(tmp_path):
+    task = load_task("demo")
+    label = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.uint8), np.eye(4)), label)
+    for srow_z, problem in (([0, 0, 0, 0], "singular (voxel spacing 1, 1, 0 mm)"), ([0, 0, np.nan, 0], "NaN or inf")):
+        image = save_with_srow_z(tmp_path / f"image_{len(problem)}.nii.gz", srow_z)
+        report = check_case(task, Case("x", image, label))
+        assert len(report.errors) == 1 and report.errors[0].startswith(f"{image}: its affine"), report.errors
+        assert problem in report.errors[0]
+
+
+def test_a_blank_image_warns_and_one_smaller_than_a_patch_is_an_error(tmp_path):
+    task = load_task("demo")
+    blank, tiny = tmp_path / "blank.nii.gz", tmp_path / "tiny.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 20), np.float32), np.eye(4)), blank)
+    nib.save(nib.Nifti1Image(np.ones((1, 1, 1), np.float32), np.eye(4)), tiny)
+    report = check_case(task, Case("blank", blank))
+    assert not report.errors and report.warnings == [f"{blank}: every voxel is 0 (a blank image?)"]
+    assert check_case(task, Case("tiny", tiny)).errors == [
+        f"{tiny}: image of shape (1, 1, 1) is smaller than one patch (16 voxels) on every axis: nothing to learn from"
+    ]
