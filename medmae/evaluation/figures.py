@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -14,11 +17,12 @@ import torch
 from medmae.files import atomic_open
 
 
-def _save(fig, path: str | Path, title: str = "") -> Path:
-    """Title, lay out, write the PNG atomically (folders created) and free the figure."""
+def _save(fig, path: str | Path, title: str = "", tight: bool = True) -> Path:
+    """Title, lay out (unless the caller did), write the PNG atomically (folders created) and free the figure."""
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     try:
         with atomic_open(path, "wb") as handle:
             fig.savefig(handle, format="png", dpi=100)
@@ -81,20 +85,21 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(array, nib.orientations.io_orientation(affine))
 
 
-def save_case_sheet(path: str | Path, rows: list[dict], classes: int, title: str = "") -> Path:
+def save_case_sheet(path: str | Path, rows: list[dict], names: Sequence[str], title: str = "") -> Path:
     """One row per case: image, reference and prediction on the axial slice of largest reference area,
-    in radiological view (the patient's right on the left, anterior up).
+    in radiological view (the patient's right on the left, anterior up), with a legend of the label colours.
 
     Args:
         rows: dicts with ``case_id``, ``dsc`` (the case's mean foreground DSC), ``reference`` and
             ``prediction`` label maps ``[*S]`` and optionally ``image`` ``[*S]``, all on one RAS grid
             (see :func:`to_ras`).
-        classes: the number of label values (colours), background included.
+        names: the label names, index = label value, background first.
     """
-    colours = matplotlib.colors.ListedColormap(
-        [(0, 0, 0, 0)] + [plt.get_cmap("tab10")(k % 10) for k in range(classes - 1)]
-    )
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+    classes = len(names)
+    palette = [plt.get_cmap("tab10")(k % 10) for k in range(classes - 1)]
+    colours = matplotlib.colors.ListedColormap([(0, 0, 0, 0), *palette])
+    size = (7.5, 2.7 * len(rows) + 0.6)
+    fig, axes = plt.subplots(len(rows), 3, figsize=size, squeeze=False, layout="constrained")
     for axes_row, row in zip(axes, rows):
         z = largest_reference_slice(row["reference"])
         background = row.get("image")
@@ -103,22 +108,16 @@ def save_case_sheet(path: str | Path, rows: list[dict], classes: int, title: str
         for ax, name in zip(axes_row, ("image", "reference", "prediction")):
             ax.imshow(background.T, cmap="gray", origin="lower", vmin=low, vmax=high)
             if name != "image":
-                ax.imshow(
-                    row[name][..., z].T,
-                    cmap=colours,
-                    vmin=0,
-                    vmax=classes - 1,
-                    origin="lower",
-                    alpha=0.55,
-                    interpolation="nearest",
-                )
+                shown = {"cmap": colours, "vmin": 0, "vmax": classes - 1, "alpha": 0.55, "interpolation": "none"}
+                ax.imshow(row[name][..., z].T, origin="lower", **shown)
             ax.invert_xaxis()  # radiological view: the patient's right on the left
             ax.set_axis_off()
-            ax.set_title(
-                f"{row['case_id']} (mean DSC {row['dsc']:.3f}, slice {z})\n{name}" if name == "image" else name,
-                fontsize=8,
-            )
-    return _save(fig, path, title)
+            ax.set_title(name, fontsize=8)
+        case = textwrap.fill(str(row["case_id"]), 32, break_long_words=True)  # a long id wraps, never clips
+        axes_row[0].set_title(f"{case}\nmean DSC {row['dsc']:.3f}, slice {z}\nimage", fontsize=8)
+    handles = [matplotlib.patches.Patch(color=c, alpha=0.55, label=name) for c, name in zip(palette, names[1:])]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=7, frameon=False)
+    return _save(fig, path, title, tight=False)  # the constrained layout keeps titles and legend inside
 
 
 def save_roc_figure(path: str | Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "") -> Path:

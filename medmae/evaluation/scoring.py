@@ -255,7 +255,7 @@ def write_report(
             save_case_sheet(
                 output_dir / "figures" / "best_worst.png",
                 rows,
-                len(task.labels),
+                task.labels,
                 title=f"{task.name}: best and worst cases by mean foreground DSC",
             )
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.text
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -52,3 +53,32 @@ def test_sheet_shows_the_best_and_worst_cases_on_their_largest_slice(tmp_path):
     pairs = {case: (tmp_path / "ref.nii.gz", tmp_path / "ref.nii.gz") for case in dsc}
     rows = _sheet_rows(per_case, pairs, {})
     assert [row["case_id"] for row in rows] == ["c0", "c3", "c5", "c4", "c6", "c1"]  # 3 best, then 3 worst
+
+
+def test_the_case_sheet_names_each_case_inside_the_figure_and_has_a_colour_legend(tmp_path, monkeypatch):
+    from medmae.evaluation import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, title="", tight=True: drawn.append(fig))
+    label = np.zeros((20, 20, 4), np.uint8)
+    label[5:15, 5:15, 2] = 1
+    label[8:12, 8:12, 2] = 2
+    rows = [
+        {
+            "case_id": "a_very_long_case_identifier_from_the_hospital_pacs_0001",
+            "dsc": 0.9,
+            "reference": label,
+            "prediction": label,
+        },
+        {"case_id": "case_0002", "dsc": 0.1, "reference": label, "prediction": label * 0},
+    ]
+    figures.save_case_sheet(tmp_path / "sheet.png", rows, ("background", "anterior", "posterior"))
+    fig = drawn[0]
+    fig.canvas.draw()
+    boxes = {t.get_text().split("\n")[0]: t.get_window_extent() for t in fig.findobj(matplotlib.text.Text)}
+    for case in ("a_very_long_case_identifier_from", "case_0002"):  # the long id wraps at 32 characters
+        box = boxes[case]
+        assert fig.bbox.contains(*box.p0) and fig.bbox.contains(*box.p1), case  # inside the figure
+    reference_titles = [t.get_window_extent() for t in fig.findobj(matplotlib.text.Text) if t.get_text() == "reference"]
+    assert not any(boxes["a_very_long_case_identifier_from"].overlaps(box) for box in reference_titles)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["anterior", "posterior"]
