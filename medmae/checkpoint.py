@@ -95,6 +95,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a medmae checkpoint onto the CPU with ``weights_only=True`` (no code is ever unpickled), after
     checking it against its ``.sha256`` file when there is one."""
     path = Path(path)
+    if path.is_dir():
+        inside = [p for p in (path / "checkpoints" / "best.pt", path / "best.pt", path / "last.pt") if p.is_file()]
+        hint = f"; did you mean {inside[0]}?" if inside else ""
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     verify_checksum(path)

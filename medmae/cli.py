@@ -71,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # accepted after the subcommand too, as the error hint says "rerun with --debug"
+        argv = ["--debug", *(arg for arg in argv if arg != "--debug")]
     args = build_parser().parse_args(argv)
     stamped = "%(message)s" if sys.stderr.isatty() else "%(asctime)s %(message)s"  # a log file gets time stamps
     logging.basicConfig(

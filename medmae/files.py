@@ -96,6 +96,16 @@ def write_nifti(image, path: str | Path) -> Path:
     return write_bytes(path, gzip.compress(data, compresslevel=1) if str(path).endswith(".gz") else data)
 
 
+def output_folder(path: str | Path, flag: str = "--output-dir") -> Path:
+    """``path`` as a folder to write into; :class:`OutputError` when it, or a folder above it, is a file."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "names a file" if folder == path else f"lies below {folder}, which is a file"
+            raise OutputError(f"{path}: {flag} {where}, not a folder")
+    return path
+
+
 def snapshot(folder: Path) -> set[Path] | None:
     """Every path under ``folder`` now, or None when it does not exist (see :func:`remove_added`)."""
     return set(folder.rglob("*")) if folder.exists() else None

@@ -59,8 +59,14 @@ def run_write_demo(args: argparse.Namespace) -> int:
 
     Example: ``medmae data demo --output-dir demo_data``
     """
+    from pathlib import Path
+
     from medmae.data.synthetic import write_demo_dataset
 
+    output = Path(args.output_dir)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        kind = "a file" if not output.is_dir() else "a folder that is not empty"
+        raise UserError(f"{output}: {kind}; data demo writes a new data set into an empty or new folder")
     with removed_on_error(args.output_dir):
         validation = min(2, args.cases - 1)
         root = write_demo_dataset(args.output_dir, cases=args.cases, validation=validation, seed=args.seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from medmae.commands.common import subcommand
 from medmae.errors import UserError
+from medmae.files import output_folder
 
 log = logging.getLogger("medmae")
 DEMO_CASES = 16
@@ -39,7 +40,7 @@ def run_demo(output_dir: str | Path, quick: bool = False) -> list[str]:
     from medmae.training import finetune, pretrain
     from medmae.training.session import RunRequest
 
-    root = Path(output_dir)
+    root = output_folder(output_dir)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root}: already exists and is not empty; remove it or pass another --output-dir")
     started = time.perf_counter()

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from medmae.commands.common import distance_mm, print_summary, print_written, subcommand
-from medmae.files import removed_on_error
+from medmae.files import output_folder, removed_on_error
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from medmae.tasks import load_task
 
     pred = Path(args.pred).resolve()
-    output = Path(args.output_dir) if args.output_dir else pred.parent / f"{pred.name}_scores"
+    output = output_folder(args.output_dir or pred.parent / f"{pred.name}_scores")
     images = Path(args.images) if args.images else None
     with removed_on_error(output):
         summary, notes, written = score_to_folder(

@@ -76,6 +76,8 @@ def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
             if (part, case.id) not in listed:  # an unlabelled image named in two parts is used once
                 parts[part].append(case)
             listed |= {(key, case.id), (part, case.id)}
+    if not any(parts.values()):
+        raise DataError(path, "lists no cases: 'training' (and every other list) is empty")
     return parts
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def read_image(path: str | Path) -> Image:
     name = path.name.lower()
     if path.is_dir():
         return _read_sitk(path, series=True)
+    if not os.access(path, os.R_OK):
+        raise DataError(path, "permission denied: this user may not read it")
     if path.stat().st_size == 0:
         raise DataError(path, "empty file (0 bytes)")
     if name.endswith(NIFTI_SUFFIXES):

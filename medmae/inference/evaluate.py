@@ -16,7 +16,7 @@ from medmae.data.manifests import load_split
 from medmae.errors import UserError
 from medmae.evaluation.reports import write_classification_report
 from medmae.evaluation.scoring import check_pairs, refuse, write_report
-from medmae.files import removed_on_error
+from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
 from medmae.inference.predict import load_finetuned, predict_volumes
 from medmae.tasks import TaskSpec, load_task
@@ -67,7 +67,7 @@ def evaluate(
             raise UserError(f"{problem}; evaluate on --split {trained}, or pass --allow-seen-cases")
         log.warning("WARNING: %s; their scores are not a test of the model", problem)
     folder = f"evaluate_{part}" if trained == split.name else f"evaluate_{split.name}_{part}"
-    output = Path(output_dir or Path(checkpoint).resolve().parent.parent / folder)
+    output = output_folder(output_dir or Path(checkpoint).resolve().parent.parent / folder)
     with removed_on_error(output):
         if task.is_classification:
             cfg = from_dict(payload["run_config"], checkpoint)

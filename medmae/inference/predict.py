@@ -23,7 +23,7 @@ from medmae.data.writers import label_map_suffix, write_label_map, write_probabi
 from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
 from medmae.evaluation.reports import write_csv
-from medmae.files import removed_on_error
+from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
 from medmae.inference.segment import background_outside, segment, to_label_map, to_original_grid
 from medmae.models.registry import rebuild_model
@@ -132,7 +132,7 @@ def predict(
     the output folder may lie inside the input folder only with ``inside_input``, and an input file is
     never overwritten. A failure leaves nothing new in the output folder."""
     model, payload, task, device = load_finetuned(checkpoint)
-    source_path, output = Path(source).resolve(), Path(output_dir).resolve()
+    source_path, output = Path(source).resolve(), output_folder(output_dir).resolve()
     files, skipped = input_files(source_path, task)
     if skipped:
         shown = ", ".join(p.name for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")

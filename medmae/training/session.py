@@ -17,6 +17,7 @@ from medmae.config import Config, flatten, from_dict, load_config, save_config
 from medmae.data.cases import Split
 from medmae.data.manifests import images_split, load_split
 from medmae.errors import UserError
+from medmae.files import output_folder
 from medmae.models.registry import PATCH_SIZE, input_multiple
 from medmae.tasks import TaskSpec, load_task
 from medmae.training.distributed import Context, barrier, setup, teardown
@@ -55,8 +56,8 @@ class Setup:
 
 
 def output_dir(request: RunRequest, stage: str) -> Path:
-    """Where a run of ``stage`` writes: ``--output-dir``, else ``runs/<task>_<stage>``."""
-    return Path(request.output_dir or f"runs/{load_task(request.task).name}_{stage}")
+    """Where a run of ``stage`` writes: ``--output-dir``, else ``runs/<task>_<stage>`` (never a file)."""
+    return output_folder(request.output_dir or f"runs/{load_task(request.task).name}_{stage}")
 
 
 def start(stage: str, request: RunRequest) -> Setup:

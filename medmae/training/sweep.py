@@ -24,7 +24,7 @@ import yaml
 from medmae.config import STAGES, known_keys, load_config, parse_override
 from medmae.errors import UserError
 from medmae.evaluation.figures import save_sweep_figure
-from medmae.files import write_text
+from medmae.files import output_folder, write_text
 from medmae.inference.evaluate import evaluate
 from medmae.models.masking import visible_count
 from medmae.models.patchify import as_tuple, grid_size
@@ -126,7 +126,7 @@ def run_sweep(request: SweepRequest) -> tuple[pd.DataFrame, list[Path]]:
     if len(set(labels)) != len(labels):
         raise UserError(f"--param: a key is swept twice ({', '.join(labels)})")
     fixed = [stage_and_key(text, "--set") for text in request.fixed]
-    output = Path(request.output_dir or f"runs/{task.name}_sweep")
+    output = output_folder(request.output_dir or f"runs/{task.name}_sweep")
     grid = list(itertools.product(*(p.values for p in request.params)))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("medmae sweep runs its points one after another in one process; run it without torchrun")

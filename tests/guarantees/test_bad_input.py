@@ -352,3 +352,49 @@ def test_a_broken_case_in_a_loader_worker_exits_2_naming_the_file(tmp_path, demo
     )
     message = capsys.readouterr().err
     assert code == 2 and str(broken) in message and "Traceback" not in message
+
+
+def test_a_file_this_user_may_not_read_says_permission_denied(tmp_path, monkeypatch):
+    image = tmp_path / "x.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 20), np.float32), np.eye(4)), image)
+    monkeypatch.setattr("medmae.data.readers.os.access", lambda path, mode: False)  # tests may run as root
+    with pytest.raises(DataError, match=r"x.nii.gz: permission denied: this user may not read it"):
+        read_image(image)
+
+
+def test_an_empty_training_list_is_refused_for_what_it_is(capsys, tmp_path):
+    (tmp_path / "dataset.json").write_text('{"training": []}')
+    assert main(["data", "check", "--task", "msd_hippocampus", "--data-root", str(tmp_path), "--quiet"]) == 2
+    assert "dataset.json: lists no cases: 'training' (and every other list) is empty" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_or_lies_below_one_is_named(capsys, tmp_path, clean):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    argv = commands(clean["root"], clean["checkpoint"], blocker)
+    for command in ("pretrain", "evaluate", "predict", "score"):
+        assert main(argv[command]) == 2, command
+        assert f"{blocker}: --output-dir names a file, not a folder" in capsys.readouterr().err, command
+    below = commands(clean["root"], clean["checkpoint"], blocker / "sub")["finetune"]
+    assert main(below) == 2 and f"lies below {blocker}, which is a file" in capsys.readouterr().err
+    assert blocker.read_text() == "a file"
+
+
+def test_a_checkpoint_given_as_a_folder_points_at_the_file_inside(capsys, tmp_path, clean):
+    run = clean["checkpoint"].parent.parent
+    argv = commands(clean["root"], run, tmp_path / "out")["evaluate"]
+    assert main(argv) == 2
+    assert f"{run}: a folder, not a checkpoint file; did you mean {clean['checkpoint']}?" in capsys.readouterr().err
+
+
+def test_data_demo_never_writes_into_a_used_folder(capsys, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    assert main(["data", "demo", "--output-dir", str(tmp_path / "used"), "--cases", "2"]) == 2
+    assert "a folder that is not empty" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "used").iterdir()] == ["notes.txt"]
+
+
+def test_debug_works_after_the_subcommand_too(capsys, tmp_path):
+    assert main(["data", "check", "--task", "btcv", "--data-root", str(tmp_path / "missing"), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err  # the hint "rerun with --debug" works wherever it goes
