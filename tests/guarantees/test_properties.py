@@ -103,7 +103,7 @@ def test_any_yaml_config_file_is_a_config_or_a_user_error_naming_it(tmp_path, do
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(document))
     try:
-        load_config("pretrain", "demo", config_file=path)
+        load_config("pretrain", "demo", config_files=path)
     except UserError as error:
         assert str(path) in str(error)
 
