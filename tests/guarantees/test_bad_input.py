@@ -1,6 +1,8 @@
-"""Bad input, tried on every command that reads it: each gives exit code 2 and a message naming the file and
-the problem, no traceback, and leaves no output behind. Unwritable folders and a full disk are simulated
-by raising ``PermissionError`` and ``OSError(ENOSPC)`` where files are written (tests may run as root)."""
+"""Bad input: the kinds of broken images and labels and of failing writes that the catalogue
+(``bad_input_catalogue.py``) tries on every command, and the cases that need more than one command (a disk
+that fills mid-run, a loader worker, a real file-size limit). Unwritable folders and a full disk are
+simulated by raising ``PermissionError`` and ``OSError(ENOSPC)`` where files are written (tests may run as
+root)."""
 
 from __future__ import annotations
 
@@ -87,12 +89,6 @@ def clean(tmp_path_factory) -> dict[str, Path]:
         == 0
     )
     return {"root": root, "checkpoint": base / "unetr" / "checkpoints" / "best.pt"}
-
-
-def broken_copy(clean: dict[str, Path], tmp_path: Path, file: str, breaking) -> tuple[Path, Path]:
-    root = Path(shutil.copytree(clean["root"], tmp_path / "data"))
-    breaking(root / file)
-    return root, root / file
 
 
 def commands(root: Path, checkpoint: Path, out: Path) -> dict[str, list[str]]:
@@ -184,50 +180,6 @@ def _file_size_limit(limit: int = 2_000_000):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return apply
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("problem", IMAGE_PROBLEMS)
-@pytest.mark.parametrize("command", IMAGE_COMMANDS)
-def test_a_bad_image_is_refused_by_every_command(capsys, tmp_path, clean, problem, command):
-    case = TEST_CASE if command == "evaluate" else TRAIN_CASE
-    root, file = broken_copy(clean, tmp_path, f"imagesTr/img{case}.nii.gz", IMAGE_PROBLEMS[problem][0])
-    out = tmp_path / "out"
-    refused(capsys, commands(root, clean["checkpoint"], out)[command], file, IMAGE_PROBLEMS[problem][1], out)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("problem", LABEL_PROBLEMS)
-@pytest.mark.parametrize("command", ["data check", "finetune", "evaluate", "score"])
-def test_a_bad_label_is_refused_by_every_command(capsys, tmp_path, clean, problem, command):
-    case = TEST_CASE if command == "evaluate" else TRAIN_CASE
-    root, file = broken_copy(clean, tmp_path, f"labelsTr/label{case}.nii.gz", LABEL_PROBLEMS[problem][0])
-    out = tmp_path / "out"
-    argv = commands(root, clean["checkpoint"], out)[command]
-    if command == "score":  # the broken label is the reference; the prediction is a sound copy
-        predictions = Path(shutil.copytree(clean["root"] / "labelsTr", tmp_path / "predictions"))
-        argv[argv.index("--pred") + 1] = str(predictions)
-    refused(capsys, argv, file, LABEL_PROBLEMS[problem][1], out)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("failure", WRITE_FAILURES)
-@pytest.mark.parametrize("command", ["pretrain", "finetune", "evaluate", "predict", "score", "data demo"])
-def test_a_folder_that_cannot_be_written_is_named_and_left_empty(
-    capsys, tmp_path, clean, monkeypatch, failure, command
-):
-    raising, target, problem = WRITE_FAILURES[failure]
-    out = tmp_path / "out"
-    argv = {
-        **commands(clean["root"], clean["checkpoint"], out),
-        "data demo": ["data", "demo", "--output-dir", str(out)],
-    }[command]
-    monkeypatch.setattr(f"medmae.files.{target}", raising)
-    code = main(argv)
-    said = capsys.readouterr().err
-    assert code == 2 and "cannot be written" in said and problem in said and str(out) in said, said
-    assert "Traceback" not in said
-    assert not out.exists(), sorted(str(p) for p in out.rglob("*"))
 
 
 @pytest.mark.slow
