@@ -1,9 +1,11 @@
-"""``medmae data check`` (read every case of a split and report what is wrong) and ``medmae data demo``
-(write the synthetic demo set)."""
+"""``medmae data check`` (read every case of a split and report what is wrong), ``medmae data
+export-nnunet`` (write a task's cases in nnU-Net's layout) and ``medmae data demo`` (write the synthetic
+demo set)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from medmae.commands.common import add_data_flags, at_least, subcommand
 from medmae.errors import UserError
@@ -17,6 +19,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     check = subcommand(data_commands, "check", run_check, run_check.__doc__)
     add_data_flags(check)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
+    export = subcommand(data_commands, "export-nnunet", run_export, run_export.__doc__)
+    add_data_flags(export)
+    export.add_argument("--output-dir", required=True, help="the nnU-Net dataset folder to write (new or empty)")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
     demo = subcommand(data_commands, "demo", run_write_demo, run_write_demo.__doc__)
     demo.add_argument("--output-dir", required=True)
     demo.add_argument("--cases", type=at_least(2), default=12, help="cases to write (at least 2; default 12)")
@@ -54,19 +60,45 @@ def run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def unused_folder(path: str) -> Path:
+    """``path`` as a new or empty folder to write a data set into; refused when it is a file or holds files."""
+    output = Path(path)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        kind = "a file" if not output.is_dir() else "a folder that is not empty"
+        raise UserError(f"{output}: {kind}; a data set is written into an empty or new folder")
+    return output
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write a task's cases in nnU-Net v2's raw layout: imagesTr, labelsTr, imagesTs and dataset.json.
+
+    Example: ``medmae data export-nnunet --task msd_hippocampus --data-root Task04_Hippocampus --output-dir Dataset504``
+    """
+    from medmae.data.manifests import load_split
+    from medmae.data.nnunet import export_nnunet
+    from medmae.tasks import load_task
+
+    task = load_task(args.task)
+    split = load_split(task, args.data_root, args.manifest, args.split)
+    output = unused_folder(args.output_dir)
+    with removed_on_error(output):
+        export_nnunet(task, split, output, progress=not args.quiet)
+    labelled = len({c.id for c in split.train + split.validation + split.test})
+    print(
+        f"wrote {labelled} labelled and {len(split.unlabelled)} unlabelled cases of task {task.name} to {output} "
+        f"in nnU-Net's layout; read it back with: medmae data check --task {args.task} --data-root {output}"
+    )
+    return 0
+
+
 def run_write_demo(args: argparse.Namespace) -> int:
     """Write the synthetic demo set (BTCV layout).
 
     Example: ``medmae data demo --output-dir demo_data``
     """
-    from pathlib import Path
-
     from medmae.data.synthetic import write_demo_dataset
 
-    output = Path(args.output_dir)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        kind = "a file" if not output.is_dir() else "a folder that is not empty"
-        raise UserError(f"{output}: {kind}; data demo writes a new data set into an empty or new folder")
+    unused_folder(args.output_dir)
     with removed_on_error(args.output_dir):
         validation = min(2, args.cases - 1)
         root = write_demo_dataset(args.output_dir, cases=args.cases, validation=validation, seed=args.seed)

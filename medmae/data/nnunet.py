@@ -1,16 +1,24 @@
 """nnU-Net v2 raw datasets read as they are: ``dataset.json`` with ``channel_names``, ``labels``,
 ``numTraining`` and ``file_ending``; ``imagesTr/<case>_0000<ending>`` (one file per channel: ``_0000``,
 ``_0001``, ...), ``labelsTr/<case><ending>`` and, if present, ``imagesTs/`` (unlabelled). Case ids carry no
-channel suffix, so that predictions are named as nnU-Net's and pair with ``labelsTr``."""
+channel suffix, so that predictions are named as nnU-Net's and pair with ``labelsTr``. Any medmae data set
+is written in that layout by :func:`export_nnunet` (``medmae data export-nnunet``)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
-from medmae.data.cases import Case
+import numpy as np
+from tqdm import tqdm
+
+from medmae.data.cases import Case, Split
+from medmae.data.readers import integer_labels, read_channels, read_image
 from medmae.errors import DataError
+from medmae.files import write_nifti, write_text
+from medmae.tasks import TaskSpec
 
 CHANNEL_DIGITS = 4
 
@@ -69,3 +77,43 @@ def read_nnunet(path: Path, raw: dict[str, Any], root: Path) -> dict[str, list[C
         for case, files in channel_groups(root / "imagesTs", ending, channels).items():
             unlabelled.append(Case(case, files[0], more_channels=files[1:]))
     return {"training": training, "validation": [], "test": [], "unlabelled": unlabelled}
+
+
+def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = True) -> Path:
+    """Write ``split``'s cases as an nnU-Net v2 raw dataset at ``output``: every labelled case (train,
+    validation and test parts) into ``imagesTr/<id>_<NNNN>.nii.gz`` (one file per channel, any input
+    format read as medmae reads it) and ``labelsTr/<id>.nii.gz``, unlabelled images into ``imagesTs/``, and
+    a ``dataset.json`` with the task's channels and labels (regions as nnU-Net's region labels)."""
+    labelled = sorted({c.id: c for c in split.train + split.validation + split.test}.values(), key=lambda c: c.id)
+    for case in tqdm([*labelled, *split.unlabelled], desc="exporting", unit="case", disable=not progress or None):
+        image = read_channels(case.image_files)
+        folder = "imagesTr" if case.label is not None else "imagesTs"
+        for channel, array in enumerate(image.array):
+            _save(array, image.affine, output / folder / f"{case.id}_{channel:0{CHANNEL_DIGITS}d}.nii.gz")
+        if case.label is not None:
+            label = read_image(case.label)
+            _save(integer_labels(label)[0].astype(np.uint8), label.affine, output / "labelsTr" / f"{case.id}.nii.gz")
+    labels: dict[str, Any] = {name: value for value, name in enumerate(task.labels)}
+    if task.regions:
+        labels = {"background": 0, **{name: list(values) for name, values in task.regions.items()}}
+    description = {
+        "channel_names": {str(k): name for k, name in enumerate(task.channels)},
+        "labels": labels,
+        "numTraining": len(labelled),
+        "file_ending": ".nii.gz",
+        "name": task.name,
+        "description": f"{task.title}; exported by medmae from {split.source} (split {split.name})",
+    }
+    if task.regions:
+        description["regions_class_order"] = [min(values) for values in task.regions.values()]
+    write_text(output / "dataset.json", json.dumps(description, indent=2) + "\n")
+    return output
+
+
+def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    write_nifti(image, path)

@@ -94,3 +94,21 @@ def test_data_check_reads_real_hippocampus_cases_in_nnunet_layout(capsys, tmp_pa
     assert code == 0, out.err
     assert "split fold0 from" in out.out and "dataset.json: 6 train, 2 validation, 2 test" in out.out
     assert "\ncases                10\ncases with errors    0\n" in out.out
+
+
+def test_a_data_set_exported_in_nnunet_layout_reads_back_case_for_case(capsys, demo_root, tmp_path):
+    output = tmp_path / "Dataset500_Demo"
+    argv = ["data", "export-nnunet", "--task", "demo", "--data-root", str(demo_root), "--output-dir", str(output)]
+    assert main([*argv, "--quiet"]) == 0
+    assert "wrote 6 labelled and 0 unlabelled cases of task demo" in capsys.readouterr().out
+    spec = json.loads((output / "dataset.json").read_text())
+    assert spec["channel_names"] == {"0": "CT"} and spec["numTraining"] == 6 and spec["file_ending"] == ".nii.gz"
+    assert spec["labels"] == {"background": 0, "liver": 1, "spleen": 2, "right_kidney": 3, "left_kidney": 4}
+    exported = read_datalist(output / "dataset.json", output)["training"]
+    originals = read_datalist(demo_root / "dataset_0.json", demo_root)
+    for case in exported:
+        source = next(c for part in originals.values() for c in part if c.id == case.id)
+        for exported_file, original_file in ((case.image, source.image), (case.label, source.label)):
+            a, b = nib.load(exported_file), nib.load(original_file)
+            assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
+    assert main([*argv, "--quiet"]) == 2 and "a folder that is not empty" in capsys.readouterr().err
