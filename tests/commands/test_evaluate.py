@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
 from medmae.cli import main
+from tests.helpers import convert_image
 
 
 def test_evaluate_prints_the_summary_and_what_it_wrote(capsys, demo_root, demo_checkpoint, tmp_path):
@@ -48,3 +50,21 @@ def test_cases_the_checkpoint_trained_on_are_refused_or_warned_about(
         "evaluate_fold1_test",
         "evaluate_test",
     ]
+
+
+def test_a_data_set_of_nrrd_files_is_evaluated_with_nrrd_predictions(capsys, demo_root, demo_checkpoint, tmp_path):
+    root = tmp_path / "nrrd"
+    datalist = json.loads((demo_root / "dataset_0.json").read_text())
+    for part in ("training", "validation"):
+        for entry in datalist[part]:
+            for key in ("image", "label"):
+                target = root / entry[key].replace(".nii.gz", ".nrrd")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                convert_image(demo_root / entry[key], target)
+                entry[key] = entry[key].replace(".nii.gz", ".nrrd")
+    (root / "dataset_0.json").write_text(json.dumps(datalist))
+    output = tmp_path / "evaluation"
+    argv = ["evaluate", "--task", "demo", "--data-root", str(root), "--checkpoint", str(demo_checkpoint)]
+    assert main([*argv, "--output-dir", str(output), "--quiet"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (output / "predictions").iterdir()) == ["img0006.nrrd"]
+    assert (output / "per_case.csv").is_file()
