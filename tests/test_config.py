@@ -139,3 +139,10 @@ def test_print_config_shows_each_value_with_its_source_and_trains_nothing(capsys
     out = capsys.readouterr().out
     assert "  base_lr: 0.5  # --set\n" in out and f'  size: "tiny"  # {TINY}\n' in out
     assert "  label_fraction: 0.5  # --label-fraction\n" in out and not (tmp_path / "runs").exists()
+
+
+def test_the_help_of_set_says_where_every_key_is_listed(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "--print-config" in shown and "docs/reference/config.md" in shown
