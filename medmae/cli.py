@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nmedmae: {INTERRUPTED}", file=sys.stderr)
         return 143 if isinstance(error, Terminated) else 130
     finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if on_main_thread:  # a handler set outside Python reads as None: then the default one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -90,15 +90,15 @@ def demo_run(command: str, data_root: str | Path, output: str | Path, *extra: st
     ]
 
 
-def write_dicom_series(image_path: Path, folder: Path) -> Path:
-    """Write the 3D image file ``image_path`` as a DICOM series of one file per slice in ``folder``
-    (float intensities rounded to int16: DICOM stores integers)."""
+def write_dicom_series(image_path: Path, folder: Path, series: str = "1.2.826.0.1.3680043.2.1125.1") -> Path:
+    """Write the 3D image file ``image_path`` as the DICOM series ``series`` (its UID), one file per slice,
+    in ``folder`` (float intensities rounded to int16: DICOM stores integers)."""
     import SimpleITK as sitk
 
     image = sitk.ReadImage(str(image_path))
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         image = sitk.Cast(sitk.Round(image), sitk.sitkInt16)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     direction = image.GetDirection()  # row-major 3 x 3: the columns are the axes' directions
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -107,9 +107,9 @@ def write_dicom_series(image_path: Path, folder: Path) -> Path:
         slice_.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
         slice_.SetMetaData("0020|0037", "\\".join(map(str, direction[0::3] + direction[1::3])))
         slice_.SetMetaData("0020|0013", str(z))
-        slice_.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+        slice_.SetMetaData("0020|000e", series)
         slice_.SetMetaData("0018|0050", str(image.GetSpacing()[2]))
-        writer.SetFileName(str(folder / f"{z:03d}.dcm"))
+        writer.SetFileName(str(folder / f"{series[-4:]}_{z:03d}.dcm"))
         writer.Execute(slice_)
     return folder
 
@@ -122,23 +122,26 @@ def convert_image(image_path: Path, target: Path) -> Path:
     return target
 
 
-def hippocampus_as_nnunet(root: Path, cases: int = 10) -> Path:
+def hippocampus_as_nnunet(root: Path, cases: int = 10, unlabelled: int = 0) -> Path:
     """The first ``cases`` real hippocampus cases laid out as nnU-Net v2's ``Dataset004_Hippocampus`` under
-    ``root`` (links to ../shared/data; skipped when it is absent)."""
+    ``root``, and the next ``unlabelled`` images in its ``imagesTs/`` (links to ../shared/data; skipped when
+    it is absent)."""
     import json
 
     source = shared("msd_hippocampus")
     dataset = root / "Dataset004_Hippocampus"
-    (dataset / "imagesTr").mkdir(parents=True)
-    (dataset / "labelsTr").mkdir()
-    ids = [p.name[: -len(".nii.gz")] for p in sorted((source / "imagesTr").glob("hippocampus_*.nii.gz"))[:cases]]
-    for case in ids:
-        (dataset / "imagesTr" / f"{case}_0000.nii.gz").symlink_to((source / "imagesTr" / f"{case}.nii.gz").resolve())
-        (dataset / "labelsTr" / f"{case}.nii.gz").symlink_to((source / "labelsTr" / f"{case}.nii.gz").resolve())
+    ids = [p.name[: -len(".nii.gz")] for p in sorted((source / "imagesTr").glob("hippocampus_*.nii.gz"))]
+    for k, case in enumerate(ids[: cases + unlabelled]):
+        folder = "imagesTr" if k < cases else "imagesTs"
+        (dataset / folder).mkdir(parents=True, exist_ok=True)
+        (dataset / folder / f"{case}_0000.nii.gz").symlink_to((source / "imagesTr" / f"{case}.nii.gz").resolve())
+        if k < cases:
+            (dataset / "labelsTr").mkdir(exist_ok=True)
+            (dataset / "labelsTr" / f"{case}.nii.gz").symlink_to((source / "labelsTr" / f"{case}.nii.gz").resolve())
     spec = {
         "channel_names": {"0": "MRI"},
         "labels": {"background": 0, "Anterior": 1, "Posterior": 2},
-        "numTraining": len(ids),
+        "numTraining": cases,
         "file_ending": ".nii.gz",
         "name": "Hippocampus",
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from medmae.commands.common import add_data_flags, at_least, subcommand
 from medmae.errors import UserError
-from medmae.files import removed_on_error
+from medmae.files import output_folder, removed_on_error
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -62,10 +62,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 def unused_folder(path: str) -> Path:
     """``path`` as a new or empty folder to write a data set into; refused when it is a file or holds files."""
-    output = Path(path)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        kind = "a file" if not output.is_dir() else "a folder that is not empty"
-        raise UserError(f"{output}: {kind}; a data set is written into an empty or new folder")
+    output = output_folder(path)
+    if output.exists() and any(output.iterdir()):
+        raise UserError(f"{output}: a folder that is not empty; a data set is written into an empty or new folder")
     return output
 
 

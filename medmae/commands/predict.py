@@ -23,7 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--save-probabilities",
         action="store_true",
-        help="3D: also <case id>.npz with each class's probability on the input's grid (as nnU-Net's)",
+        help="3D: also <case id>.npz with each class's probability on the input's grid (like nnU-Net's)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -29,7 +29,7 @@ def run_init(args: argparse.Namespace) -> int:
 
     from medmae.data.describe import describe_dataset
     from medmae.files import write_text
-    from medmae.tasks import load_task
+    from medmae.tasks import task_from_record
 
     root = Path(args.data_root)
     if not root.is_dir():
@@ -38,10 +38,10 @@ def run_init(args: argparse.Namespace) -> int:
     output = Path(args.output or f"{record['name']}.yaml")
     if output.exists() and not args.force:
         raise UserError(f"{output}: already exists; choose another --output or pass --force")
+    task_from_record(record, str(output))  # a record that would not load is refused before anything is written
     comments = "".join(f"#   {line}\n" for line in why)
     header = f"# Written by medmae task init {root}; inferred (edit any value):\n{comments}"
     write_text(output, header + yaml.safe_dump(record, sort_keys=False, default_flow_style=None))
-    load_task(output)  # the file it wrote must load
     print("\n".join(why))
     print(f"wrote {output}; check the data with: medmae data check --task {output} --data-root {root}")
     return 0

@@ -63,8 +63,7 @@ def describe_dataset(root: Path, name: str | None = None) -> tuple[dict[str, Any
 
 def dataset_name(root: Path) -> str:
     """``Dataset004_Hippocampus`` or ``Task04_Hippocampus`` -> ``hippocampus``: lower case, words joined by _."""
-    stem = re.sub(r"^(Dataset\d+|Task\d+)_", "", root.resolve().name)
-    return re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_") or "my_task"
+    return snake(re.sub(r"^(Dataset\d+|Task\d+)_", "", root.resolve().name))
 
 
 def channel_names(raw: dict[str, Any], first: Case) -> tuple[list[str], str]:
@@ -99,16 +98,28 @@ def label_names(raw: dict[str, Any], labelled: list[Case]) -> tuple[list[str], d
 
 def geometry(cases: list[Case]) -> tuple[list[float], list[int], str]:
     """The median spacing of up to 50 images, and the ROI: their median shape at that spacing, rounded up
-    to a multiple of 16 per axis (the ViT's patch) and capped at 128."""
+    to a multiple of 16 per axis (the ViT's patch) and capped at 128; both per RAS axis, as the images are
+    turned to RAS before they are resampled."""
     sample = cases[:: max(1, len(cases) // HEADER_SAMPLE)][:HEADER_SAMPLE]
     headers = [read_header(case.image) for case in sample]
-    spacings = np.array([np.linalg.norm(h.affine[:3, :3], axis=0) for h in headers])
-    sizes = np.array([np.array(h.shape[:3]) * s for h, s in zip(headers, spacings)])  # in mm
+    if any(len(h.shape) < 3 for h in headers):
+        raise DataError(sample[0].image, "task init describes 3D data sets; write a 2D task file by hand")
+    ras = [ras_order(h.affine) for h in headers]  # the axes as training sees them, turned to RAS
+    spacings = np.array([np.linalg.norm(h.affine[:3, :3], axis=0)[order] for h, order in zip(headers, ras)])
+    sizes = np.array([np.array(h.shape[:3])[order] * s for h, order, s in zip(headers, ras, spacings)])  # mm
     spacing = [round(float(v), 3) for v in np.median(spacings, axis=0)]
     shape = np.median(sizes, axis=0) / np.array(spacing)
     roi = [int(min(ROI_MAX, ROI_MULTIPLE * math.ceil(v / ROI_MULTIPLE))) for v in shape]
     said = f"median of {len(sample)} images; ROI: their median shape {np.round(shape).astype(int).tolist()} rounded up"
     return spacing, roi, said + f" to a multiple of {ROI_MULTIPLE}, at most {ROI_MAX}"
+
+
+def ras_order(affine: np.ndarray) -> np.ndarray:
+    """The voxel axes in the order of the RAS axes they run along (``[1, 0, 2]`` for a file stored with
+    its first axis along A-P)."""
+    import nibabel as nib
+
+    return np.argsort(nib.orientations.io_orientation(affine)[:, 0])
 
 
 def intensity_rule(channels: list[str], labelled: list[Case]) -> tuple[dict[str, Any], bool, str]:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from medmae.data.cases import Case, Split
 from medmae.data.readers import integer_labels, read_channels, read_image
+from medmae.data.writers import nifti_like
 from medmae.errors import DataError
 from medmae.files import write_nifti, write_text
 from medmae.tasks import TaskSpec
@@ -37,22 +38,39 @@ def channel_count(raw: dict[str, Any], path: Path) -> int:
     return len(keys)
 
 
+def channel_of(case: str) -> tuple[str, int] | None:
+    """``"liver_7_0001"`` -> ``("liver_7", 1)``: the case and channel of an nnU-Net file's name (its suffix
+    removed), or None when it carries no 4-digit channel number."""
+    match = re.fullmatch(rf"(.+)_(\d{{{CHANNEL_DIGITS}}})", case)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def group_channels(named: dict[Path, tuple[str, int]], channels: int, where: Path) -> dict[str, tuple[Path, ...]]:
+    """Case -> its ``channels`` files in channel order, from each file's (case, channel); a channel given
+    twice or missing is a :class:`DataError` naming the files."""
+    found: dict[str, dict[int, Path]] = {}
+    for path, (case, channel) in sorted(named.items()):
+        if (other := found.setdefault(case, {}).get(channel)) is not None:
+            raise DataError(where, f"{other.name} and {path.name} are both channel {channel} of case {case}")
+        found[case][channel] = path
+    for case, files in found.items():
+        if sorted(files) != list(range(channels)):
+            expected = ", ".join(f"{case}_{k:04d}" for k in range(channels))
+            raise DataError(where, f"case {case} has channel files {sorted(files)}; expected {expected}")
+    return {case: tuple(files[k] for k in range(channels)) for case, files in sorted(found.items())}
+
+
 def channel_groups(folder: Path, ending: str, channels: int) -> dict[str, tuple[Path, ...]]:
     """Case id -> its channel files in order, for the files of ``folder`` named ``<case>_<NNNN><ending>``
     (hidden files ignored); a file named otherwise, or a case without all ``channels`` files, is a
     :class:`DataError` naming it."""
-    pattern = re.compile(rf"^(.+)_(\d{{{CHANNEL_DIGITS}}}){re.escape(ending)}$")
-    found: dict[str, dict[int, Path]] = {}
+    named = {}
     for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-        match = pattern.match(path.name)
-        if not match:
+        parts = channel_of(path.name[: -len(ending)]) if path.name.endswith(ending) else None
+        if parts is None:
             raise DataError(path, f"not named <case>_<4-digit channel>{ending}, as nnU-Net's {folder.name}/ needs")
-        found.setdefault(match.group(1), {})[int(match.group(2))] = path
-    for case, files in found.items():
-        if sorted(files) != list(range(channels)):
-            expected = ", ".join(f"{case}_{k:04d}{ending}" for k in range(channels))
-            raise DataError(folder, f"case {case} has channel files {sorted(files)}; expected {expected}")
-    return {case: tuple(files[k] for k in range(channels)) for case, files in sorted(found.items())}
+        named[path] = parts
+    return group_channels(named, channels, folder)
 
 
 def read_nnunet(path: Path, raw: dict[str, Any], root: Path) -> dict[str, list[Case]]:
@@ -89,10 +107,13 @@ def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = T
         image = read_channels(case.image_files)
         folder = "imagesTr" if case.label is not None else "imagesTs"
         for channel, array in enumerate(image.array):
-            _save(array, image.affine, output / folder / f"{case.id}_{channel:0{CHANNEL_DIGITS}d}.nii.gz")
+            name = f"{case.id}_{channel:0{CHANNEL_DIGITS}d}.nii.gz"
+            source = case.image_files[min(channel, len(case.image_files) - 1)]  # one 4D file, or one per channel
+            write_nifti(nifti_like(array, image.affine, source), output / folder / name)
         if case.label is not None:
             label = read_image(case.label)
-            _save(integer_labels(label)[0].astype(np.uint8), label.affine, output / "labelsTr" / f"{case.id}.nii.gz")
+            labels = integer_labels(label)[0].astype(np.uint8)
+            write_nifti(nifti_like(labels, label.affine, case.label), output / "labelsTr" / f"{case.id}.nii.gz")
     labels: dict[str, Any] = {name: value for value, name in enumerate(task.labels)}
     if task.regions:
         labels = {"background": 0, **{name: list(values) for name, values in task.regions.items()}}
@@ -108,12 +129,3 @@ def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = T
         description["regions_class_order"] = [min(values) for values in task.regions.values()]
     write_text(output / "dataset.json", json.dumps(description, indent=2) + "\n")
     return output
-
-
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    write_nifti(image, path)

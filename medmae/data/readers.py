@@ -143,6 +143,9 @@ def _read_sitk(path: Path, series: bool) -> Image:
 
     try:
         if series:
+            found = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if len(found) > 1:  # a study folder: reading the first series would be a guess
+                raise DataError(path, f"holds {len(found)} DICOM series ({', '.join(found)}); give one series' folder")
             files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
             if not files:
                 raise DataError(path, "folder holds no DICOM series")

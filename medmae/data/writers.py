@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medmae.data.readers import read_header
+from medmae.data.readers import NIFTI_SUFFIXES, read_header
+from medmae.errors import DataError
 from medmae.files import atomic_open, atomic_path, write_nifti
 
 SITK_OUTPUTS = {".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
@@ -27,13 +28,24 @@ def write_label_map(labels: np.ndarray, like: Path, path: Path) -> Path:
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     if path.suffix in (".nrrd", ".mha"):
         return _write_sitk(labels, like, path)
+    return write_nifti(nifti_like(labels, read_header(like).affine, like), path)
+
+
+def nifti_like(array: np.ndarray, affine: np.ndarray, like: Path | None = None):
+    """A NIfTI image of ``array`` with ``affine``, keeping the spatial units and the sform and qform codes
+    of the NIfTI ``like`` (millimetres and code 1, scanner-aligned, for other sources)."""
     import nibabel as nib
 
-    affine = read_header(like).affine
-    image = nib.Nifti1Image(labels, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    return write_nifti(image, path)
+    image = nib.Nifti1Image(array, affine)
+    units, codes = "mm", (1, 1)
+    if like is not None and Path(like).is_file() and Path(like).name.lower().endswith(NIFTI_SUFFIXES):
+        header = nib.load(like).header
+        units = header.get_xyzt_units()[0] if header.get_xyzt_units()[0] != "unknown" else "mm"
+        codes = tuple(int(header[key]) or 1 for key in ("sform_code", "qform_code"))
+    image.set_sform(affine, code=codes[0])
+    image.set_qform(affine, code=codes[1])
+    image.header.set_xyzt_units(xyz=units)
+    return image
 
 
 def _write_sitk(labels: np.ndarray, like: Path, path: Path) -> Path:
@@ -41,7 +53,10 @@ def _write_sitk(labels: np.ndarray, like: Path, path: Path) -> Path:
 
     reference = sitk.ImageFileReader()
     reference.SetFileName(str(like))
-    reference.ReadImageInformation()
+    try:
+        reference.ReadImageInformation()
+    except RuntimeError as error:
+        raise DataError(like, f"unreadable by SimpleITK ({str(error).strip().splitlines()[-1]})") from error
     image = sitk.GetImageFromArray(labels.transpose())  # SimpleITK arrays run [z, y, x]
     image.SetOrigin(reference.GetOrigin())
     image.SetSpacing(reference.GetSpacing())
@@ -52,9 +67,9 @@ def _write_sitk(labels: np.ndarray, like: Path, path: Path) -> Path:
 
 
 def write_probabilities(probabilities: np.ndarray, classes: tuple[str, ...], path: Path) -> Path:
-    """Write ``probabilities`` ``[K, *S]`` (on the image's grid, medmae's voxel order) to the ``.npz`` file
-    ``path`` as nnU-Net's ``--save_probabilities`` does: arrays ``probabilities`` (float32) and ``classes``
-    (their names, in channel order)."""
+    """Write ``probabilities`` ``[K, *S]`` (on the image's grid, in the file's own axis order ``X, Y, Z``,
+    where nnU-Net's are ``Z, Y, X``) to the ``.npz`` file ``path``, like nnU-Net's ``--save_probabilities``:
+    arrays ``probabilities`` (float32) and ``classes`` (their names, in channel order)."""
     with atomic_open(path, "wb") as handle:
         np.savez_compressed(handle, probabilities=probabilities.astype(np.float32), classes=np.array(classes))
     return path

@@ -25,10 +25,14 @@ PARTS = {"test": "test", "val": "validation"}
 log = logging.getLogger("medmae")
 
 
-def seen_cases(task: TaskSpec, data_root, manifest, trained_split: str, cases: list[Case]) -> list[str]:
-    """The ids of ``cases`` that lie in the training or validation part of ``trained_split``."""
-    trained = load_split(task, data_root, manifest, trained_split)
-    used = {case.id for case in trained.train + trained.validation}
+def seen_cases(payload: dict, task: TaskSpec, data_root, manifest, trained_split: str, cases: list[Case]) -> list[str]:
+    """The ids of ``cases`` that the checkpoint trained or picked its weights on: its record of them
+    (``cases``), else (an older checkpoint) the training and validation parts of ``trained_split`` now."""
+    record = payload.get("cases")
+    if record is None:
+        trained = load_split(task, data_root, manifest, trained_split)
+        record = {"train": [c.id for c in trained.train], "validation": [c.id for c in trained.validation]}
+    used = set(record["train"]) | set(record["validation"])
     return sorted(case.id for case in cases if case.id in used)
 
 
@@ -57,7 +61,7 @@ def evaluate(
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
     trained = payload.get("split", {}).get("split", split.name)
-    seen = seen_cases(named, data_root, manifest, trained, cases) if trained != split.name else []
+    seen = seen_cases(payload, named, data_root, manifest, trained, cases) if trained != split.name else []
     if seen:
         problem = (
             f"{len(seen)} of the {len(cases)} {PARTS[part]} cases of split {split.name} were in the training or "

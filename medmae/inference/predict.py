@@ -3,7 +3,6 @@ grid for 3D tasks, probabilities per finding for 2D classification; nothing is w
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from medmae.config import from_dict
 from medmae.data.cases import Case, case_id
 from medmae.data.check import read_errors
 from medmae.data.loaders import CaseDataset
+from medmae.data.nnunet import channel_of, group_channels
 from medmae.data.readers import IMAGE_SUFFIXES, image_entries, is_dicom_series, read_channels
 from medmae.data.writers import label_map_suffix, write_label_map, write_probabilities
 from medmae.devices import pick_device
@@ -97,20 +97,17 @@ def input_files(source: Path, task: TaskSpec) -> tuple[list[Path], list[Path]]:
 
 def input_cases(files: list[Path], channels: int) -> list[Case]:
     """One case per file, named by :func:`case_id`; or, where every file is named as nnU-Net's
-    ``<case>_<NNNN><suffix>`` and each case has all ``channels`` files ``_0000`` ...,  one case per
-    ``<case>`` with its channel files in order. Two files of one case id are refused, naming both."""
-    ids = [case_id(path) for path in files]
-    named = [re.fullmatch(r"(.+)_(\d{4})", case) for case in ids]
-    if all(named):
-        groups: dict[str, dict[int, Path]] = {}
-        for match, path in zip(named, files):
-            groups.setdefault(match.group(1), {})[int(match.group(2))] = path
-        if all(sorted(group) == list(range(channels)) for group in groups.values()):
-            ordered = {case: [group[k] for k in range(channels)] for case, group in groups.items()}
-            return [Case(case, paths[0], more_channels=tuple(paths[1:])) for case, paths in ordered.items()]
+    ``<case>_<NNNN><suffix>`` (and either the task has several channels or every number is ``0000``), one
+    case per ``<case>`` with its channel files in order, a missing or repeated channel named. Two files of
+    one case id are refused, naming both."""
+    named = {path: channel_of(case_id(path)) for path in files}
+    single = channels == 1 and any(parts and parts[1] for parts in named.values())  # "scan_2019": not a channel
+    if files and all(named.values()) and not single:
+        groups = group_channels(named, channels, files[0].parent)
+        return [Case(case, paths[0], more_channels=paths[1:]) for case, paths in groups.items()]
     cases: dict[str, Case] = {}
-    for case, path in zip(ids, files):
-        if case in cases:
+    for path in files:
+        if (case := case_id(path)) in cases:
             raise UserError(
                 f"{cases[case].image} and {path}: two files of case {case}; predictions would overwrite each other"
             )

@@ -209,6 +209,10 @@ def run(request: RunRequest) -> nn.Module:
         optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, depth)
         pretrained = s.resume_from.get("pretrained") if s.resume_from is not None else request.pretrained
         job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
+        job.describe["cases"] = {
+            "train": [c.id for c in dataset.cases],
+            "validation": [c.id for c in s.split.validation],
+        }
         fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
 

@@ -90,10 +90,9 @@ def run(request: RunRequest) -> nn.Module:
     with running(start("pretrain", request)) as s:
         cfg, task, ctx = s.cfg, s.task, s.ctx
         held_out = s.split.validation if s.split.name == IMAGES_SPLIT else []
-        cases = sorted(
-            {c.id: c for c in [*s.split.train, *s.split.validation, *s.split.unlabelled] if c not in held_out}.values(),
-            key=lambda c: c.id,
-        )
+        shown_ids = {c.id for c in held_out}
+        every = {c.id: c for c in [*s.split.train, *s.split.validation, *s.split.unlabelled]}
+        cases = sorted((c for c in every.values() if c.id not in shown_ids), key=lambda c: c.id)
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
         lazy = task.spatial_dims == 3 and cfg.data.sampler == "monai"  # the cached sampler reads every case first
         dataset = CaseDataset(task, cases, "pretrain", crops, cfg.data.skip_bad_cases, check_first=lazy)

@@ -15,7 +15,7 @@ import torch
 
 from medmae.config import Config, flatten, from_dict, load_config, save_config
 from medmae.data.cases import Split
-from medmae.data.manifests import images_split, load_split
+from medmae.data.manifests import IMAGES_SPLIT, images_split, load_split
 from medmae.errors import UserError
 from medmae.files import output_folder
 from medmae.models.registry import PATCH_SIZE, input_multiple
@@ -85,6 +85,8 @@ def start(stage: str, request: RunRequest) -> Setup:
         split = load_split(task, request.data_root, request.manifest, request.split)
     run = RunFolder(output, write=ctx.is_main)
     split_record = {"task": task.name, "split": split.name}
+    if split.name == IMAGES_SPLIT:  # resuming must see the same folders and patterns
+        split_record["source"] = split.source
     if resume_from is not None and resume_from.get("split", split_record) != split_record:
         raise UserError(
             f"{output}: the run was trained on {resume_from['split']}, not {split_record}; "
@@ -143,9 +145,9 @@ def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
         )
     if saved.train.epochs != requested.train.epochs:
         log.info(
-            "train.epochs %d -> %d: the warm-up and cosine schedule are recomputed over %d epochs, so from the "
-            "resumed step the learning rate is the longer schedule's (higher than where the shorter one had "
-            "decayed to) and reaches optim.min_lr at epoch %d",
+            "train.epochs %d -> %d: the warm-up and cosine schedule are recomputed over %d epochs; from the "
+            "resumed step the learning rate is that schedule's (after a longer plan, higher than where the "
+            "shorter one had decayed to), reaching optim.min_lr at epoch %d; a run already past it ends at once",
             *(saved.train.epochs, requested.train.epochs, requested.train.epochs, requested.train.epochs),
         )
     return requested

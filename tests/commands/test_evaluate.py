@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 
+from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
 from tests.helpers import convert_image
 
@@ -33,6 +34,10 @@ def test_cases_the_checkpoint_trained_on_are_refused_or_warned_about(
     checkpoint = tmp_path / "run" / "checkpoints" / "best.pt"
     checkpoint.parent.mkdir(parents=True)
     shutil.copy(demo_checkpoint, checkpoint)  # trained on the demo's datalist split
+    assert load_checkpoint(checkpoint)["cases"] == {
+        "train": ["img0001", "img0002", "img0004", "img0005"],
+        "validation": ["img0003"],
+    }
     argv = ["evaluate", "--task", "demo", "--data-root", str(demo_root), "--checkpoint", str(checkpoint), "--quiet"]
     assert main([*argv, "--fold", "1"]) == 2
     err = capsys.readouterr().err

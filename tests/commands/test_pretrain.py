@@ -38,7 +38,8 @@ def test_pretraining_on_plain_folders_of_nrrd_and_dicom_holds_a_share_out(capsys
     assert "on 4 images of task demo (1 more held out for the reconstruction figure)" in caplog.text
     assert "GDCM" not in capsys.readouterr().err  # folders without a series are checked quietly
     last = load_checkpoint(output / "checkpoints" / "last.pt")
-    assert last["split"] == {"task": "demo", "split": "images"} and (output / "figures").is_dir()
+    assert last["split"] == {"task": "demo", "split": "images", "source": f"--images {scans} {tmp_path / '*.nii.gz'}"}
+    assert (output / "figures").is_dir()
     assert main([*argv, "--images", str(scans), "--data-root", str(demo_root)]) == 2
     assert "--images replaces --data-root: give one or the other" in capsys.readouterr().err
 

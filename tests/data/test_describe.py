@@ -55,3 +55,11 @@ def test_ct_gets_a_window_mri_with_a_zero_background_a_nonzero_zscore_else_clipp
         "rule": "percentile_zscore",
         "percentiles": [0.5, 99.5],
     }
+
+
+def test_spacing_and_roi_follow_the_ras_axes_that_training_sees(tmp_path):
+    stored = case(tmp_path, "p", np.zeros((40, 60, 20), np.float32))
+    affine = np.array([[0, 0.9, 0, 0], [0.8, 0, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 1]])  # axis 0 runs A-P
+    nib.save(nib.Nifti1Image(np.zeros((40, 60, 20), np.float32), affine), stored.image)
+    spacing, roi, _ = geometry([stored])
+    assert spacing == [0.9, 0.8, 2.5] and roi == [64, 48, 32]  # R-L: 60 voxels, A-P: 40, S-I: 20

@@ -53,6 +53,9 @@ def test_nrrd_and_dicom_series_through_simpleitk(tmp_path):
     dicom = read_image(series)
     assert np.array_equal(dicom.array, reference.array)
     assert np.allclose(dicom.spacing, (0.8, 0.9, 2.5), atol=1e-3)
+    write_dicom_series(tmp_path / "r.nii.gz", series, "1.2.826.0.1.3680043.2.1125.2")  # a second series beside it
+    with pytest.raises(DataError, match=r"series: holds 2 DICOM series \(1\.2\..*1125\.1, 1\.2\..*1125\.2\)"):
+        read_image(series)
 
 
 def test_a_header_gives_the_grid_of_every_format_as_reading_the_image_does(tmp_path):

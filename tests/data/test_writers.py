@@ -27,6 +27,16 @@ def test_a_label_map_is_written_as_uint8_nifti_with_the_image_affine(tmp_path, n
     written = nib.load(write_label_map(labels, nifti, tmp_path / "out" / "image.nii.gz"))
     assert written.get_data_dtype() == np.uint8 and np.array_equal(written.get_fdata(), labels)
     assert np.allclose(written.affine, AFFINE) and int(written.header["qform_code"]) == 1
+    assert written.header.get_xyzt_units()[0] == "mm"
+
+
+def test_a_nifti_label_map_keeps_its_image_header_units_and_transform_codes(tmp_path):
+    image = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), AFFINE)
+    image.header.set_xyzt_units(xyz="micron")
+    image.set_sform(AFFINE, code=2)  # aligned to another scan
+    nib.save(image, tmp_path / "image.nii.gz")
+    written = nib.load(write_label_map(np.zeros((4, 5, 6)), tmp_path / "image.nii.gz", tmp_path / "labels.nii.gz"))
+    assert written.header.get_xyzt_units()[0] == "micron" and int(written.header["sform_code"]) == 2
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])

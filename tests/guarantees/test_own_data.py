@@ -32,8 +32,8 @@ def test_the_five_commands_take_own_scans_to_per_case_reports(tmp_path, monkeypa
         ["finetune", "--task"],
         ["evaluate", "--task"],
     ]
-    hippocampus_as_nnunet(tmp_path, cases=10)
-    images = sorted((shared("msd_hippocampus") / "imagesTr").glob("hippocampus_*.nii.gz"))[10:13]
+    hippocampus_as_nnunet(tmp_path, cases=10, unlabelled=3)
+    images = sorted((shared("msd_hippocampus") / "imagesTr").glob("hippocampus_*.nii.gz"))[13:16]
     for k, image in enumerate(images[:2]):
         (tmp_path / "more_scans" / f"site{k}").mkdir(parents=True)
         convert_image(image, tmp_path / "more_scans" / f"site{k}" / "t1.nrrd")
@@ -43,7 +43,8 @@ def test_the_five_commands_take_own_scans_to_per_case_reports(tmp_path, monkeypa
         tiny = ["--config", TINY] if command[1] in ("pretrain", "finetune") else []
         assert main([*command[1:], *tiny]) == 0, command
     mae = load_checkpoint(tmp_path / "runs" / "my_mae" / "checkpoints" / "last.pt")
-    assert mae["split"]["split"] == "images"  # 3 NRRD/DICOM scans + 10 nnU-Net images, 20 % held out
+    assert mae["split"]["split"] == "images"  # 3 NRRD/DICOM scans + 3 of imagesTs, 20 % held out
+    assert "imagesTr" not in mae["split"]["source"]  # never the cases it is evaluated on
     per_case = pd.read_csv(tmp_path / "runs" / "my_unetr" / "evaluate_test" / "per_case.csv", comment="#")
     test_part = load_split(load_task("hippocampus.yaml"), "Dataset004_Hippocampus").test  # fold0: 2 of 10
     assert sorted(per_case["case_id"].unique()) == [case.id for case in test_part] and len(test_part) == 2

@@ -66,3 +66,8 @@ def test_nnunet_channel_files_become_one_case_named_without_the_channel_suffix(t
     assert [c.id for c in input_cases(files, channels=1)] == [p.name[:-7] for p in files]  # not nnU-Net's naming
     with pytest.raises(UserError, match=r"x.nii and .*x.nii.gz: two files of case x"):
         input_cases([tmp_path / "x.nii", tmp_path / "x.nii.gz"], channels=1)
+    with pytest.raises(DataError, match=r"a_0000.nii and a_0000.nii.gz are both channel 0 of case a"):
+        input_cases([tmp_path / "a_0000.nii", tmp_path / "a_0000.nii.gz"], channels=1)
+    with pytest.raises(DataError, match=r"case b has channel files \[0\]; expected b_0000, b_0001"):
+        input_cases([*files[:2], files[2]], channels=2)
+    assert [c.id for c in input_cases([tmp_path / "scan_2019.nii.gz"], channels=1)] == ["scan_2019"]
