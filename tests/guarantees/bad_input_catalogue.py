@@ -199,9 +199,8 @@ def edit_json(path: Path, **changes) -> None:
     write(path, json.dumps(json.loads(path.read_text(encoding="utf-8-sig")) | changes))
 
 
-def other_kinds() -> list[Kind]:
-    """Every other kind: data roots, manifests, task files, configs, checkpoints, flags and folders."""
-    demo_task = (ROOT / "tasks" / "demo.yaml").read_text()
+def data_kinds() -> list[Kind]:
+    """Data roots, manifests and the files they list."""
     k = Kind
     return [
         k(
@@ -343,6 +342,14 @@ def other_kinds() -> list[Kind]:
             "every voxel is 0",
             code=0,
         ),
+    ]
+
+
+def nnunet_and_task_kinds() -> list[Kind]:
+    """nnU-Net layouts and task files."""
+    demo_task = (ROOT / "tasks" / "demo.yaml").read_text()
+    k = Kind
+    return [
         k(
             "nnU-Net case missing a channel file",
             "data check",
@@ -421,6 +428,13 @@ def other_kinds() -> list[Kind]:
             ),
             "its manifest mine.json is neither at",
         ),
+    ]
+
+
+def config_and_training_kinds() -> list[Kind]:
+    """Configs, output folders and the training commands' flags."""
+    k = Kind
+    return [
         k(
             "unknown config key",
             "pretrain",
@@ -525,6 +539,13 @@ def other_kinds() -> list[Kind]:
             run_in("finetune", nothing, "--pretrained", "none.pt"),
             "no such checkpoint file",
         ),
+    ]
+
+
+def checkpoint_and_output_kinds() -> list[Kind]:
+    """Checkpoints, and what evaluate, predict, score, data demo and task init are given."""
+    k = Kind
+    return [
         k(
             "checkpoint that is a folder",
             "evaluate",
@@ -689,6 +710,11 @@ def other_kinds() -> list[Kind]:
             "already exists; choose another --output or pass --force",
         ),
     ]
+
+
+def other_kinds() -> list[Kind]:
+    """Every other kind: data roots, manifests, task files, configs, checkpoints, flags and folders."""
+    return data_kinds() + nnunet_and_task_kinds() + config_and_training_kinds() + checkpoint_and_output_kinds()
 
 
 def catalogue() -> list[Kind]:
