@@ -45,7 +45,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that a run cleans up as after Ctrl-C."""
 
 
+STOPPED = {"by": None}  # the signal that stopped the command, once one has
+
+
 def _terminate(signum: int, frame) -> None:
+    STOPPED["by"] = signum
+    if hasattr(signal, "SIGCHLD"):  # the loader workers die of the same stop: PyTorch need not report them
+        signal.signal(signal.SIGCHLD, lambda *_: None)
     raise Terminated()
 
 
@@ -60,14 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 Ctrl-C, 143 SIGTERM)."""
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    STOPPED["by"] = None
     try:
-        return _run(argv)
+        code = _run(argv)
     except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: the run's cleanup has run on the way out
-        print(f"\nmedmae: {INTERRUPTED}", file=sys.stderr)
-        return 143 if isinstance(error, Terminated) else 130
+        code = 143 if isinstance(error, Terminated) else 130
     finally:
         if on_main_thread:  # a handler set outside Python reads as None: then the default one
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if STOPPED["by"] is not None:  # SIGTERM to the process group: a loader worker's death may be reported first
+        code = 143
+    if code in (130, 143):
+        print(f"\nmedmae: {INTERRUPTED}", file=sys.stderr)
+    return code
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -89,6 +100,8 @@ def _run(argv: Sequence[str] | None) -> int:
     except (UserError, OSError) as error:  # OSError: an unwritable folder, a full disk, a file for a folder
         return _fail(args, describe(error))
     except Exception as error:  # noqa: BLE001 - an internal error: a bug in medmae, unless the GPU ran out of memory
+        if STOPPED["by"] is not None:  # the stop's own consequence (a loader worker killed by the same SIGTERM)
+            return 143
         if type(error).__name__ == "OutOfMemoryError":
             print(f"medmae: error: {OUT_OF_GPU_MEMORY}", file=sys.stderr)
             return 2
