@@ -246,22 +246,24 @@ def config_layers(
     return [*layers, ("--set", dict(parse_override(text) for text in overrides))]
 
 
-def load_config(stage: str, task_name: str, config_files: ConfigFiles = None, overrides: list[str] = ()) -> Config:
-    """Typed defaults, then the stage's recipe for the task, then each of ``config_files`` in order, then
-    ``overrides``."""
+def resolve_config(
+    stage: str, task_name: str, config_files: ConfigFiles = None, overrides: list[str] = ()
+) -> tuple[Config, dict[str, str]]:
+    """The config (typed defaults, then the stage's recipe for the task, then each of ``config_files`` in
+    order, then ``overrides``) and, per key (``section.key``), where its value comes from: ``default``, a
+    recipe, a file or ``--set``."""
     cfg = Config()
-    for source, values in config_layers(stage, task_name, config_files, list(overrides)):
-        apply(cfg, values, source)
-    validate(cfg)
-    return cfg
-
-
-def config_sources(stage: str, task_name: str, config_files: ConfigFiles, overrides: list[str]) -> dict[str, str]:
-    """Each key (``section.key``) -> where its value comes from: ``default``, a recipe, a file or ``--set``."""
     sources = dict.fromkeys(known_keys(), "default")
     for source, values in config_layers(stage, task_name, config_files, list(overrides)):
+        apply(cfg, values, source)
         sources |= dict.fromkeys(values, source)
-    return sources
+    validate(cfg)
+    return cfg, sources
+
+
+def load_config(stage: str, task_name: str, config_files: ConfigFiles = None, overrides: list[str] = ()) -> Config:
+    """The resolved config of :func:`resolve_config`."""
+    return resolve_config(stage, task_name, config_files, overrides)[0]
 
 
 def validate(cfg: Config) -> None:

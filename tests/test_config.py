@@ -7,7 +7,7 @@ import yaml
 
 from medmae import resource_dir
 from medmae.cli import main
-from medmae.config import Config, config_sources, from_dict, known_keys, load_config, parse_override, save_config
+from medmae.config import Config, from_dict, known_keys, load_config, parse_override, resolve_config, save_config
 from medmae.errors import UserError
 from medmae.tasks import list_tasks
 
@@ -126,7 +126,8 @@ def test_config_files_apply_in_order_and_every_key_names_its_source(tmp_path):
     second.write_text("optim: {base_lr: 0.2}\n")
     cfg = load_config("pretrain", "demo", [first, second], ["train.epochs=7"])
     assert (cfg.optim.base_lr, cfg.optim.warmup_epochs, cfg.train.epochs) == (0.2, 3, 7)  # both files count
-    sources = config_sources("pretrain", "demo", [first, second], ["train.epochs=7"])
+    assert resolve_config("pretrain", "demo", [first, second], ["train.epochs=7"])[0] == cfg
+    sources = resolve_config("pretrain", "demo", [first, second], ["train.epochs=7"])[1]
     assert (sources["optim.base_lr"], sources["optim.warmup_epochs"]) == (str(second), str(first))
     assert sources["train.epochs"] == "--set" and sources["model.mask_ratio"].endswith("configs/pretrain/demo.yaml")
     assert sources["optim.clip_grad"] == "default" and set(sources) == set(known_keys())

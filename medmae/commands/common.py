@@ -73,12 +73,11 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def print_config(stage: str, args: argparse.Namespace) -> None:
     """The resolved config of a run as YAML, each key commented with its source (default, recipe, file,
     --set); nothing is trained, no data is read."""
-    from medmae.config import config_sources, load_config
+    from medmae.config import resolve_config
     from medmae.tasks import load_task
 
     task = load_task(args.task)
-    cfg = load_config(stage, task.name, args.config, args.set)
-    sources = config_sources(stage, task.name, args.config, args.set)
+    cfg, sources = resolve_config(stage, task.name, args.config, args.set)
     if getattr(args, "label_fraction", None) is not None:
         cfg.data.label_fraction, sources["data.label_fraction"] = args.label_fraction, "--label-fraction"
     for section, values in cfg.to_dict().items():

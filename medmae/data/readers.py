@@ -174,6 +174,19 @@ def sitk_affine(image) -> np.ndarray:
     return affine
 
 
+def sitk_header(path: Path):
+    """A SimpleITK reader that has read the header of ``path`` (geometry, size, pixel type), not its voxels."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise DataError(path, f"unreadable by SimpleITK ({str(error).strip().splitlines()[-1]})") from error
+    return reader
+
+
 @dataclass
 class Header:
     """An image's grid without its voxels: ``shape`` as NIfTI gives it (spatial axes, then channels when
@@ -198,14 +211,7 @@ def read_header(path: str | Path) -> Header:
         except Exception as error:  # nibabel raises many types for broken headers
             raise DataError(path, f"unreadable NIfTI header ({type(error).__name__}: {error})") from error
         return Header(tuple(nifti.shape), np.asarray(nifti.affine, dtype=np.float64))
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as error:
-        raise DataError(path, f"unreadable by SimpleITK ({str(error).strip().splitlines()[-1]})") from error
+    reader = sitk_header(path)
     channels = reader.GetNumberOfComponents()
     return Header(tuple(reader.GetSize()) + ((channels,) if channels > 1 else ()), sitk_affine(reader))
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmae.data.readers import NIFTI_SUFFIXES, read_header
-from medmae.errors import DataError
+from medmae.data.readers import NIFTI_SUFFIXES, read_header, sitk_header
 from medmae.files import atomic_open, atomic_path, write_nifti
 
 SITK_OUTPUTS = {".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha", ".mhd": ".mha"}
@@ -51,12 +50,7 @@ def nifti_like(array: np.ndarray, affine: np.ndarray, like: Path | None = None):
 def _write_sitk(labels: np.ndarray, like: Path, path: Path) -> Path:
     import SimpleITK as sitk
 
-    reference = sitk.ImageFileReader()
-    reference.SetFileName(str(like))
-    try:
-        reference.ReadImageInformation()
-    except RuntimeError as error:
-        raise DataError(like, f"unreadable by SimpleITK ({str(error).strip().splitlines()[-1]})") from error
+    reference = sitk_header(like)
     image = sitk.GetImageFromArray(labels.transpose())  # SimpleITK arrays run [z, y, x]
     image.SetOrigin(reference.GetOrigin())
     image.SetSpacing(reference.GetSpacing())

@@ -23,6 +23,7 @@ from medmae.data.writers import label_map_suffix, write_label_map, write_probabi
 from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
 from medmae.evaluation.reports import write_csv
+from medmae.evaluation.scoring import shown
 from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
 from medmae.inference.segment import background_outside, segment, to_label_map, to_original_grid
@@ -132,8 +133,8 @@ def predict(
     source_path, output = Path(source).resolve(), output_folder(output_dir).resolve()
     files, skipped = input_files(source_path, task)
     if skipped:
-        shown = ", ".join(p.name for p in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        print(f"note: {len(skipped)} entries of {source_path} are not images and are skipped: {shown}")
+        names = shown([p.name for p in skipped], limit=5)
+        print(f"note: {len(skipped)} entries of {source_path} are not images and are skipped: {names}")
     folder = source_path if source_path.is_dir() else source_path.parent
     if not inside_input and (output == folder or folder in output.parents):
         raise UserError(
