@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import medmae
 from medmae.commands import COMMANDS
-from medmae.errors import UserError
+from medmae.errors import STOPPED, Terminated, UserError
 
 log = logging.getLogger("medmae")
 OUT_OF_GPU_MEMORY = (
@@ -39,13 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(commands)
     return parser
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so that a run cleans up as after Ctrl-C."""
-
-
-STOPPED = {"by": None}  # the signal that stopped the command, once one has
 
 
 def _terminate(signum: int, frame) -> None:

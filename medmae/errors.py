@@ -5,6 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that a run cleans up as after Ctrl-C."""
+
+
+STOPPED = {"by": None}  # the signal that stopped the command, once one has
+
+
+def raise_if_stopped() -> None:
+    """Raise :class:`Terminated` if a SIGTERM has arrived: the handler raises at once, but an exception
+    raised inside a finaliser or a library callback can be swallowed, so long loops check here too."""
+    if STOPPED["by"] is not None:
+        raise Terminated()
+
+
 class UserError(Exception):
     """A problem the user can fix: bad arguments, bad or missing data, an unwritable output folder."""
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from medmae.checkpoint import model_checkpoint
 from medmae.config import Config
 from medmae.devices import autocast, autocast_dtype
-from medmae.errors import UserError
+from medmae.errors import UserError, raise_if_stopped
 from medmae.models.encoder import set_activation_checkpointing
 from medmae.training.distributed import Context, all_mean, barrier
 from medmae.training.optim import learning_rate, set_learning_rate
@@ -271,6 +271,7 @@ def train_epoch(
     bar = tqdm(total=steps, desc=description, unit="step", disable=not ctx.is_main or None, leave=False)
     heartbeat = heartbeat or Heartbeat(cfg.train.epochs * steps, progress.step, enabled=False)
     for _ in range(steps):
+        raise_if_stopped()  # a SIGTERM whose exception a finaliser swallowed still stops the run
         lr = schedule(progress.step)
         set_learning_rate(optimizer, lr)
         for micro in range(accumulate):

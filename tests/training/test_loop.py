@@ -4,6 +4,8 @@ compile and activation-checkpointing switches reach the step."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ import torch
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
 from medmae.config import Config
+from medmae.errors import Terminated
 from medmae.models.encoder import TransformerBlock
 from medmae.training import loop, pretrain
 from medmae.training.loop import Progress, stopped_early
@@ -108,3 +111,21 @@ def test_a_long_cpu_run_warns_once_after_three_steps_with_advice(monkeypatch, ca
         now[0] = 10.0 + step
         quick.pace(step)
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # 100 steps: no warning
+
+
+def test_a_sigterm_whose_exception_was_swallowed_still_stops_the_next_step(tmp_path, demo_root, monkeypatch):
+    """The handler raises at once, but a finaliser or library callback can swallow that exception (here the
+    progress bar's constructor); the flag it leaves stops the run at its next step, exit 143."""
+    bar = loop.tqdm
+
+    def swallowing_bar(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Terminated:
+            pass
+        return bar(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "tqdm", swallowing_bar)
+    output = tmp_path / "stopped"
+    assert main(demo_run("pretrain", demo_root, output)) == 143
+    assert not output.exists()  # stopped in its first step: nothing worth resuming is left
