@@ -217,14 +217,15 @@ def monai_mae_loss(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
 def medmae_pretrain_step(
     model: torch.nn.Module, batches: Callable[[], torch.Tensor], device: torch.device
 ) -> Callable[[], None]:
-    """medmae's step: a batch from ``batches()``, masks hashed from per-sample seeds on the device."""
+    """medmae's training step: a batch from ``batches()``, masks hashed from per-sample seeds on the device,
+    the lean loss path (``loss_only``)."""
     tokens = math.prod(model.encoder.grid)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def loss() -> torch.Tensor:
         images = batches()
         seeds = torch.randint(2**31 - 1, (len(images),), generator=generator, device=device)
-        return model(images, noise=seeded_noise(seeds, tokens))[0]
+        return model(images, noise=seeded_noise(seeds, tokens), loss_only=True)[0]
 
     return train_step(model, loss, "auto", device)
 

@@ -147,11 +147,16 @@ class PatchEmbedding(nn.Module):
             )
         return self.embed(patchify(x, self.patch_size))
 
-    def embed(self, patches: torch.Tensor) -> torch.Tensor:
-        """patches ``[B, N, prod(p) * C]`` (:func:`patchify` order) -> tokens ``[B, N, D]`` with position embedding."""
+    def embed(self, patches: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """patches ``[B, N, prod(p) * C]`` (:func:`patchify` order) -> tokens ``[B, N, D]`` with position
+        embedding; with ``ids`` ``[B, K]`` only those patches are embedded -> ``[B, K, D]`` (the MAE's visible
+        patches: the hidden ones cost no projection, forward or backward)."""
         weight = self.patch_embeddings.weight  # [D, C, *p] -> [D, (*p, C)], patchify's order inside a patch
         weight = weight.movedim(1, -1).reshape(weight.shape[0], -1)
-        return F.linear(patches, weight, self.patch_embeddings.bias) + self.position_embeddings
+        if ids is None:
+            return F.linear(patches, weight, self.patch_embeddings.bias) + self.position_embeddings
+        picked = torch.gather(patches, 1, ids.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return F.linear(picked, weight, self.patch_embeddings.bias) + self.position_embeddings[0][ids]
 
 
 class ViTEncoder(nn.Module):

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medmae.models.encoder import TransformerBlock, ViTEncoder, init_transformer_weights
-from medmae.models.masking import ENCODER_MODES, masking_noise, random_masking, visible_count
+from medmae.models.masking import ENCODER_MODES, gather_tokens, masking_noise, masking_order, visible_count
 from medmae.models.patchify import patchify
 from medmae.models.pos_embed import sincos_pos_embed
 from medmae.models.reconstruction import PatchReconstruction
@@ -118,7 +119,11 @@ class MaskedAutoencoder(PatchReconstruction, nn.Module):
             order), mask ``[B, N]`` (1 = hidden), ids_restore ``[B, N]``.
         """
         self._check_size(x)
-        return self._encode(patchify(x, self.patch_size), mask_ratio, generator, noise)
+        return self._encode(patchify(x, self.patch_size), mask_ratio, generator, noise)[:3]
+
+    def kept_count(self, mask_ratio: float | None = None) -> int:
+        """Visible patches per sample: the model's own (strategy and ratio), or random masking's at ``mask_ratio``."""
+        return self.keep if mask_ratio is None else visible_count("random", self.encoder.grid, mask_ratio)
 
     def _encode(
         self,
@@ -126,25 +131,35 @@ class MaskedAutoencoder(PatchReconstruction, nn.Module):
         mask_ratio: float | None,
         generator: torch.Generator | None,
         noise: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`forward_encoder` from patches ``[B, N, prod(p) * C]``."""
-        ratio, keep = (self.mask_ratio, self.keep) if mask_ratio is None else (mask_ratio, None)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_encoder` from patches ``[B, N, prod(p) * C]``, plus ids_shuffle ``[B, N]`` (visible
+        tokens first). In ``skip`` mode only the visible patches are embedded."""
+        b, n, _ = patches.shape
+        keep = self.kept_count(mask_ratio)
         if noise is None and mask_ratio is None and self.mask_strategy != "random":
-            seeds = torch.randint(0, 2**31, (patches.shape[0],), generator=generator, device=patches.device)
+            seeds = torch.randint(0, 2**31, (b,), generator=generator, device=patches.device)
             noise = masking_noise(self.mask_strategy, seeds, self.encoder.grid, self.mask_ratio)
-        tokens = self.encoder.patch_embedding.embed(patches)
-        kept, mask, ids_restore = random_masking(tokens, ratio, generator, noise, keep)
+        if noise is None:
+            noise = torch.rand(b, n, generator=generator, device=patches.device)
+        elif noise.shape != (b, n):
+            raise ValueError(f"noise of shape {tuple(noise.shape)} for {n} patches per sample")
+        ids_shuffle, ids_restore, mask = masking_order(noise, keep)
+        embedding = self.encoder.patch_embedding
         if self.encoder_mode == "mask_tokens":
-            hidden = self.encoder_mask_token.to(tokens.dtype) + self.encoder.patch_embedding.position_embeddings.to(
-                tokens.dtype
-            )
+            tokens = embedding.embed(patches)
+            hidden = self.encoder_mask_token.to(tokens.dtype) + embedding.position_embeddings.to(tokens.dtype)
             kept = torch.where(mask.unsqueeze(-1).bool(), hidden, tokens)
+        else:
+            kept = embedding.embed(patches, ids_shuffle[:, :keep])
         latent, _ = self.encoder.forward_tokens(kept)
-        return latent, mask, ids_restore
+        return latent, mask, ids_restore, ids_shuffle
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, only: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """latent ``[B, K (+1), D]``, ids_restore ``[B, N]`` -> per-patch predictions ``[B, N, prod(p) * C]``
-        (``mask_tokens`` mode: latent ``[B, N (+1), D]`` already in token order, no mask tokens added)."""
+        (``mask_tokens`` mode: latent ``[B, N (+1), D]`` already in token order, no mask tokens added); with
+        ``only`` ``[B, M]`` the predictions of those patches alone, ``[B, M, prod(p) * C]``."""
         x = self.decoder_embed(latent)
         has_cls = hasattr(self.encoder, "cls_token")
         cls, full = (x[:, :1], x[:, 1:]) if has_cls else (x[:, :0], x)
@@ -157,7 +172,8 @@ class MaskedAutoencoder(PatchReconstruction, nn.Module):
         x = torch.cat([cls, full + self.decoder_pos_embed.to(x.dtype)], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, cls.shape[1] :]
+        x = x[:, cls.shape[1] :]
+        return self.decoder_pred(self.decoder_norm(x if only is None else gather_tokens(x, only)))
 
     def forward(
         self,
@@ -167,17 +183,31 @@ class MaskedAutoencoder(PatchReconstruction, nn.Module):
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loss_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden).
 
         The masks are drawn at random, or decided by ``noise`` ``[B, N]``, or by ``seeds`` ``[B]`` (ints):
         each sample's mask of this model's strategy and ratio is then a function of its seed alone
-        (:func:`masking_noise`), whatever batch or process it lands in. The input is cut into patches
-        once, for both the encoder and the target."""
+        (:func:`masking_noise`). The input is cut into patches once, for both the encoder and the target.
+        With ``loss_only`` (training) pred is None, and the prediction, target and loss span the hidden
+        patches only: the same loss, without the visible patches' share of that work."""
         self._check_size(x)
         if seeds is not None:
             noise = masking_noise(self.mask_strategy, seeds.to(x.device), self.encoder.grid, self.mask_ratio)
         patches = patchify(x, self.patch_size)
-        latent, mask, ids_restore = self._encode(patches, mask_ratio, generator, noise)
-        pred = self.forward_decoder(latent, ids_restore)
-        return self._loss(patches, pred, mask), pred, mask
+        latent, mask, ids_restore, ids_shuffle = self._encode(patches, mask_ratio, generator, noise)
+        if not loss_only:
+            pred = self.forward_decoder(latent, ids_restore)
+            return self._loss(patches, pred, mask), pred, mask
+        hidden = ids_shuffle[:, self.kept_count(mask_ratio) :]
+        pred = self.forward_decoder(latent, ids_restore, only=hidden)
+        return self.hidden_patch_loss(gather_tokens(patches, hidden), pred), None, mask
+
+    def hidden_patch_loss(self, hidden: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """hidden patches ``[B, M, L]`` and their predictions ``[B, M, L]`` -> the mean squared error over
+        them, float32: :meth:`_loss` with the visible patches left out (0 when ``M`` is 0)."""
+        if hidden.shape[1] == 0:
+            return pred.float().sum() * 0.0
+        target, _, _ = self._target(hidden)
+        return F.mse_loss(pred.float(), target)

@@ -155,7 +155,7 @@ def random_masking(
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio={mask_ratio!r} must lie in [0, 1)")
-    b, n, d = tokens.shape
+    b, n, _ = tokens.shape
     keep = math.floor(n * (1 - mask_ratio) + RATIO_SLACK) if keep is None else keep
     if keep < 1:
         raise ValueError(f"mask_ratio={mask_ratio!r} leaves no visible token out of {n}")
@@ -163,11 +163,19 @@ def random_masking(
         noise = torch.rand(b, n, generator=generator, device=tokens.device)
     elif noise.shape != (b, n):
         raise ValueError(f"noise of shape {tuple(noise.shape)} for tokens of shape {tuple(tokens.shape)}")
+    ids_shuffle, ids_restore, mask = masking_order(noise, keep)
+    return gather_tokens(tokens, ids_shuffle[:, :keep]), mask, ids_restore
+
+
+def masking_order(noise: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """noise ``[B, N]`` -> (ids_shuffle ``[B, N]``: the ``keep`` visible tokens first, in increasing noise,
+    then the hidden ones; ids_restore ``[B, N]``, its inverse; mask ``[B, N]`` float32, 1 = hidden)."""
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :keep]
-    kept = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
-    mask = torch.ones(b, n, device=tokens.device)
-    mask[:, :keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    return kept, mask, ids_restore
+    mask = (ids_restore >= keep).float()
+    return ids_shuffle, ids_restore, mask
+
+
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """tokens ``[B, N, D]``, ids ``[B, K]`` -> ``[B, K, D]``: each sample's tokens at its ids, in that order."""
+    return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -267,8 +267,10 @@ class SparseConvMAE(PatchReconstruction, nn.Module):
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden).
+        loss_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden);
+        pred is None with ``loss_only``, as for the ViT MAE (the dense decoder predicts every patch anyway).
 
         The masks are drawn at random (with ``generator``), or decided by ``noise`` ``[B, N]``, or by
         ``seeds`` ``[B]`` (ints: each sample's mask of this model's strategy and ratio is a function of its
@@ -279,7 +281,7 @@ class SparseConvMAE(PatchReconstruction, nn.Module):
             noise = masking_noise(self.mask_strategy, seeds.to(x.device), self.grid, self.mask_ratio)
         mask = self.draw_mask(x.shape[0], x.device, mask_ratio, generator, noise)
         pred = self.forward_decoder(self.forward_encoder(x, mask), mask)
-        return self._loss(patchify(x, self.patch_size), pred, mask), pred, mask
+        return self._loss(patchify(x, self.patch_size), pred, mask), None if loss_only else pred, mask
 
 
 def decoder_widths(decoder_width: int | Sequence[int] | None, filters: Sequence[int]) -> list[int]:

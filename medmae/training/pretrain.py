@@ -66,8 +66,8 @@ def mae_loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> t
     """The MAE loss of one batch (``image`` ``[B, C, *S]``), each sample's mask from its ``sample_seed``.
     ``model`` is the MAE, or the MAE wrapped for DDP or compilation."""
     images = plain(batch["image"]).to(device, non_blocking=True)
-    loss, _, _ = model(images, seeds=torch.as_tensor(batch["sample_seed"]).to(device, non_blocking=True))
-    return loss
+    seeds = torch.as_tensor(batch["sample_seed"]).to(device, non_blocking=True)
+    return model(images, seeds=seeds, loss_only=True)[0]
 
 
 @torch.no_grad()

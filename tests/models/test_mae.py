@@ -207,3 +207,44 @@ def test_any_patch_size_gives_per_patch_predictions_a_normalised_target_and_grad
     assert [n for n, q in model.named_parameters() if q.requires_grad and q.grad is None] == []
     images = model.reconstruct(x, pred.detach(), mask)
     assert images["composite"].shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "spatial_dims,strategy,ratio,options",
+    [
+        (3, "random", 0.75, {}),
+        (3, "block", 0.5, {"cls_token": True}),
+        (2, "grid", 0.75, {"img_size": (64, 64)}),
+        (3, "random", 0.75, {"encoder_mode": "mask_tokens"}),
+        (2, "random", 0.5, {"norm_pix_loss": False, "in_channels": 3}),
+    ],
+)
+def test_the_lean_loss_path_gives_the_full_paths_loss_and_gradients(spatial_dims, strategy, ratio, options):
+    """``loss_only``: visible patches alone embedded, predictions, target and loss on hidden patches only;
+    the same loss and parameter gradients as the full path on the same batch and masks."""
+    torch.manual_seed(0)
+    options = {"img_size": SIZE_3D if spatial_dims == 3 else (48, 64), **options}
+    model = create_model(f"mae_vit_tiny_patch16_{spatial_dims}d", mask_strategy=strategy, mask_ratio=ratio, **options)
+    x = torch.randn(3, model.encoder.config["in_channels"], *model.img_size)
+    seeds = torch.tensor([4, 17, 99])
+    results = []
+    for loss_only in (False, True):
+        model.zero_grad()
+        loss, pred, mask = model(x, seeds=seeds, loss_only=loss_only)
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        results.append((loss, pred, mask, grads))
+    (full, _, full_mask, full_grads), (lean, pred, lean_mask, lean_grads) = results
+    assert pred is None and torch.equal(full_mask, lean_mask)
+    assert torch.allclose(full, lean, rtol=1e-5, atol=1e-7)
+    assert full_grads.keys() == lean_grads.keys()
+    for name, grad in full_grads.items():
+        assert torch.allclose(grad, lean_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_embedding_chosen_patches_equals_embedding_all_and_choosing():
+    embedding = tiny_mae(3).encoder.patch_embedding
+    patches = torch.randn(2, 12, 16**3)
+    ids = torch.tensor([[3, 0, 7], [11, 5, 2]])
+    everything = embedding.embed(patches)
+    assert torch.allclose(embedding.embed(patches, ids), everything[torch.arange(2)[:, None], ids], atol=1e-5)
