@@ -24,7 +24,7 @@ from medmae.devices import autocast, autocast_dtype
 from medmae.errors import UserError, raise_if_stopped
 from medmae.models.encoder import set_activation_checkpointing
 from medmae.training.distributed import Context, all_mean, barrier
-from medmae.training.optim import learning_rate, set_learning_rate
+from medmae.training.optim import learning_rate, load_optimizer_state, set_learning_rate
 from medmae.training.run_folder import RunFolder, restore_rng, rng_state
 
 log = logging.getLogger("medmae")
@@ -162,7 +162,7 @@ def _restored(
     if resume_from is None:
         return Progress(), []
     progress = Progress(**resume_from["progress"])
-    optimizer.load_state_dict(resume_from["optimizer"])
+    load_optimizer_state(optimizer, resume_from["optimizer"])
     scaler.load_state_dict(resume_from["scaler"])
     restore_rng(resume_from["rng"])
     if ctx.world > 1:  # the checkpoint holds rank 0's RNG; give each process its own stream again

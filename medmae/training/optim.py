@@ -29,12 +29,15 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, depth: int = 12) -> list[dict]:
-    """Groups for AdamW; each carries ``lr_scale = layer_decay ** (depth + 1 - layer_id)`` (1 without decay)."""
+    """Groups for AdamW, each with the parameters' ``names`` and ``lr_scale = layer_decay ** (depth + 1 -
+    layer_id)``: one group per (layer, decay) with layer decay, two (decay, no decay) without, so that the
+    fused AdamW runs two kernels rather than one per layer."""
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        layer, decay = layer_id(name, depth), decays(name, param)
+        layer = layer_id(name, depth) if layer_decay != 1.0 else depth + 1
+        decay = decays(name, param)
         group = groups.setdefault(
             (layer, decay),
             {
@@ -62,6 +65,26 @@ def build_optimizer(
     return torch.optim.AdamW(
         param_groups(model, weight_decay, layer_decay, depth), lr=lr, betas=tuple(betas), fused=fused or None
     )
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load ``saved`` (a state dict of :func:`build_optimizer`'s optimizer) into ``optimizer``, matching the
+    parameters by name, so a checkpoint whose groups split the parameters otherwise (one made before the
+    two-group rule without layer decay) resumes with its moments. Raises ValueError naming a parameter that
+    has no saved state."""
+    saved_ids = {n: i for g in saved["param_groups"] for n, i in zip(g.get("names", ()), g["params"], strict=True)}
+    if not saved_ids:  # groups without names: only the same grouping can load
+        optimizer.load_state_dict(saved)
+        return
+    current = optimizer.state_dict()
+    state = {}
+    for group in current["param_groups"]:
+        for name, index in zip(group["names"], group["params"], strict=True):
+            if name not in saved_ids:
+                raise ValueError(f"the checkpoint's optimiser state has no parameter {name}")
+            if saved_ids[name] in saved["state"]:
+                state[index] = saved["state"][saved_ids[name]]
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, minimum: float = 0.0) -> float:

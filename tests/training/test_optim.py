@@ -6,11 +6,12 @@ import itertools
 import math
 
 import pytest
+import torch
 
 from medmae.config import load_config
 from medmae.models import create_model
 from medmae.training.loop import effective_batch, effective_lr
-from medmae.training.optim import build_optimizer, layer_id, learning_rate, param_groups
+from medmae.training.optim import build_optimizer, layer_id, learning_rate, load_optimizer_state, param_groups
 
 
 def names_by(groups, key):
@@ -61,3 +62,24 @@ def test_learning_rate_scales_with_the_effective_batch():
     assert effective_batch(cfg, samples_per_item=4) == 6 * 4 * 2
     assert effective_lr(cfg, 4) == pytest.approx(1.6e-3 * 48 / 256)  # Zhou et al.'s peak 1.5e-4 at 24 crops, x 2
     assert math.isclose(effective_lr(load_config("pretrain", "chestxray14"), 1), 1.5e-4)
+
+
+def test_without_layer_decay_two_groups_and_a_resume_across_groupings_keeps_the_moments():
+    """Layer decay 1: one group that decays and one that does not (two fused kernels, not one per layer);
+    the state of an optimiser grouped per layer loads into it by parameter name, moments and all."""
+    model = create_model("mae_vit_tiny_patch16_2d", img_size=32)
+    two = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+    assert sorted(g["weight_decay"] for g in two.param_groups) == [0.0, 0.05]
+    per_layer = build_optimizer(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), layer_decay=0.9)
+    assert len(per_layer.param_groups) > 2
+    model(torch.randn(2, 1, 32, 32))[0].backward()
+    per_layer.step()
+    load_optimizer_state(two, per_layer.state_dict())
+    params = dict(model.named_parameters())
+    for name in ("encoder.blocks.1.attn.qkv.weight", "decoder_pred.bias", "mask_token"):
+        assert torch.equal(two.state[params[name]]["exp_avg"], per_layer.state[params[name]]["exp_avg"]), name
+    saved = per_layer.state_dict()
+    saved["param_groups"][0]["names"] = saved["param_groups"][0]["names"][1:]  # a parameter not in the checkpoint
+    saved["param_groups"][0]["params"] = saved["param_groups"][0]["params"][1:]
+    with pytest.raises(ValueError, match="has no parameter"):
+        load_optimizer_state(two, saved)
