@@ -37,12 +37,12 @@ def setup(device_choice: str, timeout_min: float = 60.0) -> Context:
         # rank 0 writes checkpoints and figures while the others wait: allow slow disks before the watchdog fires
         timeout = timedelta(minutes=timeout_min)
         backend = "nccl" if device.type == "cuda" else "gloo"
+        bound = {"device_id": device} if device.type == "cuda" else {}  # NCCL binds its communicator to the GPU
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
-            dist.init_process_group(
-                backend, store=attempt_store(world, timeout), rank=rank, world_size=world, timeout=timeout
-            )
+            store = attempt_store(world, timeout)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout, **bound)
         else:
-            dist.init_process_group(backend, timeout=timeout)
+            dist.init_process_group(backend, timeout=timeout, **bound)
     return Context(rank, world, device)
 
 
