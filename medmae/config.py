@@ -96,7 +96,7 @@ class TrainConfig:
 class InferConfig:
     overlap: float = 0.5  # sliding-window overlap
     blend: Literal["gaussian", "constant"] = "gaussian"
-    sw_batch_size: int = 4  # windows per forward pass
+    sw_batch_size: int = 8  # windows per forward pass
 
 
 @dataclass

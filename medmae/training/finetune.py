@@ -177,8 +177,8 @@ def validate_segmentation(
     shard = range(ctx.rank, len(dataset), ctx.world)
     for index in tqdm(shard, desc="validation", unit="case", leave=False, disable=not ctx.is_main or None):
         item = dataset[index]
-        probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, ctx.device)
-        predicted = predicted_masks(task, probabilities).numpy()
+        probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, ctx.device, on_device=True)
+        predicted = predicted_masks(task, probabilities).cpu().numpy()
         scores.append(dice_per_class(predicted, reference_masks(task, torch.as_tensor(item["label"])).numpy()))
     model.train()
     table = np.array(gather(scores, ctx))

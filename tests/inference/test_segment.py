@@ -62,3 +62,19 @@ def test_what_a_crop_left_out_of_the_original_grid_is_background():
     assert torch.allclose(completed[0, 1], 0.5 + 0.5 * inside[0, 0])
     regions = load_task("msd_brain")
     assert torch.equal(background_outside(regions, on_grid[:3]), on_grid[:3])  # sigmoid: nothing to give
+
+
+def test_batched_windows_and_device_resident_probabilities_equal_one_window_at_a_time():
+    """``infer.sw_batch_size`` (8 by default) changes how many windows share a forward pass, not the result;
+    ``on_device`` leaves the same probabilities where they were computed."""
+    from medmae.config import InferConfig
+    from medmae.inference.segment import segment
+    from medmae.models import create_model
+
+    task = load_task("demo")
+    model = create_model("unetr_vit_tiny_patch16_3d", img_size=task.roi, out_channels=len(task.labels)).eval()
+    image, cpu = torch.randn(1, 60, 50, 40), torch.device("cpu")
+    batched = segment(model, task, image, InferConfig(), "fp32", cpu, on_device=True)
+    single = segment(model, task, image, InferConfig(sw_batch_size=1), "fp32", cpu)
+    assert InferConfig().sw_batch_size == 8
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
