@@ -27,6 +27,7 @@ EncoderMode = Literal["skip", "mask_tokens"]  # the MAE encoder sees the visible
 Tuning = Literal["full", "linear", "partial"]  # what a classifier's fine-tuning trains
 Pool = Literal["avg", "cls"]  # a classifier's pooled token
 # unetr: ViT + UNETR decoder; light: ViT + light decoder; dynunet: MONAI's residual DynUNet; unet: MONAI U-Net
+CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.compile's modes
 Arch = Literal["unetr", "light", "dynunet", "unet"]
 
 
@@ -87,7 +88,8 @@ class TrainConfig:
     val_every: int = 10  # fine-tuning: validation every N epochs (and at the end)
     patience: int | None = None  # fine-tuning: stop after this many validations without a better score (None: never)
     log_every: int = 20  # steps between progress-bar loss updates
-    compile: bool = False  # torch.compile the training model
+    compile: bool = False  # torch.compile the transformer blocks and the MAE loss (a model without blocks: whole)
+    compile_mode: CompileMode = "default"  # reduce-overhead: CUDA graphs for small host-bound steps
     activation_checkpointing: bool = False  # recompute each transformer block in the backward pass
     channels_last: bool = False  # fine-tuning: channels-last memory layout for UNETR's convolutions
 
@@ -310,6 +312,10 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (min(every) >= 1, "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
         (0 <= infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
         (infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),
+        (
+            train.compile_mode != "reduce-overhead" or (optim.accumulate == 1 and not train.activation_checkpointing),
+            "train.compile_mode=reduce-overhead (CUDA graphs) needs optim.accumulate=1 and no activation checkpointing",
+        ),
     ]
 
 

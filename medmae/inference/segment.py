@@ -36,7 +36,7 @@ def segment(
     there to masks, a quarter of the bytes per class to copy)."""
     with autocast(precision, device):
         logits = sliding_window_inference(
-            torch.as_tensor(image)[None].to(device),
+            torch.as_tensor(image).as_subclass(torch.Tensor)[None].to(device),  # metadata stays with the item
             task.roi,
             infer.sw_batch_size,
             model,

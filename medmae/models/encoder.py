@@ -102,8 +102,16 @@ class TransformerBlock(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.attention(x))
+        return x + self.drop_path(self.feed_forward(x))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention branch, ``attn(norm1(x))``: ``[B, N, D]`` -> ``[B, N, D]`` (a compiled region)."""
+        return self.attn(self.norm1(x))
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP branch, ``mlp(norm2(x))``: ``[B, N, D]`` -> ``[B, N, D]`` (a compiled region)."""
+        return self.mlp(self.norm2(x))
 
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool) -> int:

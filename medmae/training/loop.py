@@ -22,6 +22,7 @@ from medmae.checkpoint import model_checkpoint
 from medmae.config import Config
 from medmae.devices import autocast, autocast_dtype
 from medmae.errors import UserError, raise_if_stopped
+from medmae.models.compilation import RECOMPILE_LIMIT, compile_regions, release_regions
 from medmae.models.encoder import set_activation_checkpointing
 from medmae.training.distributed import Context, all_mean, barrier
 from medmae.training.optim import learning_rate, load_optimizer_state, set_learning_rate
@@ -79,7 +80,24 @@ def fit(
     job: Job,
     resume_from: dict[str, Any] | None = None,
 ) -> Progress:
-    """Train ``model`` for ``cfg.train.epochs`` epochs; returns the final :class:`Progress`."""
+    """Train ``model`` for ``cfg.train.epochs`` epochs; returns the final :class:`Progress`. The model
+    leaves eager whatever happens (``train.compile`` compiles its regions in place for the run only)."""
+    try:
+        return _fit(cfg, ctx, run, model, optimizer, loader, job, resume_from)
+    finally:
+        release_regions(model)
+
+
+def _fit(
+    cfg: Config,
+    ctx: Context,
+    run: RunFolder,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    job: Job,
+    resume_from: dict[str, Any] | None,
+) -> Progress:
     steps = _steps_per_epoch(cfg, loader)
     float16 = autocast_dtype(cfg.train.precision, ctx.device) == torch.float16
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=float16)
@@ -172,11 +190,16 @@ def _restored(
 
 
 def _wrapped(cfg: Config, ctx: Context, model: nn.Module) -> nn.Module:
-    """``model`` as trained: with activation checkpointing set, in DDP over several processes, compiled on
-    its first step when ``train.compile`` is set (checkpoints save the raw model)."""
+    """``model`` as trained: with activation checkpointing set, in DDP over several processes, and with
+    ``train.compile`` its regions compiled on the first step (:func:`compile_regions`; checkpoints save the
+    raw model)."""
     set_activation_checkpointing(model, cfg.train.activation_checkpointing)
     trained = DistributedDataParallel(model) if ctx.world > 1 else model
-    return torch.compile(trained) if cfg.train.compile else trained
+    if not cfg.train.compile:
+        return trained
+    torch._dynamo.reset()  # graphs and guards of an earlier run in this process (a sweep) do not carry over
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return compile_regions(trained, cfg.train.compile_mode)
 
 
 def _update_best(progress: Progress, row: dict[str, Any], job: Job, last: bool) -> bool:

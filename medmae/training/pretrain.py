@@ -125,7 +125,7 @@ def run(request: RunRequest) -> nn.Module:
 def _figures(s: Setup, model: nn.Module, images: torch.Tensor | None) -> Callable[[int, bool], dict[str, float]]:
     """The end of a pretraining epoch: on the main process, every ``train.figure_every`` epochs and at the
     end, the reconstruction figure of ``images`` ``[n, C, *roi]`` and its loss."""
-    images = images.to(s.ctx.device) if images is not None else None
+    images = plain(images).to(s.ctx.device) if images is not None else None  # no MetaTensor in compiled regions
 
     def end_of_epoch(epoch: int, last: bool) -> dict[str, float]:
         if not s.ctx.is_main or not (last or epoch % s.cfg.train.figure_every == 0):

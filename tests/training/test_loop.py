@@ -46,13 +46,14 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, demo_root):
 
 
 def test_compile_and_activation_checkpointing_switches_reach_the_training_step(tmp_path, demo_root, monkeypatch):
-    """``train.compile`` compiles the trained module (here with the eager backend, to spare a CPU test the
-    minute inductor takes); checkpoints still hold the plain model's keys."""
+    """``train.compile`` compiles every block's two branches and the MAE loss in the given mode (here with
+    the eager backend, to spare a CPU test the minute inductor takes; test_compilation.py runs inductor);
+    the model is eager again after the run and checkpoints hold the plain model's keys."""
     compiled, original = [], torch.compile
 
-    def compile_eagerly(module, **kwargs):
-        compiled.append(module)
-        return original(module, backend="eager")
+    def compile_eagerly(function, **kwargs):
+        compiled.append((function.__name__, kwargs["mode"]))
+        return original(function, backend="eager")
 
     monkeypatch.setattr(torch, "compile", compile_eagerly)
     model = pretrain.run(
@@ -61,11 +62,15 @@ def test_compile_and_activation_checkpointing_switches_reach_the_training_step(t
             str(demo_root),
             config_file=TINY,
             output_dir=str(tmp_path / "run"),
-            overrides=["train.compile=true", "train.activation_checkpointing=true"],
+            overrides=["train.compile=true", "train.activation_checkpointing=true", "train.compile_mode=max-autotune"],
         )
     )
-    assert compiled == [model]
-    assert all(block.checkpointed for block in model.modules() if isinstance(block, TransformerBlock))
+    blocks = [block for block in model.modules() if isinstance(block, TransformerBlock)]
+    assert sorted(compiled) == sorted(
+        [("attention", "max-autotune"), ("feed_forward", "max-autotune")] * len(blocks)
+        + [("hidden_patch_loss", "max-autotune")]
+    )
+    assert all(block.checkpointed and "attention" not in vars(block) for block in blocks)  # eager again
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["state_dict"]
     assert saved.keys() == model.state_dict().keys() and not any(k.startswith("_orig_mod") for k in saved)
