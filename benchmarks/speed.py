@@ -35,6 +35,7 @@ import itertools
 import json
 import math
 import os
+import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,25 +63,29 @@ from harness import (
 from medmae.config import InferConfig
 from medmae.data.crops import CropSampler
 from medmae.devices import autocast
-from medmae.inference.segment import segment
+from medmae.inference.segment import segment, to_host, to_label_map
 from medmae.models import create_model
+from medmae.models.compilation import RECOMPILE_LIMIT, compile_regions
 from medmae.models.patchify import patchify
 from medmae.models.registry import DECODERS, ENCODERS
 from medmae.seeds import seeded_noise
 from medmae.tasks import load_task
 from medmae.training.session import with_roi
 
-CASES = ("pretrain", "model", "unetr", "inference", "pretrain2d")
+CASES = ("pretrain", "btcv", "model", "unetr", "inference", "pretrain2d")
 CROPS_PER_VOLUME = 4
-TARGETS = {  # from the speed issue; GPU targets need an H100 or H200
+TARGETS = {  # from the second speed issue (20); GPU targets need an H100 or H200
     "gpu": {
-        "pretrain medmae crops/s": 5000,
-        "model share of matmul peak": 0.30,
+        "pretrain medmae crops/s": 6000,
+        "model share of matmul peak": 0.40,
+        "btcv medmae crops/s": 1200,
         "pretrain2d medmae images/s": 5000,
         "unetr medmae over monai": 1.5,
-        "inference medmae seconds (at most)": 0.2,
+        "unetr medmae over monai_cudnn_benchmark": 1.1,
+        "inference labels to host seconds (at most)": 0.40,
+        "inference kept on device seconds (at most)": 0.25,
     },
-    "cpu": {"pretrain medmae over monai_label_free": 2.0},
+    "cpu": {"pretrain medmae over monai_label_free": 3.0},
 }
 
 
@@ -91,6 +96,7 @@ class Settings:
     size: str  # registry size: base (ViT-B/16) or tiny
     roi: tuple[int, ...]
     batch: int  # 3D crops per pretraining step
+    btcv_batch: int  # crops per step of the BTCV recipe
     unetr_batch: int
     classes: int
     volume: tuple[int, ...]  # inference volume
@@ -108,6 +114,7 @@ GPU = Settings(
     "base",
     (96, 96, 96),
     192,
+    24,
     4,
     14,
     (320, 320, 128),
@@ -120,7 +127,7 @@ GPU = Settings(
     1,
     True,
 )
-TINY = Settings("tiny", (48, 48, 32), 32, 2, 3, (96, 96, 64), 4, (48, 48), (64, 64), 64, 2, 7.0, 3, False)
+TINY = Settings("tiny", (48, 48, 32), 32, 8, 2, 3, (96, 96, 64), 4, (48, 48), (64, 64), 64, 2, 7.0, 3, False)
 
 
 @dataclass
@@ -142,7 +149,7 @@ def compare(
     memory is its own.
     """
     steps: dict[str, Callable[[], object]] = {}
-    totals = {v.impl: {"steps": 0, "seconds": 0.0, "peak": 0.0} for v in variants}
+    totals = {v.impl: {"steps": 0, "seconds": 0.0, "peak": 0.0, "windows": []} for v in variants}
     for round_ in range(s.rounds):
         for variant in variants:
             with PeakMemory(device) as memory:
@@ -154,6 +161,7 @@ def compare(
             total["steps"] += len(times)
             total["seconds"] += sum(times)
             total["peak"] = max(total["peak"], memory.peak)
+            total["windows"].append(len(times) * items_per_step / sum(times))
             if s.rounds == 1:
                 del steps[variant.impl], step
                 free(device)
@@ -168,6 +176,8 @@ def compare(
                 "unit": unit,
                 "seconds_per_step": round(total["seconds"] / total["steps"], 5),
                 "steps": total["steps"],
+                "window_rates": [round(r, 2) for r in total["windows"]],  # median and spread over windows
+                "rate_median": round(statistics.median(total["windows"]), 2),
                 "peak_memory_mb": round(total["peak"]),
                 **common,
                 **variant.extra,
@@ -180,8 +190,15 @@ def compare(
 # ---------------------------------------------------------------------------------------------- models
 
 
-def medmae_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Module:
-    return create_model(f"mae_vit_{s.size}_patch16_{dims}d", img_size=img_size, mask_ratio=0.75)
+def compiled(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """``model`` as ``train.compile`` trains it: regions compiled in place (a fresh dynamo cache)."""
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return compile_regions(model, mode)
+
+
+def medmae_mae(s: Settings, dims: int, img_size: tuple[int, ...], mask_ratio: float = 0.75) -> torch.nn.Module:
+    return create_model(f"mae_vit_{s.size}_patch16_{dims}d", img_size=img_size, mask_ratio=mask_ratio)
 
 
 def monai_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Module:
@@ -289,9 +306,9 @@ def case_pretrain(s: Settings, device: torch.device, volumes: list[dict[str, tor
         seeds = torch.randint(2**31 - 1, (s.batch,), generator=generator, device=device)  # as training: a seed per crop
         return sampler.draw(ids.repeat_interleave(CROPS_PER_VOLUME), seeds=seeds)[0]
 
-    def medmae(compiled: bool) -> Callable[[], None]:
+    def medmae(compile_it: bool) -> Callable[[], None]:
         model = medmae_mae(s, 3, s.roi).to(device)
-        return medmae_pretrain_step(torch.compile(model) if compiled else model, crops, device)
+        return medmae_pretrain_step(compiled(model) if compile_it else model, crops, device)
 
     def monai(label_based: bool) -> Callable[[], None]:
         model = monai_mae(s, 3, s.roi).to(device)
@@ -308,6 +325,30 @@ def case_pretrain(s: Settings, device: torch.device, volumes: list[dict[str, tor
     return compare(
         "pretrain", variants, s.batch, "crops/s", s, device, batch=s.batch, roi=list(s.roi), volumes=len(volumes)
     )
+
+
+def case_btcv(s: Settings, device: torch.device, volumes: list[dict[str, torch.Tensor]]) -> list[dict]:
+    """The shipped BTCV recipe's step (configs/pretrain/btcv.yaml: 6 volumes x 4 crops, mask ratio 0.125):
+    small and host-bound, eager against compiled and, on a GPU, CUDA graphs (``reduce-overhead``)."""
+    sampler = CropSampler([v["image"] for v in volumes], s.roi, device)
+    generator = torch.Generator(device=device).manual_seed(3)
+    batch = s.btcv_batch
+
+    def crops() -> torch.Tensor:
+        ids = torch.randint(len(sampler), (batch // CROPS_PER_VOLUME,), generator=generator, device=device)
+        seeds = torch.randint(2**31 - 1, (batch,), generator=generator, device=device)
+        return sampler.draw(ids.repeat_interleave(CROPS_PER_VOLUME), seeds=seeds)[0]
+
+    def medmae(mode: str | None) -> Callable[[], None]:
+        model = medmae_mae(s, 3, s.roi, mask_ratio=0.125).to(device)
+        return medmae_pretrain_step(model if mode is None else compiled(model, mode), crops, device)
+
+    variants = [Variant("medmae", lambda: medmae(None))]
+    if s.compile:
+        variants.append(Variant("medmae_compiled", lambda: medmae("default")))
+        if device.type == "cuda":
+            variants.append(Variant("medmae_graphs", lambda: medmae("reduce-overhead")))
+    return compare("btcv", variants, batch, "crops/s", s, device, batch=batch, roi=list(s.roi), mask_ratio=0.125)
 
 
 def matmul_peak_tflops(device: torch.device) -> float:
@@ -330,6 +371,10 @@ def case_model(s: Settings, device: torch.device) -> list[dict]:
         "medmae": lambda: medmae_pretrain_step(medmae_mae(s, 3, s.roi).to(device), lambda: images, device),
         "monai": monai,
     }
+    if s.compile:
+        builders["medmae_compiled"] = lambda: medmae_pretrain_step(
+            compiled(medmae_mae(s, 3, s.roi).to(device)), lambda: images, device
+        )
     flops = {}
 
     def counted(impl: str) -> Callable[[], None]:
@@ -365,16 +410,18 @@ def case_unetr(s: Settings, device: torch.device) -> list[dict]:
     labels = torch.randint(s.classes, (s.unetr_batch, 1, *s.roi), device=device)
     criterion = DiceCELoss(to_onehot_y=True, softmax=True)
 
-    def medmae(layout: torch.memory_format, compiled: bool) -> Callable[[], None]:
+    def medmae(layout: torch.memory_format, compile_it: bool, benchmark: bool = True) -> Callable[[], None]:
         model = create_model(
             f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=s.classes, feature_size=16
         ).to(device, memory_format=layout)
-        x, forward = images.contiguous(memory_format=layout), torch.compile(model) if compiled else model
-        return train_step(model, lambda: criterion(forward(x).float(), labels), "auto", device)
+        x, forward = images.contiguous(memory_format=layout), compiled(model) if compile_it else model
+        step = train_step(model, lambda: criterion(forward(x).float(), labels), "auto", device)
+        return with_cudnn_benchmark(benchmark, step)
 
-    def monai() -> Callable[[], None]:
+    def monai(benchmark: bool) -> Callable[[], None]:
         model = monai_unetr(s, s.classes).to(device)
-        return train_step(model, lambda: criterion(model(images).float(), labels), "auto", device)
+        step = train_step(model, lambda: criterion(model(images).float(), labels), "auto", device)
+        return with_cudnn_benchmark(benchmark, step)
 
     variants = [
         Variant("medmae", lambda: medmae(torch.preserve_format, False)),
@@ -382,8 +429,21 @@ def case_unetr(s: Settings, device: torch.device) -> list[dict]:
     ]
     if s.compile:
         variants.append(Variant("medmae_compiled", lambda: medmae(torch.preserve_format, True)))
-    variants.append(Variant("monai", monai))
+    if device.type == "cuda":  # MONAI's default leaves cuDNN benchmarking off; medmae's pick_device turns it on
+        variants.append(Variant("medmae_no_cudnn_benchmark", lambda: medmae(torch.preserve_format, False, False)))
+        variants.append(Variant("monai_cudnn_benchmark", lambda: monai(True)))
+    variants.append(Variant("monai", lambda: monai(False)))
     return compare("unetr", variants, s.unetr_batch, "crops/s", s, device, batch=s.unetr_batch, roi=list(s.roi))
+
+
+def with_cudnn_benchmark(enabled: bool, step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with cuDNN benchmarking set as given (a global switch, so it is set before every call)."""
+
+    def run() -> None:
+        torch.backends.cudnn.benchmark = enabled
+        step()
+
+    return run
 
 
 def monai_unetr(s: Settings, classes: int) -> torch.nn.Module:
@@ -405,14 +465,19 @@ def case_inference(s: Settings, device: torch.device) -> list[dict]:
     task = with_roi(load_task("btcv"), list(s.roi))
     classes = len(task.class_names)
 
-    def medmae(windows: int) -> Callable[[], torch.Tensor]:
+    def medmae(windows: int, keep: str = "probabilities") -> Callable[[], torch.Tensor]:
+        """Probabilities to the host (as evaluate), labels to the host, or probabilities kept on the device."""
         model = (
             create_model(f"unetr_vit_{s.size}_patch16_3d", img_size=s.roi, out_channels=classes, feature_size=16)
             .to(device)
             .eval()
         )
         infer = InferConfig(overlap=0.5, blend="gaussian", sw_batch_size=windows)
-        return lambda: segment(model, task, image, infer, "auto", device)
+        if keep == "probabilities":
+            return lambda: segment(model, task, image, infer, "auto", device)
+        if keep == "device":
+            return lambda: segment(model, task, image, infer, "auto", device, on_device=True)
+        return lambda: to_host(to_label_map(task, segment(model, task, image, infer, "auto", device, on_device=True)))
 
     def monai() -> Callable[[], torch.Tensor]:
         model = monai_unetr(s, classes).to(device).eval()
@@ -425,7 +490,11 @@ def case_inference(s: Settings, device: torch.device) -> list[dict]:
 
         return run
 
-    variants = [Variant("medmae", lambda: medmae(s.sw_batch), {"sw_batch_size": s.sw_batch})]
+    variants = [
+        Variant("medmae", lambda: medmae(s.sw_batch), {"sw_batch_size": s.sw_batch}),
+        Variant("medmae_labels_to_host", lambda: medmae(s.sw_batch, "labels"), {"sw_batch_size": s.sw_batch}),
+        Variant("medmae_on_device", lambda: medmae(s.sw_batch, "device"), {"sw_batch_size": s.sw_batch}),
+    ]
     if s.sw_batch != 4:  # the effect of batching more windows, against medmae at MONAI's 4
         variants.append(Variant("medmae_sw4", lambda: medmae(4), {"sw_batch_size": 4}))
     variants.append(Variant("monai", monai, {"sw_batch_size": 4}))
@@ -448,10 +517,15 @@ def case_pretrain2d(s: Settings, device: torch.device) -> list[dict]:
         model = monai_mae(s, 2, s.roi2d).to(device)
         return train_step(model, lambda: monai_mae_loss(model, crops()), "fp32", device)
 
-    variants = [
-        Variant("medmae", lambda: medmae_pretrain_step(medmae_mae(s, 2, s.roi2d).to(device), crops, device)),
-        Variant("monai", monai),
-    ]
+    variants = [Variant("medmae", lambda: medmae_pretrain_step(medmae_mae(s, 2, s.roi2d).to(device), crops, device))]
+    if s.compile:
+        variants.append(
+            Variant(
+                "medmae_compiled",
+                lambda: medmae_pretrain_step(compiled(medmae_mae(s, 2, s.roi2d).to(device)), crops, device),
+            )
+        )
+    variants.append(Variant("monai", monai))
     return compare(
         "pretrain2d",
         variants,
@@ -502,14 +576,21 @@ def summary(records: list[dict], ratio_lines: list[dict], device: torch.device) 
     model = {
         r["impl"]: r["share_of_matmul_peak"] for r in records if r["case"] == "model" and r["impl"].startswith("medmae")
     }
-    inference = best("inference")
+
+    def seconds(impl: str) -> tuple[str | None, float | None]:
+        rate = next((r["rate"] for r in records if r["case"] == "inference" and r["impl"] == impl), None)
+        return (impl, 1 / rate) if rate else (None, None)
+
     values = {
         "pretrain medmae crops/s": best("pretrain"),
         "pretrain medmae over monai_label_free": best("pretrain", "monai_label_free"),
         "model share of matmul peak": max(model.items(), key=lambda item: item[1]) if model else (None, None),
+        "btcv medmae crops/s": best("btcv"),
         "pretrain2d medmae images/s": best("pretrain2d"),
         "unetr medmae over monai": best("unetr", "monai"),
-        "inference medmae seconds (at most)": (inference[0], 1 / inference[1] if inference[1] else None),
+        "unetr medmae over monai_cudnn_benchmark": best("unetr", "monai_cudnn_benchmark"),
+        "inference labels to host seconds (at most)": seconds("medmae_labels_to_host"),
+        "inference kept on device seconds (at most)": seconds("medmae_on_device"),
     }
     checks = {}
     for name, target in TARGETS["gpu" if device.type == "cuda" else "cpu"].items():
@@ -565,7 +646,7 @@ def main() -> None:
     }
     print(json.dumps(header), flush=True)
     records = []
-    if "pretrain" in cases:
+    if "pretrain" in cases or "btcv" in cases:
         data = args.data or ("hippocampus" if args.tiny else "synthetic")
         if data == "hippocampus" and not (args.data_root / "dataset.json").is_file():
             parser.error(
@@ -576,7 +657,8 @@ def main() -> None:
             if data == "hippocampus"
             else synthetic_volumes(48, (160, 160, 128))
         )
-        records += case_pretrain(s, device, volumes)
+        records += case_pretrain(s, device, volumes) if "pretrain" in cases else []
+        records += case_btcv(s, device, volumes) if "btcv" in cases else []
     for name, run in (
         ("model", case_model),
         ("unetr", case_unetr),

@@ -64,7 +64,7 @@ def to_label_map(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
     whole tumour -> 1 (edema), tumour core -> 2 (non-enhancing), enhancing -> 3."""
     if not task.regions:
         return probabilities.argmax(dim=0).to(torch.uint8)
-    labels = torch.zeros(probabilities.shape[1:], dtype=torch.uint8)
+    labels = torch.zeros(probabilities.shape[1:], dtype=torch.uint8, device=probabilities.device)
     for channel, values in enumerate(task.regions.values()):
         labels[probabilities[channel] > 0.5] = min(values)
     return labels
