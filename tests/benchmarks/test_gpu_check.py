@@ -26,7 +26,11 @@ def test_the_dry_run_measures_each_case_between_two_device_states_and_ends_with_
     states = [(line["case"], line["when"]) for line in lines if "when" in line]
     assert states == [("btcv", "before"), ("btcv", "after"), ("pretrain2d", "before"), ("pretrain2d", "after")]
     rates = [line for line in lines if "rate" in line]
-    assert [(r["case"], r["impl"]) for r in rates] == [("btcv", "medmae"), ("pretrain2d", "medmae"), ("pretrain2d", "monai")]
+    assert [(r["case"], r["impl"]) for r in rates] == [
+        ("btcv", "medmae"),
+        ("pretrain2d", "medmae"),
+        ("pretrain2d", "monai"),
+    ]
     assert all(len(r["window_rates"]) == 2 and min(r["window_rates"]) <= r["rate_median"] for r in rates)
     assert rates[0]["mask_ratio"] == 0.125
     assert lines[-2]["case"] == "summary" and lines[-1]["case"] == "end"
