@@ -22,7 +22,9 @@ RATIO_SLACK = 1e-6  # int(N * (1 - ratio)) allows this much floating-point round
 GRID_TOLERANCE = 5e-4  # a grid ratio may be given to 3 decimals: 0.889 for 1 - 1/9
 BLOCK_MIN_PATCHES = 16  # BEiT's smallest block
 BLOCK_ASPECT = 0.3  # BEiT: side ratios drawn log-uniformly in [0.3, 1 / 0.3]
-MASK_STREAM = 2  # numpy streams of block and grid masks (seeded_noise uses 0 for masks, 1 for crops)
+MASK_STREAM = 2  # seeded_noise streams: 0 random masks, 1 crops, 2 block and grid draws, 3 the block top-up
+TOP_UP_STREAM = 3
+MAX_BOXES = 64  # boxes drawn per block mask; what they leave unhidden (rare) is topped up
 
 
 def visible_count(strategy: str, grid: tuple[int, ...], mask_ratio: float) -> int:
@@ -70,60 +72,120 @@ def grid_mask(grid: tuple[int, ...], k: int, offset: tuple[int, ...]) -> np.ndar
     return ~kept.reshape(-1)
 
 
-def block_mask(grid: tuple[int, ...], hidden: int, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple]]:
-    """Hide exactly ``hidden`` patches as a union of boxes (BEiT's block-wise masking, in 2D or 3D).
+def box_draws(seeds: torch.Tensor, dims: int) -> torch.Tensor:
+    """``[B, MAX_BOXES, 1 + 2 dims]`` uniforms in ``[0, 1)`` per sample seed (float64, on ``seeds.device``):
+    per box, one for its volume, ``dims`` for its side ratios and ``dims`` for its position."""
+    per_box = 1 + 2 * dims
+    return seeded_noise(seeds, MAX_BOXES * per_box, MASK_STREAM).view(len(seeds), MAX_BOXES, per_box)
 
-    Rule: while fewer than ``hidden`` patches are hidden, draw a box of ``v`` patches, ``v`` uniform in
-    ``[min(16, r), max(16, r)]`` where ``r`` is the number still to hide; each side is
-    ``round(v^(1/d) * e^a_i)`` clipped to ``[1, grid]``, with ``a_i`` uniform in ``±log(1/0.3) / 2`` and
-    centred (so any two sides differ by a factor within BEiT's ``[0.3, 1/0.3]``); its position uniform. The
-    box's patches not yet hidden are hidden in row-major order until the count is reached, so only the last
-    box can be trimmed, to a row-major prefix of itself (still connected).
 
-    Returns:
-        ``[N]`` bool (True = hidden) and the boxes as ``(start, size, prefix)``, ``prefix`` the number of
-        the box's patches (row-major) that the box covers: all of them except possibly for the last box.
-    """
-    mask = np.zeros(grid, dtype=bool)
-    boxes = []
+def box_shape(draw: torch.Tensor, left: torch.Tensor, grid: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One box per sample from its uniforms ``draw`` ``[B, 1 + 2 dims]`` and the patches it still has to
+    hide ``left`` ``[B]`` -> (start, sides), each ``[B, dims]`` int64. BEiT's rule: a volume ``v`` uniform
+    in ``[min(16, left), max(16, left)]``; sides ``round(v^(1/d) * e^a_i)`` clipped to ``[1, grid]``, ``a_i``
+    uniform in ``+-log(1/0.3) / 2`` and centred (any two sides within a factor in ``[0.3, 1/0.3]``); the
+    position uniform. The one formula of the device masks and their host reference."""
     dims = len(grid)
-    while (done := int(mask.sum())) < hidden:
-        left = hidden - done
-        volume = rng.integers(min(BLOCK_MIN_PATCHES, left), max(BLOCK_MIN_PATCHES, left) + 1)
-        logs = rng.uniform(math.log(BLOCK_ASPECT) / 2, -math.log(BLOCK_ASPECT) / 2, dims)
-        sides = [
-            int(np.clip(round(volume ** (1 / dims) * math.exp(a)), 1, g)) for a, g in zip(logs - logs.mean(), grid)
-        ]
-        start = [int(rng.integers(0, g - s + 1)) for g, s in zip(grid, sides)]
-        box = mask[tuple(slice(a, a + s) for a, s in zip(start, sides))].reshape(-1)  # a copy, row-major
+    extent = torch.tensor(grid, device=draw.device)
+    low, high = left.clamp(max=BLOCK_MIN_PATCHES), left.clamp(min=BLOCK_MIN_PATCHES)
+    volume = low + torch.floor(draw[:, 0] * (high - low + 1))
+    logs = (2 * draw[:, 1 : 1 + dims] - 1) * (-math.log(BLOCK_ASPECT) / 2)
+    logs = logs - logs.mean(dim=1, keepdim=True)
+    sides = torch.round(volume[:, None] ** (1 / dims) * torch.exp(logs)).long()
+    sides = torch.minimum(sides.clamp(min=1), extent)
+    start = torch.floor(draw[:, 1 + dims :] * (extent - sides + 1)).long()
+    return start, sides
+
+
+def grid_coordinates(grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``[N, dims]`` int64: each token's position on the patch grid, in row-major token order."""
+    axes = [torch.arange(g, device=device) for g in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(grid))
+
+
+def block_masks(seeds: torch.Tensor, grid: tuple[int, ...], hidden: int) -> torch.Tensor:
+    """``[B, N]`` bool (True = hidden) on ``seeds.device``: each sample hides exactly ``hidden`` patches as
+    a union of boxes (BEiT's block-wise masking, in 2D or 3D), drawn for the whole batch at once without
+    a host round trip.
+
+    Rule: ``MAX_BOXES`` boxes in turn (:func:`box_shape`); of each box, the patches not yet hidden are hidden
+    in row-major order until the count is reached, so a trimmed box is a row-major prefix of itself (still
+    connected). If the boxes fall short (rare: they overlap), the rest is hidden in an order drawn from
+    the seed (``TOP_UP_STREAM``). :func:`block_mask` is the same rule sample by sample on the host.
+    """
+    coords = grid_coordinates(grid, seeds.device)
+    draws = box_draws(seeds, len(grid))
+    mask = torch.zeros(len(seeds), len(coords), dtype=torch.bool, device=seeds.device)
+    left = torch.full((len(seeds),), hidden, dtype=torch.int64, device=seeds.device)
+    for box in range(MAX_BOXES):
+        start, sides = box_shape(draws[:, box], left, grid)
+        inside = ((coords >= start[:, None]) & (coords < (start + sides)[:, None])).all(dim=-1)
+        new = inside & ~mask
+        mask |= new & (new.cumsum(dim=1) <= left[:, None])
+        left = hidden - mask.sum(dim=1)
+    order = torch.where(mask, math.inf, seeded_noise(seeds, len(coords), TOP_UP_STREAM))
+    rank = order.argsort(dim=1).argsort(dim=1)
+    return mask | (rank < left[:, None])
+
+
+def block_mask(grid: tuple[int, ...], hidden: int, seed: int) -> tuple[np.ndarray, list[tuple]]:
+    """The host reference of :func:`block_masks` for one sample: ``[N]`` bool (True = hidden) and the boxes
+    that hid something as ``(start, size, prefix)``, ``prefix`` the number of the box's patches (row-major)
+    it covers; patches hidden by the top-up are in the mask only."""
+    seeds = torch.tensor([seed])
+    draws, mask, boxes = box_draws(seeds, len(grid))[0], np.zeros(grid, dtype=bool), []
+    for draw in draws:
+        left = hidden - int(mask.sum())
+        start, sides = (t[0].tolist() for t in box_shape(draw[None], torch.tensor([left]), grid))
+        region = tuple(slice(a, a + s) for a, s in zip(start, sides))
+        box = mask[region].reshape(-1)  # a copy, row-major
         new = np.flatnonzero(~box)
+        if left == 0 or len(new) == 0:
+            continue
         prefix = box.size if len(new) <= left else int(new[left - 1]) + 1
         box[:prefix] = True
-        mask[tuple(slice(a, a + s) for a, s in zip(start, sides))] = box.reshape(sides)
+        mask[region] = box.reshape(sides)
         boxes.append((tuple(start), tuple(sides), prefix))
-    return mask.reshape(-1), boxes
+    flat, left = mask.reshape(-1), hidden - int(mask.sum())
+    order = np.where(flat, np.inf, seeded_noise(seeds, flat.size, TOP_UP_STREAM)[0].numpy())
+    flat[np.argsort(order, kind="stable")[:left]] = True
+    return flat, boxes
+
+
+def grid_offsets(seeds: torch.Tensor, dims: int, k: int) -> torch.Tensor:
+    """``[B, dims]`` int64 in ``[0, k)``: each sample's lattice offset of grid masking, from its seed."""
+    return torch.floor(seeded_noise(seeds, dims, MASK_STREAM) * k).long()
+
+
+def strategy_masks(strategy: str, seeds: torch.Tensor, grid: tuple[int, ...], mask_ratio: float) -> torch.Tensor:
+    """``[B, N]`` bool, True = hidden, on ``seeds.device``: block or grid masks, each sample's a function of
+    its seed only (:func:`strategy_mask` is the host reference)."""
+    if strategy == "grid":
+        k = grid_step(grid, mask_ratio)
+        offsets = grid_offsets(seeds, len(grid), k)
+        kept = ((grid_coordinates(grid, seeds.device) - offsets[:, None]).remainder(k) == 0).all(dim=-1)
+        return ~kept
+    return block_masks(seeds, grid, math.prod(grid) - visible_count(strategy, grid, mask_ratio))
 
 
 def strategy_mask(strategy: str, grid: tuple[int, ...], mask_ratio: float, seed: int) -> np.ndarray:
-    """``[N]`` bool, True = hidden: one sample's block or grid mask, a function of its seed only."""
-    rng = np.random.default_rng([int(seed), MASK_STREAM])
+    """``[N]`` bool, True = hidden: one sample's block or grid mask drawn on the host, sample by sample."""
     if strategy == "grid":
         k = grid_step(grid, mask_ratio)
-        return grid_mask(grid, k, tuple(int(o) for o in rng.integers(0, k, len(grid))))
-    return block_mask(grid, math.prod(grid) - visible_count(strategy, grid, mask_ratio), rng)[0]
+        return grid_mask(grid, k, tuple(grid_offsets(torch.tensor([seed]), len(grid), k)[0].tolist()))
+    return block_mask(grid, math.prod(grid) - visible_count(strategy, grid, mask_ratio), seed)[0]
 
 
-@torch.compiler.disable  # as before the masks moved into the MAE: eager, outside a compiled graph
+@torch.compiler.disable  # eager, outside a compiled graph
 def masking_noise(strategy: str, seeds: torch.Tensor, grid: tuple[int, ...], mask_ratio: float) -> torch.Tensor:
     """``[B, N]`` float64 noise on ``seeds.device`` whose ``visible_count`` lowest values are the sample's
     visible tokens: :func:`seeded_noise` for random masks; for block and grid masks, ``hidden + u / 2``
-    with ``u`` from :func:`seeded_noise`, so visible tokens (all below 1/2) keep a random order."""
-    n = math.prod(grid)
-    noise = seeded_noise(seeds, n)
+    with ``u`` from :func:`seeded_noise`, so visible tokens (all below 1/2) keep a random order. Drawn on
+    the device for every strategy: no host round trip."""
+    noise = seeded_noise(seeds, math.prod(grid))
     if strategy == "random":
         return noise
-    hidden = np.stack([strategy_mask(strategy, grid, mask_ratio, seed) for seed in seeds.tolist()])
-    return torch.from_numpy(hidden).to(noise.device, torch.float64) + noise / 2
+    return strategy_masks(strategy, seeds, grid, mask_ratio).to(torch.float64) + noise / 2
 
 
 def random_masking(
