@@ -57,6 +57,7 @@ class DataConfig:
     num_workers: int = 2
     sampler: Literal["cached", "monai"] = "cached"  # 3D pretraining crops: medmae.data.crops or MONAI's chain
     cache_dir: str | None = None  # cached sampler: memory-map the volumes from a file here; None: on the device
+    cache_dtype: Literal["float32", "bfloat16"] = "float32"  # cached sampler on the device: how volumes are kept
     flips: bool = True  # cached sampler: flip each pretraining crop along each axis with probability 1/2
     skip_bad_cases: bool = False
     label_fraction: float = 1.0  # fine-tuning: share of the labelled training cases used
@@ -312,6 +313,10 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (min(every) >= 1, "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
         (0 <= infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
         (infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),
+        (
+            data.cache_dtype == "float32" or (data.sampler == "cached" and data.cache_dir is None),
+            "data.cache_dtype=bfloat16 needs the cached sampler with volumes on the device (no data.cache_dir)",
+        ),
         (
             train.compile_mode != "reduce-overhead" or (optim.accumulate == 1 and not train.activation_checkpointing),
             "train.compile_mode=reduce-overhead (CUDA graphs) needs optim.accumulate=1 and no activation checkpointing",

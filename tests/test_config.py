@@ -85,6 +85,16 @@ def test_resolved_config_round_trips(tmp_path):
     assert set(known_keys()) == {f"{s}.{k}" for s, values in cfg.to_dict().items() for k in values}
 
 
+def test_speed_switches_that_cannot_work_together_are_refused():
+    with pytest.raises(UserError, match="data.cache_dtype=bfloat16 needs the cached sampler with volumes on the"):
+        load_config("pretrain", "btcv", overrides=["data.cache_dtype=bfloat16", "data.cache_dir=cache"])
+    with pytest.raises(UserError, match="data.cache_dtype=bfloat16 needs the cached sampler"):
+        load_config("pretrain", "btcv", overrides=["data.cache_dtype=bfloat16", "data.sampler=monai"])
+    with pytest.raises(UserError, match="compile_mode=reduce-overhead .CUDA graphs. needs optim.accumulate=1"):
+        load_config("pretrain", "btcv", overrides=["train.compile_mode=reduce-overhead", "optim.accumulate=2"])
+    assert load_config("pretrain", "btcv", overrides=["data.cache_dtype=bfloat16"]).data.cache_dtype == "bfloat16"
+
+
 def test_more_crops_per_volume_than_the_seed_rule_allows_are_refused():
     with pytest.raises(UserError, match=r"data.crops_per_volume in \[1, 64\]"):
         load_config("pretrain", "btcv", overrides=["data.crops_per_volume=65"])

@@ -158,6 +158,7 @@ def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: 
         cache_dir=cfg.data.cache_dir,
         write_cache=writer,
         flips=cfg.data.flips,
+        dtype=getattr(torch, cfg.data.cache_dtype),
     )
 
 
