@@ -9,6 +9,7 @@ compiled whole. Shapes are static; a last batch of another size or a validation 
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from medmae.models.encoder import TransformerBlock
@@ -20,8 +21,6 @@ RECOMPILE_LIMIT = 64  # variants per region: encoder and decoder widths and leng
 def compile_regions(model: nn.Module, mode: str = "default", compiler=None) -> nn.Module:
     """Compile ``model``'s regions in place (returns ``model``), or the whole model (returns the compiled
     wrapper) when it has no transformer block. ``compiler`` stands in for ``torch.compile`` (tests)."""
-    import torch
-
     compiler = compiler or torch.compile
     blocks = [m for m in model.modules() if isinstance(m, TransformerBlock)]
     if not blocks:

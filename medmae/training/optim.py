@@ -9,6 +9,8 @@ import re
 import torch
 from torch import nn
 
+from medmae.errors import UserError
+
 NO_DECAY_NAMES = ("position_embeddings", "pos_embed", "cls_token", "mask_token")
 
 
@@ -70,7 +72,7 @@ def build_optimizer(
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """Load ``saved`` (a state dict of :func:`build_optimizer`'s optimizer) into ``optimizer``, matching the
     parameters by name, so a checkpoint whose groups split the parameters otherwise (one made before the
-    two-group rule without layer decay) resumes with its moments. Raises ValueError naming a parameter that
+    two-group rule without layer decay) resumes with its moments. Raises UserError naming a parameter that
     has no saved state."""
     saved_ids = {n: i for g in saved["param_groups"] for n, i in zip(g.get("names", ()), g["params"], strict=True)}
     if not saved_ids:  # groups without names: only the same grouping can load
@@ -81,7 +83,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     for group in current["param_groups"]:
         for name, index in zip(group["names"], group["params"], strict=True):
             if name not in saved_ids:
-                raise ValueError(f"the checkpoint's optimiser state has no parameter {name}")
+                raise UserError(f"the checkpoint's optimiser state has no parameter {name}: resume the run it came from")
             if saved_ids[name] in saved["state"]:
                 state[index] = saved["state"][saved_ids[name]]
     optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from medmae.config import load_config
+from medmae.errors import UserError
 from medmae.models import create_model
 from medmae.training.loop import effective_batch, effective_lr
 from medmae.training.optim import build_optimizer, layer_id, learning_rate, load_optimizer_state, param_groups
@@ -81,5 +82,5 @@ def test_without_layer_decay_two_groups_and_a_resume_across_groupings_keeps_the_
     saved = per_layer.state_dict()
     saved["param_groups"][0]["names"] = saved["param_groups"][0]["names"][1:]  # a parameter not in the checkpoint
     saved["param_groups"][0]["params"] = saved["param_groups"][0]["params"][1:]
-    with pytest.raises(ValueError, match="has no parameter"):
+    with pytest.raises(UserError, match="has no parameter"):
         load_optimizer_state(two, saved)
