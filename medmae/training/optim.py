@@ -83,7 +83,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
     for group in current["param_groups"]:
         for name, index in zip(group["names"], group["params"], strict=True):
             if name not in saved_ids:
-                raise UserError(f"the checkpoint's optimiser state has no parameter {name}: resume the run it came from")
+                raise UserError(f"the checkpoint's optimiser state has no parameter {name}")
             if saved_ids[name] in saved["state"]:
                 state[index] = saved["state"][saved_ids[name]]
     optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
