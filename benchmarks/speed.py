@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from lean_mae import LeanMAE
 from monai.data import CacheDataset, DataLoader, list_data_collate
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
@@ -223,6 +224,18 @@ def monai_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Mod
     )
 
 
+def lean_mae(s: Settings, dims: int, img_size: tuple[int, ...]) -> torch.nn.Module:
+    """The lean reference MAE (benchmarks/lean_mae.py) with medmae's sizes."""
+    return LeanMAE(img_size, 16, ENCODERS[s.size], DECODERS[(s.size, dims)])
+
+
+def lean_step(s: Settings, device: torch.device, batches: Callable[[], torch.Tensor], compile_it: bool = False):
+    """The lean reference's training step (bf16 autocast on GPU, as medmae's), compiled whole if asked."""
+    model = lean_mae(s, 3, s.roi).to(device)
+    forward = torch.compile(model) if compile_it else model
+    return train_step(model, lambda: forward(batches()), "auto", device)
+
+
 def monai_mae_loss(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The same per-patch normalised MSE over hidden patches as medmae's, on MONAI's outputs."""
     pred, mask = model(images)
@@ -316,9 +329,13 @@ def case_pretrain(s: Settings, device: torch.device, volumes: list[dict[str, tor
         batches = monai_loader(volumes, s.roi, s.batch // CROPS_PER_VOLUME, s.workers, label_based, device)
         return train_step(model, lambda: monai_mae_loss(model, next(batches)), "fp32", device)
 
-    variants = [Variant("medmae", lambda: medmae(False))]
+    variants = [
+        Variant("medmae", lambda: medmae(False)),
+        Variant("lean_reference", lambda: lean_step(s, device, crops)),
+    ]
     if s.compile:
         variants.append(Variant("medmae_compiled", lambda: medmae(True)))
+        variants.append(Variant("lean_reference_compiled", lambda: lean_step(s, device, crops, compile_it=True)))
     variants += [
         Variant("monai_label_free", lambda: monai(False), {"workers": s.workers}),
         Variant("monai_label_based", lambda: monai(True), {"workers": s.workers}),
@@ -371,10 +388,12 @@ def case_model(s: Settings, device: torch.device) -> list[dict]:
         "medmae": lambda: medmae_pretrain_step(medmae_mae(s, 3, s.roi).to(device), lambda: images, device),
         "monai": monai,
     }
+    builders["lean_reference"] = lambda: lean_step(s, device, lambda: images)
     if s.compile:
         builders["medmae_compiled"] = lambda: medmae_pretrain_step(
             compiled(medmae_mae(s, 3, s.roi).to(device)), lambda: images, device
         )
+        builders["lean_reference_compiled"] = lambda: lean_step(s, device, lambda: images, compile_it=True)
     flops = {}
 
     def counted(impl: str) -> Callable[[], None]:

@@ -81,10 +81,17 @@ def test_tiny_cpu_run_prints_every_variant_its_ratio_and_the_summary(tmp_path):
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert lines[0]["case"] == "setup" and lines[0]["mode"] == "tiny" and lines[-1]["case"] == "summary"
     rates = [(line["case"], line["impl"]) for line in lines if "rate" in line]
-    assert rates == [("model", "medmae"), ("model", "monai"), ("pretrain2d", "medmae"), ("pretrain2d", "monai")]
+    assert rates == [
+        ("model", "medmae"),
+        ("model", "monai"),
+        ("model", "lean_reference"),
+        ("pretrain2d", "medmae"),
+        ("pretrain2d", "monai"),
+    ]
     model = next(line for line in lines if line.get("impl") == "medmae" and "share_of_matmul_peak" in line)
     assert model["gflop_per_crop"] > 0 and 0 < model["share_of_matmul_peak"] < 1
-    assert [line["ratio"] for line in lines if "ratio" in line] == ["medmae_over_monai"] * 2
+    ratios = [line["ratio"] for line in lines if "ratio" in line]
+    assert ratios == ["medmae_over_monai", "medmae_over_lean_reference", "medmae_over_monai"]
     assert all(line["rate"] > 0 and line["peak_memory_mb"] > 0 for line in lines if "rate" in line)
     written = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(w["case"], w["impl"]) for w in written if "rate" in w] == rates
