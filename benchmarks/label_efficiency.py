@@ -56,7 +56,7 @@ import pandas as pd
 import torch
 
 from harness import HIPPOCAMPUS, SHARED_DATA, task_volumes
-from medmae.checkpoint import load_checkpoint, save_checkpoint
+from medmae.checkpoint import checksum_file, load_checkpoint, save_checkpoint, sha256
 from medmae.evaluation.statistics import bootstrap_mean_interval, paired_comparison
 from medmae.inference.evaluate import evaluate
 from medmae.models.registry import rebuild_model
@@ -165,10 +165,14 @@ class Experiment:
 
     def pretrained(self, backbone: str) -> str:
         """The MAE checkpoint of ``backbone``: the results folder's copy when there is one (another machine's
-        run), else pretrained in the work folder (resumed if interrupted), copied without optimiser state."""
+        run), else pretrained in the work folder (resumed if interrupted), copied without optimiser state.
+        The weights are not committed (over 1 MB), only their SHA-256: a copy pretrained again says in
+        ``mae_<backbone>.reproduced.json`` whether it is the committed one, so runs that used other weights
+        (later code rounds differently) are known."""
         kept = self.output / "pretrained" / f"mae_{backbone}.pt"
         if kept.is_file():
             return str(kept)
+        committed = checksum_file(kept).read_text().split()[0] if checksum_file(kept).is_file() else None
         folder = self.work / f"mae_{backbone}"
         pretrain.run(self.request(folder, self.budget.pretrain[backbone], resume=True))
         payload = load_checkpoint(folder / "checkpoints" / "last.pt")
@@ -182,6 +186,11 @@ class Experiment:
             measured = self.heldout(rebuild_model(payload, kept))
             kept.with_suffix(".heldout.json").write_text(json.dumps(measured, indent=2) + "\n")
         save_checkpoint(slim, kept)
+        same = None if committed is None else sha256(kept) == committed
+        if same is False:
+            print(f"note: {kept.name} pretrained again differs from the committed weights (SHA-256)", flush=True)
+        note = {"committed_sha256": committed, "sha256": sha256(kept), "same_weights": same, **git_state()}
+        kept.with_suffix(".reproduced.json").write_text(json.dumps(note, indent=2) + "\n")
         return str(kept)
 
     def heldout(self, mae: torch.nn.Module) -> dict:

@@ -149,6 +149,13 @@ def test_quick_run_pairs_the_arms_fairly_and_writes_every_output(tmp_path, demo_
     assert pd.read_csv(output / "runs.csv").equals(runs)
     assert not work.exists() or not any(work.iterdir())  # nothing was trained again
 
+    first = json.loads((output / "pretrained" / "mae_unetr.reproduced.json").read_text())
+    assert first["committed_sha256"] is None and first["same_weights"] is None
+    (output / "pretrained" / "mae_unetr.pt").unlink()  # the weights are not committed; their SHA-256 is
+    subprocess.run(command, check=True, capture_output=True, encoding="utf-8", errors="replace")
+    again = json.loads((output / "pretrained" / "mae_unetr.reproduced.json").read_text())
+    assert again["committed_sha256"] == first["sha256"] and again["same_weights"] is True  # deterministic on CPU
+
 
 @pytest.mark.slow
 def test_quick_chest_xray_run_scores_auc_without_a_unet(tmp_path):
