@@ -9,12 +9,14 @@ SIGTERM (a batch scheduler's stop): both clean up as a failure does and say how 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import medmae
 from medmae.commands import COMMANDS
@@ -59,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 Ctrl-C, 143 SIGTERM)."""
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_quiet_when_terminated, previous_hook)
     STOPPED["by"] = None
     try:
         code = _run(argv)
@@ -67,11 +71,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if on_main_thread:  # a handler set outside Python reads as None: then the default one
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    if STOPPED["by"] is not None:  # SIGTERM to the process group: a loader worker's death may be reported first
+        sys.unraisablehook = previous_hook
+        stopped, STOPPED["by"] = STOPPED["by"], None  # a later command in this process starts unstopped
+    if stopped is not None:  # SIGTERM to the process group: a loader worker's death may be reported first
         code = 143
     if code in (130, 143):
         print(f"\nmedmae: {INTERRUPTED}", file=sys.stderr)
     return code
+
+
+def _quiet_when_terminated(report: Callable[[Any], None], unraisable: Any) -> None:
+    """``sys.unraisablehook`` during a command: a :class:`Terminated` raised inside a finaliser or weakref
+    callback is swallowed there, and the flag it left stops the run at its next step, so it is not shown
+    as a traceback; anything else goes to ``report``, the hook that was there before."""
+    if not isinstance(unraisable.exc_value, Terminated):
+        report(unraisable)
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
 from medmae.checkpoint import load_checkpoint
-from medmae.cli import main
+from medmae.cli import _quiet_when_terminated, main
 from medmae.config import Config
-from medmae.errors import Terminated
+from medmae.errors import STOPPED, Terminated
 from medmae.models.encoder import TransformerBlock
 from medmae.training import loop, pretrain
 from medmae.training.loop import Progress, stopped_early
@@ -119,18 +121,30 @@ def test_a_long_cpu_run_warns_once_after_three_steps_with_advice(monkeypatch, ca
 
 
 def test_a_sigterm_whose_exception_was_swallowed_still_stops_the_next_step(tmp_path, demo_root, monkeypatch):
-    """The handler raises at once, but a finaliser or library callback can swallow that exception (here the
-    progress bar's constructor); the flag it leaves stops the run at its next step, exit 143."""
+    """The handler raises at once, but a finaliser can swallow that exception (here one collected as the
+    progress bar starts); the flag it leaves stops the run at its next step, exit 143, with no "Exception
+    ignored" traceback, and a later command in the same process starts unstopped."""
     bar = loop.tqdm
 
-    def swallowing_bar(*args, **kwargs):
-        try:
+    class StoppedWhenCollected:
+        def __del__(self):
             os.kill(os.getpid(), signal.SIGTERM)
-        except Terminated:
-            pass
+
+    def bar_after_a_finaliser(*args, **kwargs):
+        StoppedWhenCollected()  # collected at once: Terminated is raised inside __del__ and swallowed there
         return bar(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "tqdm", swallowing_bar)
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    monkeypatch.setattr(loop, "tqdm", bar_after_a_finaliser)
     output = tmp_path / "stopped"
     assert main(demo_run("pretrain", demo_root, output)) == 143
     assert not output.exists()  # stopped in its first step: nothing worth resuming is left
+    assert reported == [] and sys.unraisablehook == reported.append and STOPPED["by"] is None
+
+
+def test_only_a_swallowed_terminated_goes_unreported():
+    reported = []
+    for error in (Terminated(), ValueError("a real problem")):
+        _quiet_when_terminated(reported.append, SimpleNamespace(exc_value=error))
+    assert [type(u.exc_value) for u in reported] == [ValueError]
