@@ -19,8 +19,10 @@ def loss_and_gradients(model, x, seeds):
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def test_compiled_regions_give_the_eager_loss_and_gradients_and_compile_once_for_all_blocks(monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", RECOMPILE_LIMIT)
+# torch's config patch, not pytest's monkeypatch: pytest 9 undoes a module attribute by deleting it, which
+# hides a dynamo setting for the rest of the session
+@torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
+def test_compiled_regions_give_the_eager_loss_and_gradients_and_compile_once_for_all_blocks():
     torch._dynamo.reset()
     model = create_model("mae_vit_tiny_patch16_3d", img_size=(32, 48, 32), drop_path_rate=0.1).train()
     x, seeds = torch.randn(2, 1, 32, 48, 32), torch.tensor([3, 8])
