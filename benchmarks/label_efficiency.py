@@ -186,10 +186,11 @@ class Experiment:
             measured = self.heldout(rebuild_model(payload, kept))
             kept.with_suffix(".heldout.json").write_text(json.dumps(measured, indent=2) + "\n")
         save_checkpoint(slim, kept)
-        same = None if committed is None else sha256(kept) == committed
+        digest = sha256(kept)
+        same = None if committed is None else digest == committed
         if same is False:
             print(f"note: {kept.name} pretrained again differs from the committed weights (SHA-256)", flush=True)
-        note = {"committed_sha256": committed, "sha256": sha256(kept), "same_weights": same, **git_state()}
+        note = {"committed_sha256": committed, "sha256": digest, "same_weights": same, **git_state()}
         kept.with_suffix(".reproduced.json").write_text(json.dumps(note, indent=2) + "\n")
         return str(kept)
 
