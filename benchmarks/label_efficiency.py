@@ -6,6 +6,7 @@ resumable command, on real data, from pretraining to paired statistics on the te
     python benchmarks/label_efficiency.py --full           # ViT-B/16 and DynUNet base recipes for a GPU
     python benchmarks/label_efficiency.py --arms mae_unetr scratch_unetr scratch_unet   # some arms only
     python benchmarks/label_efficiency.py --report         # train nothing: the tables of the runs done so far
+    python benchmarks/label_efficiency.py --epochs-at-full 80   # a longer cap at 100 % labels (runs named *_epochs80)
     python benchmarks/label_efficiency.py --task chestxray14 --data-root ../shared/data/chestxray14_nih_subset
 
 Protocol (3D segmentation; ``holdout40`` split of MSD hippocampus: 128 training, 32 validation, 40 test):
@@ -143,8 +144,9 @@ def backbone_of(arm: str) -> str:
     return arm.split("_", 1)[1]
 
 
-def run_name(arm: str, fraction: float, seed: int, lr: float) -> str:
-    return f"{arm}_labels{fraction:g}_seed{seed}_lr{lr:g}"
+def run_name(arm: str, fraction: float, seed: int, lr: float, epochs: int | None = None) -> str:
+    """A run's folder name; ``epochs`` names a step cap other than the budget's."""
+    return f"{arm}_labels{fraction:g}_seed{seed}_lr{lr:g}" + (f"_epochs{epochs}" if epochs else "")
 
 
 class Experiment:
@@ -207,11 +209,13 @@ class Experiment:
         stack = [torch.stack([item["image"] for item in items]) for items in (seen, unseen)]
         return {**heldout_loss(mae, *stack), "images_seen": len(seen), "images_held_out": len(unseen)}
 
-    def finetune(self, arm: str, fraction: float, seed: int, lr: float, extra: list[str] = ()) -> dict | None:
-        """Fine-tune one arm (resumed if interrupted) and score its ``best.pt`` on ``--part``; its row of
-        ``runs.csv``. Done runs (a ``result.json`` in the results folder) are read back instead; with
-        ``--report`` a run not done yet is None."""
-        name = run_name(arm, fraction, seed, lr)
+    def finetune(
+        self, arm: str, fraction: float, seed: int, lr: float, extra: list[str] = (), epochs: int | None = None
+    ) -> dict | None:
+        """Fine-tune one arm (resumed if interrupted) for the budget's epochs, or ``epochs``, and score its
+        ``best.pt`` on ``--part``; its row of ``runs.csv``. Done runs (a ``result.json`` in the results
+        folder) are read back instead; with ``--report`` a run not done yet is None."""
+        name = run_name(arm, fraction, seed, lr, epochs)
         kept = self.output / "runs" / name
         if (kept / "result.json").is_file():
             return json.loads((kept / "result.json").read_text())
@@ -219,6 +223,7 @@ class Experiment:
             return None
         folder = self.work / name
         overrides = [*self.budget.finetune, *MODEL_SETS[backbone_of(arm)], *extra]
+        overrides += [f"train.epochs={epochs}"] if epochs else []
         overrides += [
             f"optim.base_lr={lr * 256 / self.budget.batch:g}",
             f"data.label_seed={seed}",
@@ -475,6 +480,9 @@ def parse_args() -> tuple[argparse.Namespace, Budget, str]:
     parser.add_argument("--seeds", type=int, default=5, help="seeds for fractions below 1 (1.0 uses one)")
     parser.add_argument("--arms", nargs="+", default=None, help=f"default: {' '.join(SEGMENTATION_ARMS)}")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="the grid of peak learning rates")
+    parser.add_argument(
+        "--epochs-at-full", type=int, default=None, help="fine-tuning epochs of the 100 %% runs (default: the budget's)"
+    )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="ViT-B/16 and DynUNet base recipes for a GPU")
     size.add_argument("--quick", action="store_true", help="a few steps of everything (checks the pipeline only)")
@@ -515,9 +523,9 @@ def main() -> None:
     grid: list[dict] = []
     rows: list[dict] = []
 
-    def run(arm: str, fraction: float, seed: int, lr: float, into: list[dict]) -> None:
+    def run(arm: str, fraction: float, seed: int, lr: float, into: list[dict], epochs: int | None = None) -> None:
         """Train (or, with --report, only read back) one run and rewrite every table and figure."""
-        if (row := experiment.finetune(arm, fraction, seed, lr, extra.get(arm, []))) is not None:
+        if (row := experiment.finetune(arm, fraction, seed, lr, extra.get(arm, []), epochs)) is not None:
             into.append(row)
             elapsed = {"wall_seconds_this_invocation": round(time.time() - started)}
             write_results(experiment, pd.DataFrame(rows), selection_table(grid, budget.lrs), info | elapsed)
@@ -530,7 +538,7 @@ def main() -> None:
     for fraction in fractions:
         for seed in range(args.seeds if fraction < 1 else 1):
             for arm in (a for a in args.arms if a in chosen):
-                run(arm, fraction, seed, chosen[arm], rows)
+                run(arm, fraction, seed, chosen[arm], rows, args.epochs_at_full if fraction == 1 else None)
     if (args.output / "results.md").is_file():
         print((args.output / "results.md").read_text())
 

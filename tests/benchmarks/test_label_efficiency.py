@@ -206,3 +206,18 @@ def test_git_keeps_the_files_a_resumed_experiment_reads_from_the_results_folder(
         encoding="utf-8",
     ).stdout.split()
     assert ignored == [weights, work]
+
+
+@pytest.mark.slow
+def test_epochs_at_full_lengthens_only_the_100_percent_runs_and_names_them(tmp_path, demo_root):
+    """A longer cap at 100 % labels gives those runs their own names (the capped runs stay as they were) and
+    their epochs; the grid and the smaller fractions keep the budget's."""
+    output, work = tmp_path / "results", tmp_path / "work"
+    extra = ["--arms", "scratch_dynunet", "--fractions", "0.5", "1.0", "--seeds", "1", "--epochs-at-full", "3"]
+    subprocess.run(quick_command(demo_root, output, work, *extra), check=True, capture_output=True, text=True)
+    runs = pd.read_csv(output / "runs.csv").set_index("label_fraction")
+    full, half = runs.loc[1.0, "run"], runs.loc[0.5, "run"]
+    assert full.endswith("_epochs3") and "epochs" not in half
+    epochs = {full: load_checkpoint(work / full / "checkpoints" / "last.pt")["run_config"]["train"]["epochs"]}
+    epochs |= {half: load_checkpoint(work / half / "checkpoints" / "last.pt")["run_config"]["train"]["epochs"]}
+    assert epochs == {full: 3, half: 2}
