@@ -6,7 +6,7 @@ resumable command, on real data, from pretraining to paired statistics on the te
     python benchmarks/label_efficiency.py --full           # ViT-B/16 and DynUNet base recipes for a GPU
     python benchmarks/label_efficiency.py --arms mae_unetr scratch_unetr scratch_unet   # some arms only
     python benchmarks/label_efficiency.py --report         # train nothing: the tables of the runs done so far
-    python benchmarks/label_efficiency.py --epochs-at-full 80   # a longer cap at 100 % labels (runs named *_epochs80)
+    python benchmarks/label_efficiency.py --epochs-at-full 80   # also a longer schedule at 100 % (*_epochs80 runs)
     python benchmarks/label_efficiency.py --task chestxray14 --data-root ../shared/data/chestxray14_nih_subset
 
 Protocol (3D segmentation; ``holdout40`` split of MSD hippocampus: 128 training, 32 validation, 40 test):
@@ -34,7 +34,10 @@ Protocol (3D segmentation; ``holdout40`` split of MSD hippocampus: 128 training,
 Writes into ``--output`` (default ``docs/results/<task>_label_efficiency``): ``runs/<run>/`` (each run's
 ``per_case.csv``, ``summary.csv``, ``metrics.csv`` with its validation curve, ``config.yaml``, ``result.json``),
 ``pretrained/`` (each MAE's weights, curve and held-out loss), ``runs.csv``, ``lr_selection.csv``,
-``comparisons.csv``, ``results.md``, ``dsc_vs_labels.png``, ``validation_curves.png``, ``provenance.json``.
+``comparisons.csv``, ``results.md``, ``dsc_vs_labels.png``, ``validation_curves.png``, ``provenance.json``; with
+``--epochs-at-full N`` also ``longer_schedule.csv``: each arm's 100 % run on the budget's schedule beside one on
+N epochs (its own run, ``*_epochsN``), with what ended each, and ``longer_schedule_comparisons.csv``, the paired
+differences of the longer runs; the other tables keep the budget's runs.
 Checkpoints stay in ``--work-dir``. A run with a ``result.json`` in ``--output`` is done and is not repeated, so
 an interrupted experiment continues where it stopped, on this machine from its work folder and on another
 from the committed results folder: finished runs are read back; the MAE weights in ``pretrained/`` (over 1 MB,
@@ -55,6 +58,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 from harness import HIPPOCAMPUS, SHARED_DATA, task_volumes
 from medmae.checkpoint import checksum_file, load_checkpoint, save_checkpoint, sha256
@@ -356,16 +360,22 @@ def arm_table(runs: pd.DataFrame, cases: pd.DataFrame | None) -> pd.DataFrame:
     return table
 
 
-def markdown(table: pd.DataFrame, compared: pd.DataFrame, selection: pd.DataFrame) -> str:
-    """results.md: the arms, the paired comparisons and the learning-rate selection as Markdown tables."""
+def markdown_section(title: str, frame: pd.DataFrame) -> str:
+    """A titled Markdown table of ``frame`` (floats to 3 decimals, missing values as n/a)."""
 
     def fmt(value) -> str:
         return "n/a" if pd.isna(value) else f"{value:.3f}" if isinstance(value, float) else str(value)
 
+    head = "| " + " | ".join(frame.columns) + " |"
+    lines = [f"## {title}", "", head, "|" + "---|" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)])
+
+
+def markdown(table: pd.DataFrame, compared: pd.DataFrame, selection: pd.DataFrame) -> str:
+    """results.md: the arms, the paired comparisons and the learning-rate selection as Markdown tables."""
+
     def section(title: str, frame: pd.DataFrame) -> list[str]:
-        head = "| " + " | ".join(frame.columns) + " |"
-        lines = [f"## {title}", "", head, "|" + "---|" * len(frame.columns)]
-        return lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)] + [""]
+        return [markdown_section(title, frame), ""]
 
     ordered = table.sort_values(["label_fraction", "arm"])
     shown = ["arm", "label_fraction", "seeds", "lr", "collapsed_runs", "case_dsc", "ci_low", "ci_high"]
@@ -419,6 +429,7 @@ def plot_validation(experiment: Experiment, runs: pd.DataFrame, path: Path) -> N
             score = "val_macro_auc" if "val_macro_auc" in metrics else "val_mean_dsc"
             valid = metrics.dropna(subset=[score])
             label = f"{run['label_fraction']:.0%} s{run['seed']} lr {run['lr']:g}"
+            label += f" {run['run'].rsplit('_', 1)[1]}" if "_epochs" in run["run"] else ""  # a longer schedule
             (line,) = axes.plot(valid["step"], valid[score], marker=".", label=label)
             axes.axvline(run["best_step"], color=line.get_color(), linestyle=":", linewidth=0.8)
         axes.set_title(arm, fontsize=9)
@@ -440,11 +451,27 @@ def git_state() -> dict:
     return {"commit": git[0] or None, "uncommitted_changes": bool(git[1])}
 
 
-def write_results(experiment: Experiment, runs: pd.DataFrame, selection: pd.DataFrame, extra: dict) -> None:
-    """Every table, figure and the provenance, from the runs finished so far (called after each run)."""
+def schedule_table(experiment: Experiment, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: its step cap (epochs x steps per epoch of its config), the steps it ran, what ended it
+    (``patience`` before the cap, else ``step cap``), its best validation step and score and its test scores."""
+    shown = ["arm", "run", "label_fraction", "steps", "best_step", "best_val", "dsc_mean", "hd95_mm_mean"]
+    rows = []
+    for _, run in runs.iterrows():
+        train = yaml.safe_load((experiment.output / "runs" / run["run"] / "config.yaml").read_text())["train"]
+        cap = train["epochs"] * train["steps_per_epoch"]
+        ended = "patience" if run["steps"] < cap else "step cap"
+        rows.append(run[[c for c in shown if c in run]].to_dict() | {"step_cap": cap, "ended_by": ended})
+    return pd.DataFrame(rows).sort_values(["arm", "step_cap"], kind="stable")
+
+
+def write_results(
+    experiment: Experiment, runs: pd.DataFrame, selection: pd.DataFrame, longer: pd.DataFrame, extra: dict
+) -> None:
+    """Every table, figure and the provenance, from the runs finished so far (called after each run); ``longer``:
+    the 100 % runs on a longer schedule, shown beside the budget's in ``longer_schedule.csv`` and results.md."""
     output = experiment.output
     selection.to_csv(output / "lr_selection.csv", index=False)
-    every = pd.concat([selection, runs]).drop_duplicates("run")
+    every = pd.concat([selection, runs, longer]).drop_duplicates("run")
     plot_validation(experiment, every, output / "validation_curves.png")
     if runs.empty:  # still choosing learning rates
         return
@@ -454,7 +481,16 @@ def write_results(experiment: Experiment, runs: pd.DataFrame, selection: pd.Data
     compared.to_csv(output / "comparisons.csv", index=False)
     table = arm_table(runs, cases)
     table.to_csv(output / "results.csv", index=False)
-    (output / "results.md").write_text(markdown(table, compared, selection))
+    text = markdown(table, compared, selection)
+    if not longer.empty:
+        schedules = schedule_table(experiment, pd.concat([runs[runs["label_fraction"] == 1], longer]))
+        schedules.to_csv(output / "longer_schedule.csv", index=False)
+        text += "\n" + markdown_section("100 % labels: the budget's schedule and a longer one", schedules) + "\n"
+        if cases is not None:
+            paired = comparisons(longer, per_case_dsc(experiment, longer))
+            paired.to_csv(output / "longer_schedule_comparisons.csv", index=False)
+            text += "\n" + markdown_section("Paired differences on the longer schedule", paired) + "\n"
+    (output / "results.md").write_text(text)
     title = f"{experiment.args.task}: {len(runs)} runs scored on the {experiment.args.part} part"
     plot_scores(table, output / "dsc_vs_labels.png", title)
     provenance = {
@@ -481,7 +517,10 @@ def parse_args() -> tuple[argparse.Namespace, Budget, str]:
     parser.add_argument("--arms", nargs="+", default=None, help=f"default: {' '.join(SEGMENTATION_ARMS)}")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="the grid of peak learning rates")
     parser.add_argument(
-        "--epochs-at-full", type=int, default=None, help="fine-tuning epochs of the 100 %% runs (default: the budget's)"
+        "--epochs-at-full",
+        type=int,
+        default=None,
+        help="also train each arm at 100 %% labels for this many epochs (runs *_epochsN, in longer_schedule.csv)",
     )
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="ViT-B/16 and DynUNet base recipes for a GPU")
@@ -522,13 +561,15 @@ def main() -> None:
     info = {**code, "mode": mode, "lr_grid": list(budget.lrs), "unet_extra": extra.get("scratch_unet")}
     grid: list[dict] = []
     rows: list[dict] = []
+    longer: list[dict] = []
 
     def run(arm: str, fraction: float, seed: int, lr: float, into: list[dict], epochs: int | None = None) -> None:
         """Train (or, with --report, only read back) one run and rewrite every table and figure."""
         if (row := experiment.finetune(arm, fraction, seed, lr, extra.get(arm, []), epochs)) is not None:
             into.append(row)
             elapsed = {"wall_seconds_this_invocation": round(time.time() - started)}
-            write_results(experiment, pd.DataFrame(rows), selection_table(grid, budget.lrs), info | elapsed)
+            rates = selection_table(grid, budget.lrs)
+            write_results(experiment, pd.DataFrame(rows), rates, pd.DataFrame(longer), info | elapsed)
 
     for arm in args.arms:
         for lr in budget.lrs:
@@ -538,7 +579,10 @@ def main() -> None:
     for fraction in fractions:
         for seed in range(args.seeds if fraction < 1 else 1):
             for arm in (a for a in args.arms if a in chosen):
-                run(arm, fraction, seed, chosen[arm], rows, args.epochs_at_full if fraction == 1 else None)
+                run(arm, fraction, seed, chosen[arm], rows)
+    if args.epochs_at_full and 1.0 in fractions:
+        for arm in (a for a in args.arms if a in chosen):
+            run(arm, 1.0, 0, chosen[arm], longer, args.epochs_at_full)
     if (args.output / "results.md").is_file():
         print((args.output / "results.md").read_text())
 

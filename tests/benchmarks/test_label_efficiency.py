@@ -209,15 +209,20 @@ def test_git_keeps_the_files_a_resumed_experiment_reads_from_the_results_folder(
 
 
 @pytest.mark.slow
-def test_epochs_at_full_lengthens_only_the_100_percent_runs_and_names_them(tmp_path, demo_root):
-    """A longer cap at 100 % labels gives those runs their own names (the capped runs stay as they were) and
-    their epochs; the grid and the smaller fractions keep the budget's."""
+def test_epochs_at_full_adds_a_longer_100_percent_run_beside_the_budgets(tmp_path, demo_root):
+    """A longer schedule at 100 % labels is a run of its own (named for its epochs) shown beside the budget's in
+    longer_schedule.csv with its step cap and what ended it; the main tables keep the budget's runs."""
     output, work = tmp_path / "results", tmp_path / "work"
     extra = ["--arms", "scratch_dynunet", "--fractions", "0.5", "1.0", "--seeds", "1", "--epochs-at-full", "3"]
     subprocess.run(quick_command(demo_root, output, work, *extra), check=True, capture_output=True, text=True)
-    runs = pd.read_csv(output / "runs.csv").set_index("label_fraction")
-    full, half = runs.loc[1.0, "run"], runs.loc[0.5, "run"]
-    assert full.endswith("_epochs3") and "epochs" not in half
-    epochs = {full: load_checkpoint(work / full / "checkpoints" / "last.pt")["run_config"]["train"]["epochs"]}
-    epochs |= {half: load_checkpoint(work / half / "checkpoints" / "last.pt")["run_config"]["train"]["epochs"]}
-    assert epochs == {full: 3, half: 2}
+    runs = pd.read_csv(output / "runs.csv")
+    assert not runs["run"].str.contains("epochs").any() and sorted(runs["label_fraction"]) == [0.5, 1.0]
+    schedules = pd.read_csv(output / "longer_schedule.csv").set_index("run")
+    budget_run = runs.loc[runs["label_fraction"] == 1, "run"].item()
+    assert list(schedules.index) == [budget_run, f"{budget_run}_epochs3"]
+    assert list(schedules["step_cap"]) == [2 * 2, 3 * 2]  # --quick: 2 epochs of 2 steps
+    assert ((schedules["steps"] < schedules["step_cap"]) == (schedules["ended_by"] == "patience")).all()
+    epochs = load_checkpoint(work / f"{budget_run}_epochs3" / "checkpoints" / "last.pt")["run_config"]["train"]
+    assert epochs["epochs"] == 3
+    assert "100 % labels: the budget's schedule and a longer one" in (output / "results.md").read_text()
+    assert (output / "longer_schedule_comparisons.csv").is_file()
