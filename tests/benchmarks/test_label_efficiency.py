@@ -222,7 +222,7 @@ def test_epochs_at_full_adds_a_longer_100_percent_run_beside_the_budgets(tmp_pat
     assert list(schedules.index) == [budget_run, f"{budget_run}_epochs3"]
     assert list(schedules["step_cap"]) == [2 * 2, 3 * 2]  # --quick: 2 epochs of 2 steps
     assert ((schedules["steps"] < schedules["step_cap"]) == (schedules["ended_by"] == "patience")).all()
-    epochs = load_checkpoint(work / f"{budget_run}_epochs3" / "checkpoints" / "last.pt")["run_config"]["train"]
-    assert epochs["epochs"] == 3
+    train = load_checkpoint(work / f"{budget_run}_epochs3" / "checkpoints" / "last.pt")["run_config"]["train"]
+    assert train["epochs"] == 3
     assert "100 % labels: the budget's schedule and a longer one" in (output / "results.md").read_text()
     assert (output / "longer_schedule_comparisons.csv").is_file()
