@@ -360,30 +360,28 @@ def arm_table(runs: pd.DataFrame, cases: pd.DataFrame | None) -> pd.DataFrame:
     return table
 
 
-def markdown_section(title: str, frame: pd.DataFrame) -> str:
-    """A titled Markdown table of ``frame`` (floats to 3 decimals, missing values as n/a)."""
+def markdown(
+    table: pd.DataFrame, compared: pd.DataFrame, selection: pd.DataFrame, more: list[tuple[str, pd.DataFrame]] = ()
+) -> str:
+    """results.md: the arms, the paired comparisons, the learning-rate selection and ``more`` (title, table)
+    as Markdown tables."""
 
     def fmt(value) -> str:
         return "n/a" if pd.isna(value) else f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    head = "| " + " | ".join(frame.columns) + " |"
-    lines = [f"## {title}", "", head, "|" + "---|" * len(frame.columns)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)])
-
-
-def markdown(table: pd.DataFrame, compared: pd.DataFrame, selection: pd.DataFrame) -> str:
-    """results.md: the arms, the paired comparisons and the learning-rate selection as Markdown tables."""
-
-    def section(title: str, frame: pd.DataFrame) -> list[str]:
-        return [markdown_section(title, frame), ""]
+    def section(title: str, frame: pd.DataFrame) -> str:
+        head = "| " + " | ".join(frame.columns) + " |"
+        lines = [f"## {title}", "", head, "|" + "---|" * len(frame.columns)]
+        return "\n".join(lines + ["| " + " | ".join(map(fmt, row)) + " |" for row in frame.itertuples(index=False)])
 
     ordered = table.sort_values(["label_fraction", "arm"])
     shown = ["arm", "label_fraction", "seeds", "lr", "collapsed_runs", "case_dsc", "ci_low", "ci_high"]
     shown += [c for c in table if c.startswith(("dsc_", "auc_"))]
     shown += ["hd95_mm_mean", "hd95_penalised", "steps", "train_seconds"]
-    lines = section("Arms (test part; means over seeds)", ordered[[c for c in shown if c in table]])
-    lines += section("Paired differences a - b of per-case mean DSC (seed-averaged)", compared) if len(compared) else []
-    return "\n".join(lines + section("Learning rate chosen on validation", selection)) + "\n"
+    sections = [("Arms (test part; means over seeds)", ordered[[c for c in shown if c in table]])]
+    sections += [("Paired differences a - b of per-case mean DSC (seed-averaged)", compared)] if len(compared) else []
+    sections += [("Learning rate chosen on validation", selection), *more]
+    return "\n\n".join(section(title, frame) for title, frame in sections) + "\n"
 
 
 def plot_scores(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -481,16 +479,16 @@ def write_results(
     compared.to_csv(output / "comparisons.csv", index=False)
     table = arm_table(runs, cases)
     table.to_csv(output / "results.csv", index=False)
-    text = markdown(table, compared, selection)
+    more = []
     if not longer.empty:
         schedules = schedule_table(experiment, pd.concat([runs[runs["label_fraction"] == 1], longer]))
         schedules.to_csv(output / "longer_schedule.csv", index=False)
-        text += "\n" + markdown_section("100 % labels: the budget's schedule and a longer one", schedules) + "\n"
+        more.append(("100 % labels: the budget's schedule and a longer one", schedules))
         if cases is not None:
             paired = comparisons(longer, per_case_dsc(experiment, longer))
             paired.to_csv(output / "longer_schedule_comparisons.csv", index=False)
-            text += "\n" + markdown_section("Paired differences on the longer schedule", paired) + "\n"
-    (output / "results.md").write_text(text)
+            more.append(("Paired differences on the longer schedule", paired))
+    (output / "results.md").write_text(markdown(table, compared, selection, more))
     title = f"{experiment.args.task}: {len(runs)} runs scored on the {experiment.args.part} part"
     plot_scores(table, output / "dsc_vs_labels.png", title)
     provenance = {
@@ -539,6 +537,8 @@ def parse_args() -> tuple[argparse.Namespace, Budget, str]:
     args.arms = args.arms or known
     if unknown := sorted(set(args.arms) - set(known)):
         parser.error(f"--arms {' '.join(unknown)}: {args.task} has the arms {', '.join(known)}")
+    if args.epochs_at_full and 1.0 not in args.fractions:
+        parser.error("--epochs-at-full lengthens the 100 % runs: add 1.0 to --fractions")
     budget = {"full": FULL, "quick": QUICK, "cpu": CHEST_CPU if classification else CPU}[mode]
     if args.lrs:
         budget = Budget(budget.pretrain, budget.finetune, tuple(args.lrs), budget.batch)
@@ -576,13 +576,13 @@ def main() -> None:
             run(arm, fractions[0], 0, lr, grid)
     selection = selection_table(grid, budget.lrs)
     chosen = dict(zip(selection.loc[selection["chosen"], "arm"], selection.loc[selection["chosen"], "lr"]))
+    ready = [arm for arm in args.arms if arm in chosen]
     for fraction in fractions:
         for seed in range(args.seeds if fraction < 1 else 1):
-            for arm in (a for a in args.arms if a in chosen):
+            for arm in ready:
                 run(arm, fraction, seed, chosen[arm], rows)
-    if args.epochs_at_full and 1.0 in fractions:
-        for arm in (a for a in args.arms if a in chosen):
-            run(arm, 1.0, 0, chosen[arm], longer, args.epochs_at_full)
+    for arm in ready if args.epochs_at_full else []:
+        run(arm, 1.0, 0, chosen[arm], longer, args.epochs_at_full)
     if (args.output / "results.md").is_file():
         print((args.output / "results.md").read_text())
 

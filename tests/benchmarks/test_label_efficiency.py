@@ -190,6 +190,12 @@ def test_an_arm_of_another_task_is_refused(tmp_path, demo_root):
     assert result.returncode == 2 and "--arms mae_vit: demo has the arms mae_unetr" in result.stderr
 
 
+def test_a_longer_schedule_without_the_100_percent_runs_is_refused(tmp_path, demo_root):
+    command = quick_command(demo_root, tmp_path / "o", tmp_path / "w", "--fractions", "0.5", "--epochs-at-full", "3")
+    result = subprocess.run(command, check=False, capture_output=True, encoding="utf-8", errors="replace")
+    assert result.returncode == 2 and "--epochs-at-full lengthens the 100 % runs" in result.stderr
+
+
 def test_git_keeps_the_files_a_resumed_experiment_reads_from_the_results_folder():
     """Each run's ``result.json`` must be committed for another machine to resume; the MAE weights (over
     1 MB) and the work folder's checkpoints stay ignored."""
