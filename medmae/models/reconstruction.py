@@ -38,9 +38,9 @@ class PatchReconstruction:
     def _target(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`patch_target` from patches ``[B, N, L]``, always in float32 (outside autocast).
 
-        Two passes (the mean, then the sum of squares of the centred patch as a batched dot product, whose
-        buffer becomes the target in place): exact where a one-pass formula cancels, and about a third of
-        ``var_mean``'s time on CPU.
+        Two passes (the mean, then the sum of squares of the centred patch as a batched dot product): exact
+        where a one-pass formula cancels, and about a third of ``var_mean``'s time on CPU. Out of place, so
+        gradients flow back to the input (saliency, input gradients).
         """
         with torch.autocast(patches.device.type, enabled=False):
             target = patches.float()
@@ -50,7 +50,7 @@ class PatchReconstruction:
             centred = target - mean
             var = torch.einsum("bnl,bnl->bn", centred, centred).unsqueeze(-1) / centred.shape[-1]
             std = (var + NORM_PIX_EPS).sqrt()
-            return centred.div_(std), mean, std
+            return centred / std, mean, std
 
     def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean squared error over the hidden patches only.

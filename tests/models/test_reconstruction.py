@@ -95,3 +95,13 @@ def test_loss_is_the_mean_over_hidden_patches_of_the_normalised_error(kind):
                 target = (p - p.mean()) / (p.var(unbiased=False) + 1e-6).sqrt()
                 errors.append(((pred[b, n].double() - target) ** 2).mean())
     assert torch.allclose(model.forward_loss(x, pred, mask).double(), torch.stack(errors).mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_normalised_loss_has_a_gradient_with_respect_to_the_input(kind):
+    """Saliency and input gradients: the per-patch normalisation must not modify a tensor autograd saved."""
+    model = tiny_mae(kind)
+    x = torch.randn(1, 1, *SIZE_3D, requires_grad=True)
+    loss, _pred, _mask = model(x, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
