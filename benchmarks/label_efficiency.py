@@ -62,6 +62,7 @@ import yaml
 
 from harness import HIPPOCAMPUS, SHARED_DATA, task_volumes
 from medmae.checkpoint import checksum_file, load_checkpoint, save_checkpoint, sha256
+from medmae.data.manifests import load_split
 from medmae.evaluation.statistics import bootstrap_mean_interval, paired_comparison
 from medmae.inference.evaluate import evaluate
 from medmae.models.registry import rebuild_model
@@ -177,6 +178,13 @@ class Experiment:
         (later code rounds differently) are known."""
         kept = self.output / "pretrained" / f"mae_{backbone}.pt"
         if kept.is_file():
+            trained, wanted = load_checkpoint(kept)["split"]["split"], self.split_name()
+            if trained != wanted:
+                print(
+                    f"error: {kept} was pretrained on split {trained}, not {wanted}: give another --output",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
             return str(kept)
         committed = checksum_file(kept).read_text().split()[0] if checksum_file(kept).is_file() else None
         folder = self.work / f"mae_{backbone}"
@@ -199,6 +207,10 @@ class Experiment:
         note = {"committed_sha256": committed, "sha256": digest, "same_weights": same, **git_state()}
         kept.with_suffix(".reproduced.json").write_text(json.dumps(note, indent=2) + "\n")
         return str(kept)
+
+    def split_name(self) -> str:
+        """The name of the split the experiment runs on (``--split``, else the task manifest's default)."""
+        return load_split(self.task, str(self.args.data_root), None, self.args.split).name
 
     def heldout(self, mae: torch.nn.Module) -> dict:
         """The MAE's reconstruction loss on the test images (never trained on) against its references."""

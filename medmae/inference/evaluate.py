@@ -10,7 +10,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from medmae.config import from_dict
-from medmae.data.cases import Case
+from medmae.data.cases import Case, identities
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
 from medmae.errors import UserError
@@ -25,15 +25,43 @@ PARTS = {"test": "test", "val": "validation"}
 log = logging.getLogger("medmae")
 
 
-def seen_cases(payload: dict, task: TaskSpec, data_root, manifest, trained_split: str, cases: list[Case]) -> list[str]:
-    """The ids of ``cases`` that the checkpoint trained or picked its weights on: its record of them
-    (``cases``), else (an older checkpoint) the training and validation parts of ``trained_split`` now."""
-    record = payload.get("cases")
-    if record is None:
-        trained = load_split(task, data_root, manifest, trained_split)
-        record = {"train": [c.id for c in trained.train], "validation": [c.id for c in trained.validation]}
-    used = set(record["train"]) | set(record["validation"])
-    return sorted(case.id for case in cases if case.id in used)
+def seen_cases(
+    payload: dict, task: TaskSpec, data_root, manifest, split_name: str, part: str, cases: list[Case]
+) -> dict[str, str]:
+    """Why each of ``cases`` is no test of the checkpoint, by case id: it fine-tuned on the case, picked its
+    weights on it, or its encoder was pretrained on the image (the last two only for the test part: the
+    validation part is there to pick weights on, and pretraining uses it by design). Cases match by id or by image file identity (:func:`~medmae.data.cases.file_identity`),
+    whatever the split is called. An older checkpoint without its record of cases is compared with the
+    training and validation parts of its split as they are now, when that split is not ``split_name``."""
+    record, files = payload.get("cases"), payload.get("case_files") or {}
+    trained = payload.get("split", {}).get("split", split_name)
+    if record is None and trained != split_name:
+        old = load_split(task, data_root, manifest, trained)
+        record = {"train": [c.id for c in old.train], "validation": [c.id for c in old.validation]}
+    used = {"train": f"fine-tuned on (split {trained})", "validation": f"picked the weights on (split {trained})"}
+    if part == "val":
+        del used["validation"]
+    pretrained = (payload.get("pretrained_on") or {}) if part == "test" else {}
+    seen = {}
+    for case in cases:
+        mine = set(identities(case))
+        for where, why in used.items():
+            if case.id in (record or {}).get(where, ()) or mine & set(files.get(where, ())):
+                seen.setdefault(case.id, why)
+        if mine & set(pretrained.get("files") or ()):
+            seen.setdefault(case.id, f"its encoder was pretrained on the image ({pretrained.get('source')})")
+    return seen
+
+
+def unchecked_pretraining(payload: dict) -> str | None:
+    """A note when the checkpoint's encoder came from an MAE that did not record its images."""
+    pretrained = payload.get("pretrained_on")
+    if pretrained and pretrained.get("files") is None:
+        return (
+            f"the encoder's pretraining images are not recorded ({pretrained.get('source')} predates the record): "
+            "whether the evaluated images were among them is not checked"
+        )
+    return None
 
 
 def evaluate(
@@ -48,10 +76,10 @@ def evaluate(
     allow_seen: bool = False,
 ) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
     """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
-    AUC for classification), the notes and the files written. Cases that the checkpoint trained or picked
-    its weights on (in another split than its own) are refused, or with ``allow_seen`` warned about; the
-    default output folder is ``evaluate_<part>`` for the checkpoint's split, ``evaluate_<split>_<part>``
-    for another."""
+    AUC for classification), the notes and the files written. Cases that the checkpoint fine-tuned or
+    picked its weights on, or whose images its encoder was pretrained on (:func:`seen_cases`), are refused,
+    or with ``allow_seen`` warned about and named in the notes; the default output folder is
+    ``evaluate_<part>`` for the checkpoint's split, ``evaluate_<split>_<part>`` for another."""
     model, payload, task, device = load_finetuned(checkpoint)
     named = load_task(task_name)  # the task file: its manifest lies beside it (the checkpoint's copy does not)
     if named.name != task.name:
@@ -61,15 +89,18 @@ def evaluate(
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
     trained = payload.get("split", {}).get("split", split.name)
-    seen = seen_cases(payload, named, data_root, manifest, trained, cases) if trained != split.name else []
+    seen = seen_cases(payload, named, data_root, manifest, split.name, part, cases)
+    notes = [note for note in [unchecked_pretraining(payload)] if note]
     if seen:
-        problem = (
-            f"{len(seen)} of the {len(cases)} {PARTS[part]} cases of split {split.name} were in the training or "
-            f"validation part of split {trained}, which {checkpoint} was trained on: {', '.join(seen[:10])}"
-        )
+        shown = "; ".join(f"{case}: {why}" for case, why in list(seen.items())[:10])
+        more = f"; and {len(seen) - 10} more" if len(seen) > 10 else ""
+        problem = f"{len(seen)} of the {len(cases)} {PARTS[part]} cases of split {split.name} were seen by {checkpoint}"
         if not allow_seen:
-            raise UserError(f"{problem}; evaluate on --split {trained}, or pass --allow-seen-cases")
+            raise UserError(
+                f"{problem}: {shown}{more}. Evaluate on cases the model has not seen, or pass --allow-seen-cases"
+            )
         log.warning("WARNING: %s; their scores are not a test of the model", problem)
+        notes.append(f"seen cases scored (--allow-seen-cases), not a test of the model: {shown}{more}")
     folder = f"evaluate_{part}" if trained == split.name else f"evaluate_{split.name}_{part}"
     output = output_folder(output_dir or Path(checkpoint).resolve().parent.parent / folder)
     with removed_on_error(output):
@@ -79,12 +110,16 @@ def evaluate(
             probabilities, targets, ids = classify(model, loader, task, cfg.train.precision, device)
             table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
             note = f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"
-            return mean, [note], [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"]
+            return (
+                mean,
+                [note, *notes],
+                [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"],
+            )
         predictions = predict_volumes(
             model, task, payload["run_config"], cases, output / "predictions", device, progress
         )
         pairs = {case.id: (predictions[case.id], case.label) for case in cases}
         images = {case.id: case.image for case in cases}
         refuse(task, check_pairs(task, pairs, images))
-        notes = [f"task {task.name}: {len(pairs)} cases of the {PARTS[part]} part, checkpoint {checkpoint}"]
+        notes = [f"task {task.name}: {len(pairs)} cases of the {PARTS[part]} part, checkpoint {checkpoint}", *notes]
         return write_report(task, pairs, images, output, progress=progress, notes=notes)

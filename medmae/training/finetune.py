@@ -9,20 +9,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from medmae.checkpoint import load_checkpoint
 from medmae.config import Config
-from medmae.data.cases import Case
+from medmae.data.cases import Case, inputs_record
 from medmae.data.loaders import CaseDataset, train_loader
 from medmae.errors import UserError
 from medmae.evaluation.classification import macro_auc, per_finding_auc
 from medmae.evaluation.metrics import dice_per_class
 from medmae.inference.classify import classify
-from medmae.inference.segment import predicted_masks, reference_masks, segment
+from medmae.inference.segment import ignored_voxels, predicted_masks, reference_masks, segment
 from medmae.models import create_model
 from medmae.models.dynunet import dynunet_from_pretrained
 from medmae.models.imagenet import imagenet_payload
@@ -37,6 +36,7 @@ from medmae.models.weights import (
 from medmae.tasks import TaskSpec
 from medmae.training.distributed import Context, gather
 from medmae.training.loop import Job, effective_batch, effective_lr, fit, plain
+from medmae.training.losses import segmentation_loss
 from medmae.training.optim import build_optimizer
 from medmae.training.session import RunRequest, Setup, running, start
 
@@ -159,27 +159,34 @@ def _pretrained_payload(path: str, task: TaskSpec, family: str) -> dict[str, Any
     return payload
 
 
-def segmentation_loss(task: TaskSpec) -> nn.Module:
-    """DiceCE: softmax over labels, or a sigmoid per (overlapping) region."""
-    if task.regions:
-        return DiceCELoss(sigmoid=True)
-    return DiceCELoss(to_onehot_y=True, softmax=True)
+def encoder_inputs(resume_from: dict[str, Any] | None, pretrained: str | None) -> dict[str, Any] | None:
+    """What the encoder was pretrained on, carried into the fine-tuned checkpoint: ``{"source", "cases",
+    "files"}`` from a medmae MAE (``cases`` and ``files`` None when it predates the record), a resumed run's
+    own record, or None (from scratch, or ImageNet weights: no medical images)."""
+    if resume_from is not None:
+        return resume_from.get("pretrained_on")
+    if pretrained is None or pretrained.startswith(IMAGENET):
+        return None
+    record = torch.load(pretrained, map_location="cpu", weights_only=True, mmap=True).get("pretrained_on") or {}
+    return {"source": pretrained, "cases": record.get("cases"), "files": record.get("files")}
 
 
 @torch.no_grad()
 def validate_segmentation(
     model: nn.Module, task: TaskSpec, dataset: CaseDataset, cfg: Config, ctx: Context
 ) -> dict[str, float]:
-    """Mean DSC over validation cases and scored classes, on the preprocessed grid (sliding windows). Each
-    process takes every ``world``-th case; all of them return the same scores."""
+    """Mean DSC over validation cases and scored classes, on the preprocessed grid (sliding windows), voxels
+    under the ignore label left out. Each process takes every ``world``-th case; all of them return the
+    same scores."""
     model.eval()
     scores = []
     shard = range(ctx.rank, len(dataset), ctx.world)
     for index in tqdm(shard, desc="validation", unit="case", leave=False, disable=not ctx.is_main or None):
         item = dataset[index]
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, ctx.device, on_device=True)
-        predicted = predicted_masks(task, probabilities).cpu().numpy()
-        scores.append(dice_per_class(predicted, reference_masks(task, torch.as_tensor(item["label"])).numpy()))
+        label = torch.as_tensor(item["label"]).as_subclass(torch.Tensor)
+        predicted = predicted_masks(task, probabilities).cpu() & ~ignored_voxels(task, label)
+        scores.append(dice_per_class(predicted.numpy(), reference_masks(task, label).numpy()))
     model.train()
     table = np.array(gather(scores, ctx))
     per_class = {
@@ -213,6 +220,11 @@ def run(request: RunRequest) -> nn.Module:
             "train": [c.id for c in dataset.cases],
             "validation": [c.id for c in s.split.validation],
         }
+        job.describe["case_files"] = {
+            part: inputs_record(chosen)["files"]
+            for part, chosen in (("train", dataset.cases), ("validation", s.split.validation))
+        }
+        job.describe["pretrained_on"] = encoder_inputs(s.resume_from, request.pretrained)
         fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from medmae.checkpoint import load_weights
 from medmae.config import Config
+from medmae.data.cases import inputs_record
 from medmae.data.crops import CachedCrops
 from medmae.data.loaders import CaseDataset, train_loader
 from medmae.data.manifests import IMAGES_SPLIT
@@ -115,7 +116,12 @@ def run(request: RunRequest) -> nn.Module:
         job = Job(
             loss=lambda m, batch: mae_loss(m, batch, ctx.device),
             end_of_epoch=_figures(s, model, figure_batch(shown, cfg, crops) if ctx.is_main else None),
-            describe={"stage": "pretrain", "task": task.record, "split": s.split_record},
+            describe={
+                "stage": "pretrain",
+                "task": task.record,
+                "split": s.split_record,
+                "pretrained_on": inputs_record(cases),  # evaluate refuses to score these images
+            },
             samples_per_item=crops,
         )
         fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)

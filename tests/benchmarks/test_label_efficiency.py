@@ -13,7 +13,8 @@ import label_efficiency
 import pandas as pd
 import pytest
 
-from medmae.checkpoint import load_checkpoint
+from medmae.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from medmae.models import create_model
 from tests.helpers import BENCHMARKS, ROOT, shared
 
 
@@ -188,6 +189,18 @@ def test_an_arm_of_another_task_is_refused(tmp_path, demo_root):
         errors="replace",
     )
     assert result.returncode == 2 and "--arms mae_vit: demo has the arms mae_unetr" in result.stderr
+
+
+def test_a_kept_mae_of_another_split_is_refused(tmp_path, demo_root):
+    """The results folder's MAE is reused only for the split it was pretrained on: on another, its
+    pretraining images could be the scored ones."""
+    mae = create_model("mae_vit_tiny_patch16_3d", img_size=(32, 32, 32))
+    kept = tmp_path / "o" / "pretrained" / "mae_unetr.pt"
+    kept.parent.mkdir(parents=True)
+    save_checkpoint(model_checkpoint(mae, split={"task": "demo", "split": "fold1"}), kept)
+    command = quick_command(demo_root, tmp_path / "o", tmp_path / "w", "--arms", "mae_unetr")
+    result = subprocess.run(command, check=False, capture_output=True, encoding="utf-8", errors="replace")
+    assert result.returncode == 2 and "was pretrained on split fold1, not fold0" in result.stderr
 
 
 def test_a_longer_schedule_without_the_100_percent_runs_is_refused(tmp_path, demo_root):

@@ -8,7 +8,7 @@ import shutil
 
 from medmae.checkpoint import load_checkpoint
 from medmae.cli import main
-from tests.helpers import convert_image
+from tests.helpers import TINY, convert_image, demo_run
 
 
 def test_evaluate_prints_the_summary_and_what_it_wrote(capsys, demo_root, demo_checkpoint, tmp_path):
@@ -41,11 +41,9 @@ def test_cases_the_checkpoint_trained_on_are_refused_or_warned_about(
     argv = ["evaluate", "--task", "demo", "--data-root", str(demo_root), "--checkpoint", str(checkpoint), "--quiet"]
     assert main([*argv, "--fold", "1"]) == 2
     err = capsys.readouterr().err
-    assert "test cases of split fold1 were in the training or validation part of split datalist" in err
-    assert (
-        "evaluate on --split datalist, or pass --allow-seen-cases" in err
-        and not (tmp_path / "run" / "evaluate_fold1_test").exists()
-    )
+    assert "1 of the 1 test cases of split fold1 were seen by" in err
+    assert "img0003: picked the weights on (split datalist)" in err
+    assert "or pass --allow-seen-cases" in err and not (tmp_path / "run" / "evaluate_fold1_test").exists()
     caplog.set_level(logging.WARNING, logger="medmae")
     assert main([*argv, "--fold", "1", "--allow-seen-cases"]) == 0
     assert "WARNING:" in caplog.text and "their scores are not a test of the model" in caplog.text
@@ -73,3 +71,62 @@ def test_a_data_set_of_nrrd_files_is_evaluated_with_nrrd_predictions(capsys, dem
     assert main([*argv, "--output-dir", str(output), "--quiet"]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in (output / "predictions").iterdir()) == ["img0006.nrrd"]
     assert (output / "per_case.csv").is_file()
+
+
+def test_seen_cases_are_found_by_id_and_by_file_whatever_the_split_is_called(
+    capsys, demo_root, demo_checkpoint, tmp_path
+):
+    """A data root whose split keeps the checkpoint's name (``datalist``) but whose test part holds a
+    training case, and one whose test case is a training image under another name: both refused."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    datalist = json.loads((root / "dataset_0.json").read_text())
+    datalist["training"], datalist["validation"] = (
+        datalist["training"][:1] + datalist["validation"],
+        [datalist["training"][1]],
+    )
+    (root / "dataset_0.json").write_text(json.dumps(datalist))
+    argv = ["evaluate", "--task", "demo", "--data-root", str(root), "--checkpoint", str(demo_checkpoint), "--quiet"]
+    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    assert "img0002: fine-tuned on (split datalist)" in capsys.readouterr().err
+    for suffix in ("img", "label"):
+        shutil.copy(
+            root / "imagesTr/img0002.nii.gz" if suffix == "img" else root / "labelsTr/label0002.nii.gz",
+            root / ("imagesTr/img0099.nii.gz" if suffix == "img" else "labelsTr/label0099.nii.gz"),
+        )
+    datalist["validation"] = [{"image": "imagesTr/img0099.nii.gz", "label": "labelsTr/label0099.nii.gz"}]
+    (root / "dataset_0.json").write_text(json.dumps(datalist))
+    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    assert "img0099: fine-tuned on (split datalist)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_the_encoder_was_pretrained_on_are_refused_or_noted(capsys, demo_root, tmp_path):
+    """An MAE pretrained with ``--images imagesTr`` (the test image among them), fine-tuned and evaluated:
+    the fine-tuned checkpoint carries what its encoder saw, and evaluate refuses the test case; with
+    ``--allow-seen-cases`` it scores it and says so in the summary's notes."""
+    one_step = [
+        f for key in ("train.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1") for f in ("--set", key)
+    ]
+    mae, unetr = tmp_path / "mae", tmp_path / "unetr"
+    pretrain = ["pretrain", "--task", "demo", "--images", str(demo_root / "imagesTr"), "--config", TINY]
+    assert main([*pretrain, "--output-dir", str(mae), *one_step]) == 0
+    mae_checkpoint = mae / "checkpoints" / "last.pt"
+    assert "img0006" in load_checkpoint(mae_checkpoint)["pretrained_on"]["cases"]
+    assert main(demo_run("finetune", demo_root, unetr, "--pretrained", str(mae_checkpoint), *one_step)) == 0
+    record = load_checkpoint(unetr / "checkpoints" / "best.pt")["pretrained_on"]
+    assert record["source"] == str(mae_checkpoint) and len(record["files"]) == len(record["cases"]) == 5
+    capsys.readouterr()
+    argv = [
+        "evaluate",
+        "--task",
+        "demo",
+        "--data-root",
+        str(demo_root),
+        "--checkpoint",
+        str(unetr / "checkpoints" / "best.pt"),
+    ]
+    assert main([*argv, "--quiet"]) == 2
+    assert f"img0006: its encoder was pretrained on the image ({mae_checkpoint})" in capsys.readouterr().err
+    assert main([*argv, "--quiet", "--allow-seen-cases"]) == 0
+    assert "seen cases scored (--allow-seen-cases)" in capsys.readouterr().out
