@@ -8,6 +8,7 @@ checkpoint without a checksum (still read, it is whole: it appeared by rename), 
 from __future__ import annotations
 
 import hashlib
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -21,6 +22,7 @@ from medmae.errors import UserError
 from medmae.files import atomic_open, write_text
 
 FORMAT = "medmae-checkpoint-1"
+log = logging.getLogger("medmae")
 
 
 class CheckpointError(UserError, ValueError):
@@ -76,10 +78,12 @@ def move_checkpoint(source: Path, target: Path) -> None:
 
 
 def verify_checksum(path: Path) -> None:
-    """Raise :class:`CheckpointError` when ``path`` disagrees with its checksum file (absent: nothing to check)."""
+    """Raise :class:`CheckpointError` when ``path`` disagrees with its checksum file (absent: a note says
+    that nothing was checked)."""
     try:
         expected = checksum_file(path).read_text().split()[0]
     except FileNotFoundError:
+        log.info("note: %s has no %s beside it: its integrity is not checked", path, checksum_file(path).name)
         return
     except (OSError, IndexError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{checksum_file(path)}: unreadable checksum file ({error})") from error

@@ -3,12 +3,17 @@ folders that a failed command leaves as they were."""
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -132,3 +137,54 @@ def removed_on_error(folder: str | Path) -> Iterator[Path]:
     except BaseException:
         remove_added(folder, before)
         raise
+
+
+LOCK_NAME = ".medmae.lock"
+
+
+@dataclass
+class FolderLock:
+    """A folder held by this process alone (:func:`lock_folder`); ``made``: the lock created the folder."""
+
+    folder: Path
+    handle: IO
+    made: bool
+
+    def release(self) -> None:
+        """Let the folder go: the lock file is removed, and the folder too when the lock made it and it is
+        empty (a run refused or failed before writing leaves nothing behind)."""
+        (self.folder / LOCK_NAME).unlink(missing_ok=True)
+        self.handle.close()
+        if self.made and self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
+def lock_folder(folder: Path, flag: str = "--output-dir") -> FolderLock:
+    """Hold ``folder`` (made if missing) for this process alone with an advisory lock on ``.medmae.lock``
+    inside it, which the operating system drops when the process ends, however it ends. Another holder
+    gets a :class:`UserError` naming the holder (its process, host, start and command line)."""
+    made = not folder.exists()
+    path = folder / LOCK_NAME
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            handle = path.open("a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "a process that has not written its name yet"
+                handle.close()
+                raise UserError(
+                    f"{folder}: in use by another run ({holder}); wait until it ends, or choose another {flag}"
+                ) from None
+            if path.exists() and path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+            handle.close()  # the holder removed the file as it ended, between our open and our lock: again
+        handle.truncate(0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}\n")
+        handle.flush()
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot be written ({error.strerror or error})") from error
+    return FolderLock(folder, handle, made)

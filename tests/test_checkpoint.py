@@ -184,3 +184,15 @@ def test_an_evaluated_checkpoint_whose_weights_disagree_with_its_config_exits_2(
             == 2
         )
         assert problem in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_its_checksum_is_read_with_a_note(tmp_path, caplog):
+    path = save_checkpoint(
+        model_checkpoint(create_model("mae_vit_tiny_patch16_3d", img_size=(32, 32, 32))), tmp_path / "a.pt"
+    )
+    caplog.set_level("INFO", logger="medmae")
+    load_checkpoint(path)
+    assert "integrity is not checked" not in caplog.text
+    (tmp_path / "a.pt.sha256").unlink()
+    load_checkpoint(path)
+    assert f"note: {path} has no a.pt.sha256 beside it: its integrity is not checked" in caplog.text

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from medmae.files import OutputError, atomic_open, atomic_path, removed_on_error, write_nifti, write_text
+from medmae.errors import UserError
+from medmae.files import (
+    OutputError,
+    atomic_open,
+    atomic_path,
+    lock_folder,
+    removed_on_error,
+    write_nifti,
+    write_text,
+)
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
@@ -58,3 +68,16 @@ def test_a_failure_removes_what_the_block_added_and_keeps_what_was_there(tmp_pat
         write_text(Path(folder) / "a.txt", "x")
         raise ValueError
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_held_folder_is_refused_and_a_folder_the_lock_made_goes_with_it(tmp_path):
+    folder = tmp_path / "new" / "run"
+    lock = lock_folder(folder)
+    with pytest.raises(UserError, match=rf"in use by another run \(process {os.getpid()} on .*--output-dir"):
+        lock_folder(folder)
+    lock.release()
+    assert not folder.exists() and (tmp_path / "new").is_dir()
+    (folder / "kept").mkdir(parents=True)
+    lock = lock_folder(folder)
+    lock.release()
+    assert sorted(p.name for p in folder.iterdir()) == ["kept"]  # the folder was there before: it stays

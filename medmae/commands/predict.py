@@ -25,6 +25,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="3D: also <case id>.npz with each class's probability on the input's grid (like nnU-Net's)",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace predictions already in --output-dir (refused otherwise)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         inside_input=args.allow_output_inside_input,
         save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite,
     )
     extra = f" and {len(written)} probability files (.npz)" if args.save_probabilities else ""
     print(f"wrote {len(written)} files{extra} to {args.output_dir}")

@@ -123,12 +123,14 @@ def predict(
     progress: bool = True,
     inside_input: bool = False,
     save_probabilities: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Predictions for a file or a folder of files: label maps (same grid and orientation, in the input's
     format; with ``save_probabilities`` also the probabilities, see :func:`predict_volumes`) for 3D tasks,
     ``probabilities.csv`` for 2D classification. Every input is read and checked before anything is written;
-    the output folder may lie inside the input folder only with ``inside_input``, and an input file is
-    never overwritten. A failure leaves nothing new in the output folder."""
+    the output folder may lie inside the input folder only with ``inside_input``, an input file is never
+    overwritten, and earlier predictions only with ``overwrite``. A failure leaves nothing new in the output
+    folder."""
     model, payload, task, device = load_finetuned(checkpoint)
     source_path, output = Path(source).resolve(), output_folder(output_dir).resolve()
     files, skipped = input_files(source_path, task)
@@ -142,12 +144,20 @@ def predict(
             "(or pass --allow-output-inside-input)"
         )
     cases = input_cases(files, task.in_channels)
-    targets = {output / "probabilities.csv"} if task.is_classification else {output / label_map_name(c) for c in cases}
+    targets = output_files(task, cases, output, save_probabilities)
     clash = sorted(str(t) for t in targets if t in files or (folder in t.parents and t.exists()))
     if clash:
         raise UserError(
             f"{clash[0]}: a file of the input folder would be overwritten by a prediction; choose another --output-dir"
         )
+    replaced = sorted(t.name for t in targets if t.exists())
+    if replaced and not overwrite:
+        raise UserError(
+            f"{output}: already holds {len(replaced)} of the files this prediction writes "
+            f"({shown(replaced, limit=5)}); pass --overwrite to replace them, or choose another --output-dir"
+        )
+    if replaced:
+        print(f"note: replacing {len(replaced)} files in {output}: {shown(replaced, limit=5)}")
     refuse_unreadable(task, cases, progress)
     with removed_on_error(output):
         if task.is_classification:
@@ -162,6 +172,14 @@ def predict(
             return [write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])]
         config = payload["run_config"]
         return list(predict_volumes(model, task, config, cases, output, device, progress, save_probabilities).values())
+
+
+def output_files(task: TaskSpec, cases: list[Case], output: Path, save_probabilities: bool) -> set[Path]:
+    """The files a prediction of ``cases`` writes into ``output``."""
+    if task.is_classification:
+        return {output / "probabilities.csv"}
+    maps = {output / label_map_name(c) for c in cases}
+    return maps | ({output / f"{c.id}.npz" for c in cases} if save_probabilities else set())
 
 
 def refuse_unreadable(task: TaskSpec, cases: list[Case], progress: bool = True) -> None:

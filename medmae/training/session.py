@@ -5,6 +5,7 @@ whatever way the run ends (:func:`running`)."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from medmae.config import Config, flatten, from_dict, load_config, save_config
 from medmae.data.cases import Split
 from medmae.data.manifests import IMAGES_SPLIT, images_split, load_split
 from medmae.errors import UserError
-from medmae.files import output_folder
+from medmae.files import FolderLock, lock_folder, output_folder
 from medmae.models.registry import PATCH_SIZE, input_multiple
 from medmae.tasks import TaskSpec, load_task
 from medmae.training.distributed import Context, barrier, setup, teardown
@@ -53,6 +54,7 @@ class Setup:
     run: RunFolder
     resume_from: dict[str, Any] | None
     split_record: dict[str, str]  # stored in checkpoints; a resumed run must use the same split
+    lock: FolderLock | None = None  # the main process's hold on the run folder
 
 
 def output_dir(request: RunRequest, stage: str) -> Path:
@@ -61,9 +63,20 @@ def output_dir(request: RunRequest, stage: str) -> Path:
 
 
 def start(stage: str, request: RunRequest) -> Setup:
-    """Resolve everything a run needs; on ``--resume`` the config comes from the newest checkpoint."""
+    """Resolve everything a run needs; on ``--resume`` the config comes from the newest checkpoint. The
+    main process holds the run folder (:func:`~medmae.files.lock_folder`) from here until the run ends."""
     task = load_task(request.task)
     output = output_dir(request, stage)
+    lock = lock_folder(output) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        return _start(stage, request, task, output, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _start(stage: str, request: RunRequest, task: TaskSpec, output: Path, lock: FolderLock | None) -> Setup:
     probe = RunFolder(output, write=False)
     resume_from = probe.latest() if request.resume else None
     if resume_from is not None:
@@ -77,6 +90,8 @@ def start(stage: str, request: RunRequest) -> Setup:
             log.info("%s: no checkpoint to resume from; starting from the beginning", output)
         cfg = _requested_config(stage, task, request)
     task = with_roi(task, cfg.model.img_size, input_multiple(cfg.model.arch, cfg.model.patch_size))
+    if resume_from is not None:
+        _refuse_changed_task(resume_from.get("task"), task, output)
     ctx = setup(cfg.train.device, cfg.train.dist_timeout_min)
     torch.manual_seed(cfg.train.seed + ctx.rank)
     if request.images:  # before any folder is made
@@ -103,14 +118,14 @@ def start(stage: str, request: RunRequest) -> Setup:
         except BaseException:
             run.discard_if_unsaved()
             raise
-    return Setup(cfg, task, split, ctx, run, resume_from, split_record)
+    return Setup(cfg, task, split, ctx, run, resume_from, split_record, lock)
 
 
 @contextmanager
 def running(s: Setup) -> Iterator[Setup]:
     """The body of a run started by :func:`start`: a failure before the first checkpoint removes what the
     run added to its folder (so the same command works once the cause is fixed); however the run ends,
-    its TensorBoard writer is closed and the process group left."""
+    its TensorBoard writer is closed, the run folder let go and the process group left."""
     try:
         yield s
     except BaseException:
@@ -118,6 +133,8 @@ def running(s: Setup) -> Iterator[Setup]:
         raise
     finally:
         s.run.close()
+        if s.lock is not None:
+            s.lock.release()
         teardown()
 
 
@@ -151,6 +168,25 @@ def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
             *(saved.train.epochs, requested.train.epochs, requested.train.epochs, requested.train.epochs),
         )
     return requested
+
+
+DESCRIPTIVE_TASK_KEYS = ("title", "source")  # the rest of a task file decides what a run trains on
+
+
+def _refuse_changed_task(saved: dict[str, Any] | None, task: TaskSpec, output: Path) -> None:
+    """Refuse to resume a run whose task file has changed since it started (spacing, labels, intensity...),
+    naming each changed key; its title and source may change."""
+    now = task.record
+    changed = [
+        f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
+        for key in sorted(set(saved or {}) | set(now))
+        if saved is not None and key not in DESCRIPTIVE_TASK_KEYS and saved.get(key) != now.get(key)
+    ]
+    if changed:
+        raise UserError(
+            f"{output}: --resume continues with the task the run started with, but task {task.name} has changed "
+            f"since: {'; '.join(changed)}; restore the task file or start a new run in another --output-dir"
+        )
 
 
 def with_roi(task: TaskSpec, img_size: list[int] | None, multiple: int | list[int] = PATCH_SIZE) -> TaskSpec:

@@ -75,3 +75,19 @@ def test_nnunet_named_inputs_give_predictions_named_as_nnunet_does(capsys, demo_
     argv = ["predict", "--checkpoint", str(demo_checkpoint), "--input", str(inputs), "--output-dir", str(output)]
     assert main([*argv, "--quiet"]) == 0
     assert [p.name for p in output.iterdir()] == ["case_0003.nii.gz"]
+
+
+def test_earlier_predictions_are_replaced_only_with_overwrite(capsys, demo_root, demo_checkpoint, tmp_path):
+    image = demo_root / "imagesTr" / "img0003.nii.gz"
+    output = tmp_path / "predictions"
+    argv = ["predict", "--checkpoint", str(demo_checkpoint), "--input", str(image), "--output-dir", str(output)]
+    assert main([*argv, "--quiet"]) == 0
+    earlier = (output / "img0003.nii.gz").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*argv, "--quiet"]) == 2
+    assert "already holds 1 of the files this prediction writes (img0003.nii.gz); pass --overwrite" in (
+        capsys.readouterr().err
+    )
+    assert (output / "img0003.nii.gz").stat().st_mtime_ns == earlier
+    assert main([*argv, "--quiet", "--overwrite"]) == 0
+    assert f"note: replacing 1 files in {output}: img0003.nii.gz" in capsys.readouterr().out

@@ -106,3 +106,45 @@ def test_a_finished_run_is_extended_by_resuming_with_more_epochs(tmp_path, demo_
     extended, four = (pd.read_csv(folder / "metrics.csv") for folder in (run, tmp_path / "four"))
     assert list(extended["epoch"]) == [1, 2, 3, 4] and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 4
     assert np.allclose(extended["lr"][2:], four["lr"][2:])  # epochs 3 and 4 follow the 4-epoch schedule
+
+
+ONE_STEP = [f for key in ("train.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1") for f in ("--set", key)]
+
+
+def test_a_second_run_into_a_live_run_folder_is_refused_naming_the_holder(tmp_path, demo_root, capsys):
+    """The hold dies with its process: a run killed with SIGKILL leaves a folder that the next run takes."""
+    output = tmp_path / "run"
+    hold = (
+        f"from pathlib import Path; from medmae.files import lock_folder; held = lock_folder(Path({str(output)!r})); "
+        "print('held', flush=True); import time; time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(demo_run("finetune", demo_root, output, *ONE_STEP)) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"{output}: in use by another run (process {holder.pid} on " in err and "choose another --output-dir" in err
+        )
+        assert main(demo_run("finetune", demo_root, output, *ONE_STEP, "--resume")) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(demo_run("finetune", demo_root, output, *ONE_STEP)) == 0
+    assert not (output / ".medmae.lock").exists()  # let go when the run ended
+
+
+def test_a_resume_whose_task_file_changed_is_refused_naming_the_keys(tmp_path, demo_root, capsys):
+    task = tmp_path / "demo.yaml"
+    text = (Path(__file__).parents[2] / "tasks" / "demo.yaml").read_text()
+    task.write_text(text)
+    argv = demo_run("finetune", demo_root, tmp_path / "run", *ONE_STEP)
+    argv[argv.index("demo")] = str(task)
+    assert main(argv) == 0
+    task.write_text(text.replace("spacing: [4.5, 4.5, 4.5]", "spacing: [3.0, 3.0, 3.0]"))
+    capsys.readouterr()
+    assert main([*argv, "--resume", "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "task demo has changed since: spacing [4.5, 4.5, 4.5] -> [3.0, 3.0, 3.0]" in err
+    task.write_text(text.replace("title: ", "title: renamed "))
+    assert main([*argv, "--resume", "--set", "train.epochs=2"]) == 0  # a description may change
