@@ -49,3 +49,18 @@ def test_the_five_commands_take_own_scans_to_per_case_reports(tmp_path, monkeypa
     test_part = load_split(load_task("hippocampus.yaml"), "Dataset004_Hippocampus").test  # fold0: 2 of 10
     assert sorted(per_case["case_id"].unique()) == [case.id for case in test_part] and len(test_part) == 2
     assert set(per_case["class"]) == {"anterior", "posterior"} and per_case["dsc"].between(0, 1).all()
+
+
+def test_an_mae_pretrained_on_the_evaluated_images_is_refused_by_evaluate(tmp_path, monkeypatch, capsys):
+    """The mistake the guide warns of: ``pretrain --images imagesTr`` with no ``imagesTs``; the encoder saw
+    the test images, and ``evaluate`` says so instead of scoring them."""
+    hippocampus_as_nnunet(tmp_path, cases=10)
+    monkeypatch.chdir(tmp_path)
+    init, _check, pretrain, finetune, evaluate = five_commands()
+    pretrain = pretrain[: pretrain.index("--images")] + ["--images", "Dataset004_Hippocampus/imagesTr"]
+    assert main(init[1:]) == 0
+    assert main([*pretrain[1:], "--output-dir", "runs/my_mae", "--config", TINY]) == 0
+    assert main([*finetune[1:], "--config", TINY]) == 0
+    capsys.readouterr()
+    assert main(evaluate[1:]) == 2
+    assert "its encoder was pretrained on the image (runs/my_mae/checkpoints/last.pt)" in capsys.readouterr().err
