@@ -28,6 +28,7 @@ import numpy as np
 
 from medmae import resource_dir
 from medmae.cli import main
+from medmae.files import lock_folder, write_bytes
 from tests.guarantees.test_bad_input import IMAGE_COMMANDS, IMAGE_PROBLEMS, LABEL_PROBLEMS, WRITE_FAILURES, rewrite
 from tests.helpers import ROOT, TINY, demo_run
 
@@ -602,7 +603,7 @@ def checkpoint_and_output_kinds() -> list[Kind]:
             "evaluated cases the checkpoint trained on",
             "evaluate",
             run_in("evaluate", nothing, "--fold", "1"),
-            "were in the training or validation part of split datalist",
+            r"were seen by .*: img\d+: (fine-tuned|picked the weights) on \(split datalist\)",
         ),
         k(
             "input folder without images",
@@ -712,9 +713,113 @@ def checkpoint_and_output_kinds() -> list[Kind]:
     ]
 
 
+ONE_STEP = [
+    flag for key in ("train.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1") for flag in ("--set", key)
+]
+
+
+def pretrained_on_the_test_image(ws: Path) -> Attempt:
+    """An MAE pretrained on every image of ``imagesTr`` (the test case's among them), fine-tuned from."""
+    mae, unetr = ws / "mae", ws / "unetr_mae"
+    images = ["pretrain", "--task", "demo", "--images", str(ws / "data" / "imagesTr"), "--config", TINY]
+    main([*images, "--output-dir", str(mae), *ONE_STEP])
+    main(
+        [
+            *command_line("finetune", ws)[:-1],
+            str(unetr),
+            "--pretrained",
+            str(mae / "checkpoints" / "last.pt"),
+            *ONE_STEP,
+        ]
+    )
+    return Attempt([*command_line("evaluate", ws)[:5], "--checkpoint", str(unetr / "checkpoints" / "best.pt")])
+
+
+def resumed_with_another_spacing(ws: Path) -> Attempt:
+    """A run of a task file whose spacing changed before ``--resume``."""
+    task = (ROOT / "tasks" / "demo.yaml").read_text()
+    write(ws / "t.yaml", task)
+    argv = ["finetune", "--task", str(ws / "t.yaml"), *command_line("finetune", ws)[3:], *ONE_STEP]
+    main(argv)
+    write(ws / "t.yaml", task.replace("spacing: [4.5, 4.5, 4.5]", "spacing: [3.0, 3.0, 3.0]"))
+    return Attempt([*argv, "--set", "train.epochs=2", "--resume"])
+
+
+def earlier_predictions(ws: Path) -> None:
+    """``<ws>/out`` holding a label map for each image of ``imagesTr``, as an earlier ``predict`` leaves."""
+    for label in (ws / "pred").iterdir():
+        write_bytes(ws / "out" / label.name.replace("label", "img"), label.read_bytes())
+
+
+@contextlib.contextmanager
+def held(folder: Path) -> Iterator[None]:
+    """``folder`` held by a run, as another live run would hold it."""
+    lock = lock_folder(folder)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def seen_and_overwritten_kinds() -> list[Kind]:
+    """Scores on cases a model has seen, and runs or predictions that would overwrite each other."""
+    k = Kind
+    return [
+        k(
+            "test part of a same-named split holding a training case",
+            "evaluate",
+            run_in(
+                "evaluate",
+                lambda ws: edit_json(
+                    ws / "data" / "dataset_0.json",
+                    validation=[{"image": "imagesTr/img0002.nii.gz", "label": "labelsTr/label0002.nii.gz"}],
+                ),
+            ),
+            r"img0002: fine-tuned on \(split datalist\)",
+        ),
+        k(
+            "test image the encoder was pretrained on",
+            "evaluate",
+            pretrained_on_the_test_image,
+            r"img0006: its encoder was pretrained on the image \(<tmp>/mae/checkpoints/last.pt\)",
+        ),
+        k(
+            "run folder held by a live run",
+            "finetune",
+            lambda ws: Attempt(command_line("finetune", ws), (held(ws / "out"),)),
+            r"<tmp>/out: in use by another run \(process <pid>",
+        ),
+        k(
+            "resume after the task file changed",
+            "finetune",
+            resumed_with_another_spacing,
+            r"task demo has changed since: spacing \[4.5, 4.5, 4.5\] -> \[3.0, 3.0, 3.0\]",
+        ),
+        k(
+            "prediction folder holding earlier predictions",
+            "predict",
+            run_in("predict", earlier_predictions),
+            "already holds 6 of the files this prediction writes",
+        ),
+        k(
+            "checkpoint without its checksum file (noted)",
+            "evaluate",
+            run_in("evaluate", lambda ws: (ws / "unetr" / "checkpoints" / "best.pt.sha256").unlink()),
+            "has no best.pt.sha256 beside it: its integrity is not checked",
+            code=0,
+        ),
+    ]
+
+
 def other_kinds() -> list[Kind]:
     """Every other kind: data roots, manifests, task files, configs, checkpoints, flags and folders."""
-    return data_kinds() + nnunet_and_task_kinds() + config_and_training_kinds() + checkpoint_and_output_kinds()
+    return (
+        data_kinds()
+        + nnunet_and_task_kinds()
+        + config_and_training_kinds()
+        + checkpoint_and_output_kinds()
+        + seen_and_overwritten_kinds()
+    )
 
 
 def catalogue() -> list[Kind]:
@@ -797,6 +902,11 @@ def shown(output: str, ws: Path) -> str:
     """Output as the table shows it: the workspace as ``<tmp>``, medmae's own folder as ``<medmae>``, file
     digests as ``<sha256>``."""
     output = output.replace(str(ws), "<tmp>").replace(str(resource_dir("data_manifests").parent), "<medmae>")
+    output = re.sub(
+        r"\(process \d+ on \S+ since \S+ \S+: .*?\); wait",
+        "(process <pid> on <host> since <time>: <command>); wait",
+        output,
+    )
     return re.sub(r"\b[0-9a-f]{12}\.\.\.", "<sha256>...", output)
 
 
