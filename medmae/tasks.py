@@ -20,6 +20,8 @@ OPTIONAL = (
     "source",
     "labels",
     "regions",
+    "regions_class_order",
+    "ignore_label",
     "findings",
     "orientation",
     "spacing",
@@ -31,8 +33,10 @@ OPTIONAL = (
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task. Segmentation tasks name their ``labels`` (index = label value) and may train on
-    overlapping ``regions`` (sets of label values); classification tasks name their ``findings``."""
+    """One task. Segmentation tasks name their ``labels`` (index = label value, so the values are 0, 1, ...,
+    N by construction), may train on overlapping ``regions`` (sets of label values, written in a label map as
+    their ``regions_class_order`` values) and may mark voxels as unlabelled with ``ignore_label`` (N + 1:
+    no loss, not scored, never predicted); classification tasks name their ``findings``."""
 
     name: str
     title: str
@@ -47,6 +51,8 @@ class TaskSpec:
     path: Path
     labels: tuple[str, ...] = ()
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    regions_class_order: tuple[int, ...] = ()
+    ignore_label: int | None = None
     findings: tuple[str, ...] = ()
     orientation: str | None = None
     spacing: tuple[float, ...] | None = None
@@ -81,9 +87,15 @@ class TaskSpec:
         return any(part in ("left", "right") for name in self.labels for part in name.split("_"))
 
     @property
+    def region_values(self) -> tuple[int, ...]:
+        """The label value each region is written as, in the regions' order (later regions overwrite earlier
+        ones): ``regions_class_order``, else each region's smallest value."""
+        return self.regions_class_order or tuple(min(values) for values in self.regions.values())
+
+    @property
     def label_values(self) -> tuple[int, ...]:
-        """The values a label map may hold."""
-        return tuple(range(len(self.labels)))
+        """The values a label map may hold: the labels', and the ignore label."""
+        return tuple(range(len(self.labels))) + (() if self.ignore_label is None else (self.ignore_label,))
 
 
 def list_tasks() -> list[str]:
@@ -145,7 +157,13 @@ def _orientation_ok(code: Any, dims: int) -> bool:
 
 def _problems(raw: dict[str, Any]) -> list[str]:
     """Every way ``raw`` fails to describe a task (empty when it is fine)."""
-    checks = [*_file_checks(raw), *_geometry_checks(raw), *_intensity_checks(raw), *_class_checks(raw)]
+    checks = [
+        *_file_checks(raw),
+        *_geometry_checks(raw),
+        *_intensity_checks(raw),
+        *_class_checks(raw),
+        *_label_value_checks(raw),
+    ]
     return [problem for ok, problem in checks if not ok]
 
 
@@ -242,6 +260,27 @@ def _class_checks(raw: dict[str, Any]) -> list[tuple[bool, str]]:
     ]
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _label_value_checks(raw: dict[str, Any]) -> list[tuple[bool, str]]:
+    """(holds, what it says) for ``regions_class_order`` and ``ignore_label`` (nnU-Net's rules: each region
+    written as one foreground label value; the ignore label is the value after the last label)."""
+    count = len(raw["labels"]) if isinstance(raw.get("labels"), list) else 0
+    regions = len(raw["regions"]) if isinstance(raw.get("regions"), dict) else 0
+    order, ignore = raw.get("regions_class_order"), raw.get("ignore_label")
+    order_ok = isinstance(order, list) and 0 < len(order) == regions and all(_whole(v) and 0 < v < count for v in order)
+    order_rule = f"the foreground label value (1..{count - 1}) each of the {regions} regions is written as, in order"
+    return [
+        (order is None or order_ok, f"regions_class_order {order!r} must give {order_rule}"),
+        (
+            ignore is None or (count > 0 and _whole(ignore) and ignore == count),
+            f"ignore_label {ignore!r} must be the value after the last label, {count} (nnU-Net's rule)",
+        ),
+    ]
+
+
 def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:
     problems = _problems(raw)
     if problems:
@@ -262,6 +301,8 @@ def _spec(path: Path, raw: dict[str, Any]) -> TaskSpec:
         path=path,
         labels=tuple(raw.get("labels") or ()),
         regions={name: tuple(values) for name, values in (raw.get("regions") or {}).items()},
+        regions_class_order=tuple(raw.get("regions_class_order") or ()),
+        ignore_label=raw.get("ignore_label"),
         findings=tuple(raw.get("findings") or ()),
         orientation=raw.get("orientation"),
         spacing=tuple(raw["spacing"]) if raw.get("spacing") else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -110,3 +111,42 @@ def test_a_task_manifest_is_found_beside_the_task_file_first(tmp_path):
         stored_manifest(load_task(tmp_path / "mine.yaml"))
     (tmp_path / "mine.json").write_text(json.dumps({"default_split": "fold2", "splits": {}}))
     assert stored_manifest(load_task(tmp_path / "mine.yaml"))["default_split"] == "fold2"
+
+
+def kits_like(tmp_path, **keys):
+    """The demo task with KiTS23's regions (kidney {1, 2, 3}, masses {2, 3}, tumour {2}) and ``keys``."""
+    record = dict(load_task("demo").record) | {
+        "labels": ["background", "kidney", "tumour", "cyst"],
+        "regions": {"kidney": [1, 2, 3], "masses": [2, 3], "tumour": [2]},
+        "mean_groups": {},
+    }
+    path = tmp_path / "kits.yaml"
+    path.write_text(yaml.safe_dump(record | keys))
+    return load_task(path)
+
+
+def test_regions_are_written_as_their_regions_class_order_else_as_their_smallest_value(tmp_path):
+    assert kits_like(tmp_path, regions_class_order=[1, 3, 2]).region_values == (1, 3, 2)
+    assert kits_like(tmp_path).region_values == (1, 2, 2)
+    assert load_task("msd_brain").region_values == (1, 2, 3)
+    for bad in ([1, 3], [1, 3, 4], [0, 3, 2], "132", [1, 3, 2.0]):
+        with pytest.raises(TaskError, match=rf"kits.yaml: regions_class_order {re.escape(repr(bad))} must give"):
+            kits_like(tmp_path, regions_class_order=bad)
+    with pytest.raises(TaskError, match=r"regions_class_order \[1\] must give the foreground label value"):
+        load_task_with(tmp_path, "regions_class_order: [1]\n")  # no regions to order
+
+
+def test_the_ignore_label_is_a_label_value_one_above_the_labels(tmp_path):
+    task = kits_like(tmp_path, ignore_label=4)
+    assert task.ignore_label == 4 and task.label_values == (0, 1, 2, 3, 4)
+    assert task.class_names == ("kidney", "masses", "tumour") and list(task.scored_classes) == list(task.class_names)
+    assert load_task_with(tmp_path, "ignore_label: 5\n").label_values == (0, 1, 2, 3, 4, 5)
+    for bad in (3, 9, "4", True):
+        with pytest.raises(TaskError, match=rf"ignore_label {re.escape(repr(bad))} must be the value after the last"):
+            kits_like(tmp_path, ignore_label=bad)
+
+
+def load_task_with(tmp_path, extra: str):
+    path = tmp_path / "extra.yaml"
+    path.write_text(load_task("demo").path.read_text() + extra)
+    return load_task(path)

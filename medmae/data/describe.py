@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medmae.data.cases import Case
+from medmae.data.check import label_values
 from medmae.data.layout import DATALISTS
 from medmae.data.manifests import read_datalist
 from medmae.data.nnunet import is_nnunet
@@ -43,11 +44,10 @@ def describe_dataset(root: Path, name: str | None = None) -> tuple[dict[str, Any
     record["spatial_dims"] = 3
     record["channels"], said = channel_names(raw, labelled[0])
     why.append(f"channels: {', '.join(record['channels'])} ({said})")
-    labels, regions, said = label_names(raw, labelled)
-    record["labels"] = labels
-    if regions:
-        record["regions"] = regions
-    why.append(f"labels: {', '.join(labels)}" + (f"; regions {', '.join(regions)}" if regions else "") + f" ({said})")
+    classes, said = label_names(raw, labelled, manifest)
+    record |= classes
+    regions = f"; regions {', '.join(classes['regions'])}" if "regions" in classes else ""
+    why.append(f"labels: {', '.join(classes['labels'])}{regions} ({said})")
     record["orientation"] = "RAS"
     why.append("orientation: RAS (medmae's convention; every image is turned to it)")
     spacing, roi, said = geometry(labelled + cases["unlabelled"])
@@ -79,21 +79,91 @@ def snake(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_") or "unnamed"
 
 
-def label_names(raw: dict[str, Any], labelled: list[Case]) -> tuple[list[str], dict[str, list[int]], str]:
-    """Labels (index = value) and regions from ``labels``: nnU-Net's name -> value (or -> list of values:
-    regions), MSD's value -> name; else ``label1`` ... up to the largest value in a sample of labels."""
+def label_names(raw: dict[str, Any], labelled: list[Case], source: Path) -> tuple[dict[str, Any], str]:
+    """The task file's ``labels`` (index = value) and, where the dataset has them, ``regions``,
+    ``regions_class_order`` and ``ignore_label``, from ``labels``: nnU-Net's name -> value (or -> list of
+    values: regions), MSD's value -> name; else ``label1`` ... for the values of a sample of label maps. Values
+    that are not 0, 1, ..., N are refused as nnU-Net refuses them, naming the remapping that would fix them."""
     given = raw.get("labels")
     if isinstance(given, dict) and given and is_nnunet(raw):
-        regions = {snake(k): sorted(v) for k, v in given.items() if isinstance(v, list)}
-        plain = {int(v): snake(k) for k, v in given.items() if not isinstance(v, list)}
-        top = max([*plain, *[max(v) for v in regions.values()]])
-        return [plain.get(k, f"label{k}") for k in range(top + 1)], regions, "dataset.json, nnU-Net's labels"
+        return nnunet_classes(given, raw.get("regions_class_order"), source)
     if isinstance(given, dict) and given:
         values = {int(k): snake(v) for k, v in given.items()}
-        return [values.get(k, f"label{k}") for k in range(max(values) + 1)], {}, "dataset.json, MSD's labels"
-    top = max(int(integer_labels(read_image(case.label)).max()) for case in labelled[:VOXEL_SAMPLE])
-    said = f"the largest value in {min(len(labelled), VOXEL_SAMPLE)} label maps"
-    return ["background", *[f"label{k}" for k in range(1, top + 1)]], {}, said
+        refuse_gaps(set(values), source, "dataset.json's labels")
+        return {"labels": [values[k] for k in sorted(values)]}, "dataset.json, MSD's labels"
+    read = labelled[:VOXEL_SAMPLE]
+    values = map_values(read) | {0}
+    if values != set(range(len(values))) and len(labelled) > len(read):
+        read = labelled  # a rare value may be missing from the sample: read every label map before refusing
+        values = map_values(read) | {0}
+    refuse_gaps(values, source, f"{len(read)} label maps")
+    return {
+        "labels": ["background", *[f"label{k}" for k in range(1, len(values))]]
+    }, f"the values of {len(read)} label maps"
+
+
+def map_values(cases: list[Case]) -> set[int]:
+    """Every value the label maps of ``cases`` hold."""
+    return set().union(*(label_values(integer_labels(read_image(case.label))) for case in cases))
+
+
+def refuse_gaps(values: set[int], source: Path, where: str) -> None:
+    """Refuse label ``values`` that are not 0, 1, ..., N (nnU-Net's rule; medmae's labels are indexed by
+    value), naming the values and the remapping to consecutive ones."""
+    if values == set(range(len(values))):
+        return
+    remap = ", ".join(f"{old} -> {new}" for new, old in enumerate(sorted(values)) if old != new)
+    raise DataError(
+        source,
+        f"label values {sorted(values)} in {where} are not consecutive (0, 1, 2, ...), as nnU-Net and medmae "
+        f"need: remap {remap} in every label map (and in dataset.json), then run medmae task init again",
+    )
+
+
+def nnunet_classes(given: dict[str, Any], order: Any, source: Path) -> tuple[dict[str, Any], str]:
+    """nnU-Net's ``labels`` (and ``regions_class_order``) as task-file keys. Once one label is a list of
+    several values, every foreground label is a region, in the file's order (``"tumor": 2`` beside
+    ``"kidney": [1, 2, 3]`` is the region {2}); ``ignore`` is the ignore label, one above the other values."""
+    entries = {key: value for key, value in given.items() if key != "ignore"}
+    groups = {snake(k): sorted({int(x) for x in (v if isinstance(v, list) else [v])}) for k, v in entries.items()}
+    values = set().union(*groups.values())
+    refuse_gaps(values, source, "dataset.json's labels")
+    names = {int(value): snake(key) for key, value in entries.items() if not isinstance(value, list)}
+    record: dict[str, Any] = {"labels": [names.get(k, f"label{k}") for k in range(len(values))]}
+    said = "dataset.json, nnU-Net's labels"
+    if any(len(group) > 1 for group in groups.values()):
+        record["regions"] = {name: group for name, group in groups.items() if group != [0]}
+        record["regions_class_order"], why = region_order(order, record["regions"], source)
+        said += f"; {why}"
+    if "ignore" in given:
+        record["ignore_label"] = ignore_value(given["ignore"], len(values), source)
+        said += f"; ignore label {record['ignore_label']}"
+    return record, said
+
+
+def region_order(order: Any, regions: dict[str, list[int]], source: Path) -> tuple[list[int], str]:
+    """The value each region is written as (``regions_class_order``), and where it came from; without one,
+    each region's smallest value."""
+    if order is None:
+        return [min(values) for values in regions.values()], "no regions_class_order: each region's smallest value"
+    if not isinstance(order, list) or len(order) != len(regions) or not all(isinstance(v, int) for v in order):
+        raise DataError(
+            source,
+            f"'regions_class_order' {order!r} must give one label value for each of the {len(regions)} regions "
+            f"({', '.join(regions)}), in their order",
+        )
+    return order, "regions written in regions_class_order"
+
+
+def ignore_value(value: Any, top: int, source: Path) -> int:
+    """nnU-Net's ``ignore`` label, which must be one value, one above the highest other value (``top``)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value == top:
+        return value
+    raise DataError(
+        source,
+        f"'ignore' is {value!r}: the ignore label must be a single value above all the others, {top} (nnU-Net's "
+        f"rule); remap it to {top} in every label map and in dataset.json",
+    )
 
 
 def geometry(cases: list[Case]) -> tuple[list[float], list[int], str]:

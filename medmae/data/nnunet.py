@@ -101,7 +101,8 @@ def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = T
     """Write ``split``'s cases as an nnU-Net v2 raw dataset at ``output``: every labelled case (train,
     validation and test parts) into ``imagesTr/<id>_<NNNN>.nii.gz`` (one file per channel, any input
     format read as medmae reads it) and ``labelsTr/<id>.nii.gz``, unlabelled images into ``imagesTs/``, and
-    a ``dataset.json`` with the task's channels and labels (regions as nnU-Net's region labels)."""
+    a ``dataset.json`` with the task's channels and labels (regions as nnU-Net's region labels with their
+    ``regions_class_order``, the ignore label as ``ignore``)."""
     labelled = sorted({c.id: c for c in split.train + split.validation + split.test}.values(), key=lambda c: c.id)
     for case in tqdm([*labelled, *split.unlabelled], desc="exporting", unit="case", disable=not progress or None):
         image = read_channels(case.image_files)
@@ -117,6 +118,8 @@ def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = T
     labels: dict[str, Any] = {name: value for value, name in enumerate(task.labels)}
     if task.regions:
         labels = {"background": 0, **{name: list(values) for name, values in task.regions.items()}}
+    if task.ignore_label is not None:
+        labels["ignore"] = task.ignore_label
     description = {
         "channel_names": {str(k): name for k, name in enumerate(task.channels)},
         "labels": labels,
@@ -126,6 +129,6 @@ def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = T
         "description": f"{task.title}; exported by medmae from {split.source} (split {split.name})",
     }
     if task.regions:
-        description["regions_class_order"] = [min(values) for values in task.regions.values()]
+        description["regions_class_order"] = list(task.region_values)
     write_text(output / "dataset.json", json.dumps(description, indent=2) + "\n")
     return output

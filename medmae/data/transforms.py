@@ -94,17 +94,22 @@ class ReadImaged(MapTransform):
 
 class LabelToRegionsd(MapTransform):
     """Label map ``[1, *S]`` -> overlapping binary regions ``[R, *S]`` (float32), one per named set of
-    label values, e.g. whole tumour {1, 2, 3}, tumour core {2, 3}, enhancing tumour {3}."""
+    label values, e.g. whole tumour {1, 2, 3}, tumour core {2, 3}, enhancing tumour {3}; with an ``ignore``
+    label value, ``[R + 1, *S]``: the voxels of that value last (no region holds them)."""
 
-    def __init__(self, keys: str | Sequence[str], regions: Mapping[str, Sequence[int]]) -> None:
+    def __init__(
+        self, keys: str | Sequence[str], regions: Mapping[str, Sequence[int]], ignore: int | None = None
+    ) -> None:
         super().__init__(keys)
         self.regions = {name: torch.tensor(values) for name, values in regions.items()}
+        self.ignore = ignore
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             label = d[key]
-            d[key] = torch.cat([torch.isin(label, values).float() for values in self.regions.values()], dim=0)
+            masks = [torch.isin(label, values).float() for values in self.regions.values()]
+            d[key] = torch.cat(masks + ([] if self.ignore is None else [(label == self.ignore).float()]), dim=0)
         return d
 
 
@@ -199,7 +204,7 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
             *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)],
         ]
     if task.regions and stage not in IMAGE_ONLY:
-        chain.append(LabelToRegionsd("label", task.regions))
+        chain.append(LabelToRegionsd("label", task.regions, task.ignore_label))
     chain.append(EnsureTyped(keys, dtype=[torch.float32, torch.float32 if task.regions else torch.long][: len(keys)]))
     return Compose(chain)
 

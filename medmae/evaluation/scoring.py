@@ -144,7 +144,8 @@ def shown(names: list[str], limit: int = 10) -> str:
 
 
 def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penalty_mm: float | None) -> list[dict]:
-    """Rows of ``per_case.csv`` for one case: one per class, on the reference's voxel spacing."""
+    """Rows of ``per_case.csv`` for one case: one per class, on the reference's voxel spacing; voxels under
+    the task's ignore label in the reference are left out of the prediction (no TP, FP or FN, no surface)."""
     pred, ref = read_image(pred_path), read_image(ref_path)
     pred_labels, ref_labels = integer_labels(pred)[0], integer_labels(ref)[0]  # one channel: checked with the grid
     for image, labels in ((pred, pred_labels), (ref, ref_labels)):
@@ -155,6 +156,9 @@ def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penal
             )
     classes = task.scored_classes
     pred_masks, ref_masks = class_masks(pred_labels, classes), class_masks(ref_labels, classes)
+    if task.ignore_label is not None:  # nnU-Net's rule: no voxel under the reference's ignore label counts
+        scored = ref_labels != task.ignore_label
+        pred_masks = {name: mask & scored for name, mask in pred_masks.items()}
     return [
         per_case_row(case, name, score_masks(pred_masks[name], ref_masks[name], ref.spacing, penalty_mm), ref.spacing)
         for name in classes

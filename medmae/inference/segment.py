@@ -59,14 +59,15 @@ def to_host(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def to_label_map(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor:
-    """``[K, *S]`` -> label map ``[*S]`` (uint8) in the task's label values. Regions are painted in the
-    task's order, each with its smallest label value where its probability exceeds 0.5: MSD brain's
+    """``[K, *S]`` -> label map ``[*S]`` (uint8) in the task's label values (never its ignore label). Regions
+    are painted in the task's order, each with its value of ``task.region_values`` where its probability
+    exceeds 0.5, a later region overwriting an earlier one (nnU-Net's ``regions_class_order``): MSD brain's
     whole tumour -> 1 (edema), tumour core -> 2 (non-enhancing), enhancing -> 3."""
     if not task.regions:
         return probabilities.argmax(dim=0).to(torch.uint8)
     labels = torch.zeros(probabilities.shape[1:], dtype=torch.uint8, device=probabilities.device)
-    for channel, values in enumerate(task.regions.values()):
-        labels[probabilities[channel] > 0.5] = min(values)
+    for channel, value in enumerate(task.region_values):
+        labels[probabilities[channel] > 0.5] = value
     return labels
 
 
@@ -79,10 +80,19 @@ def predicted_masks(task: TaskSpec, probabilities: torch.Tensor) -> torch.Tensor
 
 
 def reference_masks(task: TaskSpec, label: torch.Tensor) -> torch.Tensor:
-    """The training target (``[R, *S]`` regions or ``[1, *S]`` labels) -> ``[F, *S]`` booleans."""
+    """The training target (``[R, *S]`` regions, ``[R + 1, *S]`` with the ignore mask last, or ``[1, *S]``
+    labels) -> ``[F, *S]`` booleans."""
     if task.regions:
-        return label > 0.5
+        return label[: len(task.regions)] > 0.5
     return torch.stack([label[0] == value for (value,) in task.scored_classes.values()])
+
+
+def ignored_voxels(task: TaskSpec, label: torch.Tensor) -> torch.Tensor:
+    """The training target (as :func:`reference_masks` takes it) -> ``[*S]`` booleans: the voxels under the
+    task's ignore label, which no class is scored on (all False without one)."""
+    if task.ignore_label is None:
+        return torch.zeros(label.shape[1:], dtype=torch.bool, device=label.device)
+    return label[-1] > 0.5 if task.regions else label[0] == task.ignore_label
 
 
 def to_original_grid(transform: Compose, item: dict[str, Any], probabilities: torch.Tensor) -> torch.Tensor:

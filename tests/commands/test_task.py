@@ -63,6 +63,50 @@ def test_nnunet_region_labels_become_regions(capsys, tmp_path):
     assert record["regions"] == {"whole_tumour": [1, 2], "core": [2]} and load_task(output).regions
 
 
+def tiny_nnunet(root, labels: dict, label_map: np.ndarray, **more):
+    """One case of ``label_map`` (20^3) as an nnU-Net v2 dataset whose ``labels`` are ``labels``."""
+    for folder, name, volume in (("imagesTr", "a_0000.nii.gz", label_map * 10.0), ("labelsTr", "a.nii.gz", label_map)):
+        (root / folder).mkdir(parents=True)
+        nib.save(
+            nib.Nifti1Image(volume.astype(np.float32 if folder == "imagesTr" else np.uint8), np.eye(4)),
+            root / folder / name,
+        )
+    spec = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz", **more}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+def test_kits23_regions_keep_the_single_value_tumour_its_order_and_the_ignore_label(capsys, tmp_path):
+    labels = {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2, "ignore": 4}
+    root = tiny_nnunet(
+        tmp_path / "Dataset220_KiTS2023", labels, np.arange(8000).reshape(20, 20, 20) % 5, regions_class_order=[1, 3, 2]
+    )
+    output = tmp_path / "kits.yaml"
+    assert main(["task", "init", str(root), "--output", str(output)]) == 0
+    assert (
+        "regions kidney, masses, tumor (dataset.json, nnU-Net's labels; regions written in" in capsys.readouterr().out
+    )
+    task = load_task(output)
+    assert task.regions == {"kidney": (1, 2, 3), "masses": (2, 3), "tumor": (2,)}
+    assert (task.region_values, task.ignore_label, task.labels) == (
+        (1, 3, 2),
+        4,
+        ("background", "label1", "tumor", "label3"),
+    )
+    assert main(["data", "check", "--quiet", "--task", str(output), "--data-root", str(root)]) == 0
+
+
+def test_label_values_that_are_not_consecutive_are_refused_with_the_remapping(capsys, tmp_path):
+    lesion = np.zeros((20, 20, 20), np.uint8)
+    lesion[5:10, 5:10, 5:10] = 255
+    root = tiny_nnunet(tmp_path / "Dataset300_Lesion", {"background": 0, "lesion": 255}, lesion)
+    assert main(["task", "init", str(root), "--output", str(tmp_path / "lesion.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert "dataset.json: label values [0, 255] in dataset.json's labels are not consecutive" in error
+    assert "remap 255 -> 1 in every label map (and in dataset.json)" in error
+    assert not (tmp_path / "lesion.yaml").exists()
+
+
 def test_a_folder_without_a_dataset_description_is_refused(capsys, tmp_path):
     assert main(["task", "init", str(tmp_path)]) == 2
     assert "no dataset_0.json or dataset.json here" in capsys.readouterr().err

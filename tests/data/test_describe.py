@@ -7,9 +7,18 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from medmae.data.cases import Case
-from medmae.data.describe import dataset_name, geometry, intensity_rule
+from medmae.data.describe import dataset_name, geometry, intensity_rule, label_names
+from medmae.errors import DataError
+
+KITS23 = {  # nnU-Net's own KiTS2023 conversion: a region written as a single value, cysts as 3
+    "channel_names": {"0": "CT"},
+    "labels": {"background": 0, "kidney": [1, 2, 3], "masses": [2, 3], "tumor": 2},
+    "regions_class_order": [1, 3, 2],
+    "file_ending": ".nii.gz",
+}
 
 
 def case(
@@ -63,3 +72,55 @@ def test_spacing_and_roi_follow_the_ras_axes_that_training_sees(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((40, 60, 20), np.float32), affine), stored.image)
     spacing, roi, _ = geometry([stored])
     assert spacing == [0.9, 0.8, 2.5] and roi == [64, 48, 32]  # R-L: 60 voxels, A-P: 40, S-I: 20
+
+
+def test_a_region_written_as_one_value_beside_list_regions_is_a_region_in_regions_class_order():
+    classes, said = label_names(KITS23, [], Path("dataset.json"))
+    assert classes == {
+        "labels": ["background", "label1", "tumor", "label3"],
+        "regions": {"kidney": [1, 2, 3], "masses": [2, 3], "tumor": [2]},
+        "regions_class_order": [1, 3, 2],
+    }
+    assert "regions written in regions_class_order" in said
+    brats = {**KITS23, "labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}}
+    del brats["regions_class_order"]  # none given: each region is written as its smallest value
+    assert label_names(brats, [], Path("dataset.json"))[0]["regions_class_order"] == [1, 2, 3]
+    with pytest.raises(DataError, match=r"'regions_class_order' \[1, 3\] must give one label value for each of the 3"):
+        label_names({**KITS23, "regions_class_order": [1, 3]}, [], Path("dataset.json"))
+
+
+def test_the_ignore_label_is_kept_apart_and_must_lie_one_above_the_other_values():
+    spec = {**KITS23, "labels": {"background": 0, "liver": 1, "tumour": 2, "ignore": 3}}
+    assert label_names(spec, [], Path("dataset.json"))[0] == {
+        "labels": ["background", "liver", "tumour"],
+        "ignore_label": 3,
+    }
+    regions = {**KITS23, "labels": {**KITS23["labels"], "ignore": 4}}
+    assert label_names(regions, [], Path("dataset.json"))[0]["ignore_label"] == 4
+    for wrong in (5, 1, [3], True):
+        spec["labels"]["ignore"] = wrong
+        with pytest.raises(DataError, match=r"the ignore label must be a single value above all the others, 3"):
+            label_names(spec, [], Path("dataset.json"))
+
+
+def test_label_values_that_are_not_consecutive_are_refused_naming_the_remapping(tmp_path):
+    lesion = {**KITS23, "labels": {"background": 0, "lesion": 255}}
+    with pytest.raises(
+        DataError, match=r"label values \[0, 255\] in dataset.json's labels are not consecutive.*255 -> 1"
+    ):
+        label_names(lesion, [], tmp_path / "dataset.json")
+    msd = {"labels": {"0": "background", "1": "liver", "3": "tumour"}}
+    with pytest.raises(DataError, match=r"label values \[0, 1, 3\] .*remap 3 -> 2 in every label map"):
+        label_names(msd, [], tmp_path / "dataset.json")
+    image = np.zeros((6, 6, 6), np.float32)
+    gappy = np.zeros((6, 6, 6), np.uint8)
+    gappy[1, 1, 1], gappy[2, 2, 2] = 1, 3
+    cases = [case(tmp_path, f"c{k}", image, label=gappy if k == 0 else np.zeros_like(gappy)) for k in range(3)]
+    with pytest.raises(DataError, match=r"label values \[0, 1, 3\] in 3 label maps are not consecutive.*3 -> 2"):
+        label_names({}, cases, tmp_path / "dataset_0.json")
+    rare = np.zeros_like(gappy)
+    rare[3, 3, 3] = 2  # a value found beyond the 8 sampled maps closes the gap
+    cases += [case(tmp_path, f"c{k}", image, label=rare if k == 8 else np.zeros_like(gappy)) for k in range(3, 9)]
+    assert label_names({}, cases, tmp_path / "dataset_0.json")[0] == {
+        "labels": ["background", "label1", "label2", "label3"]
+    }

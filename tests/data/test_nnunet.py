@@ -112,3 +112,22 @@ def test_a_data_set_exported_in_nnunet_layout_reads_back_case_for_case(capsys, d
             a, b = nib.load(exported_file), nib.load(original_file)
             assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine)
     assert main([*argv, "--quiet"]) == 2 and "a folder that is not empty" in capsys.readouterr().err
+
+
+def test_an_export_gives_nnunet_the_regions_class_order_and_the_ignore_label(capsys, demo_root, tmp_path):
+    import yaml
+
+    from medmae.tasks import load_task
+
+    record = dict(load_task("demo").record) | {
+        "regions": {"organs": [1, 2, 3, 4], "kidneys": [3, 4], "left": [4]},
+        "regions_class_order": [1, 3, 4],
+        "ignore_label": 5,
+        "mean_groups": {},
+    }
+    (tmp_path / "regions.yaml").write_text(yaml.safe_dump(record))
+    argv = ["data", "export-nnunet", "--task", str(tmp_path / "regions.yaml"), "--data-root", str(demo_root)]
+    assert main([*argv, "--output-dir", str(tmp_path / "out"), "--quiet"]) == 0
+    spec = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert spec["labels"] == {"background": 0, "organs": [1, 2, 3, 4], "kidneys": [3, 4], "left": [4], "ignore": 5}
+    assert spec["regions_class_order"] == [1, 3, 4]

@@ -82,3 +82,21 @@ def test_the_case_sheet_names_each_case_inside_the_figure_and_has_a_colour_legen
     reference_titles = [t.get_window_extent() for t in fig.findobj(matplotlib.text.Text) if t.get_text() == "reference"]
     assert not any(boxes["a_very_long_case_identifier_from"].overlaps(box) for box in reference_titles)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["anterior", "posterior"]
+
+
+def test_voxels_under_the_reference_ignore_label_are_not_counted(tmp_path):
+    from medmae.evaluation.scoring import score_pair
+    from medmae.tasks import load_task, task_from_record
+
+    task = task_from_record(dict(load_task("demo").record) | {"ignore_label": 5}, "demo.yaml")
+    ref = np.zeros((6, 6, 6), np.uint8)
+    ref[1:3, 1:3, 1:3] = 1  # 8 liver voxels
+    ref[4:, :, :] = 5  # two unlabelled planes
+    pred = np.zeros_like(ref)
+    pred[1:3, 1:3, 1:2] = 1  # 4 liver voxels found, 4 missed
+    pred[4:, :2, :2] = 1  # liver predicted under the ignore label: no false positive
+    for name, array in (("pred", pred), ("ref", ref)):
+        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    liver = score_pair(task, "a", tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz", None)[0]
+    assert (liver["class"], liver["tp"], liver["fp"], liver["fn"], liver["n_pred"]) == ("liver", 4, 0, 4, 4)
+    assert liver["dsc"] == 2 * 4 / (4 + 8)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medmae.data.transforms import LabelToRegionsd
 from medmae.inference.segment import background_outside, to_label_map
-from medmae.tasks import load_task
+from medmae.tasks import load_task, task_from_record
 
 
 def test_brain_regions_become_msd_labels():
@@ -78,3 +79,41 @@ def test_batched_windows_and_device_resident_probabilities_equal_one_window_at_a
     single = segment(model, task, image, InferConfig(sw_batch_size=1), "fp32", cpu)
     assert InferConfig().sw_batch_size == 8
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def kits23(**keys):
+    """KiTS23 as nnU-Net converts it: regions kidney {1, 2, 3}, masses {2, 3}, tumour {2}, written 1, 3, 2."""
+    record = dict(load_task("demo").record) | {
+        "labels": ["background", "kidney", "tumor", "cyst"],
+        "regions": {"kidney": [1, 2, 3], "masses": [2, 3], "tumor": [2]},
+        "regions_class_order": [1, 3, 2],
+        "mean_groups": {},
+    }
+    return task_from_record(record | keys, "kits23.yaml")
+
+
+def test_regions_are_painted_in_order_with_their_regions_class_order_values():
+    probabilities = torch.zeros(3, 4, 1, 1)
+    probabilities[0, 1:] = 0.9  # kidney
+    probabilities[1, 2:] = 0.9  # masses
+    probabilities[2, 3:] = 0.9  # tumour
+    assert to_label_map(kits23(), probabilities)[:, 0, 0].tolist() == [0, 1, 3, 2]  # a cyst is a mass, not tumour
+
+
+def test_voxels_under_the_ignore_label_are_found_in_either_kind_of_target():
+    from medmae.inference.segment import ignored_voxels, reference_masks
+
+    labels = torch.tensor([0, 1, 3, 4, 2]).reshape(1, 5, 1, 1)
+    assert ignored_voxels(kits23(), labels).flatten().tolist() == [False] * 5  # no ignore label
+    task = kits23(ignore_label=4)
+    regions = LabelToRegionsd("label", task.regions, task.ignore_label)({"label": labels})["label"]
+    assert regions.shape == (4, 5, 1, 1)  # the ignore mask last
+    assert ignored_voxels(task, regions).flatten().tolist() == [False, False, False, True, False]
+    assert reference_masks(task, regions)[:, :, 0, 0].tolist() == [
+        [False, True, True, False, True],
+        [False, False, True, False, True],
+        [False, False, False, False, True],
+    ]
+    plain = task_from_record(dict(load_task("demo").record) | {"ignore_label": 5}, "demo.yaml")
+    ignored = ignored_voxels(plain, torch.tensor([0, 5, 4]).reshape(1, 3, 1, 1))
+    assert ignored.flatten().tolist() == [False, True, False]

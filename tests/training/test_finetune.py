@@ -262,3 +262,41 @@ def test_a_checkpoint_of_the_other_family_is_refused_naming_the_arch(tmp_path, d
         "holds a dynunet encoder (mae_dynunet_tiny_3d); fine-tune it with --set model.arch=dynunet"
         in capsys.readouterr().err
     )
+
+
+def test_regions_with_an_ignore_label_train_predict_and_score_without_it(tmp_path, demo_root):
+    """A third of every label map unlabelled (value 5): training and scoring leave it out, and the written
+    label maps hold only the regions' values of ``regions_class_order``."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    import yaml
+
+    root = Path(shutil.copytree(demo_root, tmp_path / "data"))
+    for path in sorted((root / "labelsTr").glob("*.nii.gz")):
+        image = nib.load(path)
+        array = np.asarray(image.dataobj).copy()
+        array[: array.shape[0] // 3] = 5
+        nib.save(nib.Nifti1Image(array, image.affine, image.header), path)
+    regions = {"organs": [1, 2, 3, 4], "kidneys": [3, 4], "left_kidney": [4]}
+    record = dict(load_task("demo").record) | {"name": "sparse", "regions": regions, "mean_groups": {}}
+    record |= {"regions_class_order": [1, 3, 4], "ignore_label": 5}
+    record.pop("manifest")
+    (tmp_path / "sparse.yaml").write_text(yaml.safe_dump(record))
+    flags = ["--task", str(tmp_path / "sparse.yaml"), "--data-root", str(root)]
+    one_step = ["train.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1"]
+    run = tmp_path / "run"
+    sets = [flag for key in one_step for flag in ("--set", key)]
+    assert main(["finetune", *flags, "--config", TINY, "--output-dir", str(run), *sets]) == 0
+    assert main(["evaluate", *flags, "--checkpoint", str(run / "checkpoints" / "best.pt"), "--quiet"]) == 0
+    per_case = pd.read_csv(run / "evaluate_test" / "per_case.csv", comment="#").set_index("class")
+    predictions = sorted((run / "evaluate_test" / "predictions").glob("*.nii.gz"))
+    assert predictions
+    for prediction in predictions:
+        written = np.asarray(nib.load(prediction).dataobj)
+        reference = np.asarray(nib.load(root / "labelsTr" / prediction.name.replace("img", "label")).dataobj)
+        assert set(np.unique(written).tolist()) <= {0, 1, 3, 4}  # never the ignore label
+        for name, values in regions.items():
+            scored = np.isin(written, values) & (reference != 5)
+            assert per_case.loc[name, "n_pred"] == np.count_nonzero(scored)
