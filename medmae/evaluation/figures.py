@@ -85,22 +85,41 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(array, nib.orientations.io_orientation(affine))
 
 
+def rank_labels(count: int) -> list[str]:
+    """What each of ``count`` rows ranked best first is: ``best``, ``2nd best`` ... for the better half (the
+    middle row of an odd count with them), ``... 2nd worst``, ``worst`` for the rest."""
+    better = (count + 1) // 2
+    return [_nth(k, "best") for k in range(better)] + [_nth(count - 1 - k, "worst") for k in range(better, count)]
+
+
+def _nth(k: int, word: str) -> str:
+    """``best`` for k = 0, ``2nd best`` for 1, ``3rd best`` for 2, ``4th best`` for 3 ..."""
+    n = k + 1
+    if n == 1:
+        return word
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix} {word}"
+
+
 def save_case_sheet(path: str | Path, rows: list[dict], names: Sequence[str], title: str = "") -> Path:
-    """One row per case: image, reference and prediction on the axial slice of largest reference area,
-    in radiological view (the patient's right on the left, anterior up), with a legend of the label colours.
+    """One row per case, best first: image, reference and prediction on the axial slice of largest
+    reference area, in radiological view (the patient's right on the left, anterior up), each row titled
+    with its case, its rank (``best``, ``2nd best`` ... ``2nd worst``, ``worst``: :func:`rank_labels`), mean
+    DSC and slice, with a legend of the label colours.
 
     Args:
-        rows: dicts with ``case_id``, ``dsc`` (the case's mean foreground DSC), ``reference`` and
-            ``prediction`` label maps ``[*S]`` and optionally ``image`` ``[*S]``, all on one RAS grid
-            (see :func:`to_ras`).
+        rows: the best and the worst cases, dicts with ``case_id``, ``dsc`` (the case's mean foreground
+            DSC), ``reference`` and ``prediction`` label maps ``[*S]`` and optionally ``image`` ``[*S]``, all
+            on one RAS grid (see :func:`to_ras`).
         names: the label names, index = label value, background first.
     """
+    rows = sorted(rows, key=lambda row: -row["dsc"])
     classes = len(names)
     palette = [plt.get_cmap("tab10")(k % 10) for k in range(classes - 1)]
     colours = matplotlib.colors.ListedColormap([(0, 0, 0, 0), *palette])
     size = (7.5, 2.7 * len(rows) + 0.6)
     fig, axes = plt.subplots(len(rows), 3, figsize=size, squeeze=False, layout="constrained")
-    for axes_row, row in zip(axes, rows):
+    for axes_row, row, rank in zip(axes, rows, rank_labels(len(rows))):
         z = largest_reference_slice(row["reference"])
         background = row.get("image")
         background = np.zeros(row["reference"].shape[:-1]) if background is None else background[..., z]
@@ -114,7 +133,7 @@ def save_case_sheet(path: str | Path, rows: list[dict], names: Sequence[str], ti
             ax.set_axis_off()
             ax.set_title(name, fontsize=8)
         case = textwrap.fill(str(row["case_id"]), 32, break_long_words=True)  # a long id wraps, never clips
-        axes_row[0].set_title(f"{case}\nmean DSC {row['dsc']:.3f}, slice {z}\nimage", fontsize=8)
+        axes_row[0].set_title(f"{case}\n{rank}: mean DSC {row['dsc']:.3f}, slice {z}\nimage", fontsize=8)
     handles = [matplotlib.patches.Patch(color=c, alpha=0.55, label=name) for c, name in zip(palette, names[1:])]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=7, frameon=False)
     return _save(fig, path, title, tight=False)  # the constrained layout keeps titles and legend inside
