@@ -127,7 +127,8 @@ def nnunet_classes(given: dict[str, Any], order: Any, source: Path) -> tuple[dic
     entries = {key: value for key, value in given.items() if key != "ignore"}
     groups = {snake(k): sorted({int(x) for x in (v if isinstance(v, list) else [v])}) for k, v in entries.items()}
     values = set().union(*groups.values())
-    refuse_gaps(values, source, "dataset.json's labels")
+    ignore = ignore_value(given["ignore"], max(values), source) if "ignore" in given else None
+    refuse_gaps(values | ({ignore} - {None}), source, "dataset.json's labels")
     names = {int(value): snake(key) for key, value in entries.items() if not isinstance(value, list)}
     record: dict[str, Any] = {"labels": [names.get(k, f"label{k}") for k in range(len(values))]}
     said = "dataset.json, nnU-Net's labels"
@@ -135,9 +136,9 @@ def nnunet_classes(given: dict[str, Any], order: Any, source: Path) -> tuple[dic
         record["regions"] = {name: group for name, group in groups.items() if group != [0]}
         record["regions_class_order"], why = region_order(order, record["regions"], source)
         said += f"; {why}"
-    if "ignore" in given:
-        record["ignore_label"] = ignore_value(given["ignore"], len(values), source)
-        said += f"; ignore label {record['ignore_label']}"
+    if ignore is not None:
+        record["ignore_label"] = ignore
+        said += f"; ignore label {ignore}"
     return record, said
 
 
@@ -156,13 +157,14 @@ def region_order(order: Any, regions: dict[str, list[int]], source: Path) -> tup
 
 
 def ignore_value(value: Any, top: int, source: Path) -> int:
-    """nnU-Net's ``ignore`` label, which must be one value, one above the highest other value (``top``)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value == top:
+    """nnU-Net's ``ignore`` label, which must be one value above all the others (the highest, ``top``);
+    whether it is the next value is left to the check for gaps."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > top:
         return value
     raise DataError(
         source,
-        f"'ignore' is {value!r}: the ignore label must be a single value above all the others, {top} (nnU-Net's "
-        f"rule); remap it to {top} in every label map and in dataset.json",
+        f"'ignore' is {value!r}: the ignore label must be a single value above all the others, {top + 1} "
+        f"(nnU-Net's rule); remap it to {top + 1} in every label map and in dataset.json",
     )
 
 

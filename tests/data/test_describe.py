@@ -3,6 +3,7 @@ from the voxels (each with the reason it prints)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -97,10 +98,14 @@ def test_the_ignore_label_is_kept_apart_and_must_lie_one_above_the_other_values(
     }
     regions = {**KITS23, "labels": {**KITS23["labels"], "ignore": 4}}
     assert label_names(regions, [], Path("dataset.json"))[0]["ignore_label"] == 4
-    for wrong in (5, 1, [3], True):
+    for wrong in (1, 2, [3], True):
         spec["labels"]["ignore"] = wrong
-        with pytest.raises(DataError, match=r"the ignore label must be a single value above all the others, 3"):
+        above = "the ignore label must be a single value above all the others, 3"
+        with pytest.raises(DataError, match=rf"'ignore' is {re.escape(repr(wrong))}: {above}"):
             label_names(spec, [], Path("dataset.json"))
+    spec["labels"]["ignore"] = 5
+    with pytest.raises(DataError, match=r"label values \[0, 1, 2, 5\] in dataset.json's labels .*remap 5 -> 3"):
+        label_names(spec, [], Path("dataset.json"))
 
 
 def test_label_values_that_are_not_consecutive_are_refused_naming_the_remapping(tmp_path):
