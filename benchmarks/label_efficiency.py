@@ -32,7 +32,8 @@ Protocol (3D segmentation; ``holdout40`` split of MSD hippocampus: 128 training,
    mean, percentile-bootstrap 95 % interval, Wilcoxon signed-rank p (``medmae.evaluation.statistics``).
 
 Writes into ``--output`` (default ``docs/results/<task>_label_efficiency``): ``runs/<run>/`` (each run's
-``per_case.csv``, ``summary.csv``, ``metrics.csv`` with its validation curve, ``config.yaml``, ``result.json``),
+``per_case.csv``, ``summary.csv`` with its ``summary_notes.txt``, ``metrics.csv`` with its validation curve,
+``config.yaml``, ``result.json``),
 ``pretrained/`` (each MAE's weights, curve and held-out loss), ``runs.csv``, ``lr_selection.csv``,
 ``comparisons.csv``, ``results.md``, ``dsc_vs_labels.png``, ``validation_curves.png``, ``provenance.json``; with
 ``--epochs-at-full N`` also ``longer_schedule.csv``: each arm's 100 % run on the budget's schedule beside one on
@@ -263,7 +264,8 @@ class Experiment:
         }  # fmt: skip
         row |= test_scores(summary, scored)
         kept.mkdir(parents=True, exist_ok=True)
-        for file in [folder / "metrics.csv", folder / "config.yaml", *sorted(scored.glob("*.csv"))]:
+        reports = sorted([*scored.glob("*.csv"), *scored.glob("*_notes.txt")])  # the notes beside the CSVs
+        for file in [folder / "metrics.csv", folder / "config.yaml", *reports]:
             shutil.copy(file, kept / file.name)
         (kept / "result.json").write_text(json.dumps(row, indent=2) + "\n")
         return row

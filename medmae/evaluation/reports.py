@@ -1,5 +1,6 @@
 """Reports: ``per_case.csv`` and ``summary.csv`` for segmentation, ``per_image.csv`` and
-``per_finding.csv`` for classification. Files are written whole or not at all (temporary file, rename)."""
+``per_finding.csv`` for classification. Files are written whole or not at all (temporary file, rename);
+every CSV is plain, its notes go into a text file beside it (``summary_notes.txt``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medmae.evaluation.metrics import MaskScore
-from medmae.files import atomic_open
+from medmae.files import atomic_open, write_text
 from medmae.tasks import TaskSpec
 
 PER_CASE_COLUMNS = [
@@ -95,11 +96,19 @@ def summarise(per_case: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({column: "Int64" for column in counts})
 
 
-def write_csv(table: pd.DataFrame, path: Path, comments: Sequence[str] = ()) -> Path:
-    """Write ``table`` (after ``# `` comment lines) to ``path`` atomically."""
+def notes_path(path: Path) -> Path:
+    """Where the notes on a report go: beside it, ``summary.csv`` -> ``summary_notes.txt``."""
+    return path.with_name(f"{path.stem}_notes.txt")
+
+
+def write_csv(table: pd.DataFrame, path: Path, notes: Sequence[str] = ()) -> Path:
+    """Write ``table`` to ``path`` atomically as a plain CSV (the header, then the rows: pandas, R and
+    spreadsheets read it as it is) and ``notes``, when there are any, one a line into :func:`notes_path`.
+    Returns ``path``."""
     with atomic_open(path) as handle:
-        handle.writelines(f"# {line}\n" for line in comments)
         table.to_csv(handle, index=False, float_format="%.6g")
+    if notes:
+        write_text(notes_path(path), "".join(f"{line}\n" for line in notes))
     return path
 
 
@@ -107,7 +116,7 @@ def write_classification_report(
     output_dir: Path, image_ids: Sequence[str], probabilities: np.ndarray, targets: np.ndarray, findings: Sequence[str]
 ) -> tuple[pd.DataFrame, float, list[str]]:
     """``per_image.csv`` (one probability column per finding), ``per_finding.csv`` (AUC with positive and
-    negative counts; comment lines give the macro mean and the findings left out of it) and
+    negative counts; ``per_finding_notes.txt`` gives the macro mean and the findings left out of it) and
     ``figures/roc.png``. Returns the per-finding table, the macro AUC and the undefined findings.
 
     Args:

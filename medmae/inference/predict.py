@@ -22,7 +22,7 @@ from medmae.data.readers import IMAGE_SUFFIXES, image_entries, is_dicom_series, 
 from medmae.data.writers import label_map_suffix, write_label_map, write_probabilities
 from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
-from medmae.evaluation.reports import write_csv
+from medmae.evaluation.reports import notes_path, write_csv
 from medmae.evaluation.scoring import shown
 from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
@@ -169,7 +169,8 @@ def predict(
             table = pd.DataFrame(probabilities, columns=list(task.findings))
             table.insert(0, "image_id", ids)
             table.insert(1, "file", [str(c.image) for c in cases])
-            return [write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])]
+            written = write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])
+            return [written, notes_path(written)]
         config = payload["run_config"]
         return list(predict_volumes(model, task, config, cases, output, device, progress, save_probabilities).values())
 
@@ -177,7 +178,7 @@ def predict(
 def output_files(task: TaskSpec, cases: list[Case], output: Path, save_probabilities: bool) -> set[Path]:
     """The files a prediction of ``cases`` writes into ``output``."""
     if task.is_classification:
-        return {output / "probabilities.csv"}
+        return {output / "probabilities.csv", notes_path(output / "probabilities.csv")}
     maps = {output / label_map_name(c) for c in cases}
     return maps | ({output / f"{c.id}.npz" for c in cases} if save_probabilities else set())
 

@@ -24,7 +24,7 @@ def run_demo(output, *flags: str) -> subprocess.CompletedProcess:
 
 
 def mean_dsc(output) -> float:
-    summary = pd.read_csv(output / "evaluate" / "summary.csv", comment="#")
+    summary = pd.read_csv(output / "evaluate" / "summary.csv")
     return summary.loc[summary["class"] == "foreground mean", "dsc_mean"].item()
 
 
@@ -39,6 +39,7 @@ def test_quick_demo_writes_every_output(tmp_path):
         "finetune/metrics.csv",
         "evaluate/per_case.csv",
         "evaluate/summary.csv",
+        "evaluate/summary_notes.txt",
         "evaluate/figures/best_worst.png",
         "evaluate/predictions/img0013.nii.gz",
         "data/dataset_0.json",

@@ -72,10 +72,10 @@ def test_two_copies_of_the_real_btcv_label_score_perfectly(capsys, tmp_path):
     assert (present["fp"] == 0).all() and (present["spacing"] == "3x3x3").all()
     esophagus = per_case[per_case["class"] == "esophagus"].iloc[0]
     assert np.isnan(esophagus["dsc"]) and np.isnan(esophagus["hd95_mm"]) and esophagus["empty"] == "both"
-    summary = pd.read_csv(tmp_path / "out" / "summary.csv", comment="#").set_index("class")
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv").set_index("class")  # a plain CSV
     assert summary.loc["foreground mean", "dsc_mean"] == 1.0 and summary.loc["eight_organ_mean", "dsc_mean"] == 1.0
     assert summary.loc["esophagus", "dsc_undefined"] == 1
-    assert "# empty masks: both empty -> DSC and HD95 undefined" in (tmp_path / "out" / "summary.csv").read_text()
+    assert "empty masks: both empty -> DSC and HD95 undefined" in (tmp_path / "out" / "summary_notes.txt").read_text()
     assert (tmp_path / "out" / "figures" / "best_worst.png").stat().st_size > 10_000
 
 

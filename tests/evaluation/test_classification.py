@@ -44,7 +44,7 @@ def test_a_finding_without_positives_is_undefined_and_left_out(tmp_path):
     assert written.equals(table) and written_mean == mean
     per_image = pd.read_csv(tmp_path / "per_image.csv")
     assert per_image.columns.tolist() == ["image_id", "Mass", "Hernia", "Edema"] and len(per_image) == 50
-    text = (tmp_path / "per_finding.csv").read_text()
-    assert "# macro AUC" in text and "over 2 findings" in text and "left out of the mean): Hernia" in text
-    assert pd.read_csv(tmp_path / "per_finding.csv", comment="#")["finding"].tolist() == ["Mass", "Hernia", "Edema"]
+    text = (tmp_path / "per_finding_notes.txt").read_text()
+    assert "macro AUC" in text and "over 2 findings" in text and "left out of the mean): Hernia" in text
+    assert pd.read_csv(tmp_path / "per_finding.csv")["finding"].tolist() == ["Mass", "Hernia", "Edema"]
     assert (tmp_path / "figures" / "roc.png").stat().st_size > 10_000

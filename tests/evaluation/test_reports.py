@@ -1,7 +1,9 @@
-"""Reports: the summary's means, medians, undefined counts and groups; the classification report's files."""
+"""Reports: the summary's means, medians, undefined counts and groups; the classification report's files;
+every CSV plain, its notes beside it."""
 
 from __future__ import annotations
 
+import csv
 import math
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 from medmae.evaluation.classification import per_finding_auc
 from medmae.evaluation.metrics import score_masks
-from medmae.evaluation.reports import per_case_row, summarise, write_classification_report
+from medmae.evaluation.reports import notes_path, per_case_row, summarise, write_classification_report, write_csv
 from medmae.tasks import load_task
 
 
@@ -101,3 +103,16 @@ def test_btcv_eight_organ_group_is_the_literature_one():
             "pancreas",
         )
     }
+
+
+def test_a_report_is_a_plain_csv_and_its_notes_lie_beside_it(tmp_path):
+    """pandas (no ``comment=``), R and spreadsheets read the first line as the header."""
+    table = pd.DataFrame({"class": ["liver", "foreground mean"], "dsc_mean": [0.9, 0.85]})
+    path = write_csv(table, tmp_path / "summary.csv", ["task demo: 4 cases", "std: ddof 1"])
+    with path.open(newline="") as handle:
+        assert next(csv.reader(handle)) == ["class", "dsc_mean"]
+    assert pd.read_csv(path).equals(table)
+    assert notes_path(path) == tmp_path / "summary_notes.txt"
+    assert notes_path(path).read_text() == "task demo: 4 cases\nstd: ddof 1\n"
+    write_csv(table, tmp_path / "per_case.csv")
+    assert not (tmp_path / "per_case_notes.txt").exists()  # no notes, no file
