@@ -240,7 +240,7 @@ def write_report(
     """Score checked (prediction, reference) pairs, then write ``per_case.csv``, ``summary.csv`` and
     ``figures/best_worst.png`` into ``output_dir``.
 
-    Returns the summary table, the notes (also written as comment lines of ``summary.csv``) and the files
+    Returns the summary table, the notes (also written beside it, into ``summary_notes.txt``) and the files
     written (no figure when no case has a defined DSC).
     """
     per_case = score_pairs(task, pairs, penalty_mm, progress)
