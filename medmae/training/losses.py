@@ -1,5 +1,6 @@
-"""Segmentation losses: MONAI's DiceCE, and DiceCE that leaves out the voxels of the task's ignore label
-(nnU-Net's rule for sparse annotations: those voxels take part in neither the Dice nor the cross-entropy)."""
+"""Segmentation losses, as nnU-Net trains: Dice plus the cross-entropy of the softmax over labels, or Dice
+of the sigmoids plus binary cross-entropy per region for overlapping regions; with the task's ignore label,
+its voxels take part in neither term (nnU-Net's rule for sparse annotations)."""
 
 from __future__ import annotations
 
@@ -12,35 +13,51 @@ from medmae.tasks import TaskSpec
 
 
 def segmentation_loss(task: TaskSpec) -> nn.Module:
-    """DiceCE: softmax over labels, or a sigmoid per (overlapping) region; with an ignore label, the
-    ignored voxels left out of both terms."""
-    if task.ignore_label is not None:
-        return IgnoringDiceCELoss(task.ignore_label, regions=bool(task.regions))
+    """MONAI's DiceCE (softmax over labels); :class:`RegionDiceBCELoss` for regions (MONAI's DiceCE would
+    take the softmax cross-entropy of several region outputs); :class:`IgnoringDiceCELoss` for labels with
+    an ignore label."""
     if task.regions:
-        return DiceCELoss(sigmoid=True)
+        return RegionDiceBCELoss(ignore=task.ignore_label is not None)
+    if task.ignore_label is not None:
+        return IgnoringDiceCELoss(task.ignore_label)
     return DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+class RegionDiceBCELoss(nn.Module):
+    """Overlapping regions: MONAI's Dice of the sigmoids plus the mean binary cross-entropy with logits over
+    voxels and regions. Logits ``[B, R, *S]``, target ``[B, R, *S]`` of 0 and 1; with ``ignore``, target
+    ``[B, R + 1, *S]`` with the ignore mask last (:class:`medmae.data.transforms.LabelToRegionsd`), whose
+    voxels count as empty in the Dice and are left out of the cross-entropy."""
+
+    def __init__(self, ignore: bool = False) -> None:
+        super().__init__()
+        self.ignore = ignore
+        self.dice = DiceLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.ignore:
+            target, kept = target[:, :-1], 1 - target[:, -1:]
+        else:
+            kept = torch.ones_like(target[:, :1])
+        dice = self.dice(torch.sigmoid(logits) * kept, target * kept)
+        cross_entropy = F.binary_cross_entropy_with_logits(logits, target, reduction="none")  # [B, R, *S]
+        return dice + (cross_entropy * kept).sum() / (kept.sum() * logits.shape[1]).clamp(min=1)
 
 
 class IgnoringDiceCELoss(nn.Module):
     """MONAI's DiceCE over the voxels not under the ignore label: Dice with its defaults plus the mean
-    cross-entropy of the softmax against the (one-hot or region) target, which is what MONAI's DiceCELoss
-    computes for several output channels, regions included. Labels: logits ``[B, K, *S]``, target
-    ``[B, 1, *S]`` of values 0..K-1 and ``ignore`` (= K). Regions: logits ``[B, R, *S]``, target
-    ``[B, R + 1, *S]``, the ignore mask last (:class:`medmae.data.transforms.LabelToRegionsd`). Ignored voxels
-    count as empty in the Dice (prediction and target zeroed there) and are left out of the cross-entropy."""
+    cross-entropy of the softmax against the one-hot target. Logits ``[B, K, *S]``, target ``[B, 1, *S]`` of
+    values 0..K-1 and ``ignore`` (= K). Ignored voxels count as empty in the Dice (prediction and target
+    zeroed there) and are left out of the cross-entropy."""
 
-    def __init__(self, ignore: int, regions: bool) -> None:
+    def __init__(self, ignore: int) -> None:
         super().__init__()
-        self.ignore, self.regions = ignore, regions
+        self.ignore = ignore
         self.dice = DiceLoss()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.regions:
-            target, kept, probabilities = target[:, :-1], 1 - target[:, -1:], torch.sigmoid(logits)
-        else:
-            target, kept = self._one_hot(target[:, 0].long(), logits.shape[1], logits.dtype)
-            probabilities = torch.softmax(logits, dim=1)
-        dice = self.dice(probabilities * kept, target * kept)
+        target, kept = self._one_hot(target[:, 0].long(), logits.shape[1], logits.dtype)
+        dice = self.dice(torch.softmax(logits, dim=1) * kept, target * kept)
         cross_entropy = -(target * torch.log_softmax(logits, dim=1)).sum(dim=1, keepdim=True)  # [B, 1, *S]
         return dice + (cross_entropy * kept).sum() / kept.sum().clamp(min=1)
 

@@ -1,13 +1,13 @@
-"""Segmentation losses: MONAI's DiceCE unchanged without an ignore label; with one, the ignored voxels take
-part in neither term, as in nnU-Net."""
+"""Segmentation losses: MONAI's DiceCE over labels, Dice and binary cross-entropy per region (nnU-Net's), and
+with an ignore label the ignored voxels take part in neither term, as in nnU-Net."""
 
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
 from medmae.tasks import load_task, task_from_record
-from medmae.training.losses import IgnoringDiceCELoss, segmentation_loss
+from medmae.training.losses import IgnoringDiceCELoss, RegionDiceBCELoss, segmentation_loss
 
 
 def with_ignore(name: str):
@@ -15,20 +15,35 @@ def with_ignore(name: str):
     return task_from_record(dict(task.record) | {"ignore_label": len(task.labels)}, f"{name}.yaml")
 
 
-def test_without_an_ignore_label_the_loss_is_monai_dicece():
-    for name, sigmoid in (("demo", False), ("msd_brain", True)):
-        loss = segmentation_loss(load_task(name))
-        assert type(loss) is DiceCELoss and loss.dice.sigmoid is sigmoid and loss.dice.softmax is not sigmoid
+def test_without_an_ignore_label_labels_take_monai_dicece_and_regions_dice_and_bce():
+    loss = segmentation_loss(load_task("demo"))
+    assert type(loss) is DiceCELoss and loss.dice.softmax
+    torch.manual_seed(0)
+    logits, regions = torch.randn(2, 3, 4, 4, 3), (torch.rand(2, 3, 4, 4, 3) > 0.5).float()
+    expected = DiceLoss(sigmoid=True)(logits, regions) + torch.nn.BCEWithLogitsLoss()(logits, regions)
+    torch.testing.assert_close(segmentation_loss(load_task("msd_brain"))(logits, regions), expected)
 
 
-def test_with_nothing_ignored_the_ignoring_loss_equals_dicece():
+def test_overlapping_regions_predicted_exactly_cost_almost_nothing():
+    """A voxel of enhancing tumour is in all three regions: the binary cross-entropy of each region's
+    sigmoid is near 0 where the logits agree, where a softmax cross-entropy over the regions is not."""
+    regions = torch.zeros(1, 3, 4, 4, 4)
+    regions[:, 0, 1:] = 1  # whole tumour
+    regions[:, 1, 2:] = 1  # tumour core
+    regions[:, 2, 3:] = 1  # enhancing
+    logits = 20 * (2 * regions - 1)
+    assert segmentation_loss(load_task("msd_brain"))(logits, regions) < 1e-3
+    assert DiceCELoss(sigmoid=True)(logits, regions) > 1  # MONAI's: softmax cross-entropy of the regions
+
+
+def test_with_nothing_ignored_the_ignoring_losses_equal_the_plain_ones():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 4, 4, 3)
     labels = torch.randint(0, 5, (2, 1, 4, 4, 3))
     expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, labels)
     torch.testing.assert_close(segmentation_loss(with_ignore("demo"))(logits, labels), expected)
     regions = (torch.rand(2, 3, 4, 4, 3) > 0.5).float()
-    expected = DiceCELoss(sigmoid=True)(logits[:, :3], regions)
+    expected = RegionDiceBCELoss()(logits[:, :3], regions)
     nothing_ignored = torch.cat([regions, torch.zeros(2, 1, 4, 4, 3)], dim=1)
     torch.testing.assert_close(segmentation_loss(with_ignore("msd_brain"))(logits[:, :3], nothing_ignored), expected)
 
@@ -39,8 +54,8 @@ def test_ignored_voxels_change_neither_the_loss_nor_get_a_gradient():
     labels[:, :, :2] = 5  # the ignore label
     regions = torch.cat([(torch.rand(2, 3, 4, 4, 3) > 0.5).float(), (labels == 5).float()], dim=1)
     for target, loss in (
-        (labels, IgnoringDiceCELoss(5, regions=False)),
-        (regions, IgnoringDiceCELoss(5, regions=True)),
+        (labels, IgnoringDiceCELoss(5)),
+        (regions, RegionDiceBCELoss(ignore=True)),
     ):
         logits = torch.randn(2, 5 if target is labels else 3, 4, 4, 3, requires_grad=True)
         value = loss(logits, target)
@@ -53,5 +68,5 @@ def test_ignored_voxels_change_neither_the_loss_nor_get_a_gradient():
 
 def test_a_crop_that_is_all_ignored_gives_no_loss_from_cross_entropy():
     logits = torch.randn(1, 5, 2, 2, 2)
-    value = IgnoringDiceCELoss(5, regions=False)(logits, torch.full((1, 1, 2, 2, 2), 5))
+    value = IgnoringDiceCELoss(5)(logits, torch.full((1, 1, 2, 2, 2), 5))
     assert torch.isfinite(value) and 0 <= value <= 1  # the Dice of empty masks only
