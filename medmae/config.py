@@ -233,6 +233,20 @@ def stage_file(stage: str, task_name: str) -> Path:
     return path if path.is_file() else folder / "default.yaml"
 
 
+def config_file(name: str | Path) -> Path:
+    """A ``--config`` file: ``name`` itself when it is a file (or an absolute path); else, as task names
+    are, the copy shipped with medmae, so that ``configs/test/tiny.yaml`` and ``test/tiny.yaml`` both find
+    ``<configs>/test/tiny.yaml`` from any folder. Raises UserError naming both places it looked."""
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    shipped = resource_dir("configs").joinpath(*parts)
+    if shipped.is_file():
+        return shipped
+    raise UserError(f"{name}: no such config file, neither in {Path.cwd()} nor among medmae's configs ({shipped})")
+
+
 ConfigFiles = str | Path | list[str | Path] | None
 
 
@@ -240,12 +254,12 @@ def config_layers(
     stage: str, task_name: str, config_files: ConfigFiles, overrides: list[str]
 ) -> list[tuple[str, dict[str, Any]]]:
     """(source, values) in the order they apply: the stage's recipe for the task, each config file in the
-    order given, then the ``--set`` overrides."""
+    order given (found by :func:`config_file`), then the ``--set`` overrides."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: choose one of {STAGES}")
     files = [] if config_files is None else [config_files] if isinstance(config_files, (str, Path)) else config_files
     recipe = stage_file(stage, task_name)
-    layers = [(str(recipe), read_yaml(recipe)), *[(str(f), read_yaml(Path(f))) for f in files]]
+    layers = [(str(recipe), read_yaml(recipe)), *[(str(f), read_yaml(f)) for f in map(config_file, files)]]
     return [*layers, ("--set", dict(parse_override(text) for text in overrides))]
 
 

@@ -143,6 +143,28 @@ def test_config_files_apply_in_order_and_every_key_names_its_source(tmp_path):
     assert sources["optim.clip_grad"] == "default" and set(sources) == set(known_keys())
 
 
+@pytest.mark.parametrize("name", ["configs/test/tiny.yaml", "test/tiny.yaml"])
+def test_a_relative_config_that_is_not_a_file_here_is_the_shipped_one(tmp_path, monkeypatch, name):
+    """As in a clone, from any folder: the README's ``--config configs/test/tiny.yaml`` after a pip install."""
+    monkeypatch.chdir(tmp_path)
+    shipped = resource_dir("configs") / "test" / "tiny.yaml"
+    cfg, sources = resolve_config("pretrain", "demo", name)
+    assert cfg == load_config("pretrain", "demo", shipped) and sources["model.size"] == str(shipped)
+
+
+def test_a_config_file_here_wins_over_the_shipped_one_and_a_missing_one_names_where_it_was_looked_for(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "tiny.yaml").write_text("train: {epochs: 3}\n")
+    assert load_config("pretrain", "demo", "test/tiny.yaml").train.epochs == 3  # the shipped one says 2
+    folder = resource_dir("configs")
+    with pytest.raises(UserError, match="test/huge.yaml: no such config file, neither in .* nor among") as error:
+        load_config("pretrain", "demo", "configs/test/huge.yaml")
+    assert str(tmp_path) in str(error.value) and str(folder / "test" / "huge.yaml") in str(error.value)
+
+
 def test_print_config_shows_each_value_with_its_source_and_trains_nothing(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = ["finetune", "--task", "demo", "--config", str(TINY), "--config", str(TINY), "--set", "optim.base_lr=0.5"]

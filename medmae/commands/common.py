@@ -47,7 +47,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         action="append",
-        help="a YAML file over the task's recipe (e.g. configs/test/tiny.yaml); repeatable, applied in order",
+        help="a YAML file over the task's recipe (e.g. configs/test/tiny.yaml: a relative path that is not a file "
+        "here is the shipped one); repeatable, applied in order",
     )
     parser.add_argument("--output-dir", help="the run folder (default: runs/<task>_<stage>)")
     parser.add_argument(
