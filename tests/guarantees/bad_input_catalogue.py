@@ -196,6 +196,11 @@ def nnunet_check(damage: Callable[[Path], object]) -> Callable[[Path], Attempt]:
     )
 
 
+def nnunet_task_init(damage: Callable[[Path], object]) -> Callable[[Path], Attempt]:
+    """``task init`` of the workspace's nnU-Net copy after ``damage``."""
+    return argv_of(lambda ws: ["task", "init", str(nnunet(ws, damage)), "--output", str(ws / "out.yaml")])
+
+
 def edit_json(path: Path, **changes) -> None:
     write(path, json.dumps(json.loads(path.read_text(encoding="utf-8-sig")) | changes))
 
@@ -384,6 +389,46 @@ def nnunet_and_task_kinds() -> list[Kind]:
             "data check",
             nnunet_check(lambda r: edit_json(r / "dataset.json", channel_names={"1": "CT"})),
             "'channel_names' must map 0, 1",
+        ),
+        k(
+            "nnU-Net label values that are not consecutive",
+            "task init",
+            nnunet_task_init(lambda r: edit_json(r / "dataset.json", labels={"background": 0, "lesion": 255})),
+            r"label values \[0, 255\] in dataset.json's labels are not consecutive .*remap 255 -> 1",
+            names="<tmp>/nn/dataset.json",
+        ),
+        k(
+            "nnU-Net ignore label below the highest value",
+            "task init",
+            nnunet_task_init(
+                lambda r: edit_json(r / "dataset.json", labels={"background": 0, "ignore": 1, "liver": 2})
+            ),
+            r"'ignore' is 1: the ignore label must be a single value above all the others, 3",
+            names="<tmp>/nn/dataset.json",
+        ),
+        k(
+            "nnU-Net regions_class_order without a value for each region",
+            "task init",
+            nnunet_task_init(
+                lambda r: edit_json(
+                    r / "dataset.json",
+                    labels={"background": 0, "organs": [1, 2, 3, 4], "kidneys": [3, 4], "left_kidney": 4},
+                    regions_class_order=[1, 3],
+                )
+            ),
+            r"'regions_class_order' \[1, 3\] must give one label value for each of the 3 regions",
+            names="<tmp>/nn/dataset.json",
+        ),
+        k(
+            "task file ignore label that is not the value after the last label",
+            "data check",
+            argv_of(
+                lambda ws: (
+                    write(ws / "t.yaml", demo_task + "ignore_label: 9\n"),
+                    ["data", "check", "--task", str(ws / "t.yaml"), "--data-root", str(ws / "data")],
+                )[1]
+            ),
+            r"ignore_label 9 must be the value after the last label, 5",
         ),
         k(
             "task file with an unknown key",
