@@ -20,12 +20,23 @@ def readme_commands() -> list[str]:
     return [line for line in block.splitlines() if line and not line.startswith("#")]
 
 
+CPU_TORCH = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+
+
 def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
-    demo, tests = readme_commands()
-    assert "pip install" in demo and "medmae demo" in demo
+    *demos, tests = readme_commands()
+    assert demos and all("pip install ." in demo and "medmae demo" in demo for demo in demos)
     assert "pip install" in tests and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci and ci.index("torch==") < ci.index(tests)
+
+
+def test_the_first_command_installs_the_cpu_torch_before_medmae_on_a_machine_without_a_gpu():
+    """The CPU step sits in the first command a CPU user copies, not a paragraph later; a GPU user's
+    command stays a plain install."""
+    cpu, gpu, _ = readme_commands()
+    assert cpu.index("python3 -m venv .venv") < cpu.index(CPU_TORCH) < cpu.index("pip install .")
+    assert CPU_TORCH not in gpu and "pip install ." in gpu
 
 
 @pytest.mark.parametrize("kind", medmae.RESOURCE_KINDS)
