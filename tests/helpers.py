@@ -147,3 +147,16 @@ def hippocampus_as_nnunet(root: Path, cases: int = 10, unlabelled: int = 0) -> P
     }
     (dataset / "dataset.json").write_text(json.dumps(spec))
     return dataset
+
+
+def save_reoriented(source: Path, target: Path, codes: str = "PLS") -> Path:
+    """Save the NIfTI ``source`` at ``target`` with its voxels stored so that its axes run ``codes`` (``PLS``:
+    the first axis to posterior, ...): the same physical space in another orientation, as another tool may
+    write a label."""
+    import nibabel as nib
+    from nibabel import orientations
+
+    image = nib.load(source)
+    turn = orientations.ornt_transform(orientations.io_orientation(image.affine), orientations.axcodes2ornt(codes))
+    nib.save(image.as_reoriented(turn), target)
+    return target

@@ -34,7 +34,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     Example: ``medmae data check --task msd_hippocampus --data-root Task04_Hippocampus``
     """
-    from medmae.data.check import check_split, summary_rows
+    from medmae.data.check import check_split, spacing_note, summary_rows
     from medmae.data.manifests import load_split
     from medmae.tasks import load_task
 
@@ -54,6 +54,8 @@ def run_check(args: argparse.Namespace) -> int:
     rows = summary_rows(task, reports)
     width = max(len(what) for what, _ in rows)
     print("\n".join(f"{what:<{width}}  {value}" for what, value in rows))
+    if note := spacing_note(task, reports):
+        print(f"note: {note}")
     failed = sum(bool(r.errors) for r in reports)
     if failed:
         raise UserError(f"{failed} of {len(reports)} cases of task {task.name} have errors (listed above)")

@@ -27,6 +27,7 @@ def run_init(args: argparse.Namespace) -> int:
     """Infer the task file of the dataset at ``DATA_ROOT``, print each inference and write it."""
     import yaml
 
+    from medmae.data.check import anisotropy_note
     from medmae.data.describe import describe_dataset
     from medmae.files import write_text
     from medmae.tasks import task_from_record
@@ -35,13 +36,14 @@ def run_init(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise UserError(f"{root}: no such data folder")
     record, why = describe_dataset(root, args.name)
+    notes = [f"note: {note}"] if (note := anisotropy_note(record["spacing"], record["roi"])) else []
     output = Path(args.output or f"{record['name']}.yaml")
     if output.exists() and not args.force:
         raise UserError(f"{output}: already exists; choose another --output or pass --force")
     task_from_record(record, str(output))  # a record that would not load is refused before anything is written
-    comments = "".join(f"#   {line}\n" for line in why)
+    comments = "".join(f"#   {line}\n" for line in why + notes)
     header = f"# Written by medmae task init {root}; inferred (edit any value):\n{comments}"
     write_text(output, header + yaml.safe_dump(record, sort_keys=False, default_flow_style=None))
-    print("\n".join(why))
+    print("\n".join(why + notes))
     print(f"wrote {output}; check the data with: medmae data check --task {output} --data-root {root}")
     return 0

@@ -3,23 +3,35 @@
 Errors: a missing or unreadable file, image and label grids that disagree (shape or affine), a wrong
 channel count or dimensionality, non-finite voxels or intensities beyond 1e10, label values outside the
 task's set, a label with no foreground. Warnings: a label missing some of the task's classes (BTCV cases
-can lack an organ).
+can lack an organ); a label stored in another orientation of its image's grid (read in the image's). A
+note: spacing with one axis over 3x coarser than the others (nnU-Net's rule for anisotropic data).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
 
 from medmae.data.cases import Case, Split
-from medmae.data.readers import AFFINE_TOLERANCE_MM, Image, integer_labels, read_channels, read_image
+from medmae.data.readers import (
+    AFFINE_TOLERANCE_MM,
+    Image,
+    axis_codes,
+    integer_labels,
+    on_image_axes,
+    read_channels,
+    read_image,
+)
 from medmae.errors import DataError
 from medmae.tasks import TaskSpec
 
 EXTREME_INTENSITY = 1e10  # far beyond HU, MR units, PET Bq/ml; float32 overflows in statistics near 1e19
 MIN_SIZE = 16  # the ViT's patch: an image smaller on every axis holds less than one patch
+ANISOTROPY = 3.0  # nnU-Net's threshold: an axis this many times coarser than every other one is planned apart
+ORDINALS = ("first", "second", "third")
 
 
 def affine_problem(image: Image) -> str | None:
@@ -149,8 +161,20 @@ def check_case(task: TaskSpec, case: Case) -> CaseReport:
             report.errors.append(str(error))
         else:
             if image is not None:
-                _check_label(task, image, label, report)
+                _check_label(task, image, _on_image_axes(image, label, report), report)
     return report
+
+
+def _on_image_axes(image: Image, label: Image, report: CaseReport) -> Image:
+    """``label`` in the image's orientation where it is the image's grid stored in another one (as training
+    reads it, see :func:`medmae.data.readers.on_image_axes`), with a warning saying so."""
+    turned = on_image_axes(label, image)
+    if turned is not label:
+        report.warnings.append(
+            f"{label.path}: same physical space as the image, stored in another orientation (axis order "
+            f"{axis_codes(label.affine)} vs {axis_codes(image.affine)}): read in the image's orientation"
+        )
+    return turned
 
 
 def check_split(task: TaskSpec, split: Split, progress: bool = True) -> list[CaseReport]:
@@ -179,3 +203,33 @@ def summary_rows(task: TaskSpec, reports: list[CaseReport]) -> list[tuple[str, s
     if ranges:
         rows.append(("intensity min / max", f"{min(r[0] for r in ranges):.6g} / {max(r[1] for r in ranges):.6g}"))
     return rows
+
+
+def anisotropy_note(spacing: Sequence[float], roi: Sequence[int] | None = None) -> str | None:
+    """What it means when one axis of a 3D ``spacing`` (mm per voxel) is over 3x coarser than every other
+    axis (nnU-Net's rule for anisotropic data), with the extent of ``roi`` (voxels at that spacing) in mm;
+    None for spacing that is not anisotropic."""
+    if len(spacing) != 3:
+        return None
+    coarse = int(np.argmax(spacing))
+    ratio = spacing[coarse] / max(s for axis, s in enumerate(spacing) if axis != coarse)
+    if ratio <= ANISOTROPY:
+        return None
+    extent = f"; the ROI {list(roi)} spans {' x '.join(f'{n * s:g}' for n, s in zip(roi, spacing))} mm" if roi else ""
+    return (
+        f"spacing {' x '.join(f'{s:g}' for s in spacing)} mm is anisotropic: the {ORDINALS[coarse]} axis is "
+        f"{ratio:.3g}x coarser than the others (over {ANISOTROPY:g}x: nnU-Net plans such data with that "
+        f"low-resolution axis handled apart). Along it voxels and the model's patches are {ratio:.3g}x "
+        f"thicker{extent}: check that the ROI suits your structures (roi in the task file), or resample that "
+        "axis finer (spacing)"
+    )
+
+
+def spacing_note(task: TaskSpec, reports: list[CaseReport]) -> str | None:
+    """:func:`anisotropy_note` for the spacing a 3D task trains at: the task's, else the median of the
+    checked images' (per voxel axis)."""
+    spacings = [r.spacing for r in reports if r.spacing and len(r.spacing) == 3]
+    if task.spatial_dims != 3 or not (task.spacing or spacings):
+        return None
+    spacing = task.spacing or tuple(round(float(v), 3) for v in np.median(spacings, axis=0))
+    return anisotropy_note(spacing, task.roi)

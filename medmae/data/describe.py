@@ -17,7 +17,7 @@ from medmae.data.check import label_values
 from medmae.data.layout import DATALISTS
 from medmae.data.manifests import read_datalist
 from medmae.data.nnunet import is_nnunet
-from medmae.data.readers import integer_labels, read_channels, read_header, read_image
+from medmae.data.readers import integer_labels, on_image_axes, read_channels, read_header, read_image
 from medmae.errors import DataError
 
 HEADER_SAMPLE = 50  # images whose headers give the spacing and the shape
@@ -200,13 +200,13 @@ def intensity_rule(channels: list[str], labelled: list[Case]) -> tuple[dict[str,
     modalities: a z-score of the non-zero voxels (and a crop to them) when at least a quarter of the voxels
     are exactly zero, else a z-score after clipping to the 0.5 and 99.5 percentiles."""
     sample = labelled[:VOXEL_SAMPLE]
-    images = [read_channels(case.image_files).array for case in sample]
+    read = [read_channels(case.image_files) for case in sample]
+    images = [image.array for image in read]
     named_ct = len(channels) == 1 and channels[0].strip().upper() == "CT"
     hounsfield = len(channels) == 1 and min(float(image.min()) for image in images) <= AIR_HU
     if named_ct or hounsfield:
-        inside = np.concatenate(
-            [image[0][integer_labels(read_image(case.label))[0] > 0] for image, case in zip(images, sample)]
-        )
+        labels = [integer_labels(on_image_axes(read_image(case.label), image))[0] for image, case in zip(read, sample)]
+        inside = np.concatenate([image[0][label > 0] for image, label in zip(images, labels)])
         low, high = (round(float(v)) for v in np.percentile(inside, [0.5, 99.5]))
         why = "named CT" if named_ct else f"values down to {AIR_HU} or below: CT in Hounsfield units"
         return {"rule": "window", "window": [low, high]}, False, f"{why}; labelled voxels of {len(sample)} cases"

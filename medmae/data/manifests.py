@@ -32,6 +32,11 @@ from medmae.tasks import TaskSpec
 
 FOLDS = 5
 FOLD_SEED = 0
+MANIFEST_HINT = (
+    "pass --manifest FILE naming the cases you have (a MONAI datalist: "
+    '{"training": [{"image": ..., "label": ...}, ...]}, paths relative to the data root), or save it here as '
+    "dataset_0.json"
+)
 
 
 def read_datalist(path: Path, root: Path) -> dict[str, list[Case]]:
@@ -175,16 +180,30 @@ def _case_source(
         if (root / name).is_file():
             return str(root / name), read_datalist(root / name, root)
     if "cases" in stored:
-        cases = [
-            Case(e["id"], inside(root, e["image"], task.manifest), inside(root, e["label"], task.manifest))
-            for e in stored["cases"]
-        ]
-        return f"data_manifests/{task.manifest}", {"training": cases, "validation": [], "test": [], "unlabelled": []}
+        return f"data_manifests/{task.manifest}", _stored_cases(task, root, stored)
     raise DataError(
         root,
         f"no {' or '.join(DATALISTS)} here, and task {task.name} lists its cases only "
-        f"through it.\n{layout_help(task)}\n{found_instead(root)}",
+        f"through it: {MANIFEST_HINT}.\n{layout_help(task)}\n{found_instead(root)}",
     )
+
+
+def _stored_cases(task: TaskSpec, root: Path, stored: dict[str, Any]) -> dict[str, list[Case]]:
+    """The cases the stored manifest lists (all as training cases); where some of their images are not at
+    ``root``, a :class:`DataError` that says where the list came from and suggests ``--manifest``."""
+    cases = [
+        Case(e["id"], inside(root, e["image"], task.manifest), inside(root, e["label"], task.manifest))
+        for e in stored["cases"]
+    ]
+    missing = [case.image.relative_to(root).as_posix() for case in cases if not case.image.exists()]
+    if missing:
+        raise DataError(
+            root,
+            f"no {' or '.join(DATALISTS)} here, so task {task.name}'s cases come from its stored list "
+            f"data_manifests/{task.manifest}, and {len(missing)} of its {len(cases)} images are not here "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): {MANIFEST_HINT}",
+        )
+    return {"training": cases, "validation": [], "test": [], "unlabelled": []}
 
 
 def _by_id(pool: list[Case], ids: list[str], source: str, split: str) -> list[Case]:

@@ -1,7 +1,8 @@
 """nnU-Net v2 raw datasets read as they are: ``dataset.json`` with ``channel_names``, ``labels``,
 ``numTraining`` and ``file_ending``; ``imagesTr/<case>_0000<ending>`` (one file per channel: ``_0000``,
-``_0001``, ...), ``labelsTr/<case><ending>`` and, if present, ``imagesTs/`` (unlabelled). Case ids carry no
-channel suffix, so that predictions are named as nnU-Net's and pair with ``labelsTr``. Any medmae data set
+``_0001``, ...), ``labelsTr/<case><ending>`` and, if present, ``imagesTs/`` (unlabelled); endings match in
+any case (``.NII.GZ`` files for ``.nii.gz``). Case ids carry no channel suffix, so that predictions are named
+as nnU-Net's and pair with ``labelsTr``. Any medmae data set
 is written in that layout by :func:`export_nnunet` (``medmae data export-nnunet``)."""
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from medmae.data.cases import Case, Split
-from medmae.data.readers import integer_labels, read_channels, read_image
+from medmae.data.cases import ID_SUFFIXES, Case, Split
+from medmae.data.readers import integer_labels, on_image_axes, read_channels, read_image
 from medmae.data.writers import nifti_like
 from medmae.errors import DataError
 from medmae.files import write_nifti, write_text
@@ -66,11 +67,35 @@ def channel_groups(folder: Path, ending: str, channels: int) -> dict[str, tuple[
     :class:`DataError` naming it."""
     named = {}
     for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-        parts = channel_of(path.name[: -len(ending)]) if path.name.endswith(ending) else None
+        parts = channel_of(path.name[: -len(ending)]) if has_ending(path.name, ending) else None
         if parts is None:
             raise DataError(path, f"not named <case>_<4-digit channel>{ending}, as nnU-Net's {folder.name}/ needs")
         named[path] = parts
     return group_channels(named, channels, folder)
+
+
+def has_ending(name: str, ending: str) -> bool:
+    """Whether the file name ``name`` ends in ``ending``, in any case (``.NII.GZ`` for ``.nii.gz``)."""
+    return name.lower().endswith(ending.lower())
+
+
+def ending_of(name: str) -> str:
+    """A file name's image ending (``.nii.gz`` for ``a_0000.nii.gz``), else its last suffix."""
+    return next((name[-len(s) :] for s in ID_SUFFIXES if name.lower().endswith(s)), Path(name).suffix or name)
+
+
+def check_ending(path: Path, folder: Path, ending: str) -> None:
+    """Refuse the ``file_ending`` of the ``dataset.json`` at ``path`` when none of ``folder``'s files ends
+    in it, naming the endings they have."""
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    if names and not any(has_ending(name, ending) for name in names):
+        found = sorted({ending_of(name) for name in names})
+        fix = f"set it to {found[0]!r}" if len(found) == 1 else "rename the files or set it to their ending"
+        raise DataError(
+            path,
+            f"'file_ending' is {ending!r}, while the files of {folder.name}/ end in {', '.join(found)} "
+            f"({names[0]}, ...): {fix}",
+        )
 
 
 def read_nnunet(path: Path, raw: dict[str, Any], root: Path) -> dict[str, list[Case]]:
@@ -82,9 +107,11 @@ def read_nnunet(path: Path, raw: dict[str, Any], root: Path) -> dict[str, list[C
         raise DataError(path, f"'file_ending' must be a suffix such as '.nii.gz', not {ending!r}")
     if not (root / "imagesTr").is_dir():
         raise DataError(root, "an nnU-Net dataset needs an imagesTr/ folder")
+    check_ending(path, root / "imagesTr", ending)
+    labels = {p.name.lower(): p for p in (root / "labelsTr").iterdir()} if (root / "labelsTr").is_dir() else {}
     training = []
     for case, files in channel_groups(root / "imagesTr", ending, channels).items():
-        label = root / "labelsTr" / f"{case}{ending}"
+        label = labels.get(f"{case}{ending}".lower(), root / "labelsTr" / f"{case}{ending}")
         if not label.is_file():
             raise DataError(label, f"missing: the label of training case {case} ({files[0].name})")
         training.append(Case(case, files[0], label, more_channels=files[1:]))
@@ -100,7 +127,8 @@ def read_nnunet(path: Path, raw: dict[str, Any], root: Path) -> dict[str, list[C
 def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = True) -> Path:
     """Write ``split``'s cases as an nnU-Net v2 raw dataset at ``output``: every labelled case (train,
     validation and test parts) into ``imagesTr/<id>_<NNNN>.nii.gz`` (one file per channel, any input
-    format read as medmae reads it) and ``labelsTr/<id>.nii.gz``, unlabelled images into ``imagesTs/``, and
+    format read as medmae reads it) and ``labelsTr/<id>.nii.gz`` (in the image's orientation, as nnU-Net
+    needs), unlabelled images into ``imagesTs/``, and
     a ``dataset.json`` with the task's channels and labels (regions as nnU-Net's region labels with their
     ``regions_class_order``, the ignore label as ``ignore``)."""
     labelled = sorted({c.id: c for c in split.train + split.validation + split.test}.values(), key=lambda c: c.id)
@@ -112,7 +140,7 @@ def export_nnunet(task: TaskSpec, split: Split, output: Path, progress: bool = T
             source = case.image_files[min(channel, len(case.image_files) - 1)]  # one 4D file, or one per channel
             write_nifti(nifti_like(array, image.affine, source), output / folder / name)
         if case.label is not None:
-            label = read_image(case.label)
+            label = on_image_axes(read_image(case.label), image)
             labels = integer_labels(label)[0].astype(np.uint8)
             write_nifti(nifti_like(labels, label.affine, case.label), output / "labelsTr" / f"{case.id}.nii.gz")
     labels: dict[str, Any] = {name: value for value, name in enumerate(task.labels)}

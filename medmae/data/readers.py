@@ -15,6 +15,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_SUFFIXES = {2: (".png", ".dcm"), 3: VOLUME_SUFFIXES}
+SITK_IMAGE_IO = {".nrrd": "NrrdImageIO", ".nhdr": "NrrdImageIO", ".mha": "MetaImageIO", ".mhd": "MetaImageIO"}
 AFFINE_TOLERANCE_MM = 1e-3
 
 
@@ -151,7 +152,7 @@ def _read_sitk(path: Path, series: bool) -> Image:
                 raise DataError(path, "folder holds no DICOM series")
             image = sitk.ReadImage(files)
         else:
-            image = sitk.ReadImage(str(path))
+            image = sitk.ReadImage(str(path), imageIO=sitk_image_io(path))
     except RuntimeError as error:
         raise DataError(path, f"unreadable by SimpleITK ({str(error).strip().splitlines()[-1]})") from error
     array = sitk.GetArrayFromImage(image)  # [z, y, x] or [z, y, x, C]
@@ -162,6 +163,13 @@ def _read_sitk(path: Path, series: bool) -> Image:
     if array.dtype.kind == "f" and array.dtype != np.float32:
         array = array.astype(np.float32)
     return Image(array, sitk_affine(image), path)
+
+
+def sitk_image_io(path: Path) -> str:
+    """SimpleITK's reader for ``path`` by its suffix in any case (ITK itself knows MetaImage only by a
+    lower-case ``.mha`` or ``.mhd``); empty, to let ITK choose, for other files (DICOM)."""
+    name = path.name.lower()
+    return next((io for suffix, io in SITK_IMAGE_IO.items() if name.endswith(suffix)), "")
 
 
 def sitk_affine(image) -> np.ndarray:
@@ -180,6 +188,7 @@ def sitk_header(path: Path):
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    reader.SetImageIO(sitk_image_io(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as error:
@@ -229,3 +238,46 @@ def integer_labels(image: Image) -> np.ndarray:
     if not np.isfinite(array).all() or np.abs(array - rounded).max(initial=0) > LABEL_ROUNDING:
         raise DataError(image.path, "label holds non-integer or non-finite values")
     return rounded.astype(np.int16)
+
+
+def reorientation(
+    affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray, target_shape: tuple[int, ...]
+) -> np.ndarray | None:
+    """How a 3D grid (voxel-to-world ``affine``, spatial ``shape``) turns into the target grid when both hold
+    the same voxel centres (within 1e-3 mm) and only the order or direction of the axes differs: a nibabel
+    orientation transform ``[3, 2]`` (each axis' new place and flip; the identity for the same grid). None
+    for another grid, a 2D one or an affine that is not finite and invertible."""
+    from nibabel import orientations
+
+    usable = [np.isfinite(a).all() and abs(np.linalg.det(a[:3, :3])) > 1e-12 for a in (affine, target_affine)]
+    if len(shape) != 3 or len(target_shape) != 3 or not all(usable):
+        return None
+    transform = orientations.ornt_transform(
+        orientations.io_orientation(affine), orientations.io_orientation(target_affine)
+    )
+    turned_shape = [0, 0, 0]
+    for axis, (place, _) in enumerate(transform):
+        turned_shape[int(place)] = shape[axis]
+    turned = affine @ orientations.inv_ornt_aff(transform, shape)
+    same = tuple(turned_shape) == tuple(target_shape)
+    return transform if same and np.allclose(turned, target_affine, rtol=0, atol=AFFINE_TOLERANCE_MM) else None
+
+
+def on_image_axes(label: Image, image: Image) -> Image:
+    """``label`` turned into ``image``'s axis order, with ``image``'s affine, where it is the image's grid
+    stored in another orientation (:func:`reorientation`), as MONAI's ``Orientation`` would turn it; else
+    ``label`` itself."""
+    from nibabel import orientations
+
+    transform = reorientation(label.affine, label.array.shape[1:], image.affine, image.array.shape[1:])
+    if transform is None or np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        return label
+    turned = np.stack([orientations.apply_orientation(channel, transform) for channel in label.array])
+    return Image(np.ascontiguousarray(turned), image.affine.copy(), label.path)
+
+
+def axis_codes(affine: np.ndarray) -> str:
+    """The directions a 3D grid's axes run, as ``RAS`` or ``PLS``."""
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(affine))

@@ -49,7 +49,7 @@ from monai.transforms import (
 )
 
 from medmae.data.check import read_errors
-from medmae.data.readers import integer_labels, read_channels
+from medmae.data.readers import integer_labels, on_image_axes, read_channels
 from medmae.errors import DataError
 from medmae.tasks import TaskSpec
 
@@ -66,9 +66,10 @@ class ReadImaged(MapTransform):
     """Read each key's file (or list of channel files) with :func:`medmae.data.readers.read_channels` into
     a MetaTensor ``[C, *S]``
     carrying the affine; images become float32, labels integers (float labels rounded, see
-    :func:`medmae.data.readers.integer_labels`). With ``task``, a file that ``medmae data check`` would
-    call an error (dimensionality, channels, NaN, inf or intensities beyond 1e10, label grid or values;
-    not a label without foreground) raises :class:`DataError`."""
+    :func:`medmae.data.readers.integer_labels`); a label that is the image's grid stored in another
+    orientation is turned into the image's (:func:`medmae.data.readers.on_image_axes`). With ``task``, a
+    file that ``medmae data check`` would call an error (dimensionality, channels, NaN, inf or intensities
+    beyond 1e10, label grid or values; not a label without foreground) raises :class:`DataError`."""
 
     def __init__(self, keys: str | Sequence[str], task: TaskSpec | None = None) -> None:
         super().__init__(keys)
@@ -77,6 +78,8 @@ class ReadImaged(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         read = {key: read_channels(d[key]) for key in self.key_iterator(d)}
+        if "image" in read and "label" in read:
+            read["label"] = on_image_axes(read["label"], read["image"])
         if self.task is not None and "image" in read:
             errors = read_errors(self.task, read["image"], read.get("label"))
             if errors:

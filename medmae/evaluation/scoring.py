@@ -2,7 +2,8 @@
 
 Files (NIfTI, NRRD, MetaImage, DICOM series folders) are matched by case id: the file name without its
 suffix (``.nii.gz``, ``.nrrd``, ...); where the names differ by a prefix only (BTCV's ``img0001`` and
-``label0001``), by the number that ends them.
+``label0001``), by the number that ends them. A prediction must lie on its reference's grid: the same voxels,
+stored in the same or another orientation (then it is turned into the reference's before scoring).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from medmae.data.readers import (
     VOLUME_SUFFIXES,
     image_entries,
     integer_labels,
+    on_image_axes,
     read_header,
     read_image,
+    reorientation,
 )
 from medmae.errors import DataError, UserError
 from medmae.evaluation.figures import save_case_sheet, to_ras
@@ -86,12 +89,16 @@ def _grid_problem(task: TaskSpec, other: Path, ref: Path, what: str = "predictio
         shape = _spatial_shape(header.shape, task.spatial_dims)
         if isinstance(shape, str):
             return f"{name} {shape}"
+    dims = task.spatial_dims
+    if reorientation(o.affine, o.shape[:dims], r.affine, r.shape[:dims]) is not None:
+        return None  # the reference's grid, perhaps stored in another orientation
     if o.shape[: task.spatial_dims] != r.shape[: task.spatial_dims]:
         return f"{what} shape {o.shape} differs from reference shape {r.shape}"
     if nib.aff2axcodes(o.affine) != nib.aff2axcodes(r.affine):
         return (
             f"{what} axes run {''.join(nib.aff2axcodes(o.affine))}, the reference's "
-            f"{''.join(nib.aff2axcodes(r.affine))}: save it in the reference's orientation"
+            f"{''.join(nib.aff2axcodes(r.affine))}, and turned to run so its voxels do not lie on the "
+            "reference's: another grid, not only another orientation"
         )
     if not np.allclose(o.affine, r.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
         return f"{what} affine differs from the reference affine by up to {np.abs(o.affine - r.affine).max():.4g} mm"
@@ -146,7 +153,8 @@ def shown(names: list[str], limit: int = 10) -> str:
 def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penalty_mm: float | None) -> list[dict]:
     """Rows of ``per_case.csv`` for one case: one per class, on the reference's voxel spacing; voxels under
     the task's ignore label in the reference are left out of the prediction (no TP, FP or FN, no surface)."""
-    pred, ref = read_image(pred_path), read_image(ref_path)
+    ref = read_image(ref_path)
+    pred = on_image_axes(read_image(pred_path), ref)  # stored in another orientation: turned into the reference's
     pred_labels, ref_labels = integer_labels(pred)[0], integer_labels(ref)[0]  # one channel: checked with the grid
     for image, labels in ((pred, pred_labels), (ref, ref_labels)):
         outside = sorted(set(np.unique(labels).tolist()) - set(task.label_values))

@@ -11,7 +11,7 @@ import pytest
 
 from medmae.cli import main
 from medmae.evaluation.metrics import score_masks
-from tests.helpers import shared
+from tests.helpers import save_reoriented, shared
 
 
 def score(capsys, *args):
@@ -227,3 +227,20 @@ def test_missing_predictions_are_refused_unless_allowed_then_listed(capsys, demo
     (empty / "other.nii.gz").write_bytes((refs / "label0001.nii.gz").read_bytes())
     code, out = score(capsys, "--task", "demo", "--pred", empty, "--ref", refs, "--allow-missing")
     assert code == 2 and "no reference of" in out and "has a prediction in" in out
+
+
+def test_a_prediction_stored_in_another_orientation_of_the_reference_s_grid_scores_as_itself(
+    capsys, demo_root, tmp_path
+):
+    refs = demo_root / "labelsTr"
+    shutil.copytree(refs, tmp_path / "pred")
+    for case, codes in (("label0002", "PLS"), ("label0003", "SLP")):
+        save_reoriented(refs / f"{case}.nii.gz", tmp_path / "pred" / f"{case}.nii.gz", codes)
+    code, out = score(
+        capsys, "--task", "demo", "--pred", tmp_path / "pred", "--ref", refs, "--images", tmp_path / "pred"
+    )
+    assert code == 0, out
+    per_case = pd.read_csv(tmp_path / "pred_scores" / "per_case.csv", comment="#")
+    present = per_case[per_case["n_ref"] > 0]
+    assert set(present["case_id"]) >= {"label0002", "label0003"}
+    assert (present["dsc"] == 1.0).all() and (present["hd95_mm"] == 0.0).all() and (present["fp"] == 0).all()

@@ -110,3 +110,22 @@ def test_label_values_that_are_not_consecutive_are_refused_with_the_remapping(ca
 def test_a_folder_without_a_dataset_description_is_refused(capsys, tmp_path):
     assert main(["task", "init", str(tmp_path)]) == 2
     assert "no dataset_0.json or dataset.json here" in capsys.readouterr().err
+
+
+def test_anisotropic_spacing_gets_a_note_from_task_init_and_data_check(capsys, tmp_path):
+    root, entries = tmp_path / "Thick", []
+    for k in range(3):
+        image, label = np.full((40, 40, 12), -1000.0, np.float32), np.zeros((40, 40, 12), np.uint8)
+        image[10:30, 10:30, 3:9], label[10:30, 10:30, 3:9] = 40.0 + k, 1
+        for folder, array in (("imagesTr", image), ("labelsTr", label)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, np.diag([0.8, 0.8, 5.0, 1.0])), root / folder / f"c{k}.nii.gz")
+        entries.append({"image": f"imagesTr/c{k}.nii.gz", "label": f"labelsTr/c{k}.nii.gz"})
+    (root / "dataset_0.json").write_text(json.dumps({"training": entries}))
+    output = tmp_path / "thick.yaml"
+    assert main(["task", "init", str(root), "--output", str(output)]) == 0
+    note = "note: spacing 0.8 x 0.8 x 5 mm is anisotropic: the third axis is 6.25x coarser than the others"
+    assert note in capsys.readouterr().out and f"#   {note}" in output.read_text()
+    assert "the ROI [48, 48, 16] spans 38.4 x 38.4 x 80 mm" in output.read_text()
+    assert main(["data", "check", "--quiet", "--task", str(output), "--data-root", str(root)]) == 0
+    assert note in capsys.readouterr().out

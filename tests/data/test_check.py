@@ -13,10 +13,11 @@ import pytest
 
 from medmae.cli import main
 from medmae.data.cases import Case
-from medmae.data.check import check_case
+from medmae.data.check import anisotropy_note, check_case
 from medmae.data.manifests import load_split
+from medmae.data.transforms import ReadImaged
 from medmae.tasks import load_task
-from tests.helpers import shared
+from tests.helpers import save_reoriented, shared
 
 
 def check(capsys, *args):
@@ -182,3 +183,25 @@ def test_a_blank_image_warns_and_one_smaller_than_a_patch_is_an_error(tmp_path):
     assert check_case(task, Case("tiny", tiny)).errors == [
         f"{tiny}: image of shape (1, 1, 1) is smaller than one patch (16 voxels) on every axis: nothing to learn from"
     ]
+
+
+def test_a_label_in_another_orientation_of_its_image_s_grid_is_read_in_the_image_s(demo_root, tmp_path):
+    task = load_task("demo")
+    image, original = demo_root / "imagesTr" / "img0002.nii.gz", demo_root / "labelsTr" / "label0002.nii.gz"
+    label = save_reoriented(original, tmp_path / "label0002.nii.gz", "PLS")
+    report = check_case(task, Case("img0002", image, label))
+    said = f"{label}: same physical space as the image, stored in another orientation (axis order PLS vs RAS)"
+    assert report.errors == [] and report.warnings == [f"{said}: read in the image's orientation"]
+    read = ReadImaged(["image", "label"], task)({"image": str(image), "label": str(label)})
+    assert np.array_equal(read["label"][0].numpy(), np.asarray(nib.load(original).dataobj))
+    assert np.allclose(read["label"].affine.numpy(), nib.load(image).affine)
+
+
+def test_spacing_with_an_axis_over_3x_the_others_gets_a_note():
+    note = anisotropy_note((0.8, 0.8, 5.0), (128, 128, 32))
+    assert note.startswith("spacing 0.8 x 0.8 x 5 mm is anisotropic: the third axis is 6.25x coarser than the others")
+    assert "nnU-Net plans such data with that low-resolution axis handled apart" in note
+    assert "the ROI [128, 128, 32] spans 102.4 x 102.4 x 160 mm" in note
+    assert "the first axis is 3.33x coarser" in anisotropy_note((4.0, 1.0, 1.2))  # than the 1.2 mm axis
+    for spacing in ((1.0, 1.0, 3.0), (1.5, 1.5, 2.0), (1.0, 1.0), (0.5, 2.0, 2.0)):
+        assert anisotropy_note(spacing) is None, spacing

@@ -13,6 +13,7 @@ import pytest
 from medmae.data.cases import Case
 from medmae.data.describe import dataset_name, geometry, intensity_rule, label_names
 from medmae.errors import DataError
+from tests.helpers import save_reoriented
 
 KITS23 = {  # nnU-Net's own KiTS2023 conversion: a region written as a single value, cysts as 3
     "channel_names": {"0": "CT"},
@@ -129,3 +130,13 @@ def test_label_values_that_are_not_consecutive_are_refused_naming_the_remapping(
     assert label_names({}, cases, tmp_path / "dataset_0.json")[0] == {
         "labels": ["background", "label1", "label2", "label3"]
     }
+
+
+def test_a_label_in_another_orientation_gives_the_ct_window_of_the_voxels_it_labels(tmp_path):
+    body = np.full((20, 24, 16), -1000.0, np.float32)
+    body[5:15, 5:15, 4:12] = np.linspace(-100, 200, 800).reshape(10, 10, 8)
+    organ = np.zeros(body.shape, np.uint8)
+    organ[5:15, 5:15, 4:12] = 1
+    ct = case(tmp_path, "ct", body, label=organ)
+    turned = save_reoriented(ct.label, tmp_path / "turned_label.nii.gz", "PLS")
+    assert intensity_rule(["CT"], [Case("ct", ct.image, turned)]) == intensity_rule(["CT"], [ct])

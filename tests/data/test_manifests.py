@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from medmae.cli import main
 from medmae.data.cases import Case
 from medmae.data.manifests import carve, fold_split, images_split, load_split, read_datalist, stored_manifest
 from medmae.errors import DataError, UserError
@@ -159,3 +161,22 @@ def test_plain_image_folders_give_cases_by_relative_path_with_a_seeded_held_out_
         images_split(task, [str(tmp_path / "*.dcm")])
     with pytest.raises(UserError, match="no images found"):
         images_split(task, [str(tmp_path / "p1" / "notes.txt")])
+
+
+def test_a_btcv_layout_without_its_datalist_suggests_manifest(capsys, demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    (root / "dataset_0.json").unlink()
+    with pytest.raises(DataError, match="task demo lists its cases only through it: pass --manifest FILE naming"):
+        load_split(load_task("demo"), root)
+    out = tmp_path / "nn"
+    export = ["data", "export-nnunet", "--data-root", str(root), "--output-dir", str(out), "--quiet"]
+    assert main([*export, "--task", "btcv"]) == 2
+    said = capsys.readouterr().err
+    assert "cases come from its stored list data_manifests/btcv.json, and 24 of its 30 images are not here" in said
+    assert (
+        "(imagesTr/img0007.nii.gz, imagesTr/img0008.nii.gz, imagesTr/img0009.nii.gz, ...): pass --manifest FILE" in said
+    )
+    assert not out.exists()
+    assert main([*export, "--task", "demo", "--manifest", str(demo_root / "dataset_0.json")]) == 0
+    assert len(list((out / "labelsTr").iterdir())) == 6

@@ -4,6 +4,8 @@ labels from labelsTr, imagesTs as unlabelled images; each broken layout named.""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +15,7 @@ from medmae.cli import main
 from medmae.data.manifests import read_datalist
 from medmae.data.readers import read_channels
 from medmae.errors import DataError
-from tests.helpers import hippocampus_as_nnunet
+from tests.helpers import hippocampus_as_nnunet, save_reoriented
 
 
 def save(path, array, affine=None):
@@ -63,12 +65,16 @@ def test_an_nnunet_dataset_gives_cases_with_their_channel_files_and_labels(tmp_p
         (lambda root: edit(root, numTraining=3), "'numTraining' says 3, imagesTr/ holds 2 cases"),
         (lambda root: edit(root, channel_names={"1": "T1"}), "'channel_names' must map 0, 1, ..."),
         (lambda root: edit(root, file_ending="nii.gz"), "'file_ending' must be a suffix"),
+        (
+            lambda root: edit(root, file_ending=".nrrd"),
+            "'file_ending' is '.nrrd', while the files of imagesTr/ end in .nii.gz (a_0000.nii.gz, ...): set it",
+        ),
     ],
 )
 def test_each_broken_nnunet_layout_is_named(tmp_path, damage, problem):
     manifest = nnunet_dataset(tmp_path)
     damage(tmp_path)
-    with pytest.raises(DataError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(DataError, match=re.escape(problem)):
         read_datalist(manifest, tmp_path)
 
 
@@ -131,3 +137,28 @@ def test_an_export_gives_nnunet_the_regions_class_order_and_the_ignore_label(cap
     spec = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert spec["labels"] == {"background": 0, "organs": [1, 2, 3, 4], "kidneys": [3, 4], "left": [4], "ignore": 5}
     assert spec["regions_class_order"] == [1, 3, 4]
+
+
+def test_files_with_an_upper_case_ending_match_the_file_ending(tmp_path):
+    manifest = nnunet_dataset(tmp_path)
+    for path in list(tmp_path.rglob("*.nii.gz")):
+        path.rename(path.with_name(path.name.replace(".nii.gz", ".NII.GZ")))
+    parts = read_datalist(manifest, tmp_path)
+    assert [c.id for c in parts["training"]] == ["a", "b"] and [c.id for c in parts["unlabelled"]] == ["t"]
+    assert parts["training"][0].label == tmp_path / "labelsTr" / "a.NII.GZ"
+    assert read_channels([str(p) for p in parts["training"][0].image_files]).array.shape == (2, 4, 5, 6)
+
+
+def test_a_label_in_another_orientation_is_exported_on_its_image_s_grid(capsys, demo_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    save_reoriented(demo_root / "labelsTr" / "label0002.nii.gz", root / "labelsTr" / "label0002.nii.gz", "PLS")
+    output = tmp_path / "Dataset501_Demo"
+    argv = ["data", "export-nnunet", "--task", "demo", "--data-root", str(root), "--output-dir", str(output)]
+    assert main([*argv, "--quiet"]) == 0, capsys.readouterr().err
+    exported, original = (
+        nib.load(output / "labelsTr" / "img0002.nii.gz"),
+        nib.load(demo_root / "labelsTr" / "label0002.nii.gz"),
+    )
+    assert np.array_equal(np.asarray(exported.dataobj), np.asarray(original.dataobj))
+    assert np.allclose(exported.affine, nib.load(output / "imagesTr" / "img0002_0000.nii.gz").affine)

@@ -3,14 +3,20 @@ only when needed), broken files named."""
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
+from nibabel import orientations
 from PIL import Image as PILImage
 
-from medmae.data.readers import image_entries, read_header, read_image
+from medmae.data.readers import Image, image_entries, on_image_axes, read_header, read_image, reorientation
 from medmae.errors import DataError
 from tests.helpers import convert_image, write_dicom_series
+
+FLIPPED = dict(zip("RASLPI", "LPIRAS"))
 
 
 def save_nifti(path, array, affine=None):
@@ -128,3 +134,33 @@ def test_16_bit_png_keeps_its_values(tmp_path):
     PILImage.fromarray(values).save(tmp_path / "deep.png")
     image = read_image(tmp_path / "deep.png")
     assert image.array.shape == (1, 2, 2) and np.array_equal(image.array[0], values)
+
+
+def test_upper_case_endings_are_read_as_their_format(tmp_path):
+    volume = np.arange(120, dtype=np.int16).reshape(4, 5, 6)
+    nifti = save_nifti(tmp_path / "r.nii.gz", volume)
+    save_nifti(tmp_path / "r.nii", volume)
+    for lower in ("r.nrrd", "r.mha", "r.mhd"):
+        convert_image(nifti, tmp_path / lower)
+    for lower in ("r.nii.gz", "r.nii", "r.nrrd", "r.mha", "r.mhd"):
+        upper = (tmp_path / lower).rename(tmp_path / lower.upper())  # a detached .MHD still names r.zraw
+        assert np.array_equal(read_image(upper).array[0], volume), upper
+        assert read_header(upper).shape == (4, 5, 6), upper
+
+
+def test_a_label_stored_in_another_orientation_of_its_image_s_grid_is_turned_into_the_image_s():
+    labels = np.random.default_rng(0).integers(0, 5, (4, 5, 6)).astype(np.uint8)
+    affine = np.array([[0, -0.9, 0, 5], [0.8, 0, 0, -7], [0, 0, 2.5, 30], [0, 0, 0, 1.0]])
+    image = Image(labels[None].astype(np.float32), affine, Path("image.nii.gz"))
+    stored = nib.Nifti1Image(labels, affine)
+    for codes in itertools.permutations("RAS"):  # every order of the axes, each way round: 48 orientations
+        for flips in itertools.product((False, True), repeat=3):
+            axes = tuple(FLIPPED[c] if flip else c for c, flip in zip(codes, flips))
+            turn = orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt(axes))
+            other = stored.as_reoriented(turn)
+            label = Image(np.asarray(other.dataobj)[None], other.affine, Path("label.nii.gz"))
+            turned = on_image_axes(label, image)
+            assert np.array_equal(turned.array[0], labels) and np.allclose(turned.affine, affine), axes
+    elsewhere = Image(labels[None], affine @ np.diag([-1.0, -1.0, 1.0, 1.0]), Path("label.nii.gz"))  # not moved back
+    assert reorientation(elsewhere.affine, (4, 5, 6), affine, (4, 5, 6)) is None
+    assert on_image_axes(elsewhere, image) is elsewhere

@@ -64,3 +64,15 @@ def test_detached_headers_and_dicom_series_give_one_file_label_maps(tmp_path, ni
     labels = np.random.default_rng(0).integers(0, 3, (4, 5, 6))
     written = read_image(write_label_map(labels, series, tmp_path / "out" / "series.nii.gz"))
     assert np.array_equal(written.array[0], labels) and np.allclose(written.affine, AFFINE, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("upper", "suffix"), [("IMAGE.MHA", ".mha"), ("IMAGE.NRRD", ".nrrd"), ("IMAGE.NII.GZ", ".nii.gz")]
+)
+def test_upper_case_input_gives_a_label_map_in_its_format_with_a_lower_case_ending(tmp_path, nifti, upper, suffix):
+    image = convert_image(nifti, tmp_path / f"image{suffix}").rename(tmp_path / upper)
+    labels = np.random.default_rng(0).integers(0, 3, (4, 5, 6))
+    path = tmp_path / "out" / f"image{label_map_suffix(image)}"
+    assert path.name == f"image{suffix}"
+    written = read_image(write_label_map(labels, image, path))
+    assert np.array_equal(written.array[0], labels) and np.allclose(written.affine, read_image(image).affine, atol=1e-6)
