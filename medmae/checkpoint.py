@@ -83,7 +83,7 @@ def verify_checksum(path: Path) -> None:
     try:
         expected = checksum_file(path).read_text().split()[0]
     except FileNotFoundError:
-        log.info("note: %s has no %s beside it: its integrity is not checked", path, checksum_file(path).name)
+        log.warning("note: %s has no %s beside it: its integrity is not checked", path, checksum_file(path).name)
         return
     except (OSError, IndexError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{checksum_file(path)}: unreadable checksum file ({error})") from error

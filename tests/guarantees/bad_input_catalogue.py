@@ -30,7 +30,7 @@ from medmae import resource_dir
 from medmae.cli import main
 from medmae.files import lock_folder, write_bytes
 from tests.guarantees.test_bad_input import IMAGE_COMMANDS, IMAGE_PROBLEMS, LABEL_PROBLEMS, WRITE_FAILURES, rewrite
-from tests.helpers import ROOT, TINY, demo_run
+from tests.helpers import ROOT, TINY, demo_run, save_reoriented
 
 TABLE = ROOT / "docs" / "explanation" / "bad-input.md"
 TRAIN, TEST = "0002", "0006"  # a training case of the demo's datalist split, and its test case
@@ -194,6 +194,12 @@ def nnunet_check(damage: Callable[[Path], object]) -> Callable[[Path], Attempt]:
     return lambda ws: Attempt(
         ["data", "check", "--task", "demo", "--data-root", str(nnunet(ws, damage)), "--fold", "0"]
     )
+
+
+def upper_case(root: Path) -> None:
+    """Every ``.nii.gz`` under ``root`` renamed to end in ``.NII.GZ``."""
+    for path in list(root.rglob("*.nii.gz")):
+        path.rename(path.with_name(path.name.replace(".nii.gz", ".NII.GZ")))
 
 
 def nnunet_task_init(damage: Callable[[Path], object]) -> Callable[[Path], Attempt]:
@@ -389,6 +395,47 @@ def nnunet_and_task_kinds() -> list[Kind]:
             "data check",
             nnunet_check(lambda r: edit_json(r / "dataset.json", channel_names={"1": "CT"})),
             "'channel_names' must map 0, 1",
+        ),
+        k(
+            "nnU-Net file_ending that the files do not have",
+            "data check",
+            nnunet_check(lambda r: edit_json(r / "dataset.json", file_ending=".nrrd")),
+            r"'file_ending' is '\.nrrd', while the files of imagesTr/ end in \.nii\.gz",
+            names="<tmp>/nn/dataset.json",
+        ),
+        k(
+            "nnU-Net files ending in upper-case .NII.GZ (read)",
+            "data check",
+            nnunet_check(upper_case),
+            "cases with errors    0",
+            code=0,
+        ),
+        k(
+            "label stored in another orientation of its image's grid (read in the image's)",
+            "data check",
+            run_in(
+                "data check",
+                lambda ws: save_reoriented(
+                    ws / "data" / "labelsTr" / f"label{TRAIN}.nii.gz", ws / "data" / "labelsTr" / f"label{TRAIN}.nii.gz"
+                ),
+            ),
+            r"same physical space as the image, stored in another orientation \(axis order PLS vs RAS\)",
+            code=0,
+        ),
+        k(
+            "BTCV-layout folder without its dataset_0.json",
+            "data export-nnunet",
+            lambda ws: (
+                (ws / "data" / "dataset_0.json").unlink(),
+                Attempt(
+                    [
+                        *["data", "export-nnunet", "--task", "btcv", "--data-root", str(ws / "data")],
+                        *["--output-dir", str(ws / "out")],
+                    ]
+                ),
+            )[1],
+            "24 of its 30 images are not here .*: pass --manifest FILE",
+            names="<tmp>/data",
         ),
         k(
             "nnU-Net label values that are not consecutive",
