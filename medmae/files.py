@@ -3,8 +3,10 @@ folders that a failed command leaves as they were."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gzip
+import logging
 import os
 import shutil
 import socket
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import IO
 
 from medmae.errors import UserError
+
+log = logging.getLogger("medmae")
 
 
 def _umask() -> int:
@@ -140,21 +144,36 @@ def removed_on_error(folder: str | Path) -> Iterator[Path]:
 
 
 LOCK_NAME = ".medmae.lock"
+UNLOCKABLE = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)  # file systems that take no flock (some NFS, Lustre)
+_HELD: set[IO] = set()  # lock files this process holds, closed in forked children (DataLoader workers)
+
+
+def _close_held_in_child() -> None:
+    """A forked child shares its parent's lock: close its copies, so the lock ends with the parent."""
+    for handle in _HELD:
+        handle.close()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 @dataclass
 class FolderLock:
-    """A folder held by this process alone (:func:`lock_folder`); ``made``: the lock created the folder."""
+    """A folder held by this process alone (:func:`lock_folder`); ``made``: the lock created the folder;
+    ``handle`` None where the file system takes no lock."""
 
     folder: Path
-    handle: IO
+    handle: IO | None
     made: bool
 
     def release(self) -> None:
         """Let the folder go: the lock file is removed, and the folder too when the lock made it and it is
         empty (a run refused or failed before writing leaves nothing behind)."""
         (self.folder / LOCK_NAME).unlink(missing_ok=True)
-        self.handle.close()
+        if self.handle is not None:
+            _HELD.discard(self.handle)
+            self.handle.close()
         if self.made and self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
 
@@ -162,29 +181,48 @@ class FolderLock:
 def lock_folder(folder: Path, flag: str = "--output-dir") -> FolderLock:
     """Hold ``folder`` (made if missing) for this process alone with an advisory lock on ``.medmae.lock``
     inside it, which the operating system drops when the process ends, however it ends. Another holder
-    gets a :class:`UserError` naming the holder (its process, host, start and command line)."""
+    gets a :class:`UserError` naming the holder (its process, host, start and command line). On a file
+    system that takes no lock, a warning says the folder is not protected, and the run goes on."""
     made = not folder.exists()
     path = folder / LOCK_NAME
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        while True:
-            handle = path.open("a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "a process that has not written its name yet"
-                handle.close()
-                raise UserError(
-                    f"{folder}: in use by another run ({holder}); wait until it ends, or choose another {flag}"
-                ) from None
-            if path.exists() and path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
-                break
-            handle.close()  # the holder removed the file as it ended, between our open and our lock: again
-        handle.truncate(0)
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"process {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}\n")
-        handle.flush()
+        handle = _locked(path, flag)
     except OSError as error:
-        raise OutputError(f"{folder}: cannot be written ({error.strerror or error})") from error
+        if error.errno not in UNLOCKABLE:
+            raise OutputError(f"{folder}: cannot be written ({error.strerror or error})") from error
+        log.warning(
+            "WARNING: %s: its file system takes no lock (%s): nothing stops a second run from writing into it",
+            folder,
+            error.strerror,
+        )
+        path.unlink(missing_ok=True)
+        return FolderLock(folder, None, made)
+    _HELD.add(handle)
     return FolderLock(folder, handle, made)
+
+
+def _locked(path: Path, flag: str) -> IO:
+    """``path`` opened and locked, with this process named in it; :class:`UserError` when another holds it."""
+    while True:
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not written its name yet"
+            handle.close()
+            raise UserError(
+                f"{path.parent}: in use by another run ({holder}); wait until it ends, or choose another {flag}"
+            ) from None
+        except OSError:
+            handle.close()
+            raise
+        if path.exists() and path.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder removed the file as it ended, between our open and our lock: again
+    handle.truncate(0)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    handle.write(f"process {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}\n")
+    handle.flush()
+    return handle

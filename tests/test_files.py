@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -81,3 +85,30 @@ def test_a_held_folder_is_refused_and_a_folder_the_lock_made_goes_with_it(tmp_pa
     lock = lock_folder(folder)
     lock.release()
     assert sorted(p.name for p in folder.iterdir()) == ["kept"]  # the folder was there before: it stays
+
+
+def test_a_forked_child_does_not_keep_its_parents_hold(tmp_path):
+    """DataLoader workers are forked: the hold must end with the process that took it."""
+    folder = tmp_path / "run"
+    script = (
+        "import os, sys, time; from pathlib import Path; from medmae.files import lock_folder\n"
+        f"held = lock_folder(Path({str(folder)!r}))\n"
+        "if os.fork() == 0:\n"
+        "    os.dup2(os.open(os.devnull, os.O_RDWR), 1); os.dup2(1, 2); time.sleep(30); os._exit(0)\n"
+        "print('forked', flush=True)\n"
+    )
+    parent = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=20)
+    assert parent.stdout.strip() == "forked"
+    lock_folder(folder).release()  # the child still sleeps; the parent, which held the folder, has ended
+
+
+def test_a_file_system_that_takes_no_lock_is_warned_about_and_the_run_goes_on(tmp_path, caplog, monkeypatch):
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = lock_folder(tmp_path / "run")
+    assert "its file system takes no lock (No locks available)" in caplog.text
+    assert not (tmp_path / "run" / ".medmae.lock").exists()
+    lock.release()
+    assert not (tmp_path / "run").exists()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 IDENTITY_BYTES = 1 << 16  # read from each end of a file for its identity
+IDENTITY_BLOCK, IDENTITY_SAMPLES = 1 << 12, 64  # and this many blocks of this size between the ends
 ID_SUFFIXES = (".nii.gz", ".nii", ".png", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 
@@ -72,26 +76,52 @@ def case_id(image: Path) -> str:
 
 
 def file_identity(path: Path) -> str:
-    """A fingerprint of an image's content: its size and its first and last 64 KiB (a DICOM series folder:
-    each file's, in name order). A copy anywhere has the same one; another scan, in practice, never (a
-    compressed file differs within its first kilobytes). Cheap for any collection size; a file converted to
-    another format is another file."""
+    """A fingerprint of an image's content: its size, its first and last 64 KiB and 64 blocks of 4 KiB spread
+    evenly between them (a small file whole; a DICOM series folder: each file's, in name order; a detached
+    header, ``.mhd`` or ``.nhdr``: its data file's too). A copy anywhere has the same one; another scan, even
+    an uncompressed one of the same size with the same header and empty margins, differs in the blocks
+    that cross the body. Cheap for any collection size; a file converted to another format is another file."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path, *data_file(path)]:
         size = file.stat().st_size
         digest.update(size.to_bytes(8, "little"))
         with file.open("rb") as handle:
-            digest.update(handle.read(IDENTITY_BYTES))
-            if size > IDENTITY_BYTES:
-                handle.seek(max(IDENTITY_BYTES, size - IDENTITY_BYTES))
+            if size <= 2 * IDENTITY_BYTES + IDENTITY_SAMPLES * IDENTITY_BLOCK:
                 digest.update(handle.read())
+                continue
+            between = np.linspace(IDENTITY_BYTES, size - IDENTITY_BYTES - IDENTITY_BLOCK, IDENTITY_SAMPLES)
+            offsets = [0, *between.astype(int).tolist(), size - IDENTITY_BYTES]
+            for offset, length in zip(offsets, [IDENTITY_BYTES, *[IDENTITY_BLOCK] * IDENTITY_SAMPLES, IDENTITY_BYTES]):
+                handle.seek(offset)
+                digest.update(handle.read(length))
     return digest.hexdigest()[:32]
+
+
+def data_file(header: Path) -> list[Path]:
+    """The data file a detached header names (MetaImage's ``ElementDataFile``, NRRD's ``data file``), when
+    it is one file beside it; else none."""
+    if not header.name.lower().endswith((".mhd", ".nhdr")):
+        return []
+    text = header.read_bytes()[:65536].decode("latin-1")
+    found = re.search(r"^(?:ElementDataFile\s*=|data ?file:)\s*(\S+)\s*$", text, flags=re.MULTILINE | re.IGNORECASE)
+    target = header.parent / found.group(1) if found else None
+    return [target] if target is not None and target.is_file() else []
 
 
 def inputs_record(cases: list[Case]) -> dict[str, list[str]]:
     """What a model was trained on, for checkpoints: the case ids and the identities of their image files
     (:func:`file_identity`; a file that cannot be read has none: reading it will name the problem)."""
-    return {"cases": [c.id for c in cases], "files": sorted({i for c in cases for i in identities(c)})}
+    return {"cases": sorted(c.id for c in cases), "files": sorted({i for c in cases for i in identities(c)})}
+
+
+def merged_record(*records: dict[str, list[str] | None] | None) -> dict[str, list[str] | None]:
+    """The union of :func:`inputs_record` records; ``files`` is None when one of them did not record its files."""
+    present = [r for r in records if r is not None]
+    files = [r.get("files") for r in present]
+    return {
+        "cases": sorted({c for r in present for c in r.get("cases") or ()}),
+        "files": None if any(f is None for f in files) else sorted({i for f in files for i in f}),
+    }
 
 
 def identities(case: Case) -> list[str]:

@@ -27,13 +27,15 @@ log = logging.getLogger("medmae")
 
 def seen_cases(
     payload: dict, task: TaskSpec, data_root, manifest, split_name: str, part: str, cases: list[Case]
-) -> dict[str, str]:
-    """Why each of ``cases`` is no test of the checkpoint, by case id: it fine-tuned on the case, picked its
-    weights on it, or its encoder was pretrained on the image (the last two only for the test part: the
-    validation part is there to pick weights on, and pretraining uses it by design). Cases match by id or by image file identity (:func:`~medmae.data.cases.file_identity`),
-    whatever the split is called. An older checkpoint without its record of cases is compared with the
-    training and validation parts of its split as they are now, when that split is not ``split_name``."""
-    record, files = payload.get("cases"), payload.get("case_files") or {}
+) -> tuple[dict[str, str], list[str]]:
+    """Why each of ``cases`` is no test of the checkpoint, by case id, and notes on cases that only share an
+    id with one it has seen. Seen: it fine-tuned on the case, picked its weights on it, or its encoder was
+    pretrained on the image (the last two for the test part only: the validation part is there to pick
+    weights on, and pretraining uses it by design), whatever the split is called. A case is its images:
+    every one of its files has the identity (:func:`~medmae.data.cases.file_identity`) of a recorded one.
+    Where the checkpoint recorded no identities (older ones), a case is its id, and one without its record
+    of cases is compared with the training and validation parts of its split as they are now."""
+    record, files = payload.get("cases"), payload.get("case_files")
     trained = payload.get("split", {}).get("split", split_name)
     if record is None and trained != split_name:
         old = load_split(task, data_root, manifest, trained)
@@ -41,21 +43,29 @@ def seen_cases(
     used = {"train": f"fine-tuned on (split {trained})", "validation": f"picked the weights on (split {trained})"}
     if part == "val":
         del used["validation"]
+    ids = {where: set((record or {}).get(where, ())) for where in used}
+    known = {where: set(files[where]) for where in used} if files is not None else None
     pretrained = (payload.get("pretrained_on") or {}) if part == "test" else {}
-    seen = {}
+    pretraining = set(pretrained.get("files") or ())
+    seen, notes = {}, []
     for case in cases:
-        mine = set(identities(case))
+        mine = set(identities(case)) if known is not None or pretraining else set()
         for where, why in used.items():
-            if case.id in (record or {}).get(where, ()) or mine & set(files.get(where, ())):
+            by_id = case.id in ids[where]
+            if (mine and mine <= known[where]) if known is not None else by_id:
                 seen.setdefault(case.id, why)
-        if mine & set(pretrained.get("files") or ()):
-            seen.setdefault(case.id, f"its encoder was pretrained on the image ({pretrained.get('source')})")
-    return seen
+            elif by_id:
+                notes.append(f"{case.id} has the id of a case the checkpoint {why.split(' (')[0]}, but other images")
+        if mine and mine <= pretraining:
+            seen.setdefault(case.id, f"its encoder has seen the image ({pretrained.get('source')})")
+    return seen, notes
 
 
 def unchecked_pretraining(payload: dict) -> str | None:
-    """A note when the checkpoint's encoder came from an MAE that did not record its images."""
-    pretrained = payload.get("pretrained_on")
+    """A note when the checkpoint's encoder came from a checkpoint that did not record what it had seen."""
+    pretrained, source = payload.get("pretrained_on"), payload.get("pretrained")
+    if pretrained is None and source and not str(source).startswith("imagenet:"):
+        pretrained = {"source": source, "files": None}  # fine-tuned before the record existed
     if pretrained and pretrained.get("files") is None:
         return (
             f"the encoder's pretraining images are not recorded ({pretrained.get('source')} predates the record): "
@@ -89,8 +99,8 @@ def evaluate(
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
     trained = payload.get("split", {}).get("split", split.name)
-    seen = seen_cases(payload, named, data_root, manifest, split.name, part, cases)
-    notes = [note for note in [unchecked_pretraining(payload)] if note]
+    seen, notes = seen_cases(payload, named, data_root, manifest, split.name, part, cases)
+    notes += [note for note in [unchecked_pretraining(payload)] if note]
     if seen:
         shown = "; ".join(f"{case}: {why}" for case, why in list(seen.items())[:10])
         more = f"; and {len(seen) - 10} more" if len(seen) > 10 else ""

@@ -150,15 +150,10 @@ def predict(
         raise UserError(
             f"{clash[0]}: a file of the input folder would be overwritten by a prediction; choose another --output-dir"
         )
-    replaced = sorted(t.name for t in targets if t.exists())
-    if replaced and not overwrite:
-        raise UserError(
-            f"{output}: already holds {len(replaced)} of the files this prediction writes "
-            f"({shown(replaced, limit=5)}); pass --overwrite to replace them, or choose another --output-dir"
-        )
-    if replaced:
-        print(f"note: replacing {len(replaced)} files in {output}: {shown(replaced, limit=5)}")
+    stale = earlier_predictions(task, cases, targets, output, overwrite)
     refuse_unreadable(task, cases, progress)
+    for path in stale:
+        path.unlink()
     with removed_on_error(output):
         if task.is_classification:
             cfg = from_dict(payload["run_config"], checkpoint)
@@ -181,6 +176,24 @@ def output_files(task: TaskSpec, cases: list[Case], output: Path, save_probabili
         return {output / "probabilities.csv", notes_path(output / "probabilities.csv")}
     maps = {output / label_map_name(c) for c in cases}
     return maps | ({output / f"{c.id}.npz" for c in cases} if save_probabilities else set())
+
+
+def earlier_predictions(
+    task: TaskSpec, cases: list[Case], targets: set[Path], output: Path, overwrite: bool
+) -> list[Path]:
+    """Refuse to replace files of an earlier prediction in ``output`` unless ``overwrite`` (then say which);
+    returns that prediction's probability files which this one does not write, to be removed (they would
+    disagree with the new label maps)."""
+    probabilities = set() if task.is_classification else {output / f"{c.id}.npz" for c in cases}
+    replaced = sorted(t.name for t in targets | probabilities if t.exists())
+    if replaced and not overwrite:
+        raise UserError(
+            f"{output}: already holds {len(replaced)} of the files this prediction writes "
+            f"({shown(replaced, limit=5)}); pass --overwrite to replace them, or choose another --output-dir"
+        )
+    if replaced:
+        print(f"note: replacing {len(replaced)} files in {output}: {shown(replaced, limit=5)}")
+    return sorted(p for p in probabilities - targets if p.exists())
 
 
 def refuse_unreadable(task: TaskSpec, cases: list[Case], progress: bool = True) -> None:

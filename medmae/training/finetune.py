@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from medmae.checkpoint import load_checkpoint
 from medmae.config import Config
-from medmae.data.cases import Case, inputs_record
+from medmae.data.cases import Case, identities, inputs_record, merged_record
 from medmae.data.loaders import CaseDataset, train_loader
 from medmae.errors import UserError
 from medmae.evaluation.classification import macro_auc, per_finding_auc
@@ -160,15 +160,53 @@ def _pretrained_payload(path: str, task: TaskSpec, family: str) -> dict[str, Any
 
 
 def encoder_inputs(resume_from: dict[str, Any] | None, pretrained: str | None) -> dict[str, Any] | None:
-    """What the encoder was pretrained on, carried into the fine-tuned checkpoint: ``{"source", "cases",
-    "files"}`` from a medmae MAE (``cases`` and ``files`` None when it predates the record), a resumed run's
-    own record, or None (from scratch, or ImageNet weights: no medical images)."""
+    """What the encoder has seen, carried into the fine-tuned checkpoint: ``{"source", "cases", "files"}``
+    (:func:`seen_by` of the ``--pretrained`` checkpoint; ``files`` None where it recorded none), a resumed
+    run's own record, or None (from scratch, or ImageNet weights: no medical images)."""
     if resume_from is not None:
-        return resume_from.get("pretrained_on")
+        pretrained = resume_from.get("pretrained")
+        if "pretrained_on" in resume_from or pretrained is None or pretrained.startswith(IMAGENET):
+            return resume_from.get("pretrained_on")
+        return {"source": pretrained, "cases": None, "files": None}  # started before the record existed
     if pretrained is None or pretrained.startswith(IMAGENET):
         return None
-    record = torch.load(pretrained, map_location="cpu", weights_only=True, mmap=True).get("pretrained_on") or {}
-    return {"source": pretrained, "cases": record.get("cases"), "files": record.get("files")}
+    return {"source": pretrained, **seen_by(torch.load(pretrained, map_location="cpu", weights_only=True, mmap=True))}
+
+
+def seen_by(payload: dict[str, Any]) -> dict[str, list[str] | None]:
+    """The images a checkpoint's weights have seen (:func:`~medmae.data.cases.inputs_record`): an MAE's
+    pretraining images; a fine-tuned model's training and validation cases and its encoder's images (a
+    fine-tuned model can start another). ``files`` is None where the checkpoint predates the record."""
+    if payload.get("stage") != "finetune":
+        return payload.get("pretrained_on") or {"cases": None, "files": None}
+    cases, files = payload.get("cases") or {}, payload.get("case_files")
+    own = {
+        "cases": [*cases.get("train", []), *cases.get("validation", [])],
+        "files": None if files is None else [*files["train"], *files["validation"]],
+    }
+    return merged_record(own, payload.get("pretrained_on"))
+
+
+def seen_record(s: Setup, trained: list[Case], pretrained: str | None) -> dict[str, Any]:
+    """The checkpoint fields that say what the model has seen: ``cases`` (ids it trains and picks its weights
+    on), ``case_files`` (their :func:`~medmae.data.cases.file_identity`) and ``pretrained_on`` (what its
+    encoder has seen, :func:`encoder_inputs`); with a warning when that includes test cases of the split."""
+    parts = {"train": trained, "validation": s.split.validation}
+    record = {
+        "cases": {part: [c.id for c in chosen] for part, chosen in parts.items()},
+        "case_files": {part: inputs_record(chosen)["files"] for part, chosen in parts.items()},
+        "pretrained_on": encoder_inputs(s.resume_from, pretrained),
+    }
+    encoder_files = set((record["pretrained_on"] or {}).get("files") or ())
+    leaked = [c.id for c in s.split.test if encoder_files and (mine := set(identities(c))) and mine <= encoder_files]
+    if leaked:
+        log.warning(
+            "WARNING: %d of the %d test cases of split %s were among the images the encoder has seen (%s), so "
+            "evaluate will refuse to score them: start from an encoder that never saw them (pretraining with "
+            "--data-root never uses the test part)",
+            *(len(leaked), len(s.split.test), s.split.name, ", ".join(leaked[:10])),
+        )
+    return record
 
 
 @torch.no_grad()
@@ -216,15 +254,7 @@ def run(request: RunRequest) -> nn.Module:
         optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, depth)
         pretrained = s.resume_from.get("pretrained") if s.resume_from is not None else request.pretrained
         job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
-        job.describe["cases"] = {
-            "train": [c.id for c in dataset.cases],
-            "validation": [c.id for c in s.split.validation],
-        }
-        job.describe["case_files"] = {
-            part: inputs_record(chosen)["files"]
-            for part, chosen in (("train", dataset.cases), ("validation", s.split.validation))
-        }
-        job.describe["pretrained_on"] = encoder_inputs(s.resume_from, request.pretrained)
+        job.describe |= seen_record(s, dataset.cases, request.pretrained) if ctx.is_main else {}
         fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from medmae.checkpoint import load_weights
 from medmae.config import Config
-from medmae.data.cases import inputs_record
+from medmae.data.cases import inputs_record, merged_record
 from medmae.data.crops import CachedCrops
 from medmae.data.loaders import CaseDataset, train_loader
 from medmae.data.manifests import IMAGES_SPLIT
@@ -120,10 +120,12 @@ def run(request: RunRequest) -> nn.Module:
                 "stage": "pretrain",
                 "task": task.record,
                 "split": s.split_record,
-                "pretrained_on": inputs_record(cases),  # evaluate refuses to score these images
             },
             samples_per_item=crops,
         )
+        if ctx.is_main:  # evaluate refuses to score these images; a resumed run's weights saw the earlier ones too
+            before = s.resume_from.get("pretrained_on", {"files": None}) if s.resume_from is not None else None
+            job.describe["pretrained_on"] = merged_record(before, inputs_record(cases))
         fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
 

@@ -127,6 +127,54 @@ def test_images_the_encoder_was_pretrained_on_are_refused_or_noted(capsys, demo_
         str(unetr / "checkpoints" / "best.pt"),
     ]
     assert main([*argv, "--quiet"]) == 2
-    assert f"img0006: its encoder was pretrained on the image ({mae_checkpoint})" in capsys.readouterr().err
+    assert f"img0006: its encoder has seen the image ({mae_checkpoint})" in capsys.readouterr().err
     assert main([*argv, "--quiet", "--allow-seen-cases"]) == 0
     assert "seen cases scored (--allow-seen-cases)" in capsys.readouterr().out
+
+
+def test_a_case_that_only_shares_an_id_with_a_training_case_is_scored_with_a_note(
+    capsys, demo_root, demo_checkpoint, tmp_path
+):
+    """Another cohort under the same task and split name: ``img0002`` there is another image."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    shutil.copy(root / "imagesTr" / "img0006.nii.gz", root / "imagesTr" / "img0002.nii.gz")
+    shutil.copy(root / "labelsTr" / "label0006.nii.gz", root / "labelsTr" / "label0002.nii.gz")
+    datalist = json.loads((root / "dataset_0.json").read_text())
+    datalist["validation"] = [{"image": "imagesTr/img0002.nii.gz", "label": "labelsTr/label0002.nii.gz"}]
+    (root / "dataset_0.json").write_text(json.dumps(datalist))
+    argv = ["evaluate", "--task", "demo", "--data-root", str(root), "--checkpoint", str(demo_checkpoint), "--quiet"]
+    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 0
+    assert (
+        "note: img0002 has the id of a case the checkpoint fine-tuned on, but other images" in capsys.readouterr().out
+    )
+
+
+def test_a_fine_tuned_model_started_from_another_carries_what_that_one_saw(
+    capsys, caplog, demo_root, demo_checkpoint, tmp_path
+):
+    """Fine-tune B from fine-tuned A: a test case that A trained on is refused when B is evaluated, and B's
+    fine-tuning warns about it at its start."""
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    datalist = json.loads((root / "dataset_0.json").read_text())
+    datalist["validation"] = [datalist["training"].pop(1)]  # img0002, which A trained on, is B's test case
+    (root / "dataset_0.json").write_text(json.dumps(datalist))
+    one_step = [
+        f for key in ("train.epochs=1", "optim.warmup_epochs=0", "train.steps_per_epoch=1") for f in ("--set", key)
+    ]
+    caplog.set_level(logging.WARNING, logger="medmae")
+    assert main(demo_run("finetune", root, tmp_path / "b", "--pretrained", str(demo_checkpoint), *one_step)) == 0
+    assert "1 of the 1 test cases of split datalist were among the images the encoder has seen (img0002)" in caplog.text
+    capsys.readouterr()
+    argv = [
+        "evaluate",
+        "--task",
+        "demo",
+        "--data-root",
+        str(root),
+        "--checkpoint",
+        str(tmp_path / "b" / "checkpoints" / "best.pt"),
+    ]
+    assert main([*argv, "--quiet"]) == 2
+    assert f"img0002: its encoder has seen the image ({demo_checkpoint})" in capsys.readouterr().err

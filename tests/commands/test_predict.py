@@ -91,3 +91,13 @@ def test_earlier_predictions_are_replaced_only_with_overwrite(capsys, demo_root,
     assert (output / "img0003.nii.gz").stat().st_mtime_ns == earlier
     assert main([*argv, "--quiet", "--overwrite"]) == 0
     assert f"note: replacing 1 files in {output}: img0003.nii.gz" in capsys.readouterr().out
+
+
+def test_an_overwrite_without_probabilities_removes_the_earlier_ones(capsys, demo_root, demo_checkpoint, tmp_path):
+    image = demo_root / "imagesTr" / "img0003.nii.gz"
+    output = tmp_path / "predictions"
+    argv = ["predict", "--checkpoint", str(demo_checkpoint), "--input", str(image), "--output-dir", str(output)]
+    assert main([*argv, "--quiet", "--save-probabilities"]) == 0
+    assert main([*argv, "--quiet"]) == 2
+    assert main([*argv, "--quiet", "--overwrite"]) == 0
+    assert sorted(p.name for p in output.iterdir()) == ["img0003.nii.gz"]

@@ -873,7 +873,7 @@ def seen_and_overwritten_kinds() -> list[Kind]:
             "test image the encoder was pretrained on",
             "evaluate",
             pretrained_on_the_test_image,
-            r"img0006: its encoder was pretrained on the image \(<tmp>/mae/checkpoints/last.pt\)",
+            r"img0006: its encoder has seen the image \(<tmp>/mae/checkpoints/last.pt\)",
         ),
         k(
             "run folder held by a live run",
@@ -885,7 +885,7 @@ def seen_and_overwritten_kinds() -> list[Kind]:
             "resume after the task file changed",
             "finetune",
             resumed_with_another_spacing,
-            r"task demo has changed since: spacing \[4.5, 4.5, 4.5\] -> \[3.0, 3.0, 3.0\]",
+            r"task demo has changed since: spacing \(4.5, 4.5, 4.5\) -> \(3.0, 3.0, 3.0\)",
         ),
         k(
             "prediction folder holding earlier predictions",

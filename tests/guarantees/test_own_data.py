@@ -63,4 +63,4 @@ def test_an_mae_pretrained_on_the_evaluated_images_is_refused_by_evaluate(tmp_pa
     assert main([*finetune[1:], "--config", TINY]) == 0
     capsys.readouterr()
     assert main(evaluate[1:]) == 2
-    assert "its encoder was pretrained on the image (runs/my_mae/checkpoints/last.pt)" in capsys.readouterr().err
+    assert "its encoder has seen the image (runs/my_mae/checkpoints/last.pt)" in capsys.readouterr().err
