@@ -82,6 +82,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # None: one pass over the training cases
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU; fp16 scales
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None  # CPU: torch's intra-op threads; None: OMP_NUM_THREADS, else from free cores and load
     dist_timeout_min: float = 60.0  # torchrun: minutes a process waits for the others before its group gives up
     seed: int = 0
     checkpoint_every: int = 1  # epochs
@@ -324,6 +325,7 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
         (train.patience is None or train.patience >= 1, "train.patience must be >= 1 or null"),
         (train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),
+        (train.threads is None or train.threads >= 1, "train.threads must be >= 1 or null"),
         (min(every) >= 1, "train.checkpoint_every, figure_every, val_every and log_every must be >= 1"),
         (0 <= infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
         (infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),

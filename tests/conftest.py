@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers import demo_run, shared
+
+# One CPU thread count for the whole session and its subprocesses, whatever the load when each run starts
+# (medmae picks fewer threads on a busy machine): runs compared bitwise must compute with the same count.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

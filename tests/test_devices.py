@@ -1,11 +1,13 @@
-"""Devices and precision: ``auto`` picks the GPU only when there is one, and autocast follows the precision."""
+"""Devices and precision: ``auto`` picks the GPU only when there is one, autocast follows the precision, and
+CPU work gets no more threads than the cores other processes leave free."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from medmae.devices import autocast, autocast_dtype, gpu_index, pick_device
+from medmae import devices
+from medmae.devices import autocast, autocast_dtype, cpu_threads, gpu_index, pick_device, use_cpu_threads
 from medmae.errors import UserError
 
 
@@ -60,3 +62,56 @@ def test_a_gpu_run_switches_on_cudnn_benchmarking_and_sets_the_launchers_gpu(mon
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     assert pick_device("auto", local_rank=2) == torch.device("cuda", 0)
     assert chosen == [0] and torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize(
+    "cores, load, processes, threads",
+    [
+        (2, 0.0, 1, 2),  # a quiet machine: every core
+        (2, 0.9, 1, 2),  # less than one core's worth of others
+        (2, 1.0, 1, 1),  # one core held by another process
+        (2, 5.0, 1, 1),  # the new user's load of 4-6: one thread, never none
+        (16, 3.5, 1, 13),
+        (16, 0.0, 4, 4),  # torchrun, 4 processes on the node: a share each
+        (16, 10.0, 4, 1),
+        (64, 100.0, 1, 1),
+    ],
+)
+def test_cpu_threads_are_the_free_cores_never_more_than_there_are_nor_fewer_than_one(cores, load, processes, threads):
+    assert cpu_threads(cores, load, processes) == threads
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_threads_wins_then_omp_num_threads_then_the_load(monkeypatch, restore_threads):
+    monkeypatch.setattr(devices, "available_cores", lambda: 2)
+    monkeypatch.setattr(devices, "others_load", lambda: 4.2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert use_cpu_threads(3) == 3 and torch.get_num_threads() == 3
+    assert use_cpu_threads() == 2 and torch.get_num_threads() == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert use_cpu_threads() == 1 and torch.get_num_threads() == 1
+    assert pick_device("cpu") == torch.device("cpu") and torch.get_num_threads() == 1
+
+
+def test_the_load_of_others_leaves_out_this_process_and_counts_its_share_of_the_machine(monkeypatch):
+    monkeypatch.setattr(devices.os, "getloadavg", lambda: (6.0, 5.0, 4.0))
+    monkeypatch.setattr(devices.time, "process_time", lambda: 120.0)  # 2 cores busy for the last minute
+    monkeypatch.setattr(devices.time, "monotonic", lambda: devices._STARTED + 60.0)
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(devices, "available_cores", lambda: 2)
+    assert devices.others_load() == pytest.approx(4.0)
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 8)  # allowed 2 of the machine's 8 cores
+    assert devices.others_load() == pytest.approx(1.0)
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores(monkeypatch):
+    monkeypatch.setattr(devices, "cgroup_cpu_quota", lambda: 1.5)
+    assert devices.available_cores() == min(2, len(devices.os.sched_getaffinity(0)))
+    monkeypatch.setattr(devices, "cgroup_cpu_quota", lambda: None)
+    assert devices.available_cores() == len(devices.os.sched_getaffinity(0))

@@ -26,13 +26,14 @@ class Context:
         return self.rank == 0
 
 
-def setup(device_choice: str, timeout_min: float = 60.0) -> Context:
+def setup(device_choice: str, timeout_min: float = 60.0, threads: int | None = None) -> Context:
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1: NCCL on GPUs, gloo on CPUs).
-    A collective or connect that waits longer than ``timeout_min`` fails, so ``torchrun`` can restart."""
+    A collective or connect that waits longer than ``timeout_min`` fails, so ``torchrun`` can restart.
+    ``threads``: CPU threads (:func:`~medmae.devices.use_cpu_threads`)."""
     world, rank, local_rank = (
         int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0))
     )
-    device = pick_device(device_choice, local_rank)
+    device = pick_device(device_choice, local_rank, threads)
     if world > 1 and not dist.is_initialized():
         # rank 0 writes checkpoints and figures while the others wait: allow slow disks before the watchdog fires
         timeout = timedelta(minutes=timeout_min)

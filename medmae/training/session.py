@@ -25,7 +25,7 @@ from medmae.training.distributed import Context, barrier, setup, teardown
 from medmae.training.run_folder import RunFolder
 
 log = logging.getLogger("medmae")
-CHANGEABLE_ON_RESUME = ("train.dist_timeout_min", "train.epochs")  # keys a resumed run may change
+CHANGEABLE_ON_RESUME = ("train.dist_timeout_min", "train.epochs", "train.threads")  # keys a resumed run may change
 
 
 @dataclass
@@ -92,7 +92,9 @@ def _start(stage: str, request: RunRequest, task: TaskSpec, output: Path, lock: 
     task = with_roi(task, cfg.model.img_size, input_multiple(cfg.model.arch, cfg.model.patch_size))
     if resume_from is not None:
         _refuse_changed_task(resume_from.get("task"), task, output)
-    ctx = setup(cfg.train.device, cfg.train.dist_timeout_min)
+    ctx = setup(cfg.train.device, cfg.train.dist_timeout_min, cfg.train.threads)
+    if ctx.device.type == "cpu":  # the count chosen is saved, so that --resume computes with it again
+        cfg.train.threads = torch.get_num_threads()
     torch.manual_seed(cfg.train.seed + ctx.rank)
     if request.images:  # before any folder is made
         split = images_split(task, request.images)
@@ -148,7 +150,8 @@ def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config
 def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
     """The config a resumed run continues with: the saved one. Repeating the command line is fine; a
     changed value is refused, except for the keys of ``CHANGEABLE_ON_RESUME``, which take the requested one:
-    ``train.epochs`` extends (or shortens) a finished or running schedule."""
+    ``train.epochs`` extends (or shortens) a finished or running schedule; ``train.threads`` left unset keeps
+    the saved count (another count changes the float sums, so the run is no longer bitwise the same)."""
     before, after = flatten(saved.to_dict(), "saved"), flatten(requested.to_dict(), "requested")
     changed = [
         f"{key} {before[key]!r} -> {after[key]!r}"
@@ -167,6 +170,8 @@ def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
             "shorter one had decayed to), reaching optim.min_lr at epoch %d; a run already past it ends at once",
             *(saved.train.epochs, requested.train.epochs, requested.train.epochs, requested.train.epochs),
         )
+    if requested.train.threads is None:
+        requested.train.threads = saved.train.threads
     return requested
 
 

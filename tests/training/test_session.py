@@ -1,6 +1,6 @@
 """Starting and ending a run: the ROI from ``model.img_size``, a run that fails before its first checkpoint
 leaves nothing, and a pretraining killed after its first checkpoint resumes where it left off (a resume
-that changes the config is refused)."""
+that changes the config is refused), with the CPU thread count it started with."""
 
 from __future__ import annotations
 
@@ -148,3 +148,27 @@ def test_a_resume_whose_task_file_changed_is_refused_naming_the_keys(tmp_path, d
     assert "task demo has changed since: spacing [4.5, 4.5, 4.5] -> [3.0, 3.0, 3.0]" in err
     task.write_text(text.replace("title: ", "title: renamed "))
     assert main([*argv, "--resume", "--set", "train.epochs=2"]) == 0  # a description may change
+
+
+def test_the_cpu_thread_count_a_run_starts_with_is_saved_and_its_resume_computes_with_it(
+    demo_root, tmp_path, monkeypatch
+):
+    """Another count changes the float sums: a resume on a machine whose load has changed keeps the saved
+    count, unless train.threads asks for another."""
+    from medmae import devices
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "available_cores", lambda: 2)
+    monkeypatch.setattr(devices, "others_load", lambda: 5.0)  # busy: one thread
+    run, before = tmp_path / "run", torch.get_num_threads()
+    no_warmup = ("--set", "optim.warmup_epochs=0")
+    try:
+        assert main(demo_run("pretrain", demo_root, run, "--set", "train.epochs=1", *no_warmup)) == 0
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"] == 1
+        monkeypatch.setattr(devices, "others_load", lambda: 0.0)  # quiet now: two threads if started afresh
+        assert main(demo_run("pretrain", demo_root, run, "--resume", "--set", "train.epochs=2", *no_warmup)) == 0
+        assert torch.get_num_threads() == 1 and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+        assert main(demo_run("pretrain", demo_root, run, "--resume", "--set", "train.threads=2", *no_warmup)) == 0
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["threads"] == 2
+    finally:
+        torch.set_num_threads(before)
