@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from medmae.data.manifests import IMAGES_SPLIT, images_split, load_split
 from medmae.errors import UserError
 from medmae.files import FolderLock, lock_folder, output_folder
 from medmae.models.registry import PATCH_SIZE, input_multiple
-from medmae.tasks import TaskSpec, load_task
+from medmae.tasks import TaskSpec, load_task, task_from_record
 from medmae.training.distributed import Context, barrier, setup, teardown
 from medmae.training.run_folder import RunFolder
 
@@ -134,10 +134,12 @@ def running(s: Setup) -> Iterator[Setup]:
         s.run.discard_if_unsaved()
         raise
     finally:
-        s.run.close()
-        if s.lock is not None:
-            s.lock.release()
-        teardown()
+        try:
+            s.run.close()
+            if s.lock is not None:
+                s.lock.release()
+        finally:
+            teardown()
 
 
 def _requested_config(stage: str, task: TaskSpec, request: RunRequest) -> Config:
@@ -175,17 +177,21 @@ def _resumed_config(saved: Config, requested: Config, output: Path) -> Config:
     return requested
 
 
-DESCRIPTIVE_TASK_KEYS = ("title", "source")  # the rest of a task file decides what a run trains on
+IGNORED_ON_RESUME = ("path", "record", "title", "source_url", "source_tree", "mean_groups")  # change no training
 
 
 def _refuse_changed_task(saved: dict[str, Any] | None, task: TaskSpec, output: Path) -> None:
-    """Refuse to resume a run whose task file has changed since it started (spacing, labels, intensity...),
-    naming each changed key; its title and source may change."""
-    now = task.record
+    """Refuse to resume a run whose task has changed since it started (spacing, labels, intensity...),
+    naming each changed key; compared as read (an explicit default equals an absent key), leaving out
+    what trains nothing (the title, the source, the mean groups of reports)."""
+    if saved is None:
+        return
+    before = task_from_record(saved, str(output / "checkpoints"))
+    keys = [f.name for f in fields(TaskSpec) if f.name not in IGNORED_ON_RESUME]
     changed = [
-        f"{key} {saved.get(key)!r} -> {now.get(key)!r}"
-        for key in sorted(set(saved or {}) | set(now))
-        if saved is not None and key not in DESCRIPTIVE_TASK_KEYS and saved.get(key) != now.get(key)
+        f"{key} {getattr(before, key)!r} -> {getattr(task, key)!r}"
+        for key in keys
+        if getattr(before, key) != getattr(task, key)
     ]
     if changed:
         raise UserError(
