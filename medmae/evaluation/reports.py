@@ -113,11 +113,17 @@ def write_csv(table: pd.DataFrame, path: Path, notes: Sequence[str] = ()) -> Pat
 
 
 def write_classification_report(
-    output_dir: Path, image_ids: Sequence[str], probabilities: np.ndarray, targets: np.ndarray, findings: Sequence[str]
+    output_dir: Path,
+    image_ids: Sequence[str],
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    findings: Sequence[str],
+    notes: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, float, list[str]]:
     """``per_image.csv`` (one probability column per finding), ``per_finding.csv`` (AUC with positive and
-    negative counts; ``per_finding_notes.txt`` gives the macro mean and the findings left out of it) and
-    ``figures/roc.png``. Returns the per-finding table, the macro AUC and the undefined findings.
+    negative counts; ``per_finding_notes.txt`` gives the macro mean, the findings left out of it and
+    ``notes``) and ``figures/roc.png``. Returns the per-finding table, the macro AUC and the undefined
+    findings.
 
     Args:
         probabilities, targets: ``[N, F]``.
@@ -133,6 +139,7 @@ def write_classification_report(
     notes = [
         f"macro AUC {mean:.4f} over {int(table['defined'].sum())} findings with both classes present",
         f"undefined (one class absent, left out of the mean): {', '.join(undefined) or 'none'}",
+        *notes,
     ]
     write_csv(table, output_dir / "per_finding.csv", notes)
     curves = {

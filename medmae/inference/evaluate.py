@@ -74,6 +74,34 @@ def unchecked_pretraining(payload: dict) -> str | None:
     return None
 
 
+def refuse_seen(
+    payload: dict,
+    task: TaskSpec,
+    data_root,
+    manifest,
+    split,
+    part: str,
+    cases: list[Case],
+    checkpoint: str,
+    allow: bool,
+) -> list[str]:
+    """Refuse to score cases the checkpoint has seen (:func:`seen_cases`), naming them and why; with
+    ``allow``, warn instead. Returns the notes for the report (what was allowed, what could not be checked)."""
+    seen, notes = seen_cases(payload, task, data_root, manifest, split.name, part, cases)
+    notes += [note for note in [unchecked_pretraining(payload)] if note]
+    if seen:
+        shown = "; ".join(f"{case}: {why}" for case, why in list(seen.items())[:10])
+        more = f"; and {len(seen) - 10} more" if len(seen) > 10 else ""
+        problem = f"{len(seen)} of the {len(cases)} {PARTS[part]} cases of split {split.name} were seen by {checkpoint}"
+        if not allow:
+            raise UserError(
+                f"{problem}: {shown}{more}. Evaluate on cases the model has not seen, or pass --allow-seen-cases"
+            )
+        log.warning("WARNING: %s; their scores are not a test of the model", problem)
+        notes.append(f"seen cases scored (--allow-seen-cases), not a test of the model: {shown}{more}")
+    return notes
+
+
 def evaluate(
     checkpoint: str,
     task_name: str,
@@ -99,18 +127,7 @@ def evaluate(
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
     trained = payload.get("split", {}).get("split", split.name)
-    seen, notes = seen_cases(payload, named, data_root, manifest, split.name, part, cases)
-    notes += [note for note in [unchecked_pretraining(payload)] if note]
-    if seen:
-        shown = "; ".join(f"{case}: {why}" for case, why in list(seen.items())[:10])
-        more = f"; and {len(seen) - 10} more" if len(seen) > 10 else ""
-        problem = f"{len(seen)} of the {len(cases)} {PARTS[part]} cases of split {split.name} were seen by {checkpoint}"
-        if not allow_seen:
-            raise UserError(
-                f"{problem}: {shown}{more}. Evaluate on cases the model has not seen, or pass --allow-seen-cases"
-            )
-        log.warning("WARNING: %s; their scores are not a test of the model", problem)
-        notes.append(f"seen cases scored (--allow-seen-cases), not a test of the model: {shown}{more}")
+    notes = refuse_seen(payload, named, data_root, manifest, split, part, cases, checkpoint, allow_seen)
     folder = f"evaluate_{part}" if trained == split.name else f"evaluate_{split.name}_{part}"
     output = output_folder(output_dir or Path(checkpoint).resolve().parent.parent / folder)
     with removed_on_error(output):
@@ -118,7 +135,9 @@ def evaluate(
             cfg = from_dict(payload["run_config"], checkpoint)
             loader = DataLoader(CaseDataset(task, cases, "validation"), batch_size=cfg.data.batch_size)
             probabilities, targets, ids = classify(model, loader, task, cfg.train.precision, device)
-            table, mean, undefined = write_classification_report(output, ids, probabilities, targets, task.findings)
+            table, mean, undefined = write_classification_report(
+                output, ids, probabilities, targets, task.findings, notes
+            )
             note = f"macro AUC over {int(table['defined'].sum())} findings; undefined: {', '.join(undefined) or 'none'}"
             return (
                 mean,

@@ -39,12 +39,13 @@ def test_a_finding_without_positives_is_undefined_and_left_out(tmp_path):
     mean, undefined = macro_auc(table)
     assert mean == pytest.approx((table.loc[0, "auc"] + table.loc[2, "auc"]) / 2) and undefined == ["Hernia"]
     written, written_mean, _ = write_classification_report(
-        tmp_path, [f"i{k}" for k in range(50)], probabilities, targets, ["Mass", "Hernia", "Edema"]
+        tmp_path, [f"i{k}" for k in range(50)], probabilities, targets, ["Mass", "Hernia", "Edema"], ["seen: i3"]
     )
     assert written.equals(table) and written_mean == mean
     per_image = pd.read_csv(tmp_path / "per_image.csv")
     assert per_image.columns.tolist() == ["image_id", "Mass", "Hernia", "Edema"] and len(per_image) == 50
     text = (tmp_path / "per_finding_notes.txt").read_text()
     assert "macro AUC" in text and "over 2 findings" in text and "left out of the mean): Hernia" in text
+    assert text.splitlines()[-1] == "seen: i3"  # evaluate's notes (seen cases scored) travel with the report
     assert pd.read_csv(tmp_path / "per_finding.csv")["finding"].tolist() == ["Mass", "Hernia", "Edema"]
     assert (tmp_path / "figures" / "roc.png").stat().st_size > 10_000
