@@ -160,22 +160,25 @@ os.register_at_fork(after_in_child=_close_held_in_child)
 
 @dataclass
 class FolderLock:
-    """A folder held by this process alone (:func:`lock_folder`); ``made``: the lock created the folder;
-    ``handle`` None where the file system takes no lock."""
+    """A folder held by this process alone (:func:`lock_folder`); ``made``: the folders the lock created
+    (the folder and missing ones above it, innermost first); ``handle`` None where the file system takes no
+    lock."""
 
     folder: Path
     handle: IO | None
-    made: bool
+    made: list[Path]
 
     def release(self) -> None:
-        """Let the folder go: the lock file is removed, and the folder too when the lock made it and it is
-        empty (a run refused or failed before writing leaves nothing behind)."""
+        """Let the folder go: the lock file is removed, and the folders the lock made while they are empty
+        (a run refused or failed before writing leaves nothing behind)."""
         (self.folder / LOCK_NAME).unlink(missing_ok=True)
         if self.handle is not None:
             _HELD.discard(self.handle)
             self.handle.close()
-        if self.made and self.folder.is_dir() and not any(self.folder.iterdir()):
-            self.folder.rmdir()
+        for folder in self.made:
+            if not folder.is_dir() or any(folder.iterdir()):
+                return
+            folder.rmdir()
 
 
 def lock_folder(folder: Path, flag: str = "--output-dir") -> FolderLock:
@@ -183,7 +186,7 @@ def lock_folder(folder: Path, flag: str = "--output-dir") -> FolderLock:
     inside it, which the operating system drops when the process ends, however it ends. Another holder
     gets a :class:`UserError` naming the holder (its process, host, start and command line). On a file
     system that takes no lock, a warning says the folder is not protected, and the run goes on."""
-    made = not folder.exists()
+    made = [f for f in (folder, *folder.parents) if not f.exists()]
     path = folder / LOCK_NAME
     try:
         folder.mkdir(parents=True, exist_ok=True)
