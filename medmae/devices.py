@@ -17,6 +17,7 @@ from medmae.errors import UserError
 log = logging.getLogger("medmae")
 _STARTED = time.monotonic()  # about when this process started: its own share of the load is measured from here
 _LOGGED: set[int] = set()  # the thread counts already announced in this process
+PHYSICAL_CORES = torch.get_num_threads()  # torch's own default: physical cores, not hyper-threads
 
 
 def pick_device(choice: str, local_rank: int = 0, threads: int | None = None) -> torch.device:
@@ -85,14 +86,15 @@ def omp_threads() -> int | None:
 
 def use_cpu_threads(requested: int | None = None) -> int:
     """Set torch's intra-op thread count for CPU work and return it: ``requested`` (``train.threads``) when
-    given, else ``OMP_NUM_THREADS`` when set, else :func:`cpu_threads` of the
-    available cores, the load of other processes and torchrun's ``LOCAL_WORLD_SIZE``. Logged once per count."""
+    given, else ``OMP_NUM_THREADS`` when set, else :func:`cpu_threads` of the available cores (never more
+    than torch's default, the physical cores: a second hyper-thread per core slows convolutions), the load
+    of other processes and torchrun's ``LOCAL_WORLD_SIZE``. Logged once per count."""
     if requested is not None:
         threads, why = requested, "train.threads"
     elif omp_threads() is not None:
         threads, why = omp_threads(), "OMP_NUM_THREADS"
     else:
-        cores, load = available_cores(), others_load()
+        cores, load = min(available_cores(), PHYSICAL_CORES), others_load()
         threads = cpu_threads(cores, load, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         why = f"{cores} cores available, 1-minute load {load:.1f} from other processes"
     torch.set_num_threads(threads)

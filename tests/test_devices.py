@@ -115,3 +115,12 @@ def test_a_cgroup_cpu_quota_caps_the_cores(monkeypatch):
     assert devices.available_cores() == min(2, len(devices.os.sched_getaffinity(0)))
     monkeypatch.setattr(devices, "cgroup_cpu_quota", lambda: None)
     assert devices.available_cores() == len(devices.os.sched_getaffinity(0))
+
+
+def test_the_load_rule_never_gives_more_threads_than_physical_cores(monkeypatch, restore_threads):
+    """Hyper-threads: 8 logical CPUs on 4 cores give torch's default of 4, as without the rule."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices, "available_cores", lambda: 8)
+    monkeypatch.setattr(devices, "PHYSICAL_CORES", 4)
+    monkeypatch.setattr(devices, "others_load", lambda: 0.0)
+    assert use_cpu_threads() == 4
