@@ -116,11 +116,7 @@ def run(request: RunRequest) -> nn.Module:
         job = Job(
             loss=lambda m, batch: mae_loss(m, batch, ctx.device),
             end_of_epoch=_figures(s, model, figure_batch(shown, cfg, crops) if ctx.is_main else None),
-            describe={
-                "stage": "pretrain",
-                "task": task.record,
-                "split": s.split_record,
-            },
+            describe={"stage": "pretrain", "task": task.record, "split": s.split_record},
             samples_per_item=crops,
         )
         if ctx.is_main:  # evaluate refuses to score these images; a resumed run's weights saw the earlier ones too
