@@ -1,6 +1,6 @@
 """``medmae data check`` (read every case of a split and report what is wrong), ``medmae data
-export-nnunet`` (write a task's cases in nnU-Net's layout) and ``medmae data demo`` (write the synthetic
-demo set)."""
+export-nnunet`` (write a task's cases in nnU-Net's layout), ``medmae data preprocess`` (the preprocessed
+per-case store) and ``medmae data demo`` (write the synthetic demo set)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_data_flags(export)
     export.add_argument("--output-dir", required=True, help="the nnU-Net dataset folder to write (new or empty)")
     export.add_argument("--quiet", action="store_true", help="no progress bar")
+    preprocess = subcommand(data_commands, "preprocess", run_preprocess, run_preprocess.__doc__)
+    add_data_flags(preprocess)
+    preprocess.add_argument(
+        "--images",
+        action="append",
+        metavar="DIR_OR_GLOB",
+        help="unlabelled scans instead of a data root: a folder (searched recursively), a file or a glob "
+        "pattern; repeatable (needs --output-dir)",
+    )
+    preprocess.add_argument("--output-dir", help="where the store goes (default: <data root>/medmae_store)")
+    preprocess.add_argument("--workers", type=at_least(1), default=1, help="worker processes (default 1)")
+    preprocess.add_argument(
+        "--part", type=at_least(0), default=0, help="this job's part, 0 ... --parts - 1 (default 0)"
+    )
+    preprocess.add_argument("--parts", type=at_least(1), default=1, help="how many jobs share the cases (default 1)")
+    preprocess.add_argument("--rebuild", action="store_true", help="delete this task's store and build it again")
+    preprocess.add_argument("--quiet", action="store_true", help="no progress bar")
     demo = subcommand(data_commands, "demo", run_write_demo, run_write_demo.__doc__)
     demo.add_argument("--output-dir", required=True)
     demo.add_argument("--cases", type=at_least(2), default=12, help="cases to write (at least 2; default 12)")
@@ -89,6 +106,58 @@ def run_export(args: argparse.Namespace) -> int:
         f"wrote {labelled} labelled and {len(split.unlabelled)} unlabelled cases of task {task.name} to {output} "
         f"in nnU-Net's layout; read it back with: medmae data check --task {args.task} --data-root {output}"
     )
+    return 0
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    """Run each case's deterministic preprocessing once, into a store of compressed per-case files that
+    training reads crops from.
+
+    Example: ``medmae data preprocess --task msd_hippocampus --data-root Task04_Hippocampus --workers 2``
+    """
+    from medmae.data.layout import resolve_data_root
+    from medmae.data.manifests import images_split, load_split
+    from medmae.data.store import preprocess
+    from medmae.tasks import load_task
+
+    data_flags = {"--data-root": args.data_root, "--manifest": args.manifest, "--split/--fold": args.split}
+    given = [flag for flag, value in data_flags.items() if value]
+    if args.images and given:
+        raise UserError(f"--images replaces {', '.join(given)}: give one or the other")
+    if args.images and not args.output_dir:
+        raise UserError("--images needs --output-dir: the folder to keep the store in")
+    if args.part >= args.parts:
+        raise UserError(f"--part {args.part} --parts {args.parts}: the part counts from 0 to {args.parts - 1}")
+    task = load_task(args.task)
+    if args.images:
+        split = images_split(task, args.images)
+        root = output_folder(args.output_dir)
+    else:
+        split = load_split(task, args.data_root, args.manifest, args.split)
+        root = output_folder(args.output_dir or resolve_data_root(task, args.data_root) / "medmae_store")
+    cases = split.all_cases()
+    share = f" (part {args.part} of {args.parts}, counting from 0)" if args.parts > 1 else ""
+    print(f"task {task.name}: split {split.name} from {split.source}: {len(cases)} cases{share}")
+    run = preprocess(
+        task,
+        cases,
+        root,
+        workers=args.workers,
+        part=args.part,
+        parts=args.parts,
+        progress=not args.quiet,
+        rebuild=args.rebuild,
+    )
+    print(
+        f"wrote {len(run.written)} cases, skipped {len(run.current)} already current, "
+        f"{len(run.failed)} failed; the store is {run.folder}"
+    )
+    if run.failed:
+        listed = "\n  ".join(f"{case_id}: {problem}" for case_id, problem in sorted(run.failed.items()))
+        raise UserError(
+            f"{len(run.failed)} of {len(run.failed) + len(run.written) + len(run.current)} cases of task "
+            f"{task.name} could not be preprocessed (the others are in {run.folder}):\n  {listed}"
+        )
     return 0
 
 

@@ -170,19 +170,30 @@ def intensity_transforms(task: TaskSpec) -> list:
     return [ScaleIntensityd("image", minv=0.0, maxv=1.0), HistogramNormalized("image", num_bins=256, min=0, max=1)]
 
 
+def preprocessing_steps(task: TaskSpec, keys: Sequence[str]) -> list:
+    """The deterministic first steps of every 3D segmentation chain, shared by training and the preprocessed
+    store (:mod:`medmae.data.store`): read (``image`` ``[C, *S]`` float32, ``label`` ``[1, *S]`` integer),
+    reorient, resample (bilinear image, nearest label), the intensity rule, crop to the image's non-zero
+    foreground (where the task says so), pad to at least the ROI. ``keys``: ``["image"]`` or
+    ``["image", "label"]``."""
+    keys = list(keys)
+    modes = ("bilinear", "nearest")[: len(keys)]
+    steps: list = [ReadImaged(keys, task)]
+    if task.orientation:
+        steps.append(Orientationd(keys, axcodes=task.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    if task.spacing:
+        steps.append(Spacingd(keys, pixdim=task.spacing, mode=modes))
+    steps += intensity_transforms(task)
+    if task.crop_foreground:
+        steps.append(CropForegroundd(keys, source_key="image", select_fn=is_nonzero, allow_smaller=True))
+    steps.append(SpatialPadd(keys, spatial_size=task.roi))
+    return steps
+
+
 def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Compose:
     """3D chains; ``samples`` ROI crops per volume while training and pretraining."""
     keys = ["image"] if stage in IMAGE_ONLY else ["image", "label"]
-    modes = ("bilinear", "nearest")[: len(keys)]
-    chain: list = [ReadImaged(keys, task)]
-    if task.orientation:
-        chain.append(Orientationd(keys, axcodes=task.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
-    if task.spacing:
-        chain.append(Spacingd(keys, pixdim=task.spacing, mode=modes))
-    chain += intensity_transforms(task)
-    if task.crop_foreground:
-        chain.append(CropForegroundd(keys, source_key="image", select_fn=is_nonzero, allow_smaller=True))
-    chain.append(SpatialPadd(keys, spatial_size=task.roi))
+    chain: list = preprocessing_steps(task, keys)
     roi = task.roi
     if stage == "train":
         # Negative centres inside the body for CT (window: air is 0); anywhere in the cropped box for MRI,

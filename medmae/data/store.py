@@ -1,0 +1,409 @@
+"""The preprocessed per-case store: each case's deterministic chain (:func:`medmae.data.transforms.
+preprocessing_steps`) run once, into one compressed file per array, read back whole or one box at a time.
+
+Layout: a folder per task definition, ``<root>/<task name>_<16 hex digits>``, the digits a SHA-256 over the
+store format, medmae's version and the task record's preprocessing keys (:data:`PREPROCESSING_KEYS`), with
+``store.json`` (format, version, task record) and, per case (its id made safe as a file name, see
+:func:`safe_name`):
+
+- ``<case>.image.b2nd``: the image ``[C, *S]`` float32, exact;
+- ``<case>.label.b2nd``: the label map ``[1, *S]`` (uint8, or int16 for larger values), when the case has one;
+- ``<case>.json``, written last (a case without it is not in the store): the source files' identities
+  (:func:`medmae.data.cases.file_identity`), the shapes, the affine after preprocessing and the spacing.
+
+Arrays are blosc2 NDArrays (ZSTD level 8, bit shuffle, chunks of 64^3 voxels in blocks of 16^3; measured
+in ``benchmarks/store_format.py``), each written under a temporary name in the same folder and renamed, so
+a killed run never leaves a half file under a real name. A case is current while its ``.json`` exists, its
+recorded identities equal its files' now and its arrays exist; :func:`preprocess` skips current cases and
+rebuilds the others, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+import medmae
+from medmae.data.cases import Case, file_identity
+from medmae.errors import DataError, UserError
+from medmae.files import OutputError, write_text
+from medmae.tasks import TaskSpec
+
+log = logging.getLogger("medmae")
+
+STORE_FORMAT = "medmae-store-1"
+PREPROCESSING_KEYS = (
+    "channels",
+    "orientation",
+    "spacing",
+    "intensity",
+    "crop_foreground",
+    "roi",
+    "labels",
+    "regions",
+    "ignore_label",
+    "layout",
+)
+STORE_FILE = "store.json"
+CHUNK, BLOCK = 64, 16  # voxels per axis of a compressed chunk and of a block inside it
+CODEC_LEVEL = 8  # ZSTD
+TMP_MARK = ".tmp"
+
+
+def store_key(task: TaskSpec) -> dict[str, Any]:
+    """What the store folder's name is a hash of: the format, medmae's version and the task's preprocessing keys."""
+    return {
+        "format": STORE_FORMAT,
+        "medmae": medmae.__version__,
+        "task": {key: task.record.get(key) for key in PREPROCESSING_KEYS},
+    }
+
+
+def store_folder(task: TaskSpec, root: str | Path) -> Path:
+    """``<root>/<task name>_<16 hex digits of the SHA-256 of store_key(task)>``."""
+    text = json.dumps(store_key(task), sort_keys=True, default=str)
+    return Path(root) / f"{task.name}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def open_store(task: TaskSpec, root: str | Path, rebuild: bool = False) -> Path:
+    """The store folder of ``task`` under ``root``, made with its ``store.json`` when missing. A folder whose
+    ``store.json`` names another format or medmae version (or cannot be read) is refused with a
+    :class:`UserError`, or, with ``rebuild``, emptied and made again; ``rebuild`` empties a matching one too."""
+    folder = store_folder(task, root)
+    record = folder / STORE_FILE
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: names a file, not a store folder")
+    if rebuild and folder.exists():
+        log.info("rebuilding the store %s from scratch", folder)
+        shutil.rmtree(folder)
+    if record.is_file():
+        try:
+            found = json.loads(record.read_text(encoding="utf-8"))
+            made_by = (found.get("format"), found.get("medmae"))
+        except (OSError, ValueError, AttributeError):
+            made_by = ("unreadable", "?")
+        if made_by != (STORE_FORMAT, medmae.__version__):
+            raise UserError(
+                f"{folder}: a store of format {made_by[0]} made by medmae {made_by[1]}, not format {STORE_FORMAT} "
+                f"of medmae {medmae.__version__}: delete the folder, or pass --rebuild to build it again"
+            )
+        return folder
+    write_text(record, json.dumps({**store_key(task), "task_record": task.record}, indent=2, default=str) + "\n")
+    return folder
+
+
+def safe_name(case_id: str) -> str:
+    """``case_id`` as one file name: ``/`` (from ``--images`` subfolders) and other unsafe characters
+    percent-encoded, a leading dot too (``patient1/ct`` -> ``patient1%2Fct``); distinct ids stay distinct."""
+    name = quote(case_id, safe="-_.+@,=")
+    return "%2E" + name[1:] if name.startswith(".") else name
+
+
+def case_paths(folder: Path, case_id: str) -> dict[str, Path]:
+    """The ``image``, ``label`` and ``meta`` files of ``case_id`` in the store ``folder``."""
+    name = safe_name(case_id)
+    return {
+        "image": folder / f"{name}.image.b2nd",
+        "label": folder / f"{name}.label.b2nd",
+        "meta": folder / f"{name}.json",
+    }
+
+
+def source_identities(case: Case) -> dict[str, Any]:
+    """The identities of a case's image files (in channel order) and label; :class:`OSError` when one is unreadable."""
+    return {
+        "image": [file_identity(path) for path in case.image_files],
+        "label": file_identity(case.label) if case.label is not None else None,
+    }
+
+
+def is_current(folder: Path, case: Case) -> bool:
+    """Whether the store holds ``case`` as its files are now: its ``.json``, recording the identities its
+    files have now, and its arrays."""
+    paths = case_paths(folder, case.id)
+    try:
+        meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
+        files = source_identities(case)
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(meta, dict)
+        and meta.get("files") == files
+        and paths["image"].is_file()
+        and (case.label is None or paths["label"].is_file())
+    )
+
+
+def remove_leftovers(folder: Path, case_id: str) -> None:
+    """Remove the temporary files a killed write of ``case_id`` left in ``folder`` (never read: they carry no
+    real name)."""
+    prefix = f".{safe_name(case_id)}."
+    for path in folder.glob(f"{prefix}*"):
+        if TMP_MARK in path.name[len(prefix) :]:
+            path.unlink(missing_ok=True)
+
+
+def write_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` ``[C, *S]`` as a blosc2 NDArray at ``path``, through a temporary file in the same folder
+    (fsynced, then renamed); an ``OSError`` or a blosc2 ``RuntimeError`` becomes an :class:`OutputError`
+    naming ``path``, and no temporary file is left."""
+    import blosc2
+
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}.b2nd")
+    spatial = array.shape[1:]
+    try:
+        blosc2.asarray(
+            np.ascontiguousarray(array),
+            urlpath=str(tmp),
+            mode="w",
+            chunks=(1, *[min(CHUNK, s) for s in spatial]),
+            blocks=(1, *[min(BLOCK, s) for s in spatial]),
+            cparams=blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=CODEC_LEVEL, nthreads=1),
+        )
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError, ValueError) as error:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1:] or [type(error).__name__]
+        raise OutputError(f"{path}: cannot be written ({reason if isinstance(reason, str) else reason[0]})") from error
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def label_dtype(label: np.ndarray) -> np.dtype:
+    """uint8 where every value fits, else int16 (else int32)."""
+    low, high = (int(label.min()), int(label.max())) if label.size else (0, 0)
+    if 0 <= low and high < 256:
+        return np.dtype(np.uint8)
+    if -(1 << 15) <= low and high < (1 << 15):
+        return np.dtype(np.int16)
+    return np.dtype(np.int32)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The medmae DataError inside MONAI's wrapping RuntimeError, else the innermost error."""
+    while error.__cause__ is not None and not isinstance(error, DataError):
+        error = error.__cause__
+    return error
+
+
+def preprocessed(task: TaskSpec, case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The image ``[C, *S]`` float32, the label ``[1, *S]`` integer (or None) and the affine ``[D+1, D+1]`` of
+    ``case`` after ``task``'s deterministic chain; a bad case raises :class:`DataError` naming its file."""
+    import torch
+    from monai.transforms import Compose
+
+    from medmae.data.transforms import preprocessing_steps
+
+    keys = ["image", "label"] if case.label is not None else ["image"]
+    data: dict[str, Any] = {"image": [str(p) for p in case.image_files] if case.more_channels else str(case.image)}
+    if case.label is not None:
+        data["label"] = str(case.label)
+    try:
+        d = Compose(preprocessing_steps(task, keys))(data)
+    except Exception as error:
+        cause = _root_cause(error)
+        if isinstance(cause, DataError):
+            raise DataError(cause.path, cause.problem) from error
+        raise DataError(case.image, f"{type(cause).__name__}: {cause}") from error
+    image = d["image"]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    array = np.asarray(torch.as_tensor(image).as_subclass(torch.Tensor), dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise DataError(
+            case.image,
+            f"non-finite values after preprocessing: its intensities are too extreme for the "
+            f"{task.intensity['rule']} rule (see medmae data check)",
+        )
+    label = None
+    if case.label is not None:
+        values = torch.as_tensor(d["label"]).as_subclass(torch.Tensor).numpy()
+        label = values.astype(label_dtype(values))
+    return array, label, affine
+
+
+def write_case(task: TaskSpec, case: Case, folder: Path) -> dict[str, Any]:
+    """Preprocess ``case`` and write it into the store ``folder`` (its ``.json`` last); returns that record.
+    A bad case raises :class:`DataError`; an unwritable folder :class:`OutputError`. Either way the case is
+    left out of the store (its ``.json`` removed first), with no temporary file left."""
+    paths = case_paths(folder, case.id)
+    paths["meta"].unlink(missing_ok=True)  # from here until the end the case is not in the store
+    remove_leftovers(folder, case.id)
+    try:
+        files = source_identities(case)
+    except OSError as error:
+        where = next(
+            (p for p in (*case.image_files, case.label) if p is not None and not Path(p).is_file()), case.image
+        )
+        raise DataError(where, f"cannot be read ({error.strerror or error})") from error
+    image, label, affine = preprocessed(task, case)
+    write_array(paths["image"], image)
+    if label is not None:
+        write_array(paths["label"], label)
+    else:
+        paths["label"].unlink(missing_ok=True)
+    dims = image.ndim - 1
+    meta = {
+        "case": case.id,
+        "files": files,
+        "image_files": [str(path) for path in case.image_files],
+        "label_file": str(case.label) if case.label is not None else None,
+        "shape": list(image.shape),
+        "label_shape": list(label.shape) if label is not None else None,
+        "label_dtype": label.dtype.name if label is not None else None,
+        "affine": affine.tolist(),
+        "spacing": np.linalg.norm(affine[:dims, :dims], axis=0).tolist(),
+    }
+    write_text(paths["meta"], json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+@dataclass
+class StoreRun:
+    """What :func:`preprocess` did: the store folder, the ids written and already current, and the failed
+    cases with their problem (a message starting with the file)."""
+
+    folder: Path
+    written: list[str] = field(default_factory=list)
+    current: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _work(job: tuple[TaskSpec, Case, Path]) -> tuple[str, str, str]:
+    """(case id, ``written`` | ``failed`` | ``output``, problem) for one case, in a worker or in this process."""
+    task, case, folder = job
+    try:
+        write_case(task, case, folder)
+    except OutputError as error:
+        return case.id, "output", str(error)
+    except DataError as error:
+        return case.id, "failed", str(error)
+    return case.id, "written", ""
+
+
+def part_of(cases: Sequence[Case], part: int = 0, parts: int = 1) -> list[Case]:
+    """Part ``part`` (0 ... ``parts`` - 1) of ``cases``: every ``parts``-th case in order of id, from the
+    ``part``-th; the parts are disjoint and together hold every case once."""
+    if parts < 1 or not 0 <= part < parts:
+        raise UserError(f"--part {part} --parts {parts}: the part counts from 0 to {parts - 1}")
+    unique = sorted({case.id: case for case in cases}.values(), key=lambda case: case.id)
+    return unique[part::parts]
+
+
+def preprocess(
+    task: TaskSpec,
+    cases: Sequence[Case],
+    root: str | Path,
+    workers: int = 1,
+    part: int = 0,
+    parts: int = 1,
+    progress: bool = True,
+    rebuild: bool = False,
+) -> StoreRun:
+    """Write the cases of part ``part`` of ``parts`` (:func:`part_of`) into the store of ``task`` under
+    ``root`` (:func:`open_store`), skipping current ones, with ``workers`` processes (one torch thread each).
+    A case that fails is recorded in ``failed`` and the others go on; an unwritable folder or a full disk
+    raises :class:`OutputError` with no temporary file left."""
+    from tqdm import tqdm
+
+    if task.is_classification or task.spatial_dims != 3:
+        raise UserError(f"task {task.name}: the preprocessed store holds 3D segmentation tasks only")
+    if workers < 1:
+        raise UserError(f"--workers {workers}: at least 1")
+    mine = part_of(cases, part, parts)
+    folder = open_store(task, root, rebuild=rebuild)
+    run = StoreRun(folder)
+    todo = []
+    for case in mine:
+        if is_current(folder, case):
+            run.current.append(case.id)
+        else:
+            todo.append(case)
+    jobs = [(task, case, folder) for case in todo]
+    bar = tqdm(total=len(jobs), desc=f"preprocessing {task.name}", unit="case", disable=not progress or None)
+    output_error = None
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            results = map(_work, jobs)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker)
+            results = pool.imap_unordered(_work, jobs)
+        try:
+            for case_id, outcome, problem in results:
+                bar.update()
+                if outcome == "written":
+                    run.written.append(case_id)
+                elif outcome == "failed":
+                    run.failed[case_id] = problem
+                    log.warning("case %s failed: %s", case_id, problem)
+                else:
+                    output_error = problem
+                    break
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    finally:
+        bar.close()
+        for case in todo:  # a worker stopped mid-write leaves a temporary file: never read, removed here
+            remove_leftovers(folder, case.id)
+    if output_error is not None:
+        raise OutputError(output_error)
+    run.written.sort()
+    return run
+
+
+def read_meta(folder: str | Path, case_id: str) -> dict[str, Any]:
+    """The ``.json`` record of ``case_id``; :class:`DataError` when the store does not hold the case."""
+    path = case_paths(Path(folder), case_id)["meta"]
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise DataError(path, f"case {case_id} is not in the store (run medmae data preprocess)") from error
+
+
+def read_case(folder: str | Path, case_id: str) -> dict[str, Any]:
+    """``image`` ``[C, *S]`` float32, ``label`` ``[1, *S]`` integer or None, and ``meta`` (the case's record)."""
+    import blosc2
+
+    meta = read_meta(folder, case_id)
+    paths = case_paths(Path(folder), case_id)
+    image = blosc2.open(str(paths["image"]), mode="r")[:]
+    label = blosc2.open(str(paths["label"]), mode="r")[:] if meta.get("label_shape") else None
+    return {"image": np.asarray(image), "label": None if label is None else np.asarray(label), "meta": meta}
+
+
+def read_crop(folder: str | Path, case_id: str, start: Sequence[int], size: Sequence[int]) -> dict[str, Any]:
+    """The box ``start`` .. ``start + size`` (spatial axes) of ``case_id``'s image ``[C, *size]`` and label
+    ``[1, *size]`` (or None), decompressing only the chunks it touches of the memory-mapped files."""
+    import blosc2
+
+    paths = case_paths(Path(folder), case_id)
+    box = (slice(None), *[slice(int(a), int(a) + int(n)) for a, n in zip(start, size)])
+    image = blosc2.open(str(paths["image"]), mode="r", mmap_mode="r")[box]
+    label = None
+    if paths["label"].is_file():
+        label = np.asarray(blosc2.open(str(paths["label"]), mode="r", mmap_mode="r")[box])
+    return {"image": np.asarray(image), "label": label}
