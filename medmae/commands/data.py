@@ -13,7 +13,7 @@ from medmae.files import output_folder, removed_on_error
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="check datasets, generate the demo set")
+    data = commands.add_parser("data", help="check, export and preprocess datasets; generate the demo set")
     data.set_defaults(handler=None, usage_of=data)
     data_commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     check = subcommand(data_commands, "check", run_check, run_check.__doc__)

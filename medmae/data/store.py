@@ -9,7 +9,8 @@ store format, medmae's version and the task record's preprocessing keys (:data:`
 - ``<case>.image.b2nd``: the image ``[C, *S]`` float32, exact;
 - ``<case>.label.b2nd``: the label map ``[1, *S]`` (uint8, or int16 for larger values), when the case has one;
 - ``<case>.json``, written last (a case without it is not in the store): the source files' identities
-  (:func:`medmae.data.cases.file_identity`), the shapes, the affine after preprocessing and the spacing.
+  (:func:`medmae.data.cases.file_identity`), the shapes, the affine after preprocessing and the spacing,
+  and the image's shape and affine as read (before preprocessing).
 
 Arrays are blosc2 NDArrays (ZSTD level 8, bit shuffle, chunks of 64^3 voxels in blocks of 16^3; measured
 in ``benchmarks/store_format.py``), each written under a temporary name in the same folder and renamed, so
@@ -202,9 +203,10 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def preprocessed(task: TaskSpec, case: Case) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """The image ``[C, *S]`` float32, the label ``[1, *S]`` integer (or None) and the affine ``[D+1, D+1]`` of
-    ``case`` after ``task``'s deterministic chain; a bad case raises :class:`DataError` naming its file."""
+def preprocessed(task: TaskSpec, case: Case) -> dict[str, Any]:
+    """``image`` ``[C, *S]`` float32, ``label`` ``[1, *S]`` integer (or None) and ``affine`` ``[D+1, D+1]`` of
+    ``case`` after ``task``'s deterministic chain, with ``source_shape`` and ``source_affine`` (the image as
+    read, before it); a bad case raises :class:`DataError` naming its file."""
     import torch
     from monai.transforms import Compose
 
@@ -214,8 +216,12 @@ def preprocessed(task: TaskSpec, case: Case) -> tuple[np.ndarray, np.ndarray | N
     data: dict[str, Any] = {"image": [str(p) for p in case.image_files] if case.more_channels else str(case.image)}
     if case.label is not None:
         data["label"] = str(case.label)
+    steps = preprocessing_steps(task, keys)
     try:
-        d = Compose(preprocessing_steps(task, keys))(data)
+        d = steps[0](data)  # ReadImaged
+        source_shape = list(d["image"].shape)
+        source_affine = np.asarray(d["image"].affine, dtype=np.float64).tolist()
+        d = Compose(steps[1:])(d)
     except Exception as error:
         cause = _root_cause(error)
         if isinstance(cause, DataError):
@@ -234,7 +240,13 @@ def preprocessed(task: TaskSpec, case: Case) -> tuple[np.ndarray, np.ndarray | N
     if case.label is not None:
         values = torch.as_tensor(d["label"]).as_subclass(torch.Tensor).numpy()
         label = values.astype(label_dtype(values))
-    return array, label, affine
+    return {
+        "image": array,
+        "label": label,
+        "affine": affine,
+        "source_shape": source_shape,
+        "source_affine": source_affine,
+    }
 
 
 def write_case(task: TaskSpec, case: Case, folder: Path) -> dict[str, Any]:
@@ -251,7 +263,8 @@ def write_case(task: TaskSpec, case: Case, folder: Path) -> dict[str, Any]:
             (p for p in (*case.image_files, case.label) if p is not None and not Path(p).is_file()), case.image
         )
         raise DataError(where, f"cannot be read ({error.strerror or error})") from error
-    image, label, affine = preprocessed(task, case)
+    result = preprocessed(task, case)
+    image, label, affine = result["image"], result["label"], result["affine"]
     write_array(paths["image"], image)
     if label is not None:
         write_array(paths["label"], label)
@@ -268,6 +281,8 @@ def write_case(task: TaskSpec, case: Case, folder: Path) -> dict[str, Any]:
         "label_dtype": label.dtype.name if label is not None else None,
         "affine": affine.tolist(),
         "spacing": np.linalg.norm(affine[:dims, :dims], axis=0).tolist(),
+        "source_shape": result["source_shape"],
+        "source_affine": result["source_affine"],
     }
     write_text(paths["meta"], json.dumps(meta, indent=1) + "\n")
     return meta

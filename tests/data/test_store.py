@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import replace
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -186,3 +187,5 @@ def test_a_case_record_names_its_files_and_geometry(demo_task, demo_cases, tmp_p
     assert meta["files"] == store.source_identities(case) and meta["label_file"] == str(case.label)
     assert meta["spacing"] == pytest.approx(list(demo_task.spacing))
     assert meta["shape"][1:] == meta["label_shape"][1:] and meta["label_dtype"] == "uint8"
+    source = nib.load(case.image)
+    assert meta["source_shape"][1:] == list(source.shape) and np.allclose(meta["source_affine"], source.affine)
