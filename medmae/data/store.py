@@ -300,8 +300,12 @@ class StoreRun:
 
 
 def _init_worker() -> None:
+    """One torch thread per worker; Ctrl-C reaches the parent, which stops the workers and cleans up."""
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
