@@ -179,8 +179,8 @@ def write_array(path: Path, array: np.ndarray) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError, ValueError) as error:
         tmp.unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1:] or [type(error).__name__]
-        raise OutputError(f"{path}: cannot be written ({reason if isinstance(reason, str) else reason[0]})") from error
+        reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise OutputError(f"{path}: cannot be written ({reason})") from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
