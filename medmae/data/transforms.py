@@ -28,6 +28,7 @@ from monai.transforms import (
     ClipIntensityPercentilesd,
     Compose,
     CropForegroundd,
+    DeleteItemsd,
     EnsureTyped,
     HistogramNormalized,
     MapTransform,
@@ -92,6 +93,21 @@ class ReadImaged(MapTransform):
                 affine=torch.from_numpy(image.affine),
                 meta={"filename_or_obj": str(image.path)},
             )
+        return d
+
+
+class SamplingLabeld(MapTransform):
+    """Add ``sampling_label``: ``label`` ``[1, *S]`` with the ignore label's voxels as background, so that
+    crop centres drawn on foreground fall on labelled classes, never on unlabelled voxels (nnU-Net samples
+    its class locations without them)."""
+
+    def __init__(self, ignore: int) -> None:
+        super().__init__(["label"])
+        self.ignore = ignore
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        d["sampling_label"] = torch.where(torch.as_tensor(d["label"]) == self.ignore, 0, torch.as_tensor(d["label"]))
         return d
 
 
@@ -200,10 +216,13 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2) -> Comp
         # whose z-scored tissue can be negative. Crops use the label map itself: MONAI would read a
         # multi-channel region label as one-hot and drop its first channel (whole tumour).
         body = {"image_key": "image", "image_threshold": 0} if task.intensity["rule"] == "window" else {}
+        sampling = "label" if task.ignore_label is None else "sampling_label"
+        chain += [SamplingLabeld(task.ignore_label)] if task.ignore_label is not None else []
         chain += [
             RandCropByPosNegLabeld(
-                keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=samples, **body
+                keys, label_key=sampling, spatial_size=roi, pos=1, neg=1, num_samples=samples, **body
             ),
+            *([DeleteItemsd("sampling_label")] if task.ignore_label is not None else []),
             *[RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3) if axis or not task.lateral],
         ]
         if roi[0] == roi[1] and not task.lateral:  # a quarter turn of a non-square axial plane changes the shape

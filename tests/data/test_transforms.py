@@ -18,7 +18,7 @@ from medmae.data.loaders import CaseDataset, case_dict
 from medmae.data.manifests import load_split
 from medmae.data.transforms import LabelToRegionsd, RandResizedCropd, build_transform, intensity_transforms
 from medmae.errors import DataError
-from medmae.tasks import load_task
+from medmae.tasks import load_task, task_from_record
 from tests.helpers import shared
 
 
@@ -253,3 +253,21 @@ def test_random_resized_crop_stays_inside_and_resizes():
 def test_unknown_stage_raises():
     with pytest.raises(ValueError, match="stage 'test'"):
         build_transform(load_task("demo"), "test")
+
+
+def test_crops_centred_on_foreground_never_aim_at_the_ignore_label(tmp_path):
+    """A small liver blob in one corner, unlabelled (ignore) voxels filling the opposite corner: the
+    positive half of the crops must hold the blob; counting ignore as foreground would aim them far off."""
+    task = load_task("demo")
+    task = task_from_record(dict(task.record) | {"ignore_label": len(task.labels)}, "demo.yaml")
+    affine = np.diag([4.5, 4.5, 4.5, 1.0])
+    label = np.zeros((160, 160, 64), np.uint8)
+    label[4:10, 4:10, 4:10] = 1
+    label[100:, 100:, :] = task.ignore_label
+    nib.save(nib.Nifti1Image(np.full(label.shape, 100, np.int16), affine), tmp_path / "image.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "label.nii.gz")
+    chain = build_transform(task, "train", samples=40)
+    chain.set_random_state(seed=0)
+    crops = chain({"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")})
+    holding = [bool((torch.as_tensor(c["label"]) == 1).any()) for c in crops]
+    assert sum(holding) >= 0.4 * len(crops) and all("sampling_label" not in c for c in crops)
