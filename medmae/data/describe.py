@@ -53,7 +53,9 @@ def describe_dataset(root: Path, name: str | None = None) -> tuple[dict[str, Any
     spacing, roi, said = geometry(labelled + cases["unlabelled"])
     record["spacing"], record["roi"] = spacing, roi
     why.append(f"spacing: {spacing} mm and roi: {roi} ({said})")
-    record["intensity"], record["crop_foreground"], said = intensity_rule(record["channels"], labelled)
+    record["intensity"], record["crop_foreground"], said = intensity_rule(
+        record["channels"], labelled, record.get("ignore_label")
+    )
     why.append(f"intensity: {record['intensity']}, crop_foreground: {record['crop_foreground']} ({said})")
     record["validation"] = {"fraction": 0.2, "seed": 0}
     split = "the datalist's parts" if cases["validation"] or cases["test"] else "fold0 (5 folds by case id)"
@@ -194,9 +196,11 @@ def ras_order(affine: np.ndarray) -> np.ndarray:
     return np.argsort(nib.orientations.io_orientation(affine)[:, 0])
 
 
-def intensity_rule(channels: list[str], labelled: list[Case]) -> tuple[dict[str, Any], bool, str]:
+def intensity_rule(
+    channels: list[str], labelled: list[Case], ignore: int | None = None
+) -> tuple[dict[str, Any], bool, str]:
     """CT (a channel named so, or values down to -500: Hounsfield units): a window at the 0.5 and 99.5
-    percentiles of the labelled voxels (as nnU-Net's CT rule); other
+    percentiles of the labelled voxels, those of the ``ignore`` label left out (as nnU-Net's CT rule); other
     modalities: a z-score of the non-zero voxels (and a crop to them) when at least a quarter of the voxels
     are exactly zero, else a z-score after clipping to the 0.5 and 99.5 percentiles."""
     sample = labelled[:VOXEL_SAMPLE]
@@ -206,7 +210,7 @@ def intensity_rule(channels: list[str], labelled: list[Case]) -> tuple[dict[str,
     hounsfield = len(channels) == 1 and min(float(image.min()) for image in images) <= AIR_HU
     if named_ct or hounsfield:
         labels = [integer_labels(on_image_axes(read_image(case.label), image))[0] for image, case in zip(read, sample)]
-        inside = np.concatenate([image[0][label > 0] for image, label in zip(images, labels)])
+        inside = np.concatenate([image[0][(label > 0) & (label != ignore)] for image, label in zip(images, labels)])
         low, high = (round(float(v)) for v in np.percentile(inside, [0.5, 99.5]))
         why = "named CT" if named_ct else f"values down to {AIR_HU} or below: CT in Hounsfield units"
         return {"rule": "window", "window": [low, high]}, False, f"{why}; labelled voxels of {len(sample)} cases"

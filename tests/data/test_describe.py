@@ -140,3 +140,13 @@ def test_a_label_in_another_orientation_gives_the_ct_window_of_the_voxels_it_lab
     ct = case(tmp_path, "ct", body, label=organ)
     turned = save_reoriented(ct.label, tmp_path / "turned_label.nii.gz", "PLS")
     assert intensity_rule(["CT"], [Case("ct", ct.image, turned)]) == intensity_rule(["CT"], [ct])
+
+
+def test_the_ct_window_leaves_out_the_voxels_of_the_ignore_label(tmp_path):
+    body = np.full((20, 20, 20), -1000.0, np.float32)
+    body[5:15, 5:15, 5:15] = np.linspace(-100, 200, 1000).reshape(10, 10, 10)
+    label = np.full((20, 20, 20), 2, np.uint8)  # unlabelled (ignore) everywhere, air included
+    label[5:15, 5:15, 5:15] = 1
+    ct = case(tmp_path, "ct", body, label=label)
+    assert intensity_rule(["CT"], [ct], ignore=2)[0]["window"][0] >= -100  # not the air of the ignored voxels
+    assert intensity_rule(["CT"], [ct])[0]["window"][0] == -1000  # counted as labelled, the air widens it
