@@ -110,8 +110,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    """Run each case's deterministic preprocessing once, into a store of compressed per-case files that
-    training reads crops from.
+    """Run each case's deterministic preprocessing once, into a store of compressed per-case files (read
+    back whole or one crop at a time; training does not read the store yet).
 
     Example: ``medmae data preprocess --task msd_hippocampus --data-root Task04_Hippocampus --workers 2``
     """

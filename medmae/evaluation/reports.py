@@ -103,12 +103,14 @@ def notes_path(path: Path) -> Path:
 
 def write_csv(table: pd.DataFrame, path: Path, notes: Sequence[str] = ()) -> Path:
     """Write ``table`` to ``path`` atomically as a plain CSV (the header, then the rows: pandas, R and
-    spreadsheets read it as it is) and ``notes``, when there are any, one a line into :func:`notes_path`.
-    Returns ``path``."""
+    spreadsheets read it as it is) and ``notes``, when there are any, one a line into :func:`notes_path`
+    (an older notes file removed when there are none). Returns ``path``."""
     with atomic_open(path) as handle:
         table.to_csv(handle, index=False, float_format="%.6g")
     if notes:
         write_text(notes_path(path), "".join(f"{line}\n" for line in notes))
+    else:  # an earlier report's notes must not stay beside this one
+        notes_path(path).unlink(missing_ok=True)
     return path
 
 

@@ -116,3 +116,5 @@ def test_a_report_is_a_plain_csv_and_its_notes_lie_beside_it(tmp_path):
     assert notes_path(path).read_text() == "task demo: 4 cases\nstd: ddof 1\n"
     write_csv(table, tmp_path / "per_case.csv")
     assert not (tmp_path / "per_case_notes.txt").exists()  # no notes, no file
+    write_csv(table, path)
+    assert not notes_path(path).exists()  # a report written again without notes keeps none of the earlier ones
