@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss
 
-from harness import device_name, free, step_times, train_step, write_lines
+from harness import device_name, free, quartiles, step_times, train_step, write_lines
 from medmae.models import create_model
 
 BACKBONES = {  # name -> (pretraining model, fine-tuning model); {size} filled in
@@ -39,7 +38,7 @@ UNETR_FEATURES = 16  # the recipes' feature_size
 
 def step_record(stage: str, backbone: str, name: str, model: torch.nn.Module, times: list[float], args) -> dict:
     """One JSON line: the step-time median and quartiles in seconds, the model and the setting."""
-    q1, median, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
+    q1, median, q3 = quartiles(times)
     return {
         "case": "backbone_step",
         "stage": stage,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 from monai.losses import DiceCELoss
 
-from harness import step_times, train_step, write_lines
+from harness import quartiles, step_times, train_step, write_lines
 from medmae.devices import available_cores, cpu_threads
 from medmae.models import create_model
 
@@ -65,7 +64,7 @@ def demo_step() -> Callable[[], None]:
 
 def record(threads: int, busy: int, cores: int, loads: dict[str, float], times: list[float]) -> dict:
     """One JSON line: step-time median and quartiles in seconds, and the conditions."""
-    q1, median, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
+    q1, median, q3 = quartiles(times)
     return {
         "case": "tiny_unetr_step",
         "threads": threads,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from medmae.data.cases import ID_SUFFIXES, Case, Split
+from medmae.data.cases import Case, Split, case_id
 from medmae.data.readers import integer_labels, on_image_axes, read_channels, read_image
 from medmae.data.writers import nifti_like
 from medmae.errors import DataError
@@ -80,8 +80,9 @@ def has_ending(name: str, ending: str) -> bool:
 
 
 def ending_of(name: str) -> str:
-    """A file name's image ending (``.nii.gz`` for ``a_0000.nii.gz``), else its last suffix."""
-    return next((name[-len(s) :] for s in ID_SUFFIXES if name.lower().endswith(s)), Path(name).suffix or name)
+    """A file name's image ending (``.nii.gz`` for ``a_0000.nii.gz``, what :func:`case_id` takes off), else its
+    last suffix."""
+    return name[len(case_id(Path(name))) :] or Path(name).suffix or name
 
 
 def check_ending(path: Path, folder: Path, ending: str) -> None:
