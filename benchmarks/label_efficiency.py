@@ -179,7 +179,8 @@ class Experiment:
         (later code rounds differently) are known."""
         kept = self.output / "pretrained" / f"mae_{backbone}.pt"
         if kept.is_file():
-            trained, wanted = load_checkpoint(kept)["split"]["split"], self.split_name()
+            record = torch.load(kept, map_location="cpu", weights_only=True, mmap=True)  # the split alone is read
+            trained, wanted = record["split"]["split"], self.split_name()
             if trained != wanted:
                 print(
                     f"error: {kept} was pretrained on split {trained}, not {wanted}: give another --output",
