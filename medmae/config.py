@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ import yaml
 from medmae import resource_dir
 from medmae.errors import UserError
 from medmae.files import write_text
+
+log = logging.getLogger("medmae")
 
 STAGES = ("pretrain", "finetune")
 MAX_CROPS = 64  # crops per volume at most (medmae.seeds: a crop's seed is its item's seed x 64 + the crop)
@@ -55,8 +58,9 @@ class DataConfig:
     batch_size: int = 2  # volumes (3D) or images (2D) per step, over all processes together
     crops_per_volume: int = 4  # 3D: ROI crops drawn from each loaded volume
     num_workers: int = 2
+    store: str = "auto"  # 3D: the preprocessed per-case store's root folder; auto (see medmae.data.store) or off
     sampler: Literal["cached", "monai"] = "cached"  # 3D pretraining crops: medmae.data.crops or MONAI's chain
-    cache_dir: str | None = None  # cached sampler: memory-map the volumes from a file here; None: on the device
+    crops_from: Literal["auto", "device", "store"] = "auto"  # cached sampler: volumes on the device, or the store
     cache_dtype: Literal["float32", "bfloat16"] = "float32"  # cached sampler on the device: how volumes are kept
     flips: bool = True  # cached sampler: flip each pretraining crop along each axis with probability 1/2
     skip_bad_cases: bool = False
@@ -171,10 +175,18 @@ def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     raise UserError(f"{source}: {key} must be {expected}, not {value!r}")
 
 
+RETIRED = {"data.cache_dir": "the preprocessed per-case store (data.store) replaced the padded volume cache"}
+
+
 def apply(cfg: Config, values: dict[str, Any], source: str) -> None:
-    """Set dotted ``values`` on ``cfg``; unknown keys and wrong types raise a UserError naming ``source``."""
+    """Set dotted ``values`` on ``cfg``; unknown keys and wrong types raise a UserError naming ``source``;
+    a retired key (:data:`RETIRED`, still in older runs' configs) is left out, with a note when it is set."""
     keys = known_keys()
     for key, value in values.items():
+        if key in RETIRED:
+            if value is not None:
+                log.warning("%s: %s=%s is no longer read: %s", source, key, value, RETIRED[key])
+            continue
         if key not in keys:
             matches = _close_matches(key, list(keys))
             listed = "; `medmae pretrain --task T --print-config` lists the keys"
@@ -330,8 +342,8 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (0 <= infer.overlap < 1, "infer.overlap must lie in [0, 1)"),
         (infer.sw_batch_size >= 1, "infer.sw_batch_size must be >= 1"),
         (
-            data.cache_dtype == "float32" or (data.sampler == "cached" and data.cache_dir is None),
-            "data.cache_dtype=bfloat16 needs the cached sampler with volumes on the device (no data.cache_dir)",
+            data.cache_dtype == "float32" or (data.sampler == "cached" and data.crops_from != "store"),
+            "data.cache_dtype=bfloat16 needs the cached sampler with volumes on the device (crops_from auto, device)",
         ),
         (
             train.compile_mode != "reduce-overhead" or (optim.accumulate == 1 and not train.activation_checkpointing),

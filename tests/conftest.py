@@ -15,6 +15,12 @@ from tests.helpers import demo_run, shared
 os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _store_folder(tmp_path_factory) -> None:
+    """Preprocessed stores go into one folder of the session (and its subprocesses), not into data roots."""
+    os.environ["MEDMAE_STORE"] = str(tmp_path_factory.mktemp("stores"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -87,7 +87,7 @@ def test_resolved_config_round_trips(tmp_path):
 
 def test_speed_switches_that_cannot_work_together_are_refused():
     with pytest.raises(UserError, match="data.cache_dtype=bfloat16 needs the cached sampler with volumes on the"):
-        load_config("pretrain", "btcv", overrides=["data.cache_dtype=bfloat16", "data.cache_dir=cache"])
+        load_config("pretrain", "btcv", overrides=["data.cache_dtype=bfloat16", "data.crops_from=store"])
     with pytest.raises(UserError, match="data.cache_dtype=bfloat16 needs the cached sampler"):
         load_config("pretrain", "btcv", overrides=["data.cache_dtype=bfloat16", "data.sampler=monai"])
     with pytest.raises(UserError, match="compile_mode=reduce-overhead .CUDA graphs. needs optim.accumulate=1"):

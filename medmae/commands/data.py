@@ -32,7 +32,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="unlabelled scans instead of a data root: a folder (searched recursively), a file or a glob "
         "pattern; repeatable (needs --output-dir)",
     )
-    preprocess.add_argument("--output-dir", help="where the store goes (default: <data root>/medmae_store)")
+    preprocess.add_argument(
+        "--output-dir",
+        help="where the stores go (default: $MEDMAE_STORE, else <data root>/medmae_store, "
+        "else ~/.cache/medmae/store; "
+        "training's data.store=auto finds them there)",
+    )
     preprocess.add_argument("--workers", type=at_least(1), default=1, help="worker processes (default 1)")
     preprocess.add_argument(
         "--part", type=at_least(0), default=0, help="this job's part, 0 ... --parts - 1 (default 0)"
@@ -110,31 +115,31 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    """Run each case's deterministic preprocessing once, into a store of compressed per-case files (read
-    back whole or one crop at a time; training does not read the store yet).
+    """Run each case's deterministic preprocessing once, into a store of compressed per-case files, which
+    pretrain and finetune read (they build it themselves when it is missing; this command does it ahead, with
+    several workers or as parts of a cluster's job array).
 
     Example: ``medmae data preprocess --task msd_hippocampus --data-root Task04_Hippocampus --workers 2``
     """
     from medmae.data.layout import resolve_data_root
     from medmae.data.manifests import images_split, load_split
-    from medmae.data.store import preprocess
+    from medmae.data.store import preprocess, store_root
     from medmae.tasks import load_task
 
     data_flags = {"--data-root": args.data_root, "--manifest": args.manifest, "--split/--fold": args.split}
     given = [flag for flag, value in data_flags.items() if value]
     if args.images and given:
         raise UserError(f"--images replaces {', '.join(given)}: give one or the other")
-    if args.images and not args.output_dir:
-        raise UserError("--images needs --output-dir: the folder to keep the store in")
     if args.part >= args.parts:
         raise UserError(f"--part {args.part} --parts {args.parts}: the part counts from 0 to {args.parts - 1}")
     task = load_task(args.task)
     if args.images:
         split = images_split(task, args.images)
-        root = output_folder(args.output_dir)
+        data_root = None
     else:
         split = load_split(task, args.data_root, args.manifest, args.split)
-        root = output_folder(args.output_dir or resolve_data_root(task, args.data_root) / "medmae_store")
+        data_root = resolve_data_root(task, args.data_root)
+    root = output_folder(args.output_dir or store_root("auto", data_root))
     cases = split.all_cases()
     share = f" (part {args.part} of {args.parts}, counting from 0)" if args.parts > 1 else ""
     print(f"task {task.name}: split {split.name} from {split.source}: {len(cases)} cases{share}")

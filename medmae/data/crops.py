@@ -1,40 +1,47 @@
-"""Random ROI crops and flips drawn for a whole batch at once, on any device.
+"""Random ROI crops and flips drawn for a whole batch at once, on any device, or read from the store.
 
-The volumes are preprocessed once (the task's deterministic chain: orientation, spacing, intensity,
-foreground crop, padding to the ROI) and kept in one zero-padded tensor, on the training device or
-memory-mapped from a file on disk for sets that do not fit. A batch's crop starts (uniform over every
-valid position) and flips (each axis with probability 1/2: the distribution of MONAI's
-``RandSpatialCropSamplesd(random_size=False)`` followed by ``RandFlipd(prob=0.5)`` on each axis) are
-drawn in single tensor operations; the crops are then gathered in one indexing operation on a GPU, and
-copied slice by slice on a CPU, where that is about 5 times faster.
+A batch's crop starts (uniform over every valid position) and flips (each axis with probability 1/2: the
+distribution of MONAI's ``RandSpatialCropSamplesd(random_size=False)`` followed by ``RandFlipd(prob=0.5)``
+on each axis) are functions of each crop's seed (:func:`seeded_boxes`). Crops come either from the
+preprocessed volumes kept on the training device, back to back in one flat tensor (no padding; gathered in
+one indexing operation on a GPU, copied slice by slice on a CPU, where that is about 5 times faster), or
+from the preprocessed store (:mod:`medmae.data.store`), where DataLoader workers decompress only the crops
+they draw, so host memory does not grow with the number of cases.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
+import logging
 import queue
-import tempfile
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-import medmae
 from medmae.data.loaders import CaseDataset, ShardSampler
 from medmae.errors import UserError
-from medmae.files import write_text
 from medmae.seeds import crop_seeds, item_seeds, seeded_noise
+
+log = logging.getLogger("medmae")
+DEVICE_SHARE = 0.5  # crops_from=auto: the volumes stay on a GPU when they take at most this share of its free memory
+
+
+def seeded_boxes(seeds: torch.Tensor, span: torch.Tensor, flips: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each crop's start ``[B, D]`` (uniform over ``span`` ``[B, D]`` valid starts) and flips ``[B, D]``
+    (bool, each axis with probability 1/2 when ``flips``), functions of its seed ``[B]`` alone
+    (:func:`seeded_noise`, stream 1), whatever batch, process or source it is drawn in."""
+    dims = span.shape[1]
+    u = seeded_noise(seeds, 2 * dims, stream=1)
+    return (u[:, :dims] * span).long(), (u[:, dims:] < 0.5) & flips
 
 
 class CropSampler:
-    """Batched random crops of cached volumes.
+    """Batched random crops of volumes kept in one flat tensor, back to back (no padding).
 
     Args:
         volumes: preprocessed volumes ``[C, *S_i]``, each at least ``roi`` along every axis.
@@ -64,30 +71,26 @@ class CropSampler:
         channels = {v.shape[0] for v in volumes}
         if len(channels) != 1:
             raise ValueError(f"volumes with different channel counts {sorted(channels)}")
-        size = (len(volumes), channels.pop(), *shapes.max(0).values.tolist())
-        self.store = torch.zeros(size, device=self.device, dtype=dtype)
-        for k, volume in enumerate(volumes):
-            self.store[(k, slice(None), *[slice(0, s) for s in volume.shape[1:]])] = volume.to(self.device)
+        self.channels = channels.pop()
+        sizes = [v.numel() for v in volumes]
+        self.flat = torch.empty(sum(sizes), device=self.device, dtype=dtype)
+        self.offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0).to(self.device)
+        self.volumes = []  # views of the flat tensor, [C, *S_i]
+        for volume, offset, size in zip(volumes, self.offsets.tolist(), sizes):
+            view = self.flat[offset : offset + size].view(volume.shape)
+            view.copy_(volume)
+            self.volumes.append(view)
+        # strides of [C, *S_i] per volume, row-major: [V, 1 + D]
+        dims = shapes.flip(1).cumprod(1).flip(1)
+        self.strides = torch.cat([dims, torch.ones(len(volumes), 1, dtype=dims.dtype)], 1).to(self.device)
         self.span = (shapes - torch.tensor(self.roi) + 1).to(self.device)  # valid start positions per axis
 
-    @classmethod
-    def from_store(
-        cls, store: torch.Tensor, shapes: torch.Tensor, roi: Sequence[int], flips: bool = True
-    ) -> CropSampler:
-        """A sampler over a ready zero-padded store ``[V, C, *S_max]`` (e.g. memory-mapped) whose volume ``k``
-        fills ``store[k, :, :shapes[k, 0], ...]``; crops are drawn where the store lives."""
-        sampler = cls.__new__(cls)
-        sampler.roi = tuple(roi)
-        sampler.flips = flips
-        sampler.device = store.device
-        sampler.store = store
-        if (shapes < torch.tensor(sampler.roi)).any():
-            raise ValueError(f"every volume must be at least {sampler.roi}; shapes {shapes.tolist()}")
-        sampler.span = (shapes - torch.tensor(sampler.roi) + 1).to(store.device)
-        return sampler
-
     def __len__(self) -> int:
-        return self.store.shape[0]
+        return len(self.volumes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.flat.numel() * self.flat.element_size()
 
     def draw(
         self, volume_ids: torch.Tensor, generator: torch.Generator | None = None, seeds: torch.Tensor | None = None
@@ -102,7 +105,7 @@ class CropSampler:
             volume_ids: ``[B]`` indices into the volumes (repeat an index for several crops of it).
             generator: a ``torch.Generator`` on the sampler's device, for reproducible batches.
             seeds: ``[B]`` per-crop seeds instead: each crop's start and flips are then a function of its
-                seed alone (:func:`seeded_noise`, stream 1), whatever batch or process it is drawn in.
+                seed alone (:func:`seeded_boxes`).
 
         Returns:
             crops ``[B, C, *roi]``, starts ``[B, D]`` and flips ``[B, D]`` (bool) of each crop.
@@ -111,20 +114,19 @@ class CropSampler:
         dims = len(self.roi)
         if seeds is None:
             u = torch.rand(len(ids), 2 * dims, generator=generator, device=self.device, dtype=torch.float64)
+            starts, flips = (u[:, :dims] * self.span[ids]).long(), (u[:, dims:] < 0.5) & self.flips
         else:
-            u = seeded_noise(seeds.to(self.device), 2 * dims, stream=1)
-        starts = (u[:, :dims] * self.span[ids]).long()
-        flips = (u[:, dims:] < 0.5) & self.flips
+            starts, flips = seeded_boxes(seeds.to(self.device), self.span[ids], self.flips)
         copy = self._gather if self.device.type == "cuda" else self._slices
         return copy(ids, starts, flips).float(), starts, flips
 
     def _gather(self, ids: torch.Tensor, starts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """All crops by one advanced index: per axis, start + offset (or its mirror where flipped)."""
+        """All crops by one index into the flat tensor: per axis, start + offset (or its mirror where flipped),
+        times the volume's stride."""
         dims = len(self.roi)
-        index = [
-            ids.view(-1, *[1] * (dims + 1)),
-            torch.arange(self.store.shape[1], device=self.device).view(1, -1, *[1] * dims),
-        ]
+        strides = self.strides[ids]  # [B, 1 + D]
+        channel = torch.arange(self.channels, device=self.device).view(1, -1, *[1] * dims)
+        index = self.offsets[ids].view(-1, *[1] * (dims + 1)) + channel * strides[:, 0].view(-1, 1, *[1] * dims)
         for axis, size in enumerate(self.roi):
             offset = torch.arange(size, device=self.device)
             along = torch.where(
@@ -132,14 +134,14 @@ class CropSampler:
             )
             shape = [len(ids), 1] + [1] * dims
             shape[2 + axis] = size
-            index.append(along.view(shape))
-        return self.store[tuple(index)]
+            index = index + (along * strides[:, 1 + axis, None]).view(shape)
+        return self.flat[index]
 
     def _slices(self, ids: torch.Tensor, starts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-        """Crop by crop: a slice of the store, flipped where drawn, copied into the batch."""
-        crops = torch.empty(len(ids), self.store.shape[1], *self.roi, dtype=self.store.dtype)
+        """Crop by crop: a slice of the volume, flipped where drawn, copied into the batch."""
+        crops = torch.empty(len(ids), self.channels, *self.roi, dtype=self.flat.dtype)
         for k, (volume, start, flip) in enumerate(zip(ids.tolist(), starts.tolist(), flips.tolist())):
-            crop = self.store[(volume, slice(None), *[slice(a, a + size) for a, size in zip(start, self.roi)])]
+            crop = self.volumes[volume][(slice(None), *[slice(a, a + size) for a, size in zip(start, self.roi)])]
             axes = [1 + axis for axis, flipped in enumerate(flip) if flipped]
             crops[k] = crop.flip(axes) if axes else crop
         return crops
@@ -147,18 +149,19 @@ class CropSampler:
 
 class CachedCrops:
     """A drop-in for the pretraining DataLoader over ``dataset`` (its ``inference`` chain: preprocessed and
-    padded to the ROI, read once): each pass deals a seeded permutation of the volumes to the processes
+    padded to the ROI): each pass deals a seeded permutation of the volumes to the processes
     (:class:`ShardSampler`) and yields ``{"image": [b x crops, C, *roi], "sample_seed": [b x crops]}``
-    batches on ``device``, drawn by a :class:`CropSampler`.
+    batches on ``device``.
 
-    With ``cache_dir`` the volumes live in a memory-mapped file there (see :func:`disk_store`; without
-    ``write_cache`` this process waits for another to write it); crops are
-    then drawn on the CPU one batch ahead in a background thread and copied to ``device``. Otherwise they
-    live on ``device`` and everything per batch runs there, with one host-to-device copy per pass.
+    Where the crops come from (``crops_from``): ``device``, the volumes read once into a
+    :class:`CropSampler` on ``device`` (every draw runs there); ``store``, the dataset's preprocessed store,
+    read crop by crop by ``num_workers`` DataLoader workers (:class:`StoreCrops`) and copied to ``device``;
+    ``auto``, the device on a GPU where the volumes take at most :data:`DEVICE_SHARE` of its free memory,
+    else the store (always the store on a CPU, so host memory stays flat; the device without a store).
 
     Each crop's position, flips and mask are functions of its seed (run seed, pass, case, crop) only, so
-    several processes see exactly the crops and masks of one process over the same global batch, and a
-    resumed run repeats an uninterrupted one.
+    both sources give the same crops, several processes see exactly the crops and masks of one process
+    over the same global batch, and a resumed run repeats an uninterrupted one.
     """
 
     def __init__(
@@ -172,67 +175,140 @@ class CachedCrops:
         seed: int,
         device: torch.device,
         progress: bool = True,
-        cache_dir: str | Path | None = None,
-        write_cache: bool = True,
         flips: bool = True,
         dtype: torch.dtype = torch.float32,
+        crops_from: str = "auto",
+        num_workers: int = 0,
     ) -> None:
         self.sampler = ShardSampler(len(dataset), global_batch, rank, world, seed)  # refuses a bad batch size first
-        if cache_dir is None:
-            volumes = [
-                torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
-                for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)
-            ]
-            check_fits(volumes, device, dtype)
-            self.crops = CropSampler(volumes, roi, device, flips, dtype)
-        else:
-            self.crops = CropSampler.from_store(
-                *disk_store(dataset, cache_dir, progress, write=write_cache), roi, flips
-            )
         self.per_rank = global_batch // world
         self.copies = crops
         self.seed = seed
         self.device = device
+        self.source = crops_source(dataset, crops_from, device, dtype)
+        if progress:
+            log.info(
+                "pretraining crops from %s", "the store, read by loader workers" if self.source == "store" else device
+            )
+        if self.source == "store":
+            reader = StoreCrops(dataset.store, [case.id for case in dataset.cases], roi, flips)
+            self.loader = DataLoader(
+                reader,
+                batch_size=None,
+                sampler=_Plan(self),
+                num_workers=num_workers,
+                persistent_workers=num_workers > 0,
+                pin_memory=device.type == "cuda",
+            )
+            return
+        volumes = [
+            torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor)
+            for k in tqdm(range(len(dataset)), desc="caching volumes", unit="volume", disable=not progress or None)
+        ]
+        check_fits(volumes, device, dtype)
+        self.crops = CropSampler(volumes, roi, device, flips, dtype)
 
     def __len__(self) -> int:
         return len(self.sampler) // self.per_rank
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        batches = self._draw_all()
-        if self.crops.device == self.device:
-            return batches
-        if self.device.type == "cuda":  # pinned in the background thread, copied without blocking
-            batches = (pinned(batch) for batch in batches)
-        return (to_device(batch, self.device) for batch in prefetched(batches))
+        if self.source == "store":
+            batches = iter(self.loader) if self.loader.num_workers else prefetched(self.loader)
+            return (to_device(batch, self.device) for batch in batches)
+        return (
+            {"image": self.crops.draw(ids, seeds=seeds)[0], "sample_seed": seeds}
+            for ids, seeds in ((i.to(self.device), z.to(self.device)) for i, z in self.plan())
+        )
 
-    def _draw_all(self) -> Iterator[dict[str, torch.Tensor]]:
-        """This process's batches of the pass; volume ids and per-crop seeds are built once per pass."""
+    def plan(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's batches of the pass: volume ids ``[b x crops]`` and per-crop seeds ``[b x crops]``."""
         order = torch.tensor([index for _, index in self.sampler], dtype=torch.int64)
-        ids = order.repeat_interleave(self.copies).to(self.crops.device)
-        sample_seeds = crop_seeds(item_seeds(self.seed, self.sampler.key, order), self.copies).to(self.crops.device)
+        ids = order.repeat_interleave(self.copies)
+        sample_seeds = crop_seeds(item_seeds(self.seed, self.sampler.key, order), self.copies)
         step = self.per_rank * self.copies
         for first in range(0, len(self) * step, step):
-            chosen = slice(first, first + step)
-            yield {
-                "image": self.crops.draw(ids[chosen], seeds=sample_seeds[chosen])[0],
-                "sample_seed": sample_seeds[chosen],
-            }
+            yield ids[first : first + step], sample_seeds[first : first + step]
+
+
+class _Plan(Sampler):
+    """The DataLoader's view of :meth:`CachedCrops.plan`: one ``(ids, seeds)`` per batch, read in the main
+    process each pass (so it follows the pass the training loop sets)."""
+
+    def __init__(self, crops: CachedCrops) -> None:
+        self.crops = crops
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.crops.plan()
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+class StoreCrops(Dataset):
+    """``reader[(ids, seeds)]`` -> ``{"image": [B, C, *roi], "sample_seed": [B]}``: the crops of the listed
+    cases (``ids`` ``[B]`` into ``case_ids``) at the starts and flips of :func:`seeded_boxes`, read from the
+    store ``folder`` (only the chunks each crop touches are decompressed)."""
+
+    def __init__(self, folder: Path, case_ids: list[str], roi: Sequence[int], flips: bool = True) -> None:
+        from medmae.data.store import read_meta
+
+        self.folder, self.case_ids, self.roi, self.flips = folder, case_ids, tuple(roi), flips
+        shapes = torch.tensor([read_meta(folder, case_id)["shape"][1:] for case_id in case_ids])
+        if (shapes < torch.tensor(self.roi)).any():
+            raise ValueError(f"every volume must be at least {self.roi}; shapes {shapes.tolist()}")
+        self.span = shapes - torch.tensor(self.roi) + 1
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from medmae.data.store import read_crop
+
+        ids, seeds = batch
+        starts, flips = seeded_boxes(seeds, self.span[ids], self.flips)
+        crops = []
+        for volume, start, flip in zip(ids.tolist(), starts.tolist(), flips.tolist()):
+            crop = torch.from_numpy(
+                read_crop(self.folder, self.case_ids[volume], start, self.roi, with_label=False)["image"]
+            )
+            axes = [1 + axis for axis, flipped in enumerate(flip) if flipped]
+            crops.append(crop.flip(axes) if axes else crop)
+        return {"image": torch.stack(crops), "sample_seed": seeds}
+
+
+def crops_source(dataset: CaseDataset, crops_from: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``device`` or ``store`` for ``data.crops_from`` (see :class:`CachedCrops`)."""
+    if crops_from == "store" and dataset.store is None:
+        raise UserError("data.crops_from=store needs the preprocessed store: data.store=auto or a folder, not off")
+    if crops_from != "auto":
+        return crops_from
+    if dataset.store is None:
+        return "device"
+    if device.type != "cuda":
+        return "store"
+    from medmae.data.store import read_meta
+
+    needed = sum(int(np.prod(read_meta(dataset.store, case.id)["shape"])) for case in dataset.cases) * dtype.itemsize
+    free, _ = torch.cuda.mem_get_info(device)
+    return "device" if needed <= DEVICE_SHARE * free else "store"
 
 
 def check_fits(
-    volumes: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype = torch.float32, share: float = 0.5
+    volumes: Sequence[torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    share: float = DEVICE_SHARE,
 ) -> None:
-    """Refuse a GPU cache that would take more than ``share`` of the free device memory (training needs the rest)."""
+    """Refuse volumes on a GPU that would take more than ``share`` of its free memory (training needs the rest)."""
     if device.type != "cuda":
         return
-    shapes = torch.tensor([tuple(v.shape) for v in volumes])
-    needed = len(volumes) * int(shapes.max(0).values.prod()) * dtype.itemsize
+    needed = sum(v.numel() for v in volumes) * dtype.itemsize
     free, _ = torch.cuda.mem_get_info(device)
     if needed > share * free:
         raise UserError(
             f"the {len(volumes)} preprocessed volumes need {needed / 2**30:.1f} GiB on {device}, more than "
-            f"half of its {free / 2**30:.1f} GiB free: set data.cache_dtype=bfloat16 to halve them, "
-            "data.cache_dir=FOLDER to memory-map them from disk, or data.sampler=monai"
+            f"{share:.0%} of its {free / 2**30:.1f} GiB free: set data.crops_from=store (or auto) to read crops "
+            "from the preprocessed store, or data.cache_dtype=bfloat16 to halve them"
         )
 
 
@@ -285,74 +361,3 @@ def prefetched(items: Iterable, depth: int = 1) -> Iterator:
             with contextlib.suppress(queue.Empty):
                 ready.get(timeout=0.05)
         worker.join()
-
-
-def disk_store(
-    dataset: CaseDataset, cache_dir: str | Path, progress: bool = True, write: bool = True, poll_seconds: float = 2.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The preprocessed volumes of ``dataset`` as one zero-padded float32 file ``[V, C, *S_max]`` in
-    ``cache_dir``, memory-mapped, and their shapes ``[V, D]``.
-
-    The file is named by a hash of the task's definition, the cases' image files (path, size, modification
-    time) and the medmae version, so a later run over the same data reuses it and any change writes a new
-    one. Each volume is preprocessed once, into temporary files of unique names that are removed whatever
-    happens; the cache appears (by rename) only when complete, so concurrent writers cannot spoil it. With
-    ``write=False`` the call waits for another process to finish the file instead (no collective, so no
-    timeout on a long first run).
-    """
-    folder = Path(cache_dir)
-    key = {
-        "medmae": medmae.__version__,
-        "task": dataset.task.record,
-        "cases": [[c.id, *[v for f in c.image_files for v in _file_key(f)]] for c in dataset.cases],
-    }
-    name = (
-        f"{dataset.task.name}_{hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]}"
-    )
-    data = folder / f"{name}.npy"
-    index = folder / f"{name}.json"
-    while not index.is_file():
-        if write:
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_store(dataset, data, index, progress)
-        else:
-            time.sleep(poll_seconds)
-    shapes = torch.tensor(json.loads(index.read_text())["shapes"])
-    return torch.from_numpy(np.load(data, mmap_mode="c")), shapes
-
-
-def _file_key(path: Path) -> tuple[str, int, int]:
-    """What identifies a file's content for the cache: its path, size and modification time."""
-    return str(path), path.stat().st_size, path.stat().st_mtime_ns
-
-
-def _write_store(dataset: CaseDataset, data: Path, index: Path, progress: bool) -> None:
-    """Preprocess each volume into its own temporary file, then pad them all into ``data``; ``index``
-    (the shapes) is written last and marks the cache complete."""
-    with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.stem}.") as scratch:
-        parts = []
-        shapes = []
-        channels = None
-        for k in tqdm(range(len(dataset)), desc="caching volumes on disk", unit="volume", disable=not progress or None):
-            volume = np.asarray(torch.as_tensor(dataset[k]["image"]).as_subclass(torch.Tensor), dtype=np.float32)
-            channels = channels or volume.shape[0]
-            if volume.shape[0] != channels or volume.ndim != len(dataset.task.roi) + 1:
-                raise ValueError(
-                    f"{dataset.cases[k].image}: preprocessed to shape {volume.shape}, unlike the "
-                    f"{channels}-channel {len(dataset.task.roi)}D volumes before it"
-                )
-            parts.append(Path(scratch) / f"{k}.npy")
-            np.save(parts[-1], volume)
-            shapes.append(list(volume.shape[1:]))
-        partial = Path(scratch) / "store.npy"
-        store = np.lib.format.open_memmap(
-            partial, mode="w+", dtype=np.float32, shape=(len(parts), channels, *np.max(shapes, axis=0).tolist())
-        )
-        for k, part in enumerate(parts):
-            volume = np.load(part)
-            store[(k, slice(None), *[slice(0, s) for s in volume.shape[1:]])] = volume
-            part.unlink()
-        store.flush()
-        del store
-        os.replace(partial, data)
-    write_text(index, json.dumps({"shapes": shapes, "cases": [c.id for c in dataset.cases]}) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +50,8 @@ class CaseDataset(Dataset):
             :class:`DataError` naming the case and the file.
         check_first: check every case first and raise :class:`UserError` listing every case with errors
             (for chains that read files lazily, which would meet a bad case only when it is drawn).
+        store: a preprocessed store folder holding every case (:mod:`medmae.data.store`, which checked them
+            when it preprocessed them): the chain reads from it (:func:`~medmae.data.transforms.build_transform`).
     """
 
     def __init__(
@@ -59,11 +62,14 @@ class CaseDataset(Dataset):
         samples: int = 2,
         skip_bad_cases: bool = False,
         check_first: bool = False,
+        store: Path | None = None,
     ) -> None:
         self.task = task
         self.stage = stage
         self.skipped = {}
-        if skip_bad_cases or check_first:  # pretraining reads no labels: a label problem does not remove its image
+        # a store checked its cases as it preprocessed them; pretraining reads no labels: a label problem does
+        # not remove its image
+        if (skip_bad_cases or check_first) and store is None:
             checked = tqdm(cases, desc="checking cases", unit="case", disable=None, leave=False)
             reports = [check_case(task, replace(case, label=None) if stage in IMAGE_ONLY else case) for case in checked]
             warnings = [warning for r in reports for warning in r.warnings]
@@ -83,7 +89,8 @@ class CaseDataset(Dataset):
                 log.warning("skipped case %s: %s", case_id, "; ".join(errors))
             cases = [case for case in cases if case.id not in self.skipped]
         self.cases = cases
-        self.transform = build_transform(task, stage, samples)
+        self.store = store
+        self.transform = build_transform(task, stage, samples, store)
 
     def __len__(self) -> int:
         return len(self.cases)

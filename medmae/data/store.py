@@ -8,6 +8,9 @@ store format, medmae's version and the task record's preprocessing keys (:data:`
 
 - ``<case>.image.b2nd``: the image ``[C, *S]`` float32, exact;
 - ``<case>.label.b2nd``: the label map ``[1, *S]`` (uint8, or int16 for larger values), when the case has one;
+- ``<case>.points.npz``, with a label: where fine-tuning crops may be centred (:func:`crop_points`), flat
+  voxel indices ``foreground`` (label not 0) and ``background`` (label 0; inside the body for CT), each a
+  seeded uniform sample of at most :data:`POINTS` voxels;
 - ``<case>.json``, written last (a case without it is not in the store): the source files' identities
   (:func:`medmae.data.cases.file_identity`), the shapes, the affine after preprocessing and the spacing,
   and the image's shape and affine as read (before preprocessing).
@@ -29,7 +32,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ from medmae.tasks import TaskSpec
 
 log = logging.getLogger("medmae")
 
-STORE_FORMAT = "medmae-store-1"
+STORE_FORMAT = "medmae-store-2"
 PREPROCESSING_KEYS = (
     "channels",
     "orientation",
@@ -62,6 +65,23 @@ STORE_FILE = "store.json"
 CHUNK, BLOCK = 64, 16  # voxels per axis of a compressed chunk and of a block inside it
 CODEC_LEVEL = 8  # ZSTD
 TMP_MARK = ".tmp"
+POINTS = 20_000  # crop centres kept per case and kind: a uniform sample of the foreground and background voxels
+
+
+STORE_ENV = "MEDMAE_STORE"  # the folder for every task's stores, when set
+
+
+def store_root(setting: str, data_root: Path | None) -> Path:
+    """The folder that holds the stores (config ``data.store``): a folder as given; ``auto``: ``$MEDMAE_STORE``,
+    else ``<data root>/medmae_store`` where the data root can be written, else ``~/.cache/medmae/store``
+    (always so for ``--images``)."""
+    if setting != "auto":
+        return Path(setting).expanduser()
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV]).expanduser()
+    if data_root is not None and os.access(data_root, os.W_OK):
+        return Path(data_root) / "medmae_store"
+    return Path("~/.cache/medmae/store").expanduser()
 
 
 def store_key(task: TaskSpec) -> dict[str, Any]:
@@ -119,6 +139,7 @@ def case_paths(folder: Path, case_id: str) -> dict[str, Path]:
     return {
         "image": folder / f"{name}.image.b2nd",
         "label": folder / f"{name}.label.b2nd",
+        "points": folder / f"{name}.points.npz",
         "meta": folder / f"{name}.json",
     }
 
@@ -144,7 +165,7 @@ def is_current(folder: Path, case: Case) -> bool:
         isinstance(meta, dict)
         and meta.get("files") == files
         and paths["image"].is_file()
-        and (case.label is None or paths["label"].is_file())
+        and (case.label is None or (paths["label"].is_file() and paths["points"].is_file()))
     )
 
 
@@ -158,14 +179,11 @@ def remove_leftovers(folder: Path, case_id: str) -> None:
 
 
 def write_array(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` ``[C, *S]`` as a blosc2 NDArray at ``path``, through a temporary file in the same folder
-    (fsynced, then renamed); an ``OSError`` or a blosc2 ``RuntimeError`` becomes an :class:`OutputError`
-    naming ``path``, and no temporary file is left."""
+    """Write ``array`` ``[C, *S]`` as a blosc2 NDArray at ``path`` (:func:`written_atomically`)."""
     import blosc2
 
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}.b2nd")
-    spatial = array.shape[1:]
-    try:
+    def write(tmp: Path) -> None:
+        spatial = array.shape[1:]
         blosc2.asarray(
             np.ascontiguousarray(array),
             urlpath=str(tmp),
@@ -174,6 +192,19 @@ def write_array(path: Path, array: np.ndarray) -> None:
             blocks=(1, *[min(BLOCK, s) for s in spatial]),
             cparams=blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=CODEC_LEVEL, nthreads=1),
         )
+
+    written_atomically(path, write)
+
+
+def written_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file in ``path``'s folder, fsynced, then renamed to ``path``; an
+    ``OSError`` or a codec's ``RuntimeError`` becomes an :class:`OutputError` naming ``path``, and no
+    temporary file is left."""
+    tmp = path.with_name(
+        f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_MARK}{path.suffix}"
+    )
+    try:
+        write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -249,6 +280,52 @@ def preprocessed(task: TaskSpec, case: Case) -> dict[str, Any]:
     }
 
 
+def crop_points(task: TaskSpec, case_id: str, image: np.ndarray, label: np.ndarray) -> dict[str, np.ndarray]:
+    """Where today's fine-tuning chain centres its crops (MONAI's ``RandCropByPosNegLabeld``): ``foreground``,
+    flat indices of the voxels ``[*S]`` whose label is not 0 (the ignore label counts as background, as
+    :class:`~medmae.data.transforms.SamplingLabeld` makes it), and ``background``, those whose label is 0,
+    for CT (window rule) only where some channel of ``image`` ``[C, *S]`` is above 0 (inside the body).
+    Each is a uniform sample of at most :data:`POINTS` (int32, sorted), seeded by the case id, with the
+    total count in ``foreground_voxels`` / ``background_voxels``."""
+    labelled = label[0] != 0
+    if task.ignore_label is not None:
+        labelled &= label[0] != task.ignore_label
+    background = ~labelled
+    if task.intensity["rule"] == "window":
+        background &= (image > 0).any(axis=0)
+    rng = np.random.default_rng(int(hashlib.sha256(case_id.encode()).hexdigest()[:15], 16))
+    points: dict[str, np.ndarray] = {}
+    for kind, mask in (("foreground", labelled), ("background", background)):
+        where = np.flatnonzero(mask)
+        points[f"{kind}_voxels"] = np.int64(len(where))
+        if len(where) > POINTS:
+            where = np.sort(rng.choice(where, POINTS, replace=False))
+        points[kind] = where.astype(np.int32)
+    return points
+
+
+def write_points(path: Path, points: dict[str, np.ndarray]) -> None:
+    """``points`` (:func:`crop_points`) as an uncompressed ``.npz`` at ``path`` (:func:`written_atomically`)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **points)
+
+    written_atomically(path, write)
+
+
+def read_points(folder: str | Path, case_id: str) -> dict[str, np.ndarray]:
+    """The ``foreground`` and ``background`` crop centres of ``case_id`` (:func:`crop_points`)."""
+    path = case_paths(Path(folder), case_id)["points"]
+    try:
+        with np.load(path) as points:
+            return {key: points[key] for key in points.files}
+    except (OSError, ValueError) as error:
+        raise DataError(
+            path, f"case {case_id}'s crop centres cannot be read ({error}); run medmae data preprocess --rebuild"
+        ) from error
+
+
 def write_case(task: TaskSpec, case: Case, folder: Path) -> dict[str, Any]:
     """Preprocess ``case`` and write it into the store ``folder`` (its ``.json`` last); returns that record.
     A bad case raises :class:`DataError`; an unwritable folder :class:`OutputError`. Either way the case is
@@ -266,10 +343,15 @@ def write_case(task: TaskSpec, case: Case, folder: Path) -> dict[str, Any]:
     result = preprocessed(task, case)
     image, label, affine = result["image"], result["label"], result["affine"]
     write_array(paths["image"], image)
+    counts = {}
     if label is not None:
         write_array(paths["label"], label)
+        points = crop_points(task, case.id, image, label)
+        write_points(paths["points"], points)
+        counts = {kind: int(points[f"{kind}_voxels"]) for kind in ("foreground", "background")}
     else:
         paths["label"].unlink(missing_ok=True)
+        paths["points"].unlink(missing_ok=True)
     dims = image.ndim - 1
     meta = {
         "case": case.id,
@@ -283,6 +365,7 @@ def write_case(task: TaskSpec, case: Case, folder: Path) -> dict[str, Any]:
         "spacing": np.linalg.norm(affine[:dims, :dims], axis=0).tolist(),
         "source_shape": result["source_shape"],
         "source_affine": result["source_affine"],
+        "voxels": counts,
     }
     write_text(paths["meta"], json.dumps(meta, indent=1) + "\n")
     return meta
@@ -403,26 +486,35 @@ def read_meta(folder: str | Path, case_id: str) -> dict[str, Any]:
         raise DataError(path, f"case {case_id} is not in the store (run medmae data preprocess)") from error
 
 
-def read_case(folder: str | Path, case_id: str) -> dict[str, Any]:
-    """``image`` ``[C, *S]`` float32, ``label`` ``[1, *S]`` integer or None, and ``meta`` (the case's record)."""
+def read_case(folder: str | Path, case_id: str, with_label: bool = True) -> dict[str, Any]:
+    """``image`` ``[C, *S]`` float32, ``label`` ``[1, *S]`` integer (None without one or ``with_label``), and
+    ``meta`` (the case's record)."""
     import blosc2
 
     meta = read_meta(folder, case_id)
     paths = case_paths(Path(folder), case_id)
     image = blosc2.open(str(paths["image"]), mode="r")[:]
-    label = blosc2.open(str(paths["label"]), mode="r")[:] if meta.get("label_shape") else None
-    return {"image": np.asarray(image), "label": None if label is None else np.asarray(label), "meta": meta}
+    label = None
+    if with_label and meta.get("label_shape"):
+        label = np.asarray(blosc2.open(str(paths["label"]), mode="r")[:])
+    return {"image": np.asarray(image), "label": label, "meta": meta}
 
 
-def read_crop(folder: str | Path, case_id: str, start: Sequence[int], size: Sequence[int]) -> dict[str, Any]:
+def read_crop(
+    folder: str | Path, case_id: str, start: Sequence[int], size: Sequence[int], with_label: bool = True
+) -> dict[str, Any]:
     """The box ``start`` .. ``start + size`` (spatial axes) of ``case_id``'s image ``[C, *size]`` and label
-    ``[1, *size]`` (or None), decompressing only the chunks it touches of the memory-mapped files."""
+    ``[1, *size]`` (None without one or ``with_label``), decompressing only the chunks it touches of the
+    memory-mapped files."""
     import blosc2
 
     paths = case_paths(Path(folder), case_id)
     box = (slice(None), *[slice(int(a), int(a) + int(n)) for a, n in zip(start, size)])
-    image = blosc2.open(str(paths["image"]), mode="r", mmap_mode="r")[box]
-    label = None
-    if paths["label"].is_file():
-        label = np.asarray(blosc2.open(str(paths["label"]), mode="r", mmap_mode="r")[box])
-    return {"image": np.asarray(image), "label": label}
+    try:
+        image = np.asarray(blosc2.open(str(paths["image"]), mode="r", mmap_mode="r")[box])
+        label = None
+        if with_label and paths["label"].is_file():
+            label = np.asarray(blosc2.open(str(paths["label"]), mode="r", mmap_mode="r")[box])
+    except (OSError, RuntimeError, ValueError) as error:
+        raise DataError(paths["image"], f"case {case_id} cannot be read from the store ({error})") from error
+    return {"image": image, "label": label}

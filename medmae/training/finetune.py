@@ -39,6 +39,7 @@ from medmae.training.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.training.losses import segmentation_loss
 from medmae.training.optim import build_optimizer
 from medmae.training.session import RunRequest, Setup, running, start
+from medmae.training.stored import stored_cases
 
 log = logging.getLogger("medmae")
 
@@ -240,11 +241,13 @@ def run(request: RunRequest) -> nn.Module:
         cfg, task, ctx = s.cfg, s.task, s.ctx
         cases = label_subset(s.split.train, cfg.data.label_fraction, cfg.data.label_seed)
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
+        store, kept = stored_cases(s, [*cases, *s.split.validation])
+        cases, picking = ([c for c in part if c.id in kept] for part in (cases, s.split.validation))
         checked = task.spatial_dims == 3  # MONAI's chain reads lazily: bad 3D cases are named before the first step
-        dataset = CaseDataset(task, cases, "train", crops, cfg.data.skip_bad_cases, check_first=checked)
+        dataset = CaseDataset(task, cases, "train", crops, cfg.data.skip_bad_cases, check_first=checked, store=store)
         validation = None
-        if s.split.validation:
-            validation = CaseDataset(task, s.split.validation, "validation", check_first=checked)
+        if picking:
+            validation = CaseDataset(task, picking, "validation", check_first=checked, store=store)
         loader = train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
         model = _model(cfg, task, s.resume_from, request.pretrained).to(ctx.device, memory_format=_layout(cfg, task))
         _set_tuning(model, cfg, task, ctx.world)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ from medmae.training.distributed import Context
 from medmae.training.loop import Job, effective_batch, effective_lr, fit, plain
 from medmae.training.optim import build_optimizer
 from medmae.training.session import RunRequest, Setup, running, start
+from medmae.training.stored import stored_cases
 
 log = logging.getLogger("medmae")
 FIGURE_SAMPLES = 4
@@ -95,9 +95,11 @@ def run(request: RunRequest) -> nn.Module:
         every = {c.id: c for c in [*s.split.train, *s.split.validation, *s.split.unlabelled]}
         cases = sorted((c for c in every.values() if c.id not in shown_ids), key=lambda c: c.id)
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
+        store, kept = stored_cases(s, [*cases, *held_out])
+        cases, held_out = ([c for c in part if c.id in kept] for part in (cases, held_out))
         lazy = task.spatial_dims == 3 and cfg.data.sampler == "monai"  # the cached sampler reads every case first
-        dataset = CaseDataset(task, cases, "pretrain", crops, cfg.data.skip_bad_cases, check_first=lazy)
-        shown = CaseDataset(task, held_out, "pretrain", samples=crops) if held_out else dataset
+        dataset = CaseDataset(task, cases, "pretrain", crops, cfg.data.skip_bad_cases, check_first=lazy, store=store)
+        shown = CaseDataset(task, held_out, "pretrain", samples=crops, store=store) if held_out else dataset
         loader = _loader(cfg, task, dataset, crops, ctx)
         model = build_mae(cfg, task)
         if s.resume_from is not None:
@@ -121,7 +123,7 @@ def run(request: RunRequest) -> nn.Module:
         )
         if ctx.is_main:  # evaluate refuses to score these images; a resumed run's weights saw the earlier ones too
             before = s.resume_from.get("pretrained_on", {"files": None}) if s.resume_from is not None else None
-            job.describe["pretrained_on"] = merged_record(before, inputs_record(cases))
+            job.describe["pretrained_on"] = merged_record(before, inputs_record(dataset.cases))
         fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
 
@@ -142,15 +144,14 @@ def _figures(s: Setup, model: nn.Module, images: torch.Tensor | None) -> Callabl
 
 def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: Context):
     """MONAI's per-sample chain in loader processes, or (``data.sampler=cached``, 3D) crops drawn in
-    batches from volumes cached once, on the training device or memory-mapped from ``data.cache_dir``."""
+    batches with seeded starts and flips, from volumes on the training device or from the store
+    (``data.crops_from``, :class:`~medmae.data.crops.CachedCrops`)."""
     if cfg.data.sampler == "monai" or task.spatial_dims != 3:
         if not cfg.data.flips:
             raise UserError("data.flips=false needs the cached 3D crop sampler (data.sampler=cached, a 3D task)")
         return train_loader(dataset, cfg.data.batch_size, ctx.rank, ctx.world, cfg.train.seed, cfg.data.num_workers)
-    cached = CaseDataset(task, dataset.cases, "inference")
-    writer = int(os.environ.get("LOCAL_RANK", "0")) == 0  # one process per node writes a disk cache; the others wait
     return CachedCrops(
-        cached,
+        CaseDataset(task, dataset.cases, "inference", store=dataset.store),
         task.roi,
         cfg.data.batch_size,
         crops,
@@ -159,10 +160,10 @@ def _loader(cfg: Config, task: TaskSpec, dataset: CaseDataset, crops: int, ctx: 
         cfg.train.seed,
         ctx.device,
         progress=ctx.is_main,
-        cache_dir=cfg.data.cache_dir,
-        write_cache=writer,
         flips=cfg.data.flips,
         dtype=getattr(torch, cfg.data.cache_dtype),
+        crops_from=cfg.data.crops_from,
+        num_workers=cfg.data.num_workers,
     )
 
 

@@ -16,6 +16,7 @@ import torch
 
 from medmae.config import Config, flatten, from_dict, load_config, save_config
 from medmae.data.cases import Split
+from medmae.data.layout import resolve_data_root
 from medmae.data.manifests import IMAGES_SPLIT, images_split, load_split
 from medmae.errors import UserError
 from medmae.files import FolderLock, lock_folder, output_folder
@@ -55,6 +56,7 @@ class Setup:
     resume_from: dict[str, Any] | None
     split_record: dict[str, str]  # stored in checkpoints; a resumed run must use the same split
     lock: FolderLock | None = None  # the main process's hold on the run folder
+    data_root: Path | None = None  # the --data-root as found (None for --images)
 
 
 def output_dir(request: RunRequest, stage: str) -> Path:
@@ -96,10 +98,12 @@ def _start(stage: str, request: RunRequest, task: TaskSpec, output: Path, lock: 
     if ctx.device.type == "cpu":  # the count chosen is saved, so that --resume computes with it again
         cfg.train.threads = torch.get_num_threads()
     torch.manual_seed(cfg.train.seed + ctx.rank)
+    data_root = None
     if request.images:  # before any folder is made
         split = images_split(task, request.images)
     else:
         split = load_split(task, request.data_root, request.manifest, request.split)
+        data_root = resolve_data_root(task, request.data_root)
     run = RunFolder(output, write=ctx.is_main)
     split_record = {"task": task.name, "split": split.name}
     if split.name == IMAGES_SPLIT:  # resuming must see the same folders and patterns
@@ -120,7 +124,7 @@ def _start(stage: str, request: RunRequest, task: TaskSpec, output: Path, lock: 
         except BaseException:
             run.discard_if_unsaved()
             raise
-    return Setup(cfg, task, split, ctx, run, resume_from, split_record, lock)
+    return Setup(cfg, task, split, ctx, run, resume_from, split_record, lock, data_root)
 
 
 @contextmanager

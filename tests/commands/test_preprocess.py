@@ -15,7 +15,8 @@ def preprocess(capsys, *args):
     return code, out.out + out.err
 
 
-def test_preprocess_writes_into_the_data_root_then_skips_every_case(demo_root, tmp_path, capsys):
+def test_preprocess_writes_into_the_data_root_then_skips_every_case(demo_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MEDMAE_STORE")  # the default place, not the test session's folder
     root = shutil.copytree(demo_root, tmp_path / "demo")
     code, out = preprocess(capsys, "--task", "demo", "--data-root", str(root))
     stores = list((root / "medmae_store").iterdir())
@@ -46,16 +47,15 @@ def test_a_broken_case_is_named_the_others_are_written_and_the_exit_is_2(demo_ro
     assert "img0002" in out and str(broken) in out and "could not be preprocessed" in out
 
 
-def test_images_from_subfolders_need_an_output_dir_and_get_safe_names(demo_root, tmp_path, capsys):
+def test_images_from_subfolders_go_to_the_store_folder_under_safe_names(demo_root, tmp_path, capsys, monkeypatch):
     scans = tmp_path / "scans"
     for k, name in enumerate(["img0001.nii.gz", "img0002.nii.gz"]):
         (scans / f"patient{k}").mkdir(parents=True)
         shutil.copyfile(demo_root / "imagesTr" / name, scans / f"patient{k}" / "ct.nii.gz")
-    code, out = preprocess(capsys, "--task", "demo", "--images", str(scans))
-    assert code == 2 and "--images needs --output-dir" in out
     code, out = preprocess(capsys, "--task", "demo", "--images", str(scans), "--data-root", str(demo_root))
     assert code == 2 and "--images replaces --data-root" in out
-    code, out = preprocess(capsys, "--task", "demo", "--images", str(scans), "--output-dir", str(tmp_path / "store"))
+    monkeypatch.setenv("MEDMAE_STORE", str(tmp_path / "store"))  # where pretraining with --images looks too
+    code, out = preprocess(capsys, "--task", "demo", "--images", str(scans))
     assert code == 0 and "wrote 2 cases" in out
     folder = next((tmp_path / "store").iterdir())
     meta = json.loads((folder / "patient0%2Fct.json").read_text())

@@ -1,19 +1,30 @@
-"""Cached crops (``medmae.data.crops``): exact sub-volumes of the cached volumes, uniform over every valid
-start, fair flips, seeded crops, disjoint shards, the disk cache and the prefetch thread."""
+"""Cached crops (``medmae.data.crops``): exact sub-volumes of the volumes (kept back to back, unpadded),
+uniform over every valid start, fair flips, seeded crops, disjoint shards, the same crops from the store as
+from the device, and the prefetch thread."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from medmae.data.crops import CachedCrops, CropSampler, check_fits, disk_store, prefetched
+from medmae.data import store
+from medmae.data.crops import CachedCrops, CropSampler, check_fits, prefetched
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
 from medmae.errors import UserError
 from medmae.tasks import load_task
+
+
+@pytest.fixture
+def stored_demo(demo_root, tmp_path) -> tuple[Path, list]:
+    """The demo set's cases preprocessed into a store: (its folder, the cases)."""
+    task = load_task("demo")
+    cases = load_split(task, demo_root).all_cases()
+    return store.preprocess(task, cases, tmp_path / "store", progress=False).folder, cases
 
 
 def volumes() -> list[torch.Tensor]:
@@ -122,22 +133,35 @@ def test_cached_crops_without_flips_keep_every_axis_as_it_is(demo_root):
     assert not torch.equal(next(iter(plain))["image"], next(iter(flipped))["image"])
 
 
-def test_disk_cache_gives_the_same_batches_as_memory_and_is_reused(tmp_path, demo_root):
+@pytest.mark.parametrize("workers", [0, 2])  # read in this process (through the prefetch thread) or by workers
+def test_crops_read_from_the_store_are_the_crops_drawn_from_the_device(stored_demo, workers):
+    folder, cases = stored_demo
     task = load_task("demo")
-    dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
-    in_memory, on_disk = _cached(dataset, task), _cached(dataset, task, cache_dir=tmp_path / "cache")
-    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".npy")  # no temporary parts left
-    for loader in (in_memory, on_disk):
-        loader.sampler.set_pass(2)
-    for a, b in zip(in_memory, on_disk, strict=True):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["sample_seed"], b["sample_seed"])
-    store, shapes = disk_store(dataset, tmp_path / "cache")
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == files  # reused, not rewritten
-    first = torch.as_tensor(dataset[0]["image"]).as_subclass(torch.Tensor)
-    assert torch.equal(store[0, :, : shapes[0, 0], : shapes[0, 1], : shapes[0, 2]], first)
-    disk_store(CaseDataset(task, dataset.cases[:3], "inference"), tmp_path / "cache")
-    assert len(list((tmp_path / "cache").iterdir())) == 4  # other cases: another file
+    dataset = CaseDataset(task, cases, "inference", store=folder)
+    on_device = _cached(dataset, task, crops_from="device")
+    from_store = _cached(dataset, task, crops_from="store", num_workers=workers)
+    assert from_store.source == "store" and not hasattr(from_store, "crops")  # no volume held in this process
+    for pass_key in (2, 3):
+        for loader in (on_device, from_store):
+            loader.sampler.set_pass(pass_key)
+        for a, b in zip(on_device, from_store, strict=True):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["sample_seed"], b["sample_seed"])
+
+
+def test_volumes_are_kept_back_to_back_without_padding():
+    vols = volumes()
+    sampler = CropSampler(vols, roi=(5, 4, 5))
+    assert sampler.nbytes == sum(v.numel() for v in vols) * 4  # not 2 x the largest volume
+    assert all(torch.equal(kept, v) for kept, v in zip(sampler.volumes, vols, strict=True))
+
+
+def test_auto_reads_crops_from_the_store_on_a_cpu_and_keeps_them_on_the_device_without_one(stored_demo, demo_root):
+    folder, cases = stored_demo
+    task = load_task("demo")
+    assert _cached(CaseDataset(task, cases, "inference", store=folder), task).source == "store"
+    assert _cached(CaseDataset(task, cases, "inference"), task).source == "device"
+    with pytest.raises(UserError, match="data.crops_from=store needs the preprocessed store"):
+        _cached(CaseDataset(task, cases, "inference"), task, crops_from="store")
 
 
 def test_prefetched_keeps_order_raises_errors_and_stops_when_abandoned():
@@ -177,42 +201,10 @@ def test_a_gpu_cache_larger_than_half_the_free_memory_is_refused_with_the_remedi
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 2**30, 80 * 2**30))
     big = [torch.zeros(1).expand(4, 256, 256, 160)] * 20  # 20 volumes x 160 MiB, no memory behind them
     with pytest.raises(
-        UserError, match=r"need 3\.1 GiB on cuda, more than half of its 4\.0 GiB free: set data\.cache_dtype=bfloat16"
+        UserError, match=r"need 3\.1 GiB on cuda, more than 50% of its 4\.0 GiB free: set data\.crops_from=store"
     ):
         check_fits(big, torch.device("cuda"))
     check_fits(big[:5], torch.device("cuda"))  # 0.8 GiB fits
-
-
-def test_crops_for_another_device_come_through_the_prefetch_thread_unchanged(demo_root):
-    task = load_task("demo")
-    dataset = CaseDataset(task, load_split(task, demo_root).all_cases(), "inference")
-    direct, fetched = _cached(dataset, task), _cached(dataset, task)
-    fetched.device = torch.device("cpu", 0)  # not the sampler's device: batches are drawn ahead and copied
-    for a, b in zip(direct, fetched, strict=True):
-        assert torch.equal(a["image"], b["image"]) and torch.equal(a["sample_seed"], b["sample_seed"])
-
-
-def test_a_waiting_process_maps_the_cache_once_another_has_written_it(tmp_path, demo_root):
-    task = load_task("demo")
-    dataset = CaseDataset(task, load_split(task, demo_root).all_cases()[:2], "inference")
-    writer = threading.Timer(0.3, disk_store, args=(dataset, tmp_path, False))
-    writer.start()
-    store, shapes = disk_store(dataset, tmp_path, progress=False, write=False, poll_seconds=0.05)
-    writer.join()
-    assert store.shape[0] == 2 and len(shapes) == 2
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy"]  # no temporary files left
-
-
-def test_a_volume_with_other_channels_stops_the_disk_cache_naming_it(tmp_path, demo_root, monkeypatch):
-    task = load_task("demo")
-    dataset = CaseDataset(task, load_split(task, demo_root).all_cases()[:3], "inference")
-    original = dataset.__getitem__
-    monkeypatch.setattr(
-        CaseDataset, "__getitem__", lambda self, k: {"image": original(k)["image"].repeat(1 + (k == 2), 1, 1, 1)}
-    )
-    with pytest.raises(ValueError, match=str(dataset.cases[2].image)):
-        disk_store(dataset, tmp_path, progress=False)
-    assert list(tmp_path.iterdir()) == []  # the scratch files went with the failure
 
 
 def test_a_bfloat16_store_gives_the_same_crops_rounded_to_8_bits_and_nearly_the_same_target(demo_root):
@@ -227,7 +219,7 @@ def test_a_bfloat16_store_gives_the_same_crops_rounded_to_8_bits_and_nearly_the_
         CachedCrops(dataset, task.roi, 4, 2, 0, 1, 0, torch.device("cpu"), progress=False, dtype=dtype)
         for dtype in (torch.float32, torch.bfloat16)
     )
-    assert rounded.crops.store.dtype == torch.bfloat16
+    assert rounded.crops.flat.dtype == torch.bfloat16
     ids, seeds = torch.arange(4), torch.arange(4)
     a, b = exact.crops.draw(ids, seeds=seeds)[0], rounded.crops.draw(ids, seeds=seeds)[0]
     assert b.dtype == torch.float32 and torch.all((a - b).abs() <= a.abs() * 2**-8)
@@ -239,5 +231,5 @@ def test_a_bfloat16_device_store_counts_two_bytes_a_voxel_against_the_free_memor
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * 2**30, 80 * 2**30))
     big = [torch.zeros(1).expand(4, 256, 256, 160)] * 20
     check_fits(big[:14], torch.device("cuda"), torch.bfloat16)  # 2.2 GiB in float32 would not fit, 1.1 GiB does
-    with pytest.raises(UserError, match="set data.cache_dtype=bfloat16 to halve them"):
+    with pytest.raises(UserError, match="or data.cache_dtype=bfloat16 to halve them"):
         check_fits(big[:14], torch.device("cuda"))

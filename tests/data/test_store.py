@@ -10,6 +10,7 @@ from dataclasses import replace
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from medmae.data import store
 from medmae.data.loaders import CaseDataset
@@ -189,3 +190,52 @@ def test_a_case_record_names_its_files_and_geometry(demo_task, demo_cases, tmp_p
     assert meta["shape"][1:] == meta["label_shape"][1:] and meta["label_dtype"] == "uint8"
     source = nib.load(case.image)
     assert meta["source_shape"][1:] == list(source.shape) and np.allclose(meta["source_affine"], source.affine)
+
+
+@pytest.mark.parametrize("stage", ["train", "pretrain"])
+def test_crops_read_from_the_store_are_the_chains_crops_where_every_centre_is_kept(
+    demo_task, demo_cases, tmp_path, stage
+):
+    """With every candidate centre kept (cases below ``store.POINTS`` voxels of each kind), the store's
+    training and pretraining chains give bitwise the crops, flips, rotations and intensity changes that the
+    chain from the files gives for the same seed."""
+    folder = store.preprocess(demo_task, demo_cases, tmp_path / "store", progress=False).folder
+    total = sum(m["voxels"]["foreground"] + m["voxels"]["background"] for m in map(_meta(folder), demo_cases))
+    assert total <= 2 * store.POINTS * len(demo_cases)
+    chain, stored = (CaseDataset(demo_task, demo_cases, stage, samples=3, store=where) for where in (None, folder))
+    for index in range(len(demo_cases)):
+        for seed in (0, 1):
+            expected, got = ([*_seeded(dataset, index, seed)] for dataset in (chain, stored))
+            for a, b in zip(expected, got, strict=True):
+                keys = ["image", "label"] if stage == "train" else ["image"]
+                assert all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in keys)
+
+
+def _meta(folder):
+    return lambda case: store.read_meta(folder, case.id)
+
+
+def _seeded(dataset, index, seed):
+    dataset.transform.set_random_state(seed=seed)
+    return dataset[index]
+
+
+def test_crop_points_sample_the_labelled_voxels_and_the_body_never_the_ignore_label(tmp_path, monkeypatch):
+    """Foreground points lie on labelled voxels (not the ignore label), background points on label 0 inside
+    the body for CT (window rule); more voxels than ``POINTS`` are sampled, seeded by the case id."""
+    monkeypatch.setattr(store, "POINTS", 50)
+    task = task_from_record({**load_task("demo").record, "ignore_label": 5}, "ct")
+    image = np.zeros((1, 10, 10, 10), np.float32)
+    image[:, 2:8, 2:8, 2:8] = 0.5  # the body
+    label = np.zeros((1, 10, 10, 10), np.uint8)
+    label[:, 3:5, 3:5, 3:5] = 1  # 8 voxels
+    label[:, 6:8, 6:8, 6:8] = 5  # ignored: background for sampling
+    points = store.crop_points(task, "case", image, label)
+    assert sorted(points["foreground"].tolist()) == np.flatnonzero(label[0] == 1).tolist()
+    body = (image[0] > 0) & (label[0] != 1)
+    assert int(points["background_voxels"]) == body.sum() and len(points["background"]) == 50
+    assert body.reshape(-1)[points["background"]].all()
+    again = store.crop_points(task, "case", image, label)
+    assert np.array_equal(points["background"], again["background"])
+    mri = load_task("msd_hippocampus")
+    assert int(store.crop_points(mri, "case", image, label % 5)["background_voxels"]) == 1000 - 8  # no body mask

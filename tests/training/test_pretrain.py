@@ -32,17 +32,18 @@ def test_bf16_autocast_step_matches_fp32():
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.98
 
 
-def test_pretraining_on_crops_memory_mapped_from_disk(tmp_path, demo_root):
+def test_pretraining_builds_the_store_in_the_configured_folder_and_reads_its_crops(tmp_path, demo_root):
     pretrain.run(
         RunRequest(
             "demo",
             str(demo_root),
             config_file=TINY,
             output_dir=str(tmp_path / "run"),
-            overrides=["data.sampler=cached", f"data.cache_dir={tmp_path / 'cache'}"],
+            overrides=["data.sampler=cached", f"data.store={tmp_path / 'stores'}", "data.crops_from=store"],
         )
     )
-    assert len(list((tmp_path / "cache").glob("demo_*.npy"))) == 1
+    (folder,) = (tmp_path / "stores").iterdir()
+    assert folder.name.startswith("demo_") and len(list(folder.glob("*.image.b2nd"))) == 6
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"].notna().all()
 
 
