@@ -58,7 +58,7 @@ class DataConfig:
     batch_size: int = 2  # volumes (3D) or images (2D) per step, over all processes together
     crops_per_volume: int = 4  # 3D: ROI crops drawn from each loaded volume
     num_workers: int = 2
-    store: str = "auto"  # 3D: the preprocessed per-case store's root folder; auto (see medmae.data.store) or off
+    store: bool | str = "auto"  # 3D: the preprocessed store's root folder, auto (medmae.data.store) or off (false)
     sampler: Literal["cached", "monai"] = "cached"  # 3D pretraining crops: medmae.data.crops or MONAI's chain
     crops_from: Literal["auto", "device", "store"] = "auto"  # cached sampler: volumes on the device, or the store
     cache_dtype: Literal["float32", "bfloat16"] = "float32"  # cached sampler on the device: how volumes are kept

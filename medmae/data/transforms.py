@@ -256,21 +256,30 @@ def positive_negative_crops(task: TaskSpec, keys: list[str], samples: int) -> li
 
 
 class StoreReadd(MapTransform):
-    """``{"case_id"}`` -> the case's preprocessed ``image`` ``[C, *S]`` (float32 MetaTensor with its affine)
-    and ``label`` ``[1, *S]`` (integer) read whole from the store folder."""
+    """``{"case_id"}`` -> the case's preprocessed ``image`` ``[C, *S]`` (float32 MetaTensor with its affine
+    and the record of the operations that made it, so that :func:`~medmae.inference.segment.to_original_grid`
+    inverts it as it inverts the chain) and ``label`` ``[1, *S]`` (integer) read whole from the store folder."""
 
     def __init__(self, folder: Path, keys: Sequence[str]) -> None:
         super().__init__(keys)
         self.folder = folder
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from medmae.data.store import read_case
+        from medmae.data.store import decoded, read_case
 
         d = dict(data)
         case = read_case(self.folder, d["case_id"], with_label="label" in self.keys)
-        affine = torch.tensor(case["meta"]["affine"], dtype=torch.float64)
+        meta = case["meta"]
+        affine = torch.tensor(meta["affine"], dtype=torch.float64)
         for key in self.key_iterator(d):
-            d[key] = MetaTensor(torch.from_numpy(case[key]), affine=affine, meta={"filename_or_obj": d["case_id"]})
+            source = meta["image_files"][0] if key == "image" else meta["label_file"]
+            operations = decoded(meta["applied_operations"]) if key == "image" else []
+            d[key] = MetaTensor(
+                torch.from_numpy(case[key]),
+                affine=affine,
+                meta={"filename_or_obj": source},
+                applied_operations=operations,
+            )
         return d
 
 

@@ -102,6 +102,21 @@ def refuse_seen(
     return notes
 
 
+def stored(task: TaskSpec, run_config: dict, named: TaskSpec, data_root: str | None, cases: list) -> Path | None:
+    """The preprocessed store (the checkpoint's ``data.store``) where it holds every case as its files are
+    now (:func:`medmae.data.store.holding`; evaluate reads each case once, so it builds none), said in the log."""
+    from medmae.data.layout import resolve_data_root
+    from medmae.data.store import holding, store_off, store_root
+
+    setting = run_config.get("data", {}).get("store", "auto")
+    if store_off(setting) or task.spatial_dims != 3:
+        return None
+    folder = holding(task, cases, store_root(setting, resolve_data_root(named, data_root)))
+    if folder is not None:
+        log.info("reading the %d preprocessed cases from the store %s", len(cases), folder)
+    return folder
+
+
 def evaluate(
     checkpoint: str,
     task_name: str,
@@ -144,8 +159,9 @@ def evaluate(
                 [note, *notes],
                 [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"],
             )
+        store = stored(task, payload["run_config"], named, data_root, cases)
         predictions = predict_volumes(
-            model, task, payload["run_config"], cases, output / "predictions", device, progress
+            model, task, payload["run_config"], cases, output / "predictions", device, progress, store=store
         )
         pairs = {case.id: (predictions[case.id], case.label) for case in cases}
         images = {case.id: case.image for case in cases}

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from medmae.data.cases import Case
-from medmae.data.store import preprocess, store_folder, store_root
+from medmae.data.store import preprocess, store_folder, store_off, store_root
 from medmae.errors import UserError
 from medmae.files import write_text
 from medmae.training.distributed import barrier, gather
@@ -29,7 +29,7 @@ def stored_cases(s: Setup, cases: list[Case]) -> tuple[Path | None, set[str]]:
     cannot be preprocessed stops the run with every such case named, or is left out with
     ``data.skip_bad_cases``."""
     cfg, task, ctx = s.cfg, s.task, s.ctx
-    if cfg.data.store == "off" or task.spatial_dims != 3 or task.is_classification:
+    if store_off(cfg.data.store) or task.spatial_dims != 3 or task.is_classification:
         return None, {case.id for case in cases}
     root = store_root(cfg.data.store, s.data_root)
     token = gather([uuid.uuid4().hex], ctx)[0]  # the main process's: names this run's "ready" note

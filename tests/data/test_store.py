@@ -19,6 +19,7 @@ from medmae.data.transforms import LabelToRegionsd
 from medmae.errors import UserError
 from medmae.files import OutputError
 from medmae.tasks import load_task, task_from_record
+from tests.helpers import shared
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def assert_same_as_chain(task, case, folder):
     assert got["label"].dtype.kind in "iu"
     label = got["label"]
     if task.regions:
-        label = LabelToRegionsd("label", task.regions, task.ignore_label)({"label": label})["label"]
+        label = LabelToRegionsd("label", task.regions, task.ignore_label)({"label": torch.from_numpy(label)})["label"]
     assert np.array_equal(np.asarray(label), expected["label"].numpy())
 
 
@@ -66,6 +67,15 @@ def test_the_store_holds_what_the_chain_gives_for_the_demo_ct(demo_task, demo_ca
 def test_the_store_holds_what_the_chain_gives_for_a_hippocampus_mri(hippocampus_root, tmp_path):
     task = load_task("msd_hippocampus")
     case = load_split(task, hippocampus_root).train[0]
+    run = store.preprocess(task, [case], tmp_path / "store", progress=False)
+    assert run.written == [case.id]
+    assert_same_as_chain(task, case, run.folder)
+
+
+@pytest.mark.parametrize(("task_name", "folder"), [("msd_brain", "msd_brain_case"), ("btcv", "btcv_layout_sample")])
+def test_the_store_holds_what_the_chain_gives_for_a_brain_mri_and_an_abdomen_ct(task_name, folder, tmp_path):
+    task = load_task(task_name)
+    case = load_split(task, shared(folder)).all_cases()[0]
     run = store.preprocess(task, [case], tmp_path / "store", progress=False)
     assert run.written == [case.id]
     assert_same_as_chain(task, case, run.folder)
@@ -239,3 +249,60 @@ def test_crop_points_sample_the_labelled_voxels_and_the_body_never_the_ignore_la
     assert np.array_equal(points["background"], again["background"])
     mri = load_task("msd_hippocampus")
     assert int(store.crop_points(mri, "case", image, label % 5)["background_voxels"]) == 1000 - 8  # no body mask
+
+
+def test_the_store_root_is_the_setting_else_the_environment_else_a_writable_data_root_else_the_cache(
+    tmp_path, monkeypatch
+):
+    assert store.store_root(str(tmp_path / "mine"), tmp_path) == tmp_path / "mine"
+    monkeypatch.setenv("MEDMAE_STORE", str(tmp_path / "env"))
+    assert store.store_root("auto", tmp_path) == tmp_path / "env"
+    monkeypatch.delenv("MEDMAE_STORE")
+    assert store.store_root("auto", tmp_path) == tmp_path / "medmae_store"
+    monkeypatch.setattr(store.os, "access", lambda path, mode: False)  # a read-only data root
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert store.store_root("auto", tmp_path) == tmp_path / "home" / ".cache" / "medmae" / "store"
+    assert store.store_root("auto", None) == tmp_path / "home" / ".cache" / "medmae" / "store"
+
+
+def test_data_store_off_as_yaml_reads_it_turns_the_store_off():
+    from medmae.config import load_config
+
+    setting = load_config("finetune", "demo", overrides=["data.store=off"]).data.store
+    assert setting is False and store.store_off(setting) and store.store_off("off")
+    assert not store.store_off(load_config("finetune", "demo").data.store)
+
+
+def test_a_full_disk_on_a_new_store_leaves_no_folder_behind(demo_task, demo_cases, tmp_path, monkeypatch):
+    import blosc2
+
+    monkeypatch.setattr(blosc2, "asarray", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OutputError, match="No space left"):
+        store.preprocess(demo_task, demo_cases[:1], tmp_path / "stores", progress=False)
+    assert not (tmp_path / "stores").exists()
+
+
+def test_predictions_from_the_store_go_back_to_the_original_grid_exactly_as_from_the_chain(
+    demo_checkpoint, demo_cases, tmp_path
+):
+    """The store keeps MONAI's record of what preprocessing did, so inverting a prediction read from it
+    gives the label map (and probabilities) that the chain from the files gives, voxel for voxel."""
+    from medmae.inference.predict import load_finetuned, predict_volumes
+
+    model, payload, task, device = load_finetuned(str(demo_checkpoint))
+    cases = demo_cases[:2]
+    assert store.holding(task, cases, tmp_path / "store") is None
+    folder = store.preprocess(task, cases, tmp_path / "store", progress=False).folder
+    assert store.holding(task, cases, tmp_path / "store") == folder
+    written = {
+        source: predict_volumes(
+            model, task, payload["run_config"], cases, tmp_path / source, device, False, True, store=where
+        )
+        for source, where in (("chain", None), ("store", folder))
+    }
+    for case in cases:
+        chain, stored = (nib.load(written[source][case.id]) for source in ("chain", "store"))
+        assert np.array_equal(chain.get_fdata(), stored.get_fdata()) and np.array_equal(chain.affine, stored.affine)
+        assert chain.shape == nib.load(case.image).shape
+        probabilities = [np.load(tmp_path / source / f"{case.id}.npz") for source in ("chain", "store")]
+        assert all(np.array_equal(probabilities[0][k], probabilities[1][k]) for k in probabilities[0].files)

@@ -903,6 +903,45 @@ def seen_and_overwritten_kinds() -> list[Kind]:
     ]
 
 
+def store_kinds() -> list[Kind]:
+    """The preprocessed store that training builds and reads (written under ``<tmp>/stores``)."""
+    k = Kind
+
+    def in_stores(change: Callable[[Path], object], *patches) -> Callable[[Path], Attempt]:
+        def setup(ws: Path) -> Attempt:
+            change(ws)
+            return Attempt([*command_line("finetune", ws), "--set", f"data.store={ws / 'stores'}"], patches)
+
+        return setup
+
+    def old_store(ws: Path) -> None:
+        from medmae.data.store import STORE_FORMAT, store_folder
+        from medmae.tasks import load_task
+
+        write(
+            store_folder(load_task("demo"), ws / "stores") / "store.json",
+            json.dumps({"format": STORE_FORMAT, "medmae": "0.0.1"}),
+        )
+
+    full = OSError(28, "No space left on device")
+    return [
+        k(
+            "preprocessed store made by another medmae version",
+            "finetune",
+            in_stores(old_store),
+            r"made by medmae 0\.0\.1.*delete the folder, or build it again with medmae data preprocess --rebuild",
+            names="<tmp>/stores",
+        ),
+        k(
+            "disk full while preprocessing into the store",
+            "finetune",
+            in_stores(nothing, mock.patch("blosc2.asarray", side_effect=full)),
+            r"cannot be written \(No space left on device\)",
+            names="<tmp>/stores",
+        ),
+    ]
+
+
 def other_kinds() -> list[Kind]:
     """Every other kind: data roots, manifests, task files, configs, checkpoints, flags and folders."""
     return (
@@ -911,6 +950,7 @@ def other_kinds() -> list[Kind]:
         + config_and_training_kinds()
         + checkpoint_and_output_kinds()
         + seen_and_overwritten_kinds()
+        + store_kinds()
     )
 
 
