@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from medmae.data.cases import Case
 from medmae.data.check import check_case
+from medmae.data.store import store_steps
 from medmae.data.transforms import IMAGE_ONLY, build_transform
 from medmae.errors import DataError, UserError
 from medmae.seeds import crop_seed, item_seed
@@ -90,7 +91,8 @@ class CaseDataset(Dataset):
             cases = [case for case in cases if case.id not in self.skipped]
         self.cases = cases
         self.store = store
-        self.transform = build_transform(task, stage, samples, store)
+        first = store_steps(store, task, stage, samples) if store is not None and not task.is_classification else None
+        self.transform = build_transform(task, stage, samples, first)
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -34,16 +34,21 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, MapTransform, RandomizableTransform
+from monai.utils import TraceKeys
 
 import medmae
 from medmae.data.cases import Case, file_identity
+from medmae.data.transforms import IMAGE_ONLY, preprocessing_steps
 from medmae.errors import DataError, UserError
 from medmae.files import OutputError, write_text
 from medmae.tasks import TaskSpec
@@ -261,11 +266,6 @@ def preprocessed(task: TaskSpec, case: Case) -> dict[str, Any]:
     """``image`` ``[C, *S]`` float32, ``label`` ``[1, *S]`` integer (or None) and ``affine`` ``[D+1, D+1]`` of
     ``case`` after ``task``'s deterministic chain, with ``source_shape`` and ``source_affine`` (the image as
     read, before it); a bad case raises :class:`DataError` naming its file."""
-    import torch
-    from monai.transforms import Compose
-
-    from medmae.data.transforms import preprocessing_steps
-
     keys = ["image", "label"] if case.label is not None else ["image"]
     data: dict[str, Any] = {"image": [str(p) for p in case.image_files] if case.more_channels else str(case.image)}
     if case.label is not None:
@@ -308,8 +308,6 @@ def encoded(value: Any) -> Any:
     """MONAI's record of the applied operations (dicts, lists, tuples, arrays, tensors, scalars) as JSON
     values, every array and tuple tagged so that :func:`decoded` restores it exactly. A transform's ``id``
     becomes MONAI's ``none``: inverting it from another process then skips MONAI's identity check."""
-    from monai.utils import TraceKeys
-
     if isinstance(value, dict):
         return {k: TraceKeys.NONE if k == TraceKeys.ID else encoded(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -325,8 +323,6 @@ def encoded(value: Any) -> Any:
 
 def decoded(value: Any) -> Any:
     """The inverse of :func:`encoded`."""
-    import torch
-
     if isinstance(value, list):
         return [decoded(v) for v in value]
     if not isinstance(value, dict):
@@ -446,8 +442,6 @@ class StoreRun:
 def _init_worker() -> None:
     """One torch thread per worker; Ctrl-C reaches the parent, which stops the workers and cleans up."""
     import signal
-
-    import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
@@ -583,3 +577,80 @@ def read_crop(
     except (OSError, RuntimeError, ValueError) as error:
         raise DataError(paths["image"], f"case {case_id} cannot be read from the store ({error})") from error
     return {"image": image, "label": label}
+
+
+def store_steps(folder: Path, task: TaskSpec, stage: str, samples: int) -> list:
+    """The first steps of ``stage``'s chain (:func:`~medmae.data.transforms.segmentation_transform`'s ``first``)
+    read from the store ``folder``: whole cases for validation and inference, only the drawn crops for train
+    and pretrain (:class:`StoreCropd`)."""
+    keys = ["image"] if stage in IMAGE_ONLY else ["image", "label"]
+    if stage in ("train", "pretrain"):
+        return [StoreCropd(folder, keys, task.roi, samples, balanced=stage == "train")]
+    return [StoreReadd(folder, keys)]
+
+
+class StoreReadd(MapTransform):
+    """``{"case_id"}`` -> the case's preprocessed ``image`` ``[C, *S]`` (float32 MetaTensor with its affine
+    and the record of the operations that made it, so that :func:`~medmae.inference.segment.to_original_grid`
+    inverts it as it inverts the chain) and ``label`` ``[1, *S]`` (integer) read whole from the store folder."""
+
+    def __init__(self, folder: Path, keys: Sequence[str]) -> None:
+        super().__init__(keys)
+        self.folder = folder
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case = read_case(self.folder, d["case_id"], with_label="label" in self.keys)
+        meta = case["meta"]
+        affine = torch.tensor(meta["affine"], dtype=torch.float64)
+        for key in self.key_iterator(d):
+            source = meta["image_files"][0] if key == "image" else meta["label_file"]
+            operations = decoded(meta["applied_operations"]) if key == "image" else []
+            d[key] = MetaTensor(
+                torch.from_numpy(case[key]),
+                affine=affine,
+                meta={"filename_or_obj": source},
+                applied_operations=operations,
+            )
+        return d
+
+
+class StoreCropd(RandomizableTransform, MapTransform):
+    """``{"case_id"}`` -> a list of ``samples`` dicts, each an ROI crop (``image`` ``[C, *roi]``, ``label``
+    ``[1, *roi]``) read from the store without decompressing the rest of the case. ``balanced``: centres
+    drawn as :func:`positive_negative_crops` draws them, from the store's crop points
+    (:func:`medmae.data.store.crop_points`); otherwise starts uniform over the case, as MONAI's
+    ``RandSpatialCropSamplesd``."""
+
+    def __init__(self, folder: Path, keys: Sequence[str], roi: Sequence[int], samples: int, balanced: bool) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.folder, self.roi, self.samples, self.balanced = folder, tuple(roi), samples, balanced
+
+    def starts(self, case_id: str, shape: Sequence[int]) -> list[list[int]]:
+        """The first voxel of each crop; the crop of a centre near the edge is moved inside the case."""
+        roi = np.array(self.roi)
+        if not self.balanced:
+            return [[self.R.randint(0, s - r + 1) for s, r in zip(shape, roi)] for _ in range(self.samples)]
+        points = read_points(self.folder, case_id)
+        foreground, background = points["foreground"], points["background"]
+        if len(foreground) + len(background) == 0:
+            raise DataError(case_paths(self.folder, case_id)["points"], f"case {case_id}: no voxel to centre a crop on")
+        share = 0.5 if len(foreground) and len(background) else float(len(foreground) > 0)
+        starts = []
+        for _ in range(self.samples):
+            chosen = foreground if self.R.rand() < share else background
+            centre = np.array(np.unravel_index(int(chosen[self.R.randint(len(chosen))]), shape))
+            last = (np.array(shape) + 1 - roi / 2).astype(np.int64) - 1  # MONAI's correct_crop_centers
+            starts.append((np.minimum(np.maximum(centre, roi // 2), np.maximum(last, roi // 2)) - roi // 2).tolist())
+        return starts
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        case_id = d["case_id"]
+        shape = read_meta(self.folder, case_id)["shape"][1:]
+        crops = []
+        for start in self.starts(case_id, shape):
+            crop = read_crop(self.folder, case_id, start, self.roi, with_label="label" in self.keys)
+            crops.append({**d, **{key: torch.from_numpy(crop[key]) for key in self.key_iterator(d)}})
+        return crops

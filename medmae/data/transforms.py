@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -207,20 +206,15 @@ def preprocessing_steps(task: TaskSpec, keys: Sequence[str]) -> list:
     return steps
 
 
-def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2, store: Path | None = None) -> Compose:
-    """3D chains; ``samples`` ROI crops per volume while training and pretraining. With a preprocessed
-    ``store`` folder (:mod:`medmae.data.store`) the deterministic steps are read from it instead: whole
-    cases for validation and inference, only the drawn crops for train and pretrain (:class:`StoreCropd`)."""
+def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2, first: list | None = None) -> Compose:
+    """3D chains; ``samples`` ROI crops per volume while training and pretraining. ``first``: steps that
+    replace the deterministic steps and the crops, such as reading them from the preprocessed store
+    (:func:`medmae.data.store.store_steps`)."""
     keys = ["image"] if stage in IMAGE_ONLY else ["image", "label"]
     roi = task.roi
-    if store is None:
-        chain: list = preprocessing_steps(task, keys)
-    elif stage in ("train", "pretrain"):
-        chain = [StoreCropd(store, keys, roi, samples, balanced=stage == "train")]
-    else:
-        chain = [StoreReadd(store, keys)]
+    chain: list = preprocessing_steps(task, keys) if first is None else list(first)
     if stage == "train":
-        if store is None:
+        if first is None:
             chain += positive_negative_crops(task, keys, samples)
         chain += [RandFlipd(keys, prob=0.2, spatial_axis=axis) for axis in range(3) if axis or not task.lateral]
         if roi[0] == roi[1] and not task.lateral:  # a quarter turn of a non-square axial plane changes the shape
@@ -230,7 +224,7 @@ def segmentation_transform(task: TaskSpec, stage: str, samples: int = 2, store: 
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
         ]
     elif stage == "pretrain":
-        if store is None:
+        if first is None:
             chain.append(RandSpatialCropSamplesd(keys, roi_size=roi, num_samples=samples, random_size=False))
         chain += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
     if task.regions and stage not in IMAGE_ONLY:
@@ -255,79 +249,6 @@ def positive_negative_crops(task: TaskSpec, keys: list[str], samples: int) -> li
     return [SamplingLabeld(task.ignore_label), crop, DeleteItemsd("sampling_label")]
 
 
-class StoreReadd(MapTransform):
-    """``{"case_id"}`` -> the case's preprocessed ``image`` ``[C, *S]`` (float32 MetaTensor with its affine
-    and the record of the operations that made it, so that :func:`~medmae.inference.segment.to_original_grid`
-    inverts it as it inverts the chain) and ``label`` ``[1, *S]`` (integer) read whole from the store folder."""
-
-    def __init__(self, folder: Path, keys: Sequence[str]) -> None:
-        super().__init__(keys)
-        self.folder = folder
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from medmae.data.store import decoded, read_case
-
-        d = dict(data)
-        case = read_case(self.folder, d["case_id"], with_label="label" in self.keys)
-        meta = case["meta"]
-        affine = torch.tensor(meta["affine"], dtype=torch.float64)
-        for key in self.key_iterator(d):
-            source = meta["image_files"][0] if key == "image" else meta["label_file"]
-            operations = decoded(meta["applied_operations"]) if key == "image" else []
-            d[key] = MetaTensor(
-                torch.from_numpy(case[key]),
-                affine=affine,
-                meta={"filename_or_obj": source},
-                applied_operations=operations,
-            )
-        return d
-
-
-class StoreCropd(RandomizableTransform, MapTransform):
-    """``{"case_id"}`` -> a list of ``samples`` dicts, each an ROI crop (``image`` ``[C, *roi]``, ``label``
-    ``[1, *roi]``) read from the store without decompressing the rest of the case. ``balanced``: centres
-    drawn as :func:`positive_negative_crops` draws them, from the store's crop points
-    (:func:`medmae.data.store.crop_points`); otherwise starts uniform over the case, as MONAI's
-    ``RandSpatialCropSamplesd``."""
-
-    def __init__(self, folder: Path, keys: Sequence[str], roi: Sequence[int], samples: int, balanced: bool) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob=1.0)
-        self.folder, self.roi, self.samples, self.balanced = folder, tuple(roi), samples, balanced
-
-    def starts(self, case_id: str, shape: Sequence[int]) -> list[list[int]]:
-        """The first voxel of each crop; the crop of a centre near the edge is moved inside the case."""
-        roi = np.array(self.roi)
-        if not self.balanced:
-            return [[self.R.randint(0, s - r + 1) for s, r in zip(shape, roi)] for _ in range(self.samples)]
-        from medmae.data.store import case_paths, read_points
-
-        points = read_points(self.folder, case_id)
-        foreground, background = points["foreground"], points["background"]
-        if len(foreground) + len(background) == 0:
-            raise DataError(case_paths(self.folder, case_id)["points"], f"case {case_id}: no voxel to centre a crop on")
-        share = 0.5 if len(foreground) and len(background) else float(len(foreground) > 0)
-        starts = []
-        for _ in range(self.samples):
-            chosen = foreground if self.R.rand() < share else background
-            centre = np.array(np.unravel_index(int(chosen[self.R.randint(len(chosen))]), shape))
-            last = (np.array(shape) + 1 - roi / 2).astype(np.int64) - 1  # MONAI's correct_crop_centers
-            starts.append((np.minimum(np.maximum(centre, roi // 2), np.maximum(last, roi // 2)) - roi // 2).tolist())
-        return starts
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
-        from medmae.data.store import read_crop, read_meta
-
-        d = dict(data)
-        case_id = d["case_id"]
-        shape = read_meta(self.folder, case_id)["shape"][1:]
-        crops = []
-        for start in self.starts(case_id, shape):
-            crop = read_crop(self.folder, case_id, start, self.roi, with_label="label" in self.keys)
-            crops.append({**d, **{key: torch.from_numpy(crop[key]) for key in self.key_iterator(d)}})
-        return crops
-
-
 def classification_transform(task: TaskSpec, stage: str) -> Compose:
     """2D chains; the label is the targets vector, passed through."""
     chain: list = [ReadImaged("image", task), *intensity_transforms(task)]
@@ -339,11 +260,12 @@ def classification_transform(task: TaskSpec, stage: str) -> Compose:
     return Compose(chain)
 
 
-def build_transform(task: TaskSpec, stage: str, samples: int = 2, store: Path | None = None) -> Compose:
+def build_transform(task: TaskSpec, stage: str, samples: int = 2, first: list | None = None) -> Compose:
     """The chain of ``task`` for ``stage``: ``train``, ``validation``, ``pretrain`` (image only, random crops) or
-    ``inference`` (image only, as validation); 3D segmentation tasks read from a preprocessed ``store``."""
+    ``inference`` (image only, as validation); ``first`` replaces the first steps of a 3D segmentation chain
+    (:func:`segmentation_transform`)."""
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}: choose one of {STAGES}")
     if task.is_classification:
         return classification_transform(task, stage)
-    return segmentation_transform(task, stage, samples, store)
+    return segmentation_transform(task, stage, samples, first)

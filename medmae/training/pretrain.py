@@ -95,7 +95,7 @@ def run(request: RunRequest) -> nn.Module:
         every = {c.id: c for c in [*s.split.train, *s.split.validation, *s.split.unlabelled]}
         cases = sorted((c for c in every.values() if c.id not in shown_ids), key=lambda c: c.id)
         crops = cfg.data.crops_per_volume if task.spatial_dims == 3 else 1
-        store, kept = stored_cases(s, [*cases, *held_out])
+        store, kept = stored_cases(s, [*cases, *held_out], image_only=True)
         cases, held_out = ([c for c in part if c.id in kept] for part in (cases, held_out))
         lazy = task.spatial_dims == 3 and cfg.data.sampler == "monai"  # the cached sampler reads every case first
         dataset = CaseDataset(task, cases, "pretrain", crops, cfg.data.skip_bad_cases, check_first=lazy, store=store)

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from medmae.data.cases import Case
@@ -21,13 +22,14 @@ log = logging.getLogger("medmae")
 POLL_SECONDS = 2.0
 
 
-def stored_cases(s: Setup, cases: list[Case]) -> tuple[Path | None, set[str]]:
+def stored_cases(s: Setup, cases: list[Case], image_only: bool = False) -> tuple[Path | None, set[str]]:
     """The store folder holding ``cases`` as preprocessed now (None with ``data.store=off`` or a 2D task), and
     the ids of the cases to train on. The first process of each machine (``LOCAL_RANK`` 0) preprocesses the missing
     and changed cases (``data.num_workers`` worker processes, at most the CPU count); the others wait for
     it without a collective, so a long first build never meets the distributed timeout. A case that
     cannot be preprocessed stops the run with every such case named, or is left out with
-    ``data.skip_bad_cases``."""
+    ``data.skip_bad_cases``; ``image_only`` (pretraining, which reads no label): a case that fails with its
+    label is preprocessed again without it, and kept where that works."""
     cfg, task, ctx = s.cfg, s.task, s.ctx
     if store_off(cfg.data.store) or task.spatial_dims != 3 or task.is_classification:
         return None, {case.id for case in cases}
@@ -39,12 +41,20 @@ def stored_cases(s: Setup, cases: list[Case]) -> tuple[Path | None, set[str]]:
         if ctx.is_main:
             log.info("store %s: reading the cases preprocessed before, preprocessing the others", root)
         run = preprocess(task, cases, root, workers=workers, progress=ctx.is_main)
+        failed = run.failed
+        labelled = [replace(case, label=None) for case in cases if case.id in failed and case.label is not None]
+        if image_only and labelled:
+            again = preprocess(task, labelled, root, workers=workers, progress=False)
+            for case_id in again.written:
+                log.warning(
+                    "case %s: its label cannot be used (%s); its image alone is stored", case_id, failed[case_id]
+                )
+            failed = {case_id: problem for case_id, problem in failed.items() if case_id not in again.written}
         if ctx.is_main:
             log.info(
                 "store %s: %d cases preprocessed before, %d now, %d failed",
-                *(run.folder, len(run.current), len(run.written), len(run.failed)),
+                *(run.folder, len(run.current), len(run.written) + len(run.failed) - len(failed), len(failed)),
             )
-        failed = run.failed
         if ctx.world > 1:
             write_text(ready, json.dumps(failed) + "\n")
     else:

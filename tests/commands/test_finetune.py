@@ -79,6 +79,6 @@ def test_every_bad_training_case_is_named_before_the_first_step(capsys, demo_roo
     output = tmp_path / "run"
     assert main(demo_run("finetune", root, output)) == 2
     err = capsys.readouterr().err
-    assert "2 of 4 cases have errors, found before training" in err and "Traceback" not in err
+    assert "2 of 5 cases could not be preprocessed, found before training" in err and "Traceback" not in err
     assert f"{train[0]}.nii.gz: 1 non-finite voxels" in err and f"{train[1]}.nii.gz: 1 non-finite voxels" in err
     assert not output.exists()

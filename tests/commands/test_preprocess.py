@@ -42,7 +42,7 @@ def test_a_broken_case_is_named_the_others_are_written_and_the_exit_is_2(demo_ro
     root = shutil.copytree(demo_root, tmp_path / "demo")
     broken = root / "imagesTr" / "img0002.nii.gz"
     broken.write_bytes(b"")
-    code, out = preprocess(capsys, "--task", "demo", "--data-root", str(root))
+    code, out = preprocess(capsys, "--task", "demo", "--data-root", str(root), "--output-dir", str(tmp_path / "store"))
     assert code == 2 and "wrote 5 cases" in out and "1 failed" in out
     assert "img0002" in out and str(broken) in out and "could not be preprocessed" in out
 
