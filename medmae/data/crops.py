@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from medmae.data.loaders import CaseDataset, ShardSampler
+from medmae.data.store import one_decompression_thread, read_crop, read_meta
 from medmae.errors import UserError
 from medmae.seeds import crop_seeds, item_seeds, seeded_noise
 
@@ -199,6 +200,7 @@ class CachedCrops:
                 num_workers=num_workers,
                 persistent_workers=num_workers > 0,
                 pin_memory=device.type == "cuda",
+                worker_init_fn=one_decompression_thread,
             )
             return
         volumes = [
@@ -250,8 +252,6 @@ class StoreCrops(Dataset):
     store ``folder`` (only the chunks each crop touches are decompressed)."""
 
     def __init__(self, folder: Path, case_ids: list[str], roi: Sequence[int], flips: bool = True) -> None:
-        from medmae.data.store import read_meta
-
         self.folder, self.case_ids, self.roi, self.flips = folder, case_ids, tuple(roi), flips
         shapes = torch.tensor([read_meta(folder, case_id)["shape"][1:] for case_id in case_ids])
         if (shapes < torch.tensor(self.roi)).any():
@@ -262,8 +262,6 @@ class StoreCrops(Dataset):
         return len(self.case_ids)
 
     def __getitem__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from medmae.data.store import read_crop
-
         ids, seeds = batch
         starts, flips = seeded_boxes(seeds, self.span[ids], self.flips)
         crops = []
@@ -286,8 +284,6 @@ def crops_source(dataset: CaseDataset, crops_from: str, device: torch.device, dt
         return "device"
     if device.type != "cuda":
         return "store"
-    from medmae.data.store import read_meta
-
     needed = sum(int(np.prod(read_meta(dataset.store, case.id)["shape"])) for case in dataset.cases) * dtype.itemsize
     free, _ = torch.cuda.mem_get_info(device)
     return "device" if needed <= DEVICE_SHARE * free else "store"

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from medmae.data.cases import Case
 from medmae.data.check import check_case
-from medmae.data.store import store_steps
+from medmae.data.store import one_decompression_thread, store_steps
 from medmae.data.transforms import IMAGE_ONLY, build_transform
 from medmae.errors import DataError, UserError
 from medmae.seeds import crop_seed, item_seed
@@ -91,7 +91,7 @@ class CaseDataset(Dataset):
             cases = [case for case in cases if case.id not in self.skipped]
         self.cases = cases
         self.store = store
-        first = store_steps(store, task, stage, samples) if store is not None and not task.is_classification else None
+        first = store_steps(store, task, stage, samples) if store is not None else None
         self.transform = build_transform(task, stage, samples, first)
 
     def __len__(self) -> int:
@@ -183,4 +183,5 @@ def train_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         collate_fn=list_data_collate,
+        worker_init_fn=one_decompression_thread if dataset.store is not None else None,
     )

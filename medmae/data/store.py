@@ -579,6 +579,14 @@ def read_crop(
     return {"image": image, "label": label}
 
 
+def one_decompression_thread(worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: blosc2 decompresses in this worker's thread only (its default,
+    one thread per core in every worker, oversubscribes the cores: 1.6 x fewer crops per second on 2 cores)."""
+    import blosc2
+
+    blosc2.set_nthreads(1)
+
+
 def store_steps(folder: Path, task: TaskSpec, stage: str, samples: int) -> list:
     """The first steps of ``stage``'s chain (:func:`~medmae.data.transforms.segmentation_transform`'s ``first``)
     read from the store ``folder``: whole cases for validation and inference, only the drawn crops for train
