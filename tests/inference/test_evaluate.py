@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 
@@ -26,3 +28,17 @@ def test_the_default_output_is_beside_the_checkpoints_folder_and_the_task_must_m
         evaluate(str(demo_checkpoint), "msd_hippocampus", str(demo_root), None, None, "val", None)
     evaluate(str(demo_checkpoint), "demo", str(demo_root), None, None, "val", None, progress=False)
     assert (demo_checkpoint.parent.parent / "evaluate_val" / "summary.csv").is_file()
+
+
+def test_a_store_holding_every_test_case_is_read_and_the_scores_do_not_change(
+    demo_root, demo_checkpoint, tmp_path, caplog
+):
+    from medmae.cli import main
+
+    caplog.set_level(logging.INFO, logger="medmae")
+    chain, _, _ = evaluate(str(demo_checkpoint), "demo", str(demo_root), None, None, "test", str(tmp_path / "chain"))
+    assert "from the store" not in caplog.text  # fine-tuning stored its training and validation cases only
+    assert main(["data", "preprocess", "--task", "demo", "--data-root", str(demo_root), "--quiet"]) == 0
+    stored, _, _ = evaluate(str(demo_checkpoint), "demo", str(demo_root), None, None, "test", str(tmp_path / "store"))
+    assert "reading the 1 preprocessed cases from the store" in caplog.text
+    pd.testing.assert_frame_equal(chain, stored)
