@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from medmae.data.loaders import CaseDataset, ShardSampler
-from medmae.data.store import one_decompression_thread, read_crop, read_meta
+from medmae.data.store import CHUNK, one_decompression_thread, read_crop, read_meta
 from medmae.errors import UserError
 from medmae.seeds import crop_seeds, item_seeds, seeded_noise
 
@@ -264,14 +264,31 @@ class StoreCrops(Dataset):
     def __getitem__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         ids, seeds = batch
         starts, flips = seeded_boxes(seeds, self.span[ids], self.flips)
-        crops = []
-        for volume, start, flip in zip(ids.tolist(), starts.tolist(), flips.tolist()):
-            crop = torch.from_numpy(
-                read_crop(self.folder, self.case_ids[volume], start, self.roi, with_label=False)["image"]
-            )
-            axes = [1 + axis for axis, flipped in enumerate(flip) if flipped]
-            crops.append(crop.flip(axes) if axes else crop)
+        crops: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+        for volume in ids.unique().tolist():
+            mine = (ids == volume).nonzero().flatten().tolist()
+            for k, crop in zip(mine, self.read(volume, starts[mine]), strict=True):
+                axes = [1 + axis for axis in range(len(self.roi)) if flips[k, axis]]
+                crops[k] = crop.flip(axes) if axes else crop
         return {"image": torch.stack(crops), "sample_seed": seeds}
+
+    def read(self, volume: int, starts: torch.Tensor) -> list[torch.Tensor]:
+        """The crops ``[C, *roi]`` of one case at ``starts`` ``[n, D]``, each stored chunk decompressed once: one
+        read of the box around them all where it touches no more chunks than their own reads together (the
+        crops of a volume in one batch often share chunks), else one read per crop."""
+        roi = torch.tensor(self.roi)
+        first, last = starts.min(0).values, (starts + roi).max(0).values
+
+        def chunks(low: torch.Tensor, high: torch.Tensor) -> int:
+            return int(torch.prod((high - 1) // CHUNK - low // CHUNK + 1))
+
+        case_id = self.case_ids[volume]
+        if chunks(first, last) > sum(chunks(start, start + roi) for start in starts):
+            return [
+                torch.from_numpy(read_crop(self.folder, case_id, s.tolist(), self.roi, False)["image"]) for s in starts
+            ]
+        box = torch.from_numpy(read_crop(self.folder, case_id, first.tolist(), (last - first).tolist(), False)["image"])
+        return [box[(slice(None), *[slice(a, a + r) for a, r in zip((s - first).tolist(), self.roi)])] for s in starts]
 
 
 def crops_source(dataset: CaseDataset, crops_from: str, device: torch.device, dtype: torch.dtype) -> str:

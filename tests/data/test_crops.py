@@ -4,6 +4,7 @@ from the device, and the prefetch thread."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medmae.data import store
+from medmae.data import crops, store
 from medmae.data.crops import CachedCrops, CropSampler, check_fits, prefetched
 from medmae.data.loaders import CaseDataset
 from medmae.data.manifests import load_split
@@ -233,3 +234,18 @@ def test_a_bfloat16_device_store_counts_two_bytes_a_voxel_against_the_free_memor
     check_fits(big[:14], torch.device("cuda"), torch.bfloat16)  # 2.2 GiB in float32 would not fit, 1.1 GiB does
     with pytest.raises(UserError, match="or data.cache_dtype=bfloat16 to halve them"):
         check_fits(big[:14], torch.device("cuda"))
+
+
+def test_crops_of_one_case_are_read_in_one_box_where_they_share_chunks_else_apart(tmp_path, monkeypatch):
+    volume = torch.randn(1, 200, 40, 40)
+    store.write_array(tmp_path / "c.image.b2nd", volume.numpy())
+    (tmp_path / "c.json").write_text(json.dumps({"shape": list(volume.shape)}))
+    reads = []
+    monkeypatch.setattr(crops, "read_crop", lambda *args: reads.append(args) or store.read_crop(*args))
+    reader = crops.StoreCrops(tmp_path, ["c"], (32, 32, 32))
+    for starts, expected_reads in (([[0, 0, 0], [10, 4, 8]], 1), ([[0, 0, 0], [168, 8, 8]], 2)):
+        reads.clear()
+        got = reader.read(0, torch.tensor(starts))
+        assert len(reads) == expected_reads
+        for crop, (x, y, z) in zip(got, starts, strict=True):
+            assert torch.equal(crop, volume[:, x : x + 32, y : y + 32, z : z + 32])
