@@ -1093,5 +1093,6 @@ def table(outcomes: list[Outcome]) -> str:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     with tempfile.TemporaryDirectory() as folder:
+        os.environ["MEDMAE_STORE"] = str(Path(folder) / "stores")  # as the tests do: no store outside the folder
         TABLE.write_text(table(run_all(Path(folder))), encoding="utf-8")
     print(f"wrote {TABLE}", file=sys.stderr)
