@@ -1,7 +1,7 @@
 """The data path at a user's scale (issue 31): the preprocessed store against today's chain on generated
 CT-like volumes of mixed size. Prints one JSON line per measurement, each with its target where it has one.
 
-    python benchmarks/data_scale.py --work /tmp/data_scale            # N = 25, 100, 200 (needs ~15 GB of disk)
+    python benchmarks/data_scale.py --work /tmp/data_scale            # N = 25, 100, 200 (~7 GB; checks 15 GB free)
     python benchmarks/data_scale.py --work /tmp/data_scale --tiny     # a CPU dry run at tiny sizes (CI)
 
 Volumes: int16 HU ``.nii.gz`` at 0.78 x 0.78 x 2.5 mm, 256-384 voxels in-plane and 40-300 slices, a body

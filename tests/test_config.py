@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import yaml
 
@@ -179,3 +181,16 @@ def test_the_help_of_set_says_where_every_key_is_listed(capsys):
         main(["pretrain", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "--print-config" in shown and "docs/reference/config.md" in shown
+
+
+def test_a_retired_key_in_an_older_runs_config_is_left_out_with_a_note_when_set(caplog):
+    caplog.set_level(logging.WARNING, logger="medmae")
+    saved = Config().to_dict()
+    saved["data"]["cache_dir"] = None  # every run config written before the store has it
+    assert from_dict(saved, "old/config.yaml") == Config()
+    assert "cache_dir" not in caplog.text
+    saved["data"]["cache_dir"] = "medmae_cache"
+    assert from_dict(saved, "old/config.yaml") == Config()
+    assert "old/config.yaml: data.cache_dir=medmae_cache is no longer read" in caplog.text
+    with pytest.raises(UserError, match="unknown config key 'data.cache_dri'"):
+        load_config("pretrain", "btcv", overrides=["data.cache_dri=x"])

@@ -30,13 +30,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="append",
         metavar="DIR_OR_GLOB",
         help="unlabelled scans instead of a data root: a folder (searched recursively), a file or a glob "
-        "pattern; repeatable (needs --output-dir)",
+        "pattern; repeatable",
     )
     preprocess.add_argument(
         "--output-dir",
-        help="where the stores go (default: $MEDMAE_STORE, else <data root>/medmae_store, "
-        "else ~/.cache/medmae/store; "
-        "training's data.store=auto finds them there)",
+        help="where the stores go (default: $MEDMAE_STORE, else <data root>/medmae_store, else "
+        "~/.cache/medmae/store: where training's data.store=auto looks)",
     )
     preprocess.add_argument("--workers", type=at_least(1), default=1, help="worker processes (default 1)")
     preprocess.add_argument(

@@ -32,13 +32,17 @@ log = logging.getLogger("medmae")
 DEVICE_SHARE = 0.5  # crops_from=auto: the volumes stay on a GPU when they take at most this share of its free memory
 
 
-def seeded_boxes(seeds: torch.Tensor, span: torch.Tensor, flips: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def boxes(u: torch.Tensor, span: torch.Tensor, flips: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Each crop's start ``[B, D]`` (uniform over ``span`` ``[B, D]`` valid starts) and flips ``[B, D]``
-    (bool, each axis with probability 1/2 when ``flips``), functions of its seed ``[B]`` alone
-    (:func:`seeded_noise`, stream 1), whatever batch, process or source it is drawn in."""
+    (bool, each axis with probability 1/2 when ``flips``) from uniform noise ``u`` ``[B, 2D]`` in [0, 1)."""
     dims = span.shape[1]
-    u = seeded_noise(seeds, 2 * dims, stream=1)
     return (u[:, :dims] * span).long(), (u[:, dims:] < 0.5) & flips
+
+
+def seeded_boxes(seeds: torch.Tensor, span: torch.Tensor, flips: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`boxes` as functions of each crop's seed ``[B]`` alone (:func:`seeded_noise`, stream 1), whatever
+    batch, process or source it is drawn in."""
+    return boxes(seeded_noise(seeds, 2 * span.shape[1], stream=1), span, flips)
 
 
 class CropSampler:
@@ -115,7 +119,7 @@ class CropSampler:
         dims = len(self.roi)
         if seeds is None:
             u = torch.rand(len(ids), 2 * dims, generator=generator, device=self.device, dtype=torch.float64)
-            starts, flips = (u[:, :dims] * self.span[ids]).long(), (u[:, dims:] < 0.5) & self.flips
+            starts, flips = boxes(u, self.span[ids], self.flips)
         else:
             starts, flips = seeded_boxes(seeds.to(self.device), self.span[ids], self.flips)
         copy = self._gather if self.device.type == "cuda" else self._slices

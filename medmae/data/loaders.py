@@ -9,13 +9,14 @@ from typing import Any
 
 import torch
 from monai.data import list_data_collate
+from monai.transforms import Compose
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from medmae.data.cases import Case
 from medmae.data.check import check_case
 from medmae.data.store import one_decompression_thread, store_steps
-from medmae.data.transforms import IMAGE_ONLY, build_transform
+from medmae.data.transforms import IMAGE_ONLY, build_transform, preprocessing_steps
 from medmae.errors import DataError, UserError
 from medmae.seeds import crop_seed, item_seed
 from medmae.tasks import TaskSpec
@@ -93,6 +94,8 @@ class CaseDataset(Dataset):
         self.store = store
         first = store_steps(store, task, stage, samples) if store is not None else None
         self.transform = build_transform(task, stage, samples, first)
+        # what made each image, for inverting predictions (medmae.inference.segment.to_original_grid)
+        self.inverse = self.transform if store is None else Compose(preprocessing_steps(task, ["image"]))
 
     def __len__(self) -> int:
         return len(self.cases)

@@ -43,7 +43,9 @@ from urllib.parse import quote
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.data.utils import get_random_patch
 from monai.transforms import Compose, MapTransform, RandomizableTransform
+from monai.transforms.utils import generate_pos_neg_label_crop_centers
 from monai.utils import TraceKeys
 
 import medmae
@@ -125,14 +127,10 @@ def open_store(task: TaskSpec, root: str | Path, rebuild: bool = False) -> Path:
         log.info("rebuilding the store %s from scratch", folder)
         shutil.rmtree(folder)
     if record.is_file():
-        try:
-            found = json.loads(record.read_text(encoding="utf-8"))
-            made_by = (found.get("format"), found.get("medmae"))
-        except (OSError, ValueError, AttributeError):
-            made_by = ("unreadable", "?")
-        if made_by != (STORE_FORMAT, medmae.__version__):
+        found = made_by(folder)
+        if found != (STORE_FORMAT, medmae.__version__):
             raise UserError(
-                f"{folder}: a store of format {made_by[0]} made by medmae {made_by[1]}, not format {STORE_FORMAT} "
+                f"{folder}: a store of format {found[0]} made by medmae {found[1]}, not format {STORE_FORMAT} "
                 f"of medmae {medmae.__version__}: delete the folder, or build it again with "
                 "medmae data preprocess --rebuild"
             )
@@ -141,15 +139,21 @@ def open_store(task: TaskSpec, root: str | Path, rebuild: bool = False) -> Path:
     return folder
 
 
+def made_by(folder: Path) -> tuple[str, str]:
+    """(format, medmae version) that the store ``folder``'s ``store.json`` records; ``("unreadable", "?")``
+    when it is missing or cannot be read."""
+    try:
+        found = json.loads((folder / STORE_FILE).read_text(encoding="utf-8"))
+        return found["format"], found["medmae"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return "unreadable", "?"
+
+
 def holding(task: TaskSpec, cases: Sequence[Case], root: str | Path) -> Path | None:
     """The store folder of ``task`` under ``root`` where it is of this medmae and holds every case as its
     files are now (:func:`is_current`), else None (nothing is written)."""
     folder = store_folder(task, root)
-    try:
-        found = json.loads((folder / STORE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(found, dict) or (found.get("format"), found.get("medmae")) != (STORE_FORMAT, medmae.__version__):
+    if made_by(folder) != (STORE_FORMAT, medmae.__version__):
         return None
     return folder if all(is_current(folder, case) for case in cases) else None
 
@@ -636,22 +640,19 @@ class StoreCropd(RandomizableTransform, MapTransform):
         self.folder, self.roi, self.samples, self.balanced = folder, tuple(roi), samples, balanced
 
     def starts(self, case_id: str, shape: Sequence[int]) -> list[list[int]]:
-        """The first voxel of each crop; the crop of a centre near the edge is moved inside the case."""
-        roi = np.array(self.roi)
+        """The first voxel of each crop, drawn by MONAI's own functions with this transform's random state:
+        those of ``RandCropByPosNegLabeld`` (odds 1:1, a centre near the edge moved inside the case) over the
+        stored points, or of ``RandSpatialCropSamplesd``."""
         if not self.balanced:
-            return [[self.R.randint(0, s - r + 1) for s, r in zip(shape, roi)] for _ in range(self.samples)]
+            return [[s.start for s in get_random_patch(shape, self.roi, self.R)] for _ in range(self.samples)]
         points = read_points(self.folder, case_id)
-        foreground, background = points["foreground"], points["background"]
-        if len(foreground) + len(background) == 0:
-            raise DataError(case_paths(self.folder, case_id)["points"], f"case {case_id}: no voxel to centre a crop on")
-        share = 0.5 if len(foreground) and len(background) else float(len(foreground) > 0)
-        starts = []
-        for _ in range(self.samples):
-            chosen = foreground if self.R.rand() < share else background
-            centre = np.array(np.unravel_index(int(chosen[self.R.randint(len(chosen))]), shape))
-            last = (np.array(shape) + 1 - roi / 2).astype(np.int64) - 1  # MONAI's correct_crop_centers
-            starts.append((np.minimum(np.maximum(centre, roi // 2), np.maximum(last, roi // 2)) - roi // 2).tolist())
-        return starts
+        try:
+            centres = generate_pos_neg_label_crop_centers(
+                self.roi, self.samples, 0.5, shape, points["foreground"], points["background"], self.R
+            )
+        except ValueError as error:  # no voxel of either kind
+            raise DataError(case_paths(self.folder, case_id)["points"], f"case {case_id}: {error}") from error
+        return [[int(c) - r // 2 for c, r in zip(centre, self.roi)] for centre in centres]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         d = dict(data)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from monai.transforms import Compose
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -20,7 +19,6 @@ from medmae.data.check import read_errors
 from medmae.data.loaders import CaseDataset
 from medmae.data.nnunet import channel_of, group_channels
 from medmae.data.readers import IMAGE_SUFFIXES, image_entries, is_dicom_series, read_channels
-from medmae.data.transforms import preprocessing_steps
 from medmae.data.writers import label_map_suffix, write_label_map, write_probabilities
 from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
@@ -50,13 +48,11 @@ def predict_volumes(
     case (:func:`medmae.data.store.holding`), the preprocessed images are read from it."""
     cfg = from_dict(run_config, "checkpoint")
     dataset = CaseDataset(task, cases, "inference", store=store)
-    # what to invert: the chain that made each image, the one read from the store included
-    inverse = dataset.transform if store is None else Compose(preprocessing_steps(task, ["image"]))
     written = {}
     for index, case in enumerate(tqdm(cases, desc="predicting", unit="case", disable=not progress)):
         item = dataset[index]  # a file that cannot be read raises a DataError naming it
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, device)
-        on_grid = background_outside(task, to_original_grid(inverse, item, probabilities))
+        on_grid = background_outside(task, to_original_grid(dataset.inverse, item, probabilities))
         labels = to_label_map(task, on_grid).numpy()
         written[case.id] = write_label_map(labels, case.image, output / label_map_name(case))
         if save_probabilities:
