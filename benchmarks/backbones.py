@@ -6,8 +6,9 @@
 A step is one AdamW step on a fixed batch (``--batch``, 2 by default) of generated volumes: the MAE loss of
 the backbone's MAE (75 % hidden) for pretraining, DiceCE on ``--classes`` classes for fine-tuning. Backbones
 (``--backbones``, default all): ``unetr_p16`` (UNETR, MONAI's at patch 16), ``unetr_p8``, ``light_p8``,
-``light_p4`` (ViT with the light decoder), ``dynunet`` (MONAI's residual DynUNet, sparse conv MAE) and
-``unet`` (MONAI's U-Net, no pretraining); an MAE that two backbones share is timed once. Each line gives
+``light_p4`` (ViT with the light decoder), ``dynunet`` (MONAI's residual DynUNet, sparse conv MAE),
+``resenc_l`` (nnU-Net's ResEnc L at every size, its ROI rounded up to its total stride, 32) and ``unet``
+(MONAI's U-Net, no pretraining); an MAE that two backbones share is timed once. Each line gives
 the median and quartiles of the step times and the parameter count; ``--output`` also writes the lines to
 a JSON-lines file. The committed CPU run is in docs/results/backbones/ (``steps_cpu.jsonl``).
 """
@@ -30,10 +31,12 @@ BACKBONES = {  # name -> (pretraining model, fine-tuning model); {size} filled i
     "light_p8": ("mae_vit_{size}_patch8_3d", "light_vit_{size}_patch8_3d"),
     "light_p4": ("mae_vit_{size}_patch4_3d", "light_vit_{size}_patch4_3d"),
     "dynunet": ("mae_dynunet_{size}_3d", "dynunet_{size}_3d"),
+    "resenc_l": ("mae_resenc_l_3d", "resenc_l_3d"),  # one size: nnU-Net's network
     "unet": (None, "unet_3d"),
 }
 ROI = {"cpu": (48, 64, 48), "cuda": (96, 96, 96)}  # MSD hippocampus, BTCV
 UNETR_FEATURES = 16  # the recipes' feature_size
+TOTAL_STRIDE = {"resenc_l": 32}  # backbones whose inputs must be multiples of more than 16
 
 
 def step_record(stage: str, backbone: str, name: str, model: torch.nn.Module, times: list[float], args) -> dict:
@@ -98,8 +101,10 @@ def main() -> None:
                 continue
             name = template.format(size=size)
             if name not in measured:
-                model, times = measure(name, args)
-                measured[name] = step_record(stage, backbone, name, model, times, args)
+                stride = TOTAL_STRIDE.get(backbone, 1)
+                fitted = argparse.Namespace(**vars(args) | {"roi": tuple(-(-s // stride) * stride for s in args.roi)})
+                model, times = measure(name, fitted)
+                measured[name] = step_record(stage, backbone, name, model, times, fitted)
                 del model
                 free(args.device)
             lines.append(dict(measured[name], backbone=backbone))

@@ -27,8 +27,8 @@ import torch
 
 from harness import PeakMemory, device_name, free, grouped, ratio_chart, step_flops, step_times, train_step, write_lines
 from medmae.models import MaskedAutoencoder
+from medmae.models.families import DECODERS, ENCODERS
 from medmae.models.masking import ENCODER_MODES
-from medmae.models.registry import DECODERS, ENCODERS
 
 VIT_LARGE = {"width": 1024, "depth": 24, "num_heads": 16, "mlp_dim": 4096}  # the paper's ViT-L, not in medmae
 # (name, encoder size, input size, batch): the paper's 2D setting, and medmae's 3D one

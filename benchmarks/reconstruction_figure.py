@@ -32,7 +32,7 @@ def main() -> None:
     path = args.run / "checkpoints" / args.checkpoint
     payload = load_checkpoint(path)
     cfg = from_dict(payload["run_config"], str(path))
-    multiple = input_multiple(cfg.model.arch, cfg.model.patch_size)
+    multiple = input_multiple(cfg.model)
     task = with_roi(task_from_record(payload["task"], str(path)), cfg.model.img_size, multiple)
     split = load_split(task, args.data_root, split=payload["split"]["split"])
     cases = sorted({c.id: c for c in split.train + split.validation + split.unlabelled}.values(), key=lambda c: c.id)

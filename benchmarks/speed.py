@@ -67,8 +67,8 @@ from medmae.devices import autocast
 from medmae.inference.segment import segment, to_host, to_label_map
 from medmae.models import create_model
 from medmae.models.compilation import RECOMPILE_LIMIT, compile_regions
+from medmae.models.families import DECODERS, ENCODERS
 from medmae.models.patchify import patchify
-from medmae.models.registry import DECODERS, ENCODERS
 from medmae.seeds import seeded_noise
 from medmae.tasks import load_task
 from medmae.training.session import with_roi

@@ -98,6 +98,12 @@ def verify_checksum(path: Path) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a medmae checkpoint onto the CPU with ``weights_only=True`` (no code is ever unpickled), after
     checking it against its ``.sha256`` file when there is one."""
+    path = checkpoint_file(path)
+    return checked_payload(read_weights_only(path), path)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` when it is a file; else :class:`CheckpointError` (for a run folder, naming its checkpoint)."""
     path = Path(path)
     if path.is_dir():
         inside = [p for p in (path / "checkpoints" / "best.pt", path / "best.pt", path / "last.pt") if p.is_file()]
@@ -105,11 +111,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    return path
+
+
+def read_weights_only(path: Path) -> Any:
+    """What the file ``path`` holds, read onto the CPU with ``weights_only=True`` after checking it against its
+    ``.sha256`` file when there is one; :class:`CheckpointError` for a corrupt file or one whose pickle would
+    run code."""
     verify_checksum(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         raise CheckpointError(f"{path}: {unreadable_reason(error)}") from error
+
+
+def checked_payload(payload: Any, path: str | Path) -> dict[str, Any]:
+    """``payload`` (read from ``path``) when it is a medmae checkpoint: the format tag, a model ``config``
+    and a ``state_dict`` of tensors; else :class:`CheckpointError` naming ``path``."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medmae checkpoint (no format tag {FORMAT!r})")
     state, config = payload.get("state_dict"), payload.get("config")

@@ -29,15 +29,16 @@ MaskStrategy = Literal["random", "block", "grid"]  # random (MAE), block-wise (B
 EncoderMode = Literal["skip", "mask_tokens"]  # the MAE encoder sees the visible patches only, or mask tokens too
 Tuning = Literal["full", "linear", "partial"]  # what a classifier's fine-tuning trains
 Pool = Literal["avg", "cls"]  # a classifier's pooled token
-# unetr: ViT + UNETR decoder; light: ViT + light decoder; dynunet: MONAI's residual DynUNet; unet: MONAI U-Net
 CompileMode = Literal["default", "reduce-overhead", "max-autotune"]  # torch.compile's modes
-Arch = Literal["unetr", "light", "dynunet", "unet"]
+# unetr: ViT + UNETR decoder; light: ViT + light decoder; dynunet: MONAI's residual DynUNet; resenc: nnU-Net's
+# residual-encoder U-Net; unet: MONAI U-Net (medmae.models.families)
+Arch = Literal["unetr", "light", "dynunet", "resenc", "unet"]
 
 
 @dataclass
 class ModelConfig:
-    size: Literal["base", "mini", "tiny"] = "base"  # base (ViT-B), mini (width 192, CPU) or tiny (width 48, tests)
-    arch: Arch = "unetr"  # segmentation backbone; unetr and light pretrain the ViT MAE, dynunet the sparse conv MAE
+    size: Literal["base", "mini", "tiny", "m", "l"] = "base"  # ViT, DynUNet: base, mini, tiny; ResEnc: l, m, tiny
+    arch: Arch = "unetr"  # backbone; unetr and light pretrain the ViT MAE, dynunet and resenc a sparse conv MAE
     patch_size: int | list[int] | None = None  # ViT patch (one or per axis); None: 16, or the pretrained encoder's
     img_size: list[int] | None = None  # input size; None: the task's ROI
     mask_ratio: float = 0.75
@@ -76,6 +77,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     layer_decay: float = 1.0  # fine-tuning: block k of L gets layer_decay ** (L + 1 - k) of the rate
     warmup_epochs: float = 40.0
+    encoder_warmup_epochs: float = 0.0  # fine-tuning: the encoder's rate ramps from 0 over these epochs (nnssl)
     accumulate: int = 1  # gradient accumulation steps
     clip_grad: float | None = None  # max gradient norm; None: no clipping
 
@@ -299,10 +301,10 @@ def load_config(stage: str, task_name: str, config_files: ConfigFiles = None, ov
 def validate(cfg: Config) -> None:
     """Choices (every key typed ``Literal``) and the ranges that types alone do not say."""
     problems = [problem for ok, problem in _ranges(cfg) if not ok]
-    vit_only = {"encoder_mode": cfg.model.encoder_mode != "skip", "patch_size": cfg.model.patch_size is not None}
-    if cfg.model.arch in ("dynunet", "unet") and any(vit_only.values()):
-        keys = ", ".join(f"model.{key}" for key, changed in vit_only.items() if changed)
-        problems.append(f"{keys} apply to ViTs only, not to model.arch={cfg.model.arch}")
+    if cfg.model.arch in typing.get_args(Arch):
+        from medmae.models.registry import family_of_arch  # the models import this module's choices
+
+        problems += family_of_arch(cfg.model.arch).config_problems(cfg.model)
     for key, hint in known_keys().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -334,6 +336,7 @@ def _ranges(cfg: Config) -> list[tuple[bool, str]]:
         (optim.clip_grad is None or optim.clip_grad > 0, "optim.clip_grad must be > 0 or null"),
         (train.epochs >= 1, "train.epochs must be >= 1"),
         (optim.warmup_epochs < train.epochs, "optim.warmup_epochs must be fewer than train.epochs"),
+        (0 <= optim.encoder_warmup_epochs < train.epochs, "optim.encoder_warmup_epochs must lie in [0, train.epochs)"),
         (train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch must be >= 1 or null"),
         (train.patience is None or train.patience >= 1, "train.patience must be >= 1 or null"),
         (train.dist_timeout_min > 0, "train.dist_timeout_min must be > 0"),

@@ -122,6 +122,18 @@ def test_backbone_keys_patch_size_one_or_per_axis_and_vit_keys_refused_for_u_net
     assert load_config("finetune", "btcv", overrides=["model.arch=dynunet"]).model.drop_path == 0.1  # ignored, said so
 
 
+def test_each_family_checks_its_own_sizes_and_keys():
+    assert load_config("pretrain", "btcv", overrides=["model.arch=resenc", "model.size=l"]).model.size == "l"
+    with pytest.raises(UserError, match=r"model.size=base is not a resenc size; choose one of tiny, m, l"):
+        load_config("pretrain", "btcv", overrides=["model.arch=resenc"])
+    with pytest.raises(UserError, match=r"model.size=l is not a vit size; choose one of base, mini, tiny"):
+        load_config("pretrain", "btcv", overrides=["model.size=l"])
+    with pytest.raises(UserError, match=r"model.decoder_width does not apply: the ResEnc MAE uses nnU-Net's decoder"):
+        load_config("pretrain", "btcv", overrides=["model.arch=resenc", "model.size=l", "model.decoder_width=64"])
+    with pytest.raises(UserError, match=r"optim.encoder_warmup_epochs must lie in \[0, train.epochs\)"):
+        load_config("finetune", "btcv", overrides=["optim.encoder_warmup_epochs=5000"])
+
+
 @pytest.mark.parametrize(
     "backbone", sorted((resource_dir("configs") / "backbones").glob("*.yaml")), ids=lambda p: p.stem
 )

@@ -1,4 +1,5 @@
-"""``medmae finetune``: fine-tune UNETR (3D) or the ViT classifier (2D), from an MAE or scratch.
+"""``medmae finetune``: fine-tune a segmenter (UNETR, light ViT, DynUNet, ResEnc, U-Net) or the ViT classifier
+(2D), from a pretrained encoder or from scratch.
 
 Example: ``medmae finetune --task btcv --data-root BTCV --pretrained runs/btcv_pretrain/checkpoints/last.pt``
 """
@@ -16,8 +17,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pretrained",
         metavar="CKPT",
-        help="a medmae checkpoint whose encoder starts the model, or "
-        "imagenet:FILE for a downloaded timm or torchvision ViT (default: train from scratch)",
+        help="the encoder that starts the model: a medmae checkpoint, an nnssl/OpenMind checkpoint "
+        "(ResEnc; model.arch=resenc), MONAI ViTAutoEnc weights (model.arch unetr or light), or imagenet:FILE "
+        "for a downloaded timm or torchvision ViT (default: train from scratch)",
     )
     parser.add_argument(
         "--label-fraction",

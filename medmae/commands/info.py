@@ -10,16 +10,6 @@ import argparse
 import medmae
 from medmae.commands.common import subcommand
 
-FAMILIES = {  # registry name prefix -> what it builds
-    "mae_vit_": "ViT MAEs",
-    "unetr_vit_": "ViT + UNETR decoder",
-    "light_vit_": "ViT + light decoder",
-    "vit_": "ViT classifiers",
-    "mae_dynunet_": "sparse convolutional MAEs",
-    "dynunet_": "residual U-Nets (MONAI DynUNet)",
-    "unet_": "MONAI U-Nets (from scratch)",
-}
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     subcommand(commands, "info", run, __doc__)
@@ -30,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     import monai
     import torch
 
-    from medmae.models import list_models
+    from medmae.models.registry import FAMILIES
     from medmae.tasks import list_tasks
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -39,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{kind}: {medmae.resource_dir(kind)}")
     print("tasks: " + ", ".join(list_tasks()))
     print("models (a ViT also builds with any power-of-two patch, or one per axis such as patch8x8x4):")
-    names = list_models()
-    for prefix, family in FAMILIES.items():
-        print(f"  {family}: " + ", ".join(name for name in names if name.startswith(prefix)))
+    for family in FAMILIES.values():
+        for prefix, title in family.listed:
+            print(f"  {title}: " + ", ".join(name for name in family.names() if name.startswith(prefix)))
     return 0

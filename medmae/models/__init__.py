@@ -1,6 +1,8 @@
 """Models: patchify, masking, position embeddings, the ViT MAE and its encoder, UNETR, the light decoder, the
-classifier, the residual U-Net (DynUNet) and its sparse convolutional MAE, transfer."""
+classifier, the residual U-Nets (DynUNet, nnU-Net's ResEnc) and their sparse convolutional MAEs, transfer;
+the backbone families and their registry."""
 
+from medmae.models import families  # noqa: F401  (registers the backbone families)
 from medmae.models.classifier import ViTClassifier
 from medmae.models.dynunet import ResidualUNet, dynunet_from_pretrained
 from medmae.models.encoder import ViTEncoder

@@ -154,7 +154,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file (medmae never downloads; download it first)")
     verify_checksum(path)
-    raw = _load_safetensors(path) if _is_safetensors(path) else _load_torch(path)
+    raw = _load_safetensors(path) if _is_safetensors(path) else load_torch(path)
     state, notes = _unnest(raw, path)
     prefixed = [k for k in state if k.startswith("module.")]
     if prefixed:
@@ -183,7 +183,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable .safetensors file ({type(error).__name__}: {error})") from error
 
 
-def _load_torch(path: Path) -> Any:
+def load_torch(path: Path) -> Any:
     """``torch.load(weights_only=True)``: a pickle that would call code is refused, never executed."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -115,7 +115,73 @@ def sparse_res_block(block: UnetResBlock, x: torch.Tensor, visible: torch.Tensor
     return block.lrelu(out + residual)
 
 
-class SparseConvMAE(PatchReconstruction, nn.Module):
+class SparseMasking(PatchReconstruction):
+    """Masks, visible maps and the forward pass that every sparse convolutional MAE shares. A subclass
+    sets ``img_size``, ``patch_size`` (the masking unit: the encoder's total stride), ``grid``, ``keep``,
+    ``mask_ratio``, ``mask_strategy``, ``norm_pix_loss`` and ``stage_sizes`` (each encoder stage's spatial
+    size), and provides ``forward_encoder(x, mask)`` and ``forward_decoder(features, mask)``."""
+
+    grid: tuple[int, ...]
+    keep: int
+    mask_ratio: float
+    mask_strategy: str
+    stage_sizes: list[tuple[int, ...]]
+
+    def visible_maps(self, mask: torch.Tensor) -> list[torch.Tensor]:
+        """mask ``[B, N]`` (1 = hidden) -> per encoder stage ``[B, 1, *S_i]``, 1 = visible, float32 (the
+        grid mask repeated by nearest up-sampling to each stage's size)."""
+        visible = (1 - mask.float()).reshape(mask.shape[0], 1, *self.grid)
+        return [F.interpolate(visible, size=size, mode="nearest") for size in self.stage_sizes]
+
+    def draw_mask(
+        self,
+        batch: int,
+        device: torch.device,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The masks of a batch, ``[B, N]`` float32 with 1 = hidden, decided as
+        :meth:`medmae.models.mae.MaskedAutoencoder.forward` decides them: by ``noise`` ``[B, N]`` (its
+        ``keep`` lowest values visible), else at random (``generator``); ``mask_ratio`` gives random
+        masking at that ratio instead of this model's strategy and ratio."""
+        n = math.prod(self.grid)
+        keep = self.keep if mask_ratio is None else visible_count("random", self.grid, mask_ratio)
+        if noise is None and mask_ratio is None and self.mask_strategy != "random":
+            seeds = torch.randint(0, 2**31, (batch,), generator=generator, device=device)
+            noise = masking_noise(self.mask_strategy, seeds, self.grid, self.mask_ratio)
+        if noise is None:
+            noise = torch.rand(batch, n, generator=generator, device=device)
+        elif tuple(noise.shape) != (batch, n):
+            raise ValueError(f"noise of shape {tuple(noise.shape)} for a batch of {batch} on {n} cells")
+        return hidden_mask(noise, keep)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        seeds: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        loss_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden);
+        pred is None with ``loss_only``, as for the ViT MAE (the dense decoder predicts every patch anyway).
+
+        The masks are drawn at random (with ``generator``), or decided by ``noise`` ``[B, N]``, or by
+        ``seeds`` ``[B]`` (ints: each sample's mask of this model's strategy and ratio is a function of its
+        seed alone, :func:`masking_noise`); ``mask_ratio`` overrides the model's ratio and strategy with
+        random masking at that ratio."""
+        self._check_size(x)
+        if seeds is not None:
+            noise = masking_noise(self.mask_strategy, seeds.to(x.device), self.grid, self.mask_ratio)
+        mask = self.draw_mask(x.shape[0], x.device, mask_ratio, generator, noise)
+        pred = self.forward_decoder(self.forward_encoder(x, mask), mask)
+        return self._loss(patchify(x, self.patch_size), pred, mask), None if loss_only else pred, mask
+
+
+class SparseConvMAE(SparseMasking, nn.Module):
     """DynUNet's residual encoder, run sparsely on the visible cells, and a light U-Net decoder that
     rebuilds the hidden ones (see the module docstring).
 
@@ -208,12 +274,6 @@ class SparseConvMAE(PatchReconstruction, nn.Module):
         for part in (self.densify, self.upsample, self.decoder_blocks, self.head):
             part.apply(ResidualUNet.initialize_weights)
 
-    def visible_maps(self, mask: torch.Tensor) -> list[torch.Tensor]:
-        """mask ``[B, N]`` (1 = hidden) -> per encoder stage ``[B, 1, *S_i]``, 1 = visible, float32 (the
-        grid mask repeated by nearest up-sampling to each stage's size)."""
-        visible = (1 - mask.float()).reshape(mask.shape[0], 1, *self.grid)
-        return [F.interpolate(visible, size=size, mode="nearest") for size in self.stage_sizes]
-
     def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """x ``[B, C, *img_size]``, mask ``[B, N]`` (1 = hidden) -> per stage ``[B, filters_i, *S_i]`` (input
         block first, then the down-sampling stages and the bottleneck), each zero at hidden positions."""
@@ -235,53 +295,6 @@ class SparseConvMAE(PatchReconstruction, nn.Module):
         for i in reversed(range(len(self.upsample))):
             y = self.decoder_blocks[i](self.upsample[i](y) + dense[i])
         return patchify(self.head(y), self.patch_size)
-
-    def draw_mask(
-        self,
-        batch: int,
-        device: torch.device,
-        mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The masks of a batch, ``[B, N]`` float32 with 1 = hidden, decided as
-        :meth:`medmae.models.mae.MaskedAutoencoder.forward` decides them: by ``noise`` ``[B, N]`` (its
-        ``keep`` lowest values visible), else at random (``generator``); ``mask_ratio`` gives random
-        masking at that ratio instead of this model's strategy and ratio."""
-        n = math.prod(self.grid)
-        keep = self.keep if mask_ratio is None else visible_count("random", self.grid, mask_ratio)
-        if noise is None and mask_ratio is None and self.mask_strategy != "random":
-            seeds = torch.randint(0, 2**31, (batch,), generator=generator, device=device)
-            noise = masking_noise(self.mask_strategy, seeds, self.grid, self.mask_ratio)
-        if noise is None:
-            noise = torch.rand(batch, n, generator=generator, device=device)
-        elif tuple(noise.shape) != (batch, n):
-            raise ValueError(f"noise of shape {tuple(noise.shape)} for a batch of {batch} on {n} cells")
-        return hidden_mask(noise, keep)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        seeds: torch.Tensor | None = None,
-        mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-        loss_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """x ``[B, C, *img_size]`` -> (loss scalar, pred ``[B, N, prod(p) * C]``, mask ``[B, N]``, 1 = hidden);
-        pred is None with ``loss_only``, as for the ViT MAE (the dense decoder predicts every patch anyway).
-
-        The masks are drawn at random (with ``generator``), or decided by ``noise`` ``[B, N]``, or by
-        ``seeds`` ``[B]`` (ints: each sample's mask of this model's strategy and ratio is a function of its
-        seed alone, :func:`masking_noise`); ``mask_ratio`` overrides the model's ratio and strategy with
-        random masking at that ratio."""
-        self._check_size(x)
-        if seeds is not None:
-            noise = masking_noise(self.mask_strategy, seeds.to(x.device), self.grid, self.mask_ratio)
-        mask = self.draw_mask(x.shape[0], x.device, mask_ratio, generator, noise)
-        pred = self.forward_decoder(self.forward_encoder(x, mask), mask)
-        return self._loss(patchify(x, self.patch_size), pred, mask), None if loss_only else pred, mask
 
 
 def decoder_widths(decoder_width: int | Sequence[int] | None, filters: Sequence[int]) -> list[int]:

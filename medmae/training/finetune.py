@@ -13,7 +13,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from medmae.checkpoint import load_checkpoint
 from medmae.config import Config
 from medmae.data.cases import Case, identities, inputs_record, merged_record
 from medmae.data.loaders import CaseDataset, train_loader
@@ -22,17 +21,10 @@ from medmae.evaluation.classification import macro_auc, per_finding_auc
 from medmae.evaluation.metrics import dice_per_class
 from medmae.inference.classify import classify
 from medmae.inference.segment import ignored_voxels, predicted_masks, reference_masks, segment
-from medmae.models import create_model
-from medmae.models.dynunet import dynunet_from_pretrained
+from medmae.models.exchange import read_pretrained
 from medmae.models.imagenet import imagenet_payload
-from medmae.models.registry import PATCH_SIZE, rebuild_model, vit_name
-from medmae.models.weights import (
-    WeightTransferError,
-    classifier_from_pretrained,
-    encoder_source,
-    light_from_pretrained,
-    unetr_from_pretrained,
-)
+from medmae.models.registry import Family, family_of_arch, family_of_name, rebuild_model
+from medmae.models.weights import WeightTransferError, encoder_source
 from medmae.tasks import TaskSpec
 from medmae.training.distributed import Context, gather
 from medmae.training.loop import Job, effective_batch, effective_lr, fit, plain
@@ -53,64 +45,29 @@ def label_subset(cases: list[Case], fraction: float, seed: int) -> list[Case]:
 
 
 def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) -> nn.Module:
-    """The model of ``model.arch`` (3D or 2D segmentation: ViT with the UNETR or light decoder, DynUNet,
-    U-Net) or the ViT classifier, from a pretrained encoder or from scratch; U-Nets from scratch only."""
-    outputs = len(task.class_names)
-    if task.is_classification and cfg.model.arch in ("dynunet", "unet", "light"):
+    """The model of ``model.arch``'s family (:mod:`medmae.models.families`): a segmenter (3D or 2D) or, for
+    a classification task, the ViT classifier; from scratch or around the encoder of ``pretrained`` (a
+    medmae checkpoint, ``imagenet:FILE``, an nnssl checkpoint or MONAI ViT weights; :mod:`medmae.models.exchange`)."""
+    family = family_of_arch(cfg.model.arch)
+    if task.is_classification and not family.classifies:
         raise UserError(f"model.arch={cfg.model.arch} segments; classification tasks use the ViT classifier")
-    if cfg.model.arch == "unet":
-        if pretrained is not None:
-            raise UserError("model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained")
-        return create_model(
-            f"unet_{task.spatial_dims}d", in_channels=task.in_channels, out_channels=outputs, img_size=task.roi
+    outputs = len(task.class_names)
+    geometry = {"img_size": task.roi, "in_channels": task.in_channels}
+    if cfg.model.drop_path > 0 and not family.layer_decay:
+        log.info(
+            "model.drop_path=%g applies to ViT blocks only; model.arch=%s has none", cfg.model.drop_path, cfg.model.arch
         )
-    if cfg.model.arch == "dynunet":
-        return _dynunet(cfg, task, pretrained, outputs)
-    return _vit(cfg, task, pretrained, outputs)
-
-
-def _dynunet(cfg: Config, task: TaskSpec, pretrained: str | None, outputs: int) -> nn.Module:
-    """MONAI's residual DynUNet, from scratch or around a sparse-MAE-pretrained encoder."""
-    geometry = {"in_channels": task.in_channels, "img_size": task.roi}
-    if cfg.model.drop_path > 0:
-        log.info("model.drop_path=%g applies to ViT blocks only; the DynUNet has none", cfg.model.drop_path)
     if pretrained is None:
-        return create_model(f"dynunet_{cfg.model.size}_{task.spatial_dims}d", out_channels=outputs, **geometry)
-    payload = _pretrained_payload(pretrained, task, "dynunet")
+        return family.segmenter(cfg.model, task.spatial_dims, outputs, geometry, task.is_classification)
+    if not family.pretrains:
+        raise UserError(f"model.arch={cfg.model.arch} is trained from scratch only: it takes no --pretrained")
+    payload = pretrained_payload(pretrained, task, family)
     try:
-        model, report = dynunet_from_pretrained(payload, outputs, **geometry)
-    except (WeightTransferError, ValueError) as error:
-        raise WeightTransferError(f"{pretrained}: {error}") from error
-    log.info("%s", report)
-    return model
-
-
-def _vit(cfg: Config, task: TaskSpec, pretrained: str | None, outputs: int) -> nn.Module:
-    """A ViT with the UNETR or light decoder, or the ViT classifier, from scratch or pretrained."""
-    encoder = {"img_size": task.roi, "in_channels": task.in_channels, "drop_path_rate": cfg.model.drop_path}
-    probe = cfg.model.tuning == "linear"
-    kind = "vit" if task.is_classification else f"{cfg.model.arch}_vit"
-    if pretrained is None:
-        name = vit_name(kind, cfg.model.size, cfg.model.patch_size or PATCH_SIZE, task.spatial_dims)
-        if task.is_classification:
-            head = {"num_classes": outputs, "pool": cfg.model.pool, "cls_token": cfg.model.pool == "cls"}
-            return create_model(name, head_norm=probe, **head, **encoder)
-        decoder = {"feature_size": cfg.model.feature_size} if cfg.model.arch == "unetr" else {}
-        return create_model(name, out_channels=outputs, **decoder, **encoder)
-    payload = _pretrained_payload(pretrained, task, "vit")
-    encoder["patch_size"] = cfg.model.patch_size
-    try:
-        if task.is_classification:
-            model, report = classifier_from_pretrained(
-                payload, outputs, pool=cfg.model.pool, head_norm=probe, **encoder
-            )
-        elif cfg.model.arch == "light":
-            model, report = light_from_pretrained(payload, outputs, **encoder)
-        else:
-            model, report = unetr_from_pretrained(payload, outputs, feature_size=cfg.model.feature_size, **encoder)
+        model, report = family.from_pretrained(payload, cfg.model, outputs, geometry, task.is_classification)
     except (WeightTransferError, ValueError) as error:  # ValueError: an encoder the decoder cannot take
         raise WeightTransferError(f"{pretrained}: {error}") from error
     log.info("%s", report)
+    model.pretrained_terms = payload.get("terms")  # licence and citation of foreign weights, kept in the checkpoint
     if cfg.model.tuning != "full" and "cls_token" in report.initialised:
         raise UserError(
             f"model.pool=cls with model.tuning={cfg.model.tuning}: {pretrained} has no cls token, so the "
@@ -122,26 +79,27 @@ def _vit(cfg: Config, task: TaskSpec, pretrained: str | None, outputs: int) -> n
 IMAGENET = "imagenet:"
 
 
-def _pretrained_payload(path: str, task: TaskSpec, family: str) -> dict[str, Any]:
-    """The pretrained checkpoint of ``family`` (``vit`` or ``dynunet``), with a warning where it was trained
-    on other spacing or intensity; or, for ``imagenet:FILE``, a timm or torchvision ViT converted to
-    medmae's encoder (see :mod:`medmae.models.imagenet`)."""
+def pretrained_payload(path: str, task: TaskSpec, family: Family) -> dict[str, Any]:
+    """The encoder payload of ``--pretrained`` (:func:`medmae.models.exchange.read_pretrained`: a medmae,
+    nnssl or MONAI file, or ``imagenet:FILE``) for ``family``, with its notes logged and a warning where
+    it was trained on other spacing, intensity or channels than the task's."""
     if path.startswith(IMAGENET):
-        if family != "vit":
+        if family.name != "vit":
             raise UserError(f"{path}: ImageNet weights are ViT weights; use model.arch unetr or light")
         payload, notes = imagenet_payload(path.removeprefix(IMAGENET), task.spatial_dims)
-        for note in notes:
-            log.info("%s", note)
-        return payload
-    payload = load_checkpoint(path)
+    else:
+        payload, notes = read_pretrained(path, task.spatial_dims)
+    for note in notes:
+        log.info("%s", note)
     config = payload.get("config", {})
-    held = "dynunet" if "filters" in config else "vit"
-    if held != family:
-        wanted = "dynunet" if held == "dynunet" else "unetr or light"
+    held = family if path.startswith(IMAGENET) else family_of_name(config.get("name"))
+    if held is not family:
+        wanted = " or ".join((held.archs if held else ()) or ("another",))
         raise WeightTransferError(
-            f"{path}: holds a {held} encoder ({config.get('name')}); fine-tune it with --set model.arch={wanted}"
+            f"{path}: holds a {held.name if held else 'foreign'} encoder ({config.get('name')}); fine-tune it "
+            f"with --set model.arch={wanted}"
         )
-    if family == "vit":
+    if family.name == "vit":
         try:
             encoder_source(payload)
         except WeightTransferError as error:
@@ -151,13 +109,23 @@ def _pretrained_payload(path: str, task: TaskSpec, family: str) -> dict[str, Any
             f"{path}: a {config.get('spatial_dims')}D encoder ({config.get('name')}); task "
             f"{task.name} is {task.spatial_dims}D"
         )
-    source = payload.get("task") or {}
+    for line in pretraining_differences(path, payload.get("task") or {}, task):
+        log.warning("%s", line)
+    return payload
+
+
+def pretraining_differences(path: str, source: dict[str, Any], task: TaskSpec) -> list[str]:
+    """One line for each of spacing, intensity and channels where the encoder's pretraining differs from
+    ``task``, with what follows the checkpoint (``source`` may carry ``advice`` for each key)."""
+    lines = []
     for key in ("spacing", "intensity", "channels"):
         if key in source and source[key] != task.record.get(key):
-            log.warning(
-                "%s was pretrained with %s %s; task %s uses %s", path, key, source[key], task.name, task.record.get(key)
+            advice = (source.get("advice") or {}).get(key)
+            follow = f"; to follow the checkpoint: {advice}" if advice else ""
+            lines.append(
+                f"{path} was pretrained with {key} {source[key]}; task {task.name} uses {task.record.get(key)}{follow}"
             )
-    return payload
+    return lines
 
 
 def encoder_inputs(resume_from: dict[str, Any] | None, pretrained: str | None) -> dict[str, Any] | None:
@@ -254,10 +222,15 @@ def run(request: RunRequest) -> nn.Module:
         _log_start(s, request, model, len(dataset), crops)
         depth = model.config.get("depth", 12)
         lr = effective_lr(cfg, crops)
-        optimizer = build_optimizer(model, lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, depth)
+        warmed = family_of_arch(cfg.model.arch).encoder_prefixes if cfg.optim.encoder_warmup_epochs else ()
+        optimizer = build_optimizer(
+            model, lr, cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.layer_decay, depth, encoder=warmed
+        )
         pretrained = s.resume_from.get("pretrained") if s.resume_from is not None else request.pretrained
         job = _job(cfg, task, model, validation, ctx, pretrained, s.split_record, crops)
         job.describe |= seen_record(s, dataset.cases, request.pretrained) if ctx.is_main else {}
+        resumed_terms = (s.resume_from or {}).get("pretrained_terms")
+        job.describe["pretrained_terms"] = getattr(model, "pretrained_terms", resumed_terms)
         fit(cfg, ctx, s.run, model, optimizer, loader, job, s.resume_from)
         return model
 
@@ -272,7 +245,8 @@ def _log_start(s: Setup, request: RunRequest, model: nn.Module, cases: int, crop
     cfg = s.cfg
     batch = effective_batch(cfg, crops)
     rate = f"learning rate {effective_lr(cfg, crops):.3g} (base {cfg.optim.base_lr:.3g} x {batch} / 256)"
-    decay = f"layer decay {cfg.optim.layer_decay:g}" if "depth" in model.config else "no layer decay (not a ViT)"
+    vit = family_of_arch(cfg.model.arch).layer_decay
+    decay = f"layer decay {cfg.optim.layer_decay:g}" if vit else "no layer decay (not a ViT)"
     log.info(
         "fine-tuning %s of task %s: effective batch %d, %s, %s, %d processes, device %s",
         what,
@@ -290,8 +264,8 @@ def _model(cfg: Config, task: TaskSpec, resume_from: dict[str, Any] | None, pret
     built from ``pretrained`` or from scratch."""
     if resume_from is None:
         return build_finetune_model(cfg, task, pretrained)
-    stochastic_depth = {"drop_path_rate": cfg.model.drop_path} if "depth" in resume_from["config"] else {}  # ViTs
-    return rebuild_model(resume_from, resume_from["loaded_from"], **stochastic_depth)
+    family = family_of_name(resume_from["config"].get("name")) or family_of_arch(cfg.model.arch)
+    return rebuild_model(resume_from, resume_from["loaded_from"], **family.rebuild_overrides(cfg.model))
 
 
 def _set_tuning(model: nn.Module, cfg: Config, task: TaskSpec, world: int = 1) -> None:

@@ -25,7 +25,7 @@ from medmae.errors import UserError, raise_if_stopped
 from medmae.models.compilation import RECOMPILE_LIMIT, compile_regions, release_regions
 from medmae.models.encoder import set_activation_checkpointing
 from medmae.training.distributed import Context, all_mean, barrier
-from medmae.training.optim import learning_rate, load_optimizer_state, set_learning_rate
+from medmae.training.optim import encoder_ramp, learning_rate, load_optimizer_state, set_learning_rate
 from medmae.training.run_folder import RunFolder, restore_rng, rng_state
 
 log = logging.getLogger("medmae")
@@ -109,6 +109,7 @@ def _fit(
     schedule = functools.partial(
         learning_rate, total_steps=total, warmup_steps=warmup, peak=peak, minimum=cfg.optim.min_lr
     )
+    encoder_scale = functools.partial(encoder_ramp, warmup_steps=round(cfg.optim.encoder_warmup_epochs * steps))
     advice = CPU_ADVICE if ctx.device.type == "cpu" and ctx.is_main else ""
     heartbeat = Heartbeat(total, progress.step, enabled=ctx.is_main and not sys.stderr.isatty(), advice=advice)
     for epoch in range(progress.epoch, cfg.train.epochs):
@@ -118,7 +119,7 @@ def _fit(
         started = time.perf_counter()
         batches = _batches(loader, epoch, steps * cfg.optim.accumulate)
         loss_sum, lr = train_epoch(
-            cfg, ctx, trained, optimizer, scaler, batches, job, progress, steps, schedule, heartbeat
+            cfg, ctx, trained, optimizer, scaler, batches, job, progress, steps, schedule, heartbeat, encoder_scale
         )
         epoch_loss = all_mean(loss_sum / steps, ctx).item()
         check_finite(torch.tensor(epoch_loss), epoch, progress.step)
@@ -283,10 +284,12 @@ def train_epoch(
     steps: int,
     schedule: Callable[[int], float],
     heartbeat: Heartbeat | None = None,
+    encoder_scale: Callable[[int], float] = lambda step: 1.0,
 ) -> tuple[torch.Tensor, float]:
     """Epoch ``progress.epoch``: ``steps`` optimiser steps of ``optim.accumulate`` micro-batches each, with
     a progress bar (on a terminal) or ``heartbeat`` lines (in a log); returns the summed loss (on the
-    device, not synchronised) and the last learning rate."""
+    device, not synchronised) and the last learning rate. ``encoder_scale(step)`` scales the encoder groups'
+    rate (:func:`~medmae.training.optim.encoder_ramp`)."""
     accumulate = cfg.optim.accumulate
     loss_sum = torch.zeros((), device=ctx.device)
     lr = 0.0
@@ -296,7 +299,7 @@ def train_epoch(
     for _ in range(steps):
         raise_if_stopped()  # a SIGTERM whose exception a finaliser swallowed still stops the run
         lr = schedule(progress.step)
-        set_learning_rate(optimizer, lr)
+        set_learning_rate(optimizer, lr, encoder_scale(progress.step))
         for micro in range(accumulate):
             sync = contextlib.nullcontext() if micro == accumulate - 1 or ctx.world == 1 else trained.no_sync()
             with sync:

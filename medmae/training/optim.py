@@ -1,5 +1,6 @@
 """AdamW parameter groups (no decay on norms, biases, position embedding, tokens; layer-wise rate decay)
-and the per-iteration schedule: linear warm-up, then cosine to ``min_lr``."""
+and the per-iteration schedule: linear warm-up, then cosine to ``min_lr``; optionally the encoder's rate
+ramped over its own warm-up."""
 
 from __future__ import annotations
 
@@ -30,23 +31,28 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, depth: int = 12) -> list[dict]:
-    """Groups for AdamW, each with the parameters' ``names`` and ``lr_scale = layer_decay ** (depth + 1 -
-    layer_id)``: one group per (layer, decay) with layer decay, two (decay, no decay) without, so that the
-    fused AdamW runs two kernels rather than one per layer."""
-    groups: dict[tuple[int, bool], dict] = {}
+def param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float = 1.0, depth: int = 12, encoder: tuple[str, ...] = ()
+) -> list[dict]:
+    """Groups for AdamW, each with the parameters' ``names``, ``lr_scale = layer_decay ** (depth + 1 -
+    layer_id)`` and ``encoder`` (the name starts with one of the ``encoder`` prefixes; the encoder warm-up
+    ramps these groups): one group per (layer, decay, encoder) with layer decay, else per (decay, encoder),
+    so that the fused AdamW runs two kernels rather than one per layer when nothing is split."""
+    groups: dict[tuple[int, bool, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         layer = layer_id(name, depth) if layer_decay != 1.0 else depth + 1
         decay = decays(name, param)
+        in_encoder = name.startswith(encoder) if encoder else False
         group = groups.setdefault(
-            (layer, decay),
+            (layer, decay, in_encoder),
             {
                 "params": [],
                 "names": [],
                 "weight_decay": weight_decay if decay else 0.0,
                 "lr_scale": layer_decay ** (depth + 1 - layer),
+                "encoder": in_encoder,
             },
         )
         group["params"].append(param)
@@ -61,12 +67,12 @@ def build_optimizer(
     betas: tuple[float, float],
     layer_decay: float = 1.0,
     depth: int = 12,
+    encoder: tuple[str, ...] = (),
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`, fused (one kernel over all parameters) on GPU and CPU."""
     fused = next(model.parameters()).device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay, layer_decay, depth), lr=lr, betas=tuple(betas), fused=fused or None
-    )
+    groups = param_groups(model, weight_decay, layer_decay, depth, encoder)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
@@ -98,6 +104,13 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, peak: float, m
     return minimum + (peak - minimum) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def encoder_ramp(step: int, warmup_steps: int) -> float:
+    """The encoder's share of the rate at optimiser step ``step`` (0-based): linear from ``1 / warmup_steps``
+    to 1 over ``warmup_steps`` steps (nnssl's warm-up of a pretrained encoder), then 1; 1 without warm-up."""
+    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, encoder_scale: float = 1.0) -> None:
+    """Each group's rate: ``lr`` times its ``lr_scale``, times ``encoder_scale`` for encoder groups."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["lr"] = lr * group.get("lr_scale", 1.0) * (encoder_scale if group.get("encoder") else 1.0)

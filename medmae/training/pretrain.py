@@ -17,8 +17,7 @@ from medmae.data.loaders import CaseDataset, train_loader
 from medmae.data.manifests import IMAGES_SPLIT
 from medmae.errors import UserError
 from medmae.evaluation.figures import save_reconstruction_figure
-from medmae.models import create_model
-from medmae.models.registry import PATCH_SIZE, vit_name
+from medmae.models.registry import family_of_arch
 from medmae.seeds import item_seed
 from medmae.tasks import TaskSpec
 from medmae.training.distributed import Context
@@ -32,33 +31,11 @@ FIGURE_SAMPLES = 4
 
 
 def build_mae(cfg: Config, task: TaskSpec) -> nn.Module:
-    """The registry MAE of ``model.arch``'s family for the task's dimensionality, channels and ROI: the ViT
-    MAE (``unetr``, ``light``; ``model.patch_size``, 16 by default) or the sparse convolutional MAE
-    (``dynunet``), sized by ``model.size``."""
-    model = cfg.model
-    common: dict[str, Any] = {
-        "img_size": task.roi,
-        "in_channels": task.in_channels,
-        "mask_ratio": model.mask_ratio,
-        "norm_pix_loss": model.norm_pix_loss,
-        "mask_strategy": model.mask_strategy,
-    }
-    if model.arch == "unet":
-        raise UserError(
-            "model.arch=unet is trained from scratch only; pretrain with model.arch unetr, light or dynunet"
-        )
-    if model.arch == "dynunet":
-        name = f"mae_dynunet_{model.size}_{task.spatial_dims}d"
-        extra = {} if model.decoder_width is None else {"decoder_width": model.decoder_width}
-    else:
-        name = vit_name("mae_vit", model.size, model.patch_size or PATCH_SIZE, task.spatial_dims)
-        extra = {"encoder_mode": model.encoder_mode, "drop_path_rate": model.drop_path}
-        if model.decoder_width is not None:
-            extra |= {"decoder_width": model.decoder_width, "decoder_heads": max(1, model.decoder_width // 32)}
-        if model.decoder_depth is not None:
-            extra["decoder_depth"] = model.decoder_depth
+    """The MAE of ``model.arch``'s family (:mod:`medmae.models.families`) for the task's dimensionality,
+    channels and ROI, sized by ``model.size``."""
+    geometry = {"img_size": task.roi, "in_channels": task.in_channels}
     try:
-        return create_model(name, **common, **extra)
+        return family_of_arch(cfg.model.arch).mae(cfg.model, task.spatial_dims, geometry)
     except ValueError as error:  # a patch or ratio the ROI cannot take
         raise UserError(f"task {task.name}, ROI {task.roi}: {error}") from error
 

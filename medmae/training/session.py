@@ -20,7 +20,8 @@ from medmae.data.layout import resolve_data_root
 from medmae.data.manifests import IMAGES_SPLIT, images_split, load_split
 from medmae.errors import UserError
 from medmae.files import FolderLock, lock_folder, output_folder
-from medmae.models.registry import PATCH_SIZE, input_multiple
+from medmae.models.families import PATCH_SIZE
+from medmae.models.registry import input_multiple
 from medmae.tasks import TaskSpec, load_task, task_from_record
 from medmae.training.distributed import Context, barrier, setup, teardown
 from medmae.training.run_folder import RunFolder
@@ -91,7 +92,7 @@ def _start(stage: str, request: RunRequest, task: TaskSpec, output: Path, lock: 
         if request.resume:
             log.info("%s: no checkpoint to resume from; starting from the beginning", output)
         cfg = _requested_config(stage, task, request)
-    task = with_roi(task, cfg.model.img_size, input_multiple(cfg.model.arch, cfg.model.patch_size))
+    task = with_roi(task, cfg.model.img_size, input_multiple(cfg.model))
     if resume_from is not None:
         _refuse_changed_task(resume_from.get("task"), task, output)
     ctx = setup(cfg.train.device, cfg.train.dist_timeout_min, cfg.train.threads)
@@ -206,10 +207,17 @@ def _refuse_changed_task(saved: dict[str, Any] | None, task: TaskSpec, output: P
 
 def with_roi(task: TaskSpec, img_size: list[int] | None, multiple: int | list[int] = PATCH_SIZE) -> TaskSpec:
     """The task with ``model.img_size`` as its crop size (the ROI), when the config sets one; each size a
-    multiple of the model's ``multiple`` (:func:`~medmae.models.registry.input_multiple`), one or per axis."""
-    if img_size is None:
-        return task
+    multiple of the model's ``multiple`` (:func:`~medmae.models.registry.input_multiple`), one or per axis.
+    The task's own ROI must be such a multiple too; a UserError names the ``--set`` that fits."""
     multiples = [multiple] * task.spatial_dims if isinstance(multiple, int) else list(multiple)
+    if img_size is None:
+        if any(s % m for s, m in zip(task.roi, multiples)):
+            fitting = [-(-s // m) * m for s, m in zip(task.roi, multiples)]
+            raise UserError(
+                f"task {task.name}: its ROI {list(task.roi)} is no multiple of this model's {multiple}; "
+                f"--set model.img_size={fitting}"
+            )
+        return task
     if len(img_size) != task.spatial_dims or any(s < m or s % m for s, m in zip(img_size, multiples)):
         raise UserError(
             f"model.img_size {img_size}: task {task.name} needs {task.spatial_dims} multiples of {multiple}"

@@ -164,7 +164,7 @@ def check_point(
         for stage in STAGES
     }
     model = cfg["pretrain"].model
-    multiple = input_multiple(model.arch, model.patch_size)
+    multiple = input_multiple(model)
     roi = with_roi(task, model.img_size, multiple).roi
     try:
         grid = grid_size(roi, as_tuple(multiple, len(roi), "model.patch_size"))

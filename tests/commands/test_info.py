@@ -18,3 +18,6 @@ def test_info_lists_versions_folders_tasks_and_models(capsys):
     listed = [line for line in out.splitlines() if line.startswith("  ")]
     assert sorted(name for line in listed for name in line.split(": ")[1].split(", ")) == list_models()
     assert "  ViT + light decoder: light_vit_base_patch16_2d, " in out
+    assert (
+        "  nnU-Net ResEnc U-Nets (M, L): resenc_tiny_2d, resenc_tiny_3d, resenc_m_2d, resenc_m_3d, resenc_l_2d," in out
+    )

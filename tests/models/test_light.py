@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from medmae.models import create_model
+from medmae.models.families import vit_name
 from medmae.models.light import ChannelNorm, LightDecoderViT, decoder_channels
-from medmae.models.registry import vit_name
 
 
 @pytest.mark.parametrize("dims, patch", [(3, 16), (3, 8), (3, 4), (3, (8, 8, 4)), (2, 16), (2, 8), (2, (4, 2))])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medmae.models import MaskedAutoencoder, create_model
-from medmae.models.registry import vit_name
+from medmae.models.families import vit_name
 
 SIZE_3D = (32, 48, 32)  # grid 2 x 3 x 2 = 12 patches of 16^3
 

@@ -29,7 +29,7 @@ def test_a_classifier_from_an_unregistered_vit_size_rebuilds_from_its_checkpoint
     rebuilt = create_model(config.pop("name"), **config)  # as evaluate, predict and --resume do
     rebuilt.load_state_dict(model.state_dict())
     assert (rebuilt.config["width"], rebuilt.config["depth"], rebuilt.config["num_heads"]) == (384, 2, 6)
-    with pytest.raises(ValueError, match=r"\(another ViT size with width, depth, num_heads, mlp_dim given\)"):
+    with pytest.raises(ValueError, match=r"another ViT size with width, depth, num_heads, mlp_dim given"):
         create_model("vit_small_patch16_2d_cls", num_classes=3)
 
 
@@ -81,8 +81,10 @@ def test_an_mae_takes_no_trainable_position_embedding_and_no_unknown_arguments()
 
 
 def test_names_carry_the_patch_size_and_the_mini_preset():
+    from medmae.config import ModelConfig
     from medmae.models import list_models
-    from medmae.models.registry import input_multiple, vit_name
+    from medmae.models.families import vit_name
+    from medmae.models.registry import input_multiple
 
     names = set(list_models())
     assert {"mae_vit_mini_patch8_3d", "light_vit_tiny_patch4_2d", "unetr_vit_base_patch8_3d"} <= names
@@ -96,8 +98,10 @@ def test_names_carry_the_patch_size_and_the_mini_preset():
     assert create_model("mae_vit_tiny_patch8_3d", img_size=16, patch_size=(8, 8, 8)).patch_size == (8, 8, 8)
     with pytest.raises(ValueError, match="patch_size differs from the 8 of its name"):
         create_model("mae_vit_tiny_patch8_3d", img_size=16, patch_size=16)
-    assert input_multiple("light", [8, 8, 4]) == [8, 8, 4] and input_multiple("unetr", None) == 16
-    assert input_multiple("dynunet", None) == 16
+    assert input_multiple(ModelConfig(arch="light", patch_size=[8, 8, 4])) == [8, 8, 4]
+    assert input_multiple(ModelConfig(arch="unetr")) == 16 and input_multiple(ModelConfig(arch="dynunet")) == 16
+    assert input_multiple(ModelConfig(arch="resenc", size="tiny")) == 16
+    assert input_multiple(ModelConfig(arch="resenc", size="l")) == 32
 
 
 @pytest.mark.parametrize(
@@ -108,6 +112,9 @@ def test_names_carry_the_patch_size_and_the_mini_preset():
         ("vit_tiny_patch8_2d_cls", {"img_size": 32, "num_classes": 4}),
         ("dynunet_tiny_3d", {"img_size": 32, "in_channels": 2, "out_channels": 3}),
         ("mae_dynunet_tiny_2d", {"img_size": (32, 48), "mask_ratio": 0.5}),
+        ("resenc_tiny_3d", {"img_size": 32, "in_channels": 2, "out_channels": 3}),
+        ("mae_resenc_tiny_3d", {"img_size": 32, "mask_ratio": 0.5}),
+        ("mae_resenc_tiny_2d", {"img_size": (32, 48), "in_channels": 2}),
     ],
 )
 def test_every_backbone_rebuilds_from_its_checkpoint_config(name, kwargs):

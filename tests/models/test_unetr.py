@@ -13,7 +13,7 @@ from medmae.models import (
     to_monai_unetr,
     unetr_from_pretrained,
 )
-from medmae.models.registry import vit_name
+from medmae.models.families import vit_name
 from medmae.models.unetr import unetr_stages
 from tests.models.helpers import SIZE_3D, pretrained, unshuffled_encoding
 

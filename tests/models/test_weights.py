@@ -16,7 +16,7 @@ from medmae.models import (
     resample_pos_embed,
     unetr_from_pretrained,
 )
-from medmae.models.registry import vit_name
+from medmae.models.families import vit_name
 from tests.models.helpers import pretrained
 
 

@@ -167,10 +167,7 @@ def test_a_monai_unet_baseline_trains_from_scratch_and_evaluates(tmp_path, demo_
         )
         == 2
     )
-    assert (
-        "model.arch=unet is a segmentation baseline trained from scratch: it takes no --pretrained"
-        in capsys.readouterr().err
-    )
+    assert "model.arch=unet is trained from scratch only: it takes no --pretrained" in capsys.readouterr().err
 
 
 def test_channels_last_unetr_trains_like_the_default_layout(tmp_path, demo_root):
@@ -218,6 +215,7 @@ def test_a_frozen_encoder_reading_an_untrained_cls_token_is_refused(tmp_path, tu
             "unetr_vit_tiny_patch16x16x8_3d",
         ),
         (["model.arch=dynunet"], "mae_dynunet_tiny_3d", "dynunet_tiny_3d"),
+        (["model.arch=resenc", "optim.encoder_warmup_epochs=1"], "mae_resenc_tiny_3d", "resenc_tiny_3d"),
     ],
 )
 def test_every_backbone_pretrains_fine_tunes_from_its_mae_and_evaluates(

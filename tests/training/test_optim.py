@@ -12,7 +12,15 @@ from medmae.config import load_config
 from medmae.errors import UserError
 from medmae.models import create_model
 from medmae.training.loop import effective_batch, effective_lr
-from medmae.training.optim import build_optimizer, layer_id, learning_rate, load_optimizer_state, param_groups
+from medmae.training.optim import (
+    build_optimizer,
+    encoder_ramp,
+    layer_id,
+    learning_rate,
+    load_optimizer_state,
+    param_groups,
+    set_learning_rate,
+)
 
 
 def names_by(groups, key):
@@ -56,6 +64,20 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert learning_rate(110, 110, 10, 1.0, 0.1) == pytest.approx(0.1)
     assert learning_rate(0, 10, 0, 2.0) == 2.0  # no warm-up
+
+
+def test_the_encoder_warm_up_ramps_only_the_pretrained_encoders_rate():
+    model = create_model("resenc_tiny_3d", in_channels=1, out_channels=3)
+    optimizer = build_optimizer(model, 1e-3, 0.05, (0.9, 0.999), encoder=("encoder.",))
+    assert [encoder_ramp(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert encoder_ramp(0, 0) == 1.0  # no warm-up
+    set_learning_rate(optimizer, 1e-3, encoder_ramp(0, 4))
+    rates = {name: group["lr"] for group in optimizer.param_groups for name in group["names"]}
+    assert rates["encoder.stem.convs.0.conv.weight"] == pytest.approx(2.5e-4)
+    assert rates["decoder.stages.0.convs.0.conv.weight"] == pytest.approx(1e-3)  # the fresh decoder: full rate
+    assert all(
+        name.startswith("encoder.") == group["encoder"] for group in optimizer.param_groups for name in group["names"]
+    )
 
 
 def test_learning_rate_scales_with_the_effective_batch():

@@ -83,6 +83,12 @@ def test_an_img_size_becomes_the_roi_when_it_is_a_multiple_of_the_patch_size():
             UserError, match=rf"model.img_size \[{img_size[0]}, 48.*: task demo needs 3 multiples of 16"
         ):
             with_roi(task, img_size)
+    with pytest.raises(
+        UserError,
+        match=r"task demo: its ROI \[48, 48, 32\] is no multiple of this model's 32; --set "
+        r"model.img_size=\[64, 64, 32\]",
+    ):
+        with_roi(task, None, 32)  # ResEnc L's total stride
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, demo_root):
