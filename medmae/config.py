@@ -299,12 +299,9 @@ def load_config(stage: str, task_name: str, config_files: ConfigFiles = None, ov
 
 
 def validate(cfg: Config) -> None:
-    """Choices (every key typed ``Literal``) and the ranges that types alone do not say."""
+    """Choices (every key typed ``Literal``) and the ranges that types alone do not say; what each backbone
+    family allows is checked by the models (:func:`medmae.models.registry.check_model_config`)."""
     problems = [problem for ok, problem in _ranges(cfg) if not ok]
-    if cfg.model.arch in typing.get_args(Arch):
-        from medmae.models.registry import family_of_arch  # the models import this module's choices
-
-        problems += family_of_arch(cfg.model.arch).config_problems(cfg.model)
     for key, hint in known_keys().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

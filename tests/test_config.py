@@ -111,25 +111,12 @@ def test_backbone_keys_patch_size_one_or_per_axis_and_vit_keys_refused_for_u_net
         load_config("pretrain", "btcv", overrides=["model.patch_size=big"])
     with pytest.raises(UserError, match=r"model.patch_size must be > 0"):
         load_config("pretrain", "btcv", overrides=["model.patch_size=[8, 0, 8]"])
-    with pytest.raises(
-        UserError, match=r"model.encoder_mode, model.patch_size apply to ViTs only, not to model.arch=dynunet"
-    ):
-        load_config(
-            "pretrain", "btcv", overrides=["model.arch=dynunet", "model.patch_size=8", "model.encoder_mode=mask_tokens"]
-        )
     with pytest.raises(UserError, match=r"model.arch"):
         load_config("finetune", "btcv", overrides=["model.arch=segformer"])
     assert load_config("finetune", "btcv", overrides=["model.arch=dynunet"]).model.drop_path == 0.1  # ignored, said so
 
 
-def test_each_family_checks_its_own_sizes_and_keys():
-    assert load_config("pretrain", "btcv", overrides=["model.arch=resenc", "model.size=l"]).model.size == "l"
-    with pytest.raises(UserError, match=r"model.size=base is not a resenc size; choose one of tiny, m, l"):
-        load_config("pretrain", "btcv", overrides=["model.arch=resenc"])
-    with pytest.raises(UserError, match=r"model.size=l is not a vit size; choose one of base, mini, tiny"):
-        load_config("pretrain", "btcv", overrides=["model.size=l"])
-    with pytest.raises(UserError, match=r"model.decoder_width does not apply: the ResEnc MAE uses nnU-Net's decoder"):
-        load_config("pretrain", "btcv", overrides=["model.arch=resenc", "model.size=l", "model.decoder_width=64"])
+def test_the_encoder_warm_up_lies_within_the_run():
     with pytest.raises(UserError, match=r"optim.encoder_warmup_epochs must lie in \[0, train.epochs\)"):
         load_config("finetune", "btcv", overrides=["optim.encoder_warmup_epochs=5000"])
 

@@ -12,6 +12,7 @@ from medmae.models.masking import random_masking
 from medmae.models.patchify import patchify, unpatchify
 from medmae.models.pos_embed import resample_pos_embed, sincos_pos_embed
 from medmae.models.registry import create_model, list_models
+from medmae.models.resenc import ResEncUNet, SparseResEncMAE, resenc_from_pretrained
 from medmae.models.sparse_mae import SparseConvMAE
 from medmae.models.unetr import EncoderUNETR, to_monai_unetr
 from medmae.models.weights import (
@@ -27,8 +28,10 @@ __all__ = [
     "EncoderUNETR",
     "LightDecoderViT",
     "MaskedAutoencoder",
+    "ResEncUNet",
     "ResidualUNet",
     "SparseConvMAE",
+    "SparseResEncMAE",
     "TransferReport",
     "ViTClassifier",
     "ViTEncoder",
@@ -42,6 +45,7 @@ __all__ = [
     "patchify",
     "random_masking",
     "resample_pos_embed",
+    "resenc_from_pretrained",
     "sincos_pos_embed",
     "to_monai_unetr",
     "unetr_from_pretrained",

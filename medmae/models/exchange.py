@@ -9,7 +9,9 @@ the families transfer it as they transfer their own (:mod:`medmae.models.familie
 
 Axis order: medmae's arrays are in the images' voxel order ``[x, y, z]`` (nibabel, MONAI); nnU-Net and nnssl
 read ``[z, y, x]`` (SimpleITK's order, also kept by their nibabel readers). Weights crossing over have the
-spatial axes of every 3D kernel reversed (:func:`reverse_axes`), so a filter sees the anatomy it learnt on.
+spatial axes of every 3D kernel reversed (:func:`reverse_axes`), and strides, spacings and patches are
+written in each side's order. This fixes the axis order only: medmae reorients to a task's orientation
+where the task sets one, nnU-Net keeps each file's index order, and flips between the two are not undone.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def reverse_axes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.permute(0, 1, 4, 3, 2).contiguous() if v.ndim == 5 else v for k, v in state.items()}
 
 
-def read_pretrained(path: str | Path, spatial_dims: int) -> tuple[dict[str, Any], list[str]]:
+def read_pretrained(path: str | Path) -> tuple[dict[str, Any], list[str]]:
     """The payload of a ``--pretrained`` file and notes on what was read: a medmae checkpoint as it is; an
     nnssl checkpoint (:func:`nnssl_payload`); MONAI ``ViTAutoEnc`` weights (:func:`monai_vit_payload`).
     Anything else is refused with :class:`CheckpointError` saying what the file holds."""
@@ -59,7 +61,10 @@ def read_pretrained(path: str | Path, spatial_dims: int) -> tuple[dict[str, Any]
     if isinstance(raw, dict) and "format" in raw:
         return checked_payload(raw, path), []
     if isinstance(raw, dict) and all(key in raw for key in NNSSL_KEYS):
-        return nnssl_payload(raw, path)
+        try:
+            return nnssl_payload(raw, path)
+        except (KeyError, TypeError, StopIteration) as error:
+            raise CheckpointError(f"{path}: an nnssl checkpoint whose adaptation plan lacks {error}") from error
     state = raw.get("state_dict", raw.get("model", raw)) if isinstance(raw, dict) else None
     if isinstance(state, dict) and PATCH_KEY in unwrapped(state) and "blocks.0.attn.qkv.weight" in unwrapped(state):
         return monai_vit_payload(unwrapped(state), path)
@@ -101,7 +106,7 @@ def nnssl_architecture(plan: dict[str, Any], path: Path) -> dict[str, Any]:
         )
     if name == "ResEncL":
         return {key: list(value) for key, value in RESENC_L.items()}
-    strides = [s if isinstance(s, int) else list(s) for s in kwargs["strides"]]
+    strides = [s if isinstance(s, int) else list(reversed(s)) for s in kwargs["strides"]]  # to [x, y, z]
     kernels = {k for size in kwargs["kernel_sizes"] for k in ([size] if isinstance(size, int) else size)}
     unsupported = {
         "kernel sizes": kernels != {3},
@@ -150,6 +155,7 @@ def nnssl_payload(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
         "intensity": f"intensity: {source['intensity']} in the task file (nnssl: {', '.join(schemes)})",
     }
     roi = plan.get("recommended_downstream_patchsize")
+    roi = list(reversed(roi)) if roi else None  # nnU-Net's [z, y, x] -> medmae's [x, y, z]
     terms = terms_of(raw, plan)
     origin = (
         f"read an nnssl checkpoint from {path}: {plan['architecture_plans']['arch_class_name']} {architecture}, "
@@ -159,7 +165,7 @@ def nnssl_payload(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any], list
     )
     notes = [
         origin,
-        *([f"nnssl recommends fine-tuning patches of {list(roi)}: --set model.img_size={list(roi)}"] if roi else []),
+        *([f"nnssl recommends fine-tuning patches of {roi}: --set model.img_size={roi}"] if roi else []),
         "licence: " + (str(terms["licence"]) if terms["licence"] else OPENMIND_TERMS),
         *([f"citation: {terms['citation']}"] if terms["citation"] else []),
     ]
@@ -247,12 +253,13 @@ def nnssl_plan(config: dict[str, Any], task: dict[str, Any] | None) -> dict[str,
     task = task or {}
     spacing = task.get("spacing")
     rule = (task.get("intensity") or {}).get("rule")
+    scheme = "ZScoreNormalization" if rule and "zscore" in rule else f"medmae:{rule}"  # no nnU-Net equivalent
     configuration = {
         "data_identifier": "medmae",
         "preprocessor_name": "medmae",
         "spacing_style": "noresample" if spacing is None else "median",
-        "normalization_schemes": ["ZScoreNormalization" if rule and "zscore" in rule else str(rule)],
-        "use_mask_for_norm": [rule == "zscore_nonzero"],
+        "normalization_schemes": [scheme] * config["in_channels"],
+        "use_mask_for_norm": [rule == "zscore_nonzero"] * config["in_channels"],
         "resampling_fn_data": "medmae",
         "resampling_fn_data_kwargs": {},
         "resampling_fn_mask": "medmae",
@@ -300,7 +307,7 @@ def export_nnssl(payload: dict[str, Any], source: str | Path, output_dir: str | 
             "(pretrain with --set model.arch=resenc)"
         )
     weights = {k: v for k, v in payload["state_dict"].items() if not k.startswith("mask_tokens.")}
-    terms = {"licence": None, "citation": None} | (payload.get("terms") or {})
+    terms = {"licence": None, "citation": None} | (payload.get("terms") or payload.get("pretrained_terms") or {})
     plan = nnssl_plan(config, payload.get("task"))
     checkpoint = {
         "network_weights": reverse_axes(weights),

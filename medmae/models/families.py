@@ -8,7 +8,6 @@ Functions and methods take the config's ``model`` section (:class:`~medmae.confi
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from typing import Any
@@ -38,8 +37,6 @@ from medmae.models.weights import (
     light_from_pretrained,
     unetr_from_pretrained,
 )
-
-log = logging.getLogger("medmae")
 
 ENCODERS = {
     "base": {"width": 768, "depth": 12, "num_heads": 12, "mlp_dim": 3072},
@@ -109,7 +106,7 @@ class VitFamily(Family):
     )
     encoder_prefixes = ("vit.", "encoder.")
     layer_decay = True
-    classifies = True
+    classifies = ("unetr",)
 
     def names(self) -> list[str]:
         kinds = ("mae_vit", "unetr_vit", "light_vit", "vit")

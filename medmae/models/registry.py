@@ -40,7 +40,8 @@ class Family:
         sizes: the ``model.size`` presets; pattern: the registry names it builds (a full-match regex).
         listed: (registry name prefix, what ``medmae info`` calls those models) pairs.
         encoder_prefixes: the parameter names of a segmenter's encoder (fine-tuning warm-up).
-        layer_decay: whether layer-wise rate decay applies (ViT blocks); pretrains: has an MAE.
+        layer_decay: whether layer-wise rate decay applies (ViT blocks); pretrains: has an MAE;
+        classifies: the archs whose setting builds this family's classifier for a classification task.
     """
 
     name = ""
@@ -51,7 +52,7 @@ class Family:
     encoder_prefixes: tuple[str, ...] = ()
     layer_decay = False
     pretrains = True
-    classifies = False
+    classifies: tuple[str, ...] = ()
 
     def names(self) -> list[str]:
         """The registry names ``medmae info`` lists."""
@@ -73,14 +74,19 @@ class Family:
 
     def mae(self, model: Any, spatial_dims: int, geometry: dict[str, Any]) -> nn.Module:
         """The MAE of config section ``model`` for ``geometry`` (``img_size``, ``in_channels``)."""
-        raise UserError(f"model.arch={model.arch} is trained from scratch only: it has no masked pretraining")
+        others = [arch for family in FAMILIES.values() if family.pretrains for arch in family.archs]
+        raise UserError(
+            f"model.arch={model.arch} is trained from scratch only; pretrain with model.arch {', '.join(others)}"
+        )
 
-    def segmenter(self, model: Any, spatial_dims: int, outputs: int, geometry: dict[str, Any]) -> nn.Module:
-        """A segmentation (or, for classifying families, classification) model from scratch."""
+    def segmenter(
+        self, model: Any, spatial_dims: int, outputs: int, geometry: dict[str, Any], classify: bool = False
+    ) -> nn.Module:
+        """A segmentation model from scratch (``classify``: the classifier of a classifying family)."""
         raise NotImplementedError
 
     def from_pretrained(
-        self, payload: dict[str, Any], model: Any, outputs: int, geometry: dict[str, Any]
+        self, payload: dict[str, Any], model: Any, outputs: int, geometry: dict[str, Any], classify: bool = False
     ) -> tuple[nn.Module, TransferReport]:
         """The fine-tuning model around the encoder of ``payload`` (``config`` and ``state_dict``)."""
         raise UserError(f"model.arch={model.arch} is trained from scratch only: it takes no --pretrained")
@@ -105,6 +111,14 @@ def family_of_arch(arch: str) -> Family:
         if arch in family.archs:
             return family
     raise UserError(f"model.arch={arch}: choose one of {', '.join(a for f in FAMILIES.values() for a in f.archs)}")
+
+
+def check_model_config(model: Any) -> None:
+    """Raise UserError listing what config section ``model`` sets that its family does not allow (sizes,
+    ViT-only keys, decoder keys)."""
+    problems = family_of_arch(model.arch).config_problems(model)
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems))
 
 
 def family_of_name(name: str | None) -> Family | None:

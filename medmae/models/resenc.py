@@ -95,6 +95,8 @@ def build_resenc(
         deep_supervision=False,
     )
     net.apply(net.initialize)
+    for unused in net.decoder.seg_layers[:-1]:  # deep supervision's heads: kept for nnU-Net's keys, never run
+        unused.requires_grad_(False)
     return net
 
 

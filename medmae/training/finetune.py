@@ -49,7 +49,7 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
     a classification task, the ViT classifier; from scratch or around the encoder of ``pretrained`` (a
     medmae checkpoint, ``imagenet:FILE``, an nnssl checkpoint or MONAI ViT weights; :mod:`medmae.models.exchange`)."""
     family = family_of_arch(cfg.model.arch)
-    if task.is_classification and not family.classifies:
+    if task.is_classification and cfg.model.arch not in family.classifies:
         raise UserError(f"model.arch={cfg.model.arch} segments; classification tasks use the ViT classifier")
     outputs = len(task.class_names)
     geometry = {"img_size": task.roi, "in_channels": task.in_channels}
@@ -67,7 +67,7 @@ def build_finetune_model(cfg: Config, task: TaskSpec, pretrained: str | None) ->
     except (WeightTransferError, ValueError) as error:  # ValueError: an encoder the decoder cannot take
         raise WeightTransferError(f"{pretrained}: {error}") from error
     log.info("%s", report)
-    model.pretrained_terms = payload.get("terms")  # licence and citation of foreign weights, kept in the checkpoint
+    model.pretrained_terms = payload.get("terms") or payload.get("pretrained_terms")  # kept in the checkpoint
     if cfg.model.tuning != "full" and "cls_token" in report.initialised:
         raise UserError(
             f"model.pool=cls with model.tuning={cfg.model.tuning}: {pretrained} has no cls token, so the "
@@ -88,16 +88,19 @@ def pretrained_payload(path: str, task: TaskSpec, family: Family) -> dict[str, A
             raise UserError(f"{path}: ImageNet weights are ViT weights; use model.arch unetr or light")
         payload, notes = imagenet_payload(path.removeprefix(IMAGENET), task.spatial_dims)
     else:
-        payload, notes = read_pretrained(path, task.spatial_dims)
+        payload, notes = read_pretrained(path)
     for note in notes:
         log.info("%s", note)
     config = payload.get("config", {})
     held = family if path.startswith(IMAGENET) else family_of_name(config.get("name"))
+    if held is not None and not held.pretrains:
+        raise WeightTransferError(f"{path}: holds {config.get('name')}, a baseline with no pretrained encoder")
+    if held is None:
+        raise WeightTransferError(f"{path}: holds {config.get('name')}, which no medmae backbone family builds")
     if held is not family:
-        wanted = " or ".join((held.archs if held else ()) or ("another",))
         raise WeightTransferError(
-            f"{path}: holds a {held.name if held else 'foreign'} encoder ({config.get('name')}); fine-tune it "
-            f"with --set model.arch={wanted}"
+            f"{path}: holds a {held.name} encoder ({config.get('name')}); fine-tune it with --set "
+            f"model.arch={' or '.join(held.archs)}"
         )
     if family.name == "vit":
         try:

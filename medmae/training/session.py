@@ -21,7 +21,7 @@ from medmae.data.manifests import IMAGES_SPLIT, images_split, load_split
 from medmae.errors import UserError
 from medmae.files import FolderLock, lock_folder, output_folder
 from medmae.models.families import PATCH_SIZE
-from medmae.models.registry import input_multiple
+from medmae.models.registry import check_model_config, input_multiple
 from medmae.tasks import TaskSpec, load_task, task_from_record
 from medmae.training.distributed import Context, barrier, setup, teardown
 from medmae.training.run_folder import RunFolder
@@ -92,6 +92,7 @@ def _start(stage: str, request: RunRequest, task: TaskSpec, output: Path, lock: 
         if request.resume:
             log.info("%s: no checkpoint to resume from; starting from the beginning", output)
         cfg = _requested_config(stage, task, request)
+    check_model_config(cfg.model)
     task = with_roi(task, cfg.model.img_size, input_multiple(cfg.model))
     if resume_from is not None:
         _refuse_changed_task(resume_from.get("task"), task, output)

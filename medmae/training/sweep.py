@@ -28,7 +28,7 @@ from medmae.files import output_folder, write_text
 from medmae.inference.evaluate import evaluate
 from medmae.models.masking import visible_count
 from medmae.models.patchify import as_tuple, grid_size
-from medmae.models.registry import input_multiple
+from medmae.models.registry import check_model_config, input_multiple
 from medmae.tasks import TaskSpec, load_task
 from medmae.training import finetune, pretrain
 from medmae.training.session import RunRequest, with_roi
@@ -164,6 +164,8 @@ def check_point(
         for stage in STAGES
     }
     model = cfg["pretrain"].model
+    for stage in STAGES:
+        check_model_config(cfg[stage].model)
     multiple = input_multiple(model)
     roi = with_roi(task, model.img_size, multiple).roi
     try:

@@ -39,7 +39,7 @@ ARCH = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 
 def test_an_nnssl_checkpoint_gives_its_stem_and_encoder_only_in_medmaes_axis_order(tmp_path):
     saved = nnssl_checkpoint(tmp_path / "checkpoint_final.pth", ARCH, 1, TINY_KWARGS)
-    payload, notes = read_pretrained(tmp_path / "checkpoint_final.pth", 3)
+    payload, notes = read_pretrained(tmp_path / "checkpoint_final.pth")
     weights = saved["network_weights"]
     encoder_keys = {k for k in weights if k.startswith("encoder.")}
     assert set(payload["state_dict"]) == encoder_keys  # never decoder.encoder.*, never the decoder
@@ -55,7 +55,7 @@ def test_an_nnssl_checkpoint_gives_its_stem_and_encoder_only_in_medmaes_axis_ord
 @pytest.mark.slow
 def test_openminds_resenc_l_checkpoint_fills_a_four_channel_segmenter(tmp_path):
     saved = nnssl_checkpoint(tmp_path / "checkpoint_final.pth")  # ResEncL, as OpenMind's releases
-    payload, _ = read_pretrained(tmp_path / "checkpoint_final.pth", 3)
+    payload, _ = read_pretrained(tmp_path / "checkpoint_final.pth")
     assert payload["config"]["name"] == "mae_resenc_l_3d"
     exported = export_nnssl(model_checkpoint(create_model("mae_resenc_l_3d", img_size=64)), "last.pt", tmp_path / "out")
     plan = json.loads(exported[1].read_text())["architecture_plans"]
@@ -79,13 +79,13 @@ def test_primus_and_unknown_architectures_are_refused_naming_them(tmp_path, arch
     raw["nnssl_adaptation_plan"]["architecture_plans"]["arch_class_name"] = architecture
     torch.save(raw, tmp_path / "ckpt.pth")
     with pytest.raises(UserError, match=message):
-        read_pretrained(tmp_path / "ckpt.pth", 3)
+        read_pretrained(tmp_path / "ckpt.pth")
 
 
 def test_a_file_of_no_known_kind_is_refused_saying_what_it_holds(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"neither a medmae checkpoint, an nnssl checkpoint.*found \['weights'\]"):
-        read_pretrained(tmp_path / "other.pt", 3)
+        read_pretrained(tmp_path / "other.pt")
 
 
 def test_an_exported_encoder_passes_through_nnunets_own_loader(tmp_path):
@@ -113,7 +113,7 @@ def test_an_exported_encoder_passes_through_nnunets_own_loader(tmp_path):
         torch.testing.assert_close(tensor, medmae_order[key])
     assert plan["pretrain_plan"]["configurations"]["medmae"]["spacing"] == [1.5, 1.0, 1.0]  # nnU-Net's z, y, x
     assert plan["recommended_downstream_patchsize"] == [32, 48, 32][::-1]
-    back, _ = read_pretrained(checkpoint, 3)  # and back into medmae: the encoder unchanged
+    back, _ = read_pretrained(checkpoint)  # and back into medmae: the encoder unchanged
     for key, tensor in mae.encoder.state_dict().items():
         torch.testing.assert_close(back["state_dict"]["encoder." + key], tensor)
 
@@ -129,7 +129,7 @@ def test_monai_vitautoenc_weights_load_into_unetr_with_an_exact_key_report(tmp_p
         in_channels=1, img_size=(32, 32, 32), patch_size=16, hidden_size=48, mlp_dim=192, num_heads=3, proj_type="conv"
     )
     torch.save({"state_dict": monai.state_dict()}, tmp_path / "vit_autoenc.pt")
-    payload, notes = read_pretrained(tmp_path / "vit_autoenc.pt", 3)
+    payload, notes = read_pretrained(tmp_path / "vit_autoenc.pt")
     model, report = unetr_from_pretrained(payload, 3, img_size=(32, 32, 32), in_channels=1)
     assert sorted(report.loaded) == sorted(model.vit.state_dict()) and not report.adapted and not report.initialised
     for key, tensor in model.vit.state_dict().items():
@@ -137,3 +137,20 @@ def test_monai_vitautoenc_weights_load_into_unetr_with_an_exact_key_report(tmp_p
     skipped = {key for note in notes if note.startswith("skipped ") for key in note[8:].split(": ")[0].split(", ")}
     assert skipped == {k for k in monai.state_dict() if k.startswith("conv3d_transpose") or "norm_cross_attn" in k}
     assert model.config["name"] == "unetr_vit_tiny_patch16_3d" and payload["config"]["qkv_bias"] is False
+
+
+def test_anisotropic_strides_cross_over_in_each_sides_axis_order(tmp_path):
+    strides = [1, [2, 2, 1], 2, 2, 2]  # medmae's [x, y, z]: no down-sampling along z in the second stage
+    mae = create_model(
+        "mae_resenc_custom_3d", img_size=(32, 32, 16), features=[8, 16, 32, 64, 64], blocks=[1] * 5, strides=strides
+    )
+    checkpoint, plan_file = export_nnssl(model_checkpoint(mae), "last.pt", tmp_path)
+    plan = json.loads(plan_file.read_text())
+    assert plan["architecture_plans"]["arch_kwargs"]["strides"][1] == [1, 2, 2]  # nnU-Net's [z, y, x]
+    assert plan["recommended_downstream_patchsize"] == [16, 32, 32]
+    back, notes = read_pretrained(checkpoint)
+    assert back["config"]["strides"] == [[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert any("--set model.img_size=[32, 32, 16]" in note for note in notes)
+    model, _ = resenc_from_pretrained(back, 2, img_size=(32, 32, 16))
+    for key, tensor in mae.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], tensor)

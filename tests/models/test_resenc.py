@@ -106,3 +106,13 @@ def test_an_encoder_of_another_architecture_is_refused_naming_key_and_shapes():
     payload["config"] = dict(payload["config"], features=[8, 16, 32, 64, 96])
     with pytest.raises(WeightTransferError, match=r"shape of stages\.4\.blocks\.0\.conv1\.conv\.weight: checkpoint"):
         resenc_from_pretrained(payload, 2)
+
+
+@pytest.mark.parametrize("name", ["mae_resenc_tiny_3d", "resenc_tiny_3d"])
+def test_every_trainable_parameter_gets_a_gradient(name):
+    model = create_model(name, img_size=32, in_channels=1, **({} if name.startswith("mae") else {"out_channels": 2}))
+    x = torch.randn(2, 1, 32, 32, 32)
+    (model(x)[0] if name.startswith("mae") else model(x).mean()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    frozen = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"decoder.seg_layers.{k}" for k in range(3)}  # deep supervision's heads, never run
