@@ -13,7 +13,14 @@ from medmae.commands.common import add_data_flags, print_summary, print_written,
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = subcommand(commands, "evaluate", run, __doc__)
     add_data_flags(parser)
-    parser.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint (checkpoints/best.pt)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        metavar="CKPT",
+        help="a fine-tuned checkpoint (checkpoints/best.pt); several: their ensemble (probabilities averaged)",
+    )
+    parser.add_argument("--mirror", action="store_true", help="average over the flips of every spatial axis")
     parser.add_argument("--part", choices=["test", "val"], default="test", help="which part to score (default: test)")
     parser.add_argument(
         "--output-dir",
@@ -41,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         args.output_dir,
         progress=not args.quiet,
         allow_seen=args.allow_seen_cases,
+        mirror=args.mirror,
     )
     for note in notes:
         print(f"note: {note}")

@@ -12,7 +12,16 @@ from medmae.commands.common import subcommand
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = subcommand(commands, "predict", run, __doc__)
-    parser.add_argument("--checkpoint", required=True, help="a fine-tuned checkpoint; it names its task")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        metavar="CKPT",
+        help="a fine-tuned checkpoint (it names its task); several of one task: their ensemble",
+    )
+    parser.add_argument(
+        "--mirror", action="store_true", help="3D and 2D segmentation: average over the flips of every spatial axis"
+    )
     parser.add_argument("--input", required=True, help="an image file or a folder of them")
     parser.add_argument("--output-dir", required=True, help="where predictions go (not inside the input folder)")
     parser.add_argument(
@@ -42,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         inside_input=args.allow_output_inside_input,
         save_probabilities=args.save_probabilities,
         overwrite=args.overwrite,
+        mirror=args.mirror,
     )
     extra = f" and {len(written)} probability files (.npz)" if args.save_probabilities else ""
     print(f"wrote {len(written)} files{extra} to {args.output_dir}")

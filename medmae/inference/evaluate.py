@@ -18,7 +18,7 @@ from medmae.evaluation.reports import write_classification_report
 from medmae.evaluation.scoring import check_pairs, refuse, write_report
 from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
-from medmae.inference.predict import load_finetuned, predict_volumes
+from medmae.inference.predict import load_averaged, predict_volumes
 from medmae.tasks import TaskSpec, load_task
 
 PARTS = {"test": "test", "val": "validation"}
@@ -118,7 +118,7 @@ def stored(task: TaskSpec, run_config: dict, named: TaskSpec, data_root: str | N
 
 
 def evaluate(
-    checkpoint: str,
+    checkpoint: str | list[str],
     task_name: str,
     data_root: str | None,
     manifest: str | None,
@@ -127,13 +127,18 @@ def evaluate(
     output_dir: str | None,
     progress: bool = True,
     allow_seen: bool = False,
+    mirror: bool = False,
 ) -> tuple[pd.DataFrame | float, list[str], list[Path]]:
     """Predict the ``part`` (``test`` or ``val``) of the split and score it. Returns the summary (the macro
     AUC for classification), the notes and the files written. Cases that the checkpoint fine-tuned or
     picked its weights on, or whose images its encoder was pretrained on (:func:`seen_cases`), are refused,
     or with ``allow_seen`` warned about and named in the notes; the default output folder is
-    ``evaluate_<part>`` for the checkpoint's split, ``evaluate_<split>_<part>`` for another."""
-    model, payload, task, device = load_finetuned(checkpoint)
+    ``evaluate_<part>`` for the checkpoint's split, ``evaluate_<split>_<part>`` for another. Several
+    checkpoints are scored as their ensemble (each one's seen cases refused), ``mirror`` averages over the
+    flips of every axis (:mod:`medmae.inference.ensemble`); the output folder defaults to the first's run."""
+    checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    model, payloads, task, device = load_averaged(checkpoints, mirror=mirror)
+    payload, checkpoint = payloads[0], checkpoints[0]
     named = load_task(task_name)  # the task file: its manifest lies beside it (the checkpoint's copy does not)
     if named.name != task.name:
         raise UserError(f"{checkpoint}: trained on task {task.name}, not {task_name}")
@@ -142,7 +147,13 @@ def evaluate(
     if not cases:
         raise UserError(f"task {task.name}: the {PARTS[part]} part of this split is empty")
     trained = payload.get("split", {}).get("split", split.name)
-    notes = refuse_seen(payload, named, data_root, manifest, split, part, cases, checkpoint, allow_seen)
+    notes = [
+        note
+        for member, path in zip(payloads, checkpoints)
+        for note in refuse_seen(member, named, data_root, manifest, split, part, cases, path, allow_seen)
+    ]
+    if len(checkpoints) > 1 or mirror:
+        notes.append(f"ensemble of {len(checkpoints)} checkpoints ({', '.join(checkpoints)}), mirroring {mirror}")
     folder = f"evaluate_{part}" if trained == split.name else f"evaluate_{split.name}_{part}"
     output = output_folder(output_dir or Path(checkpoint).resolve().parent.parent / folder)
     with removed_on_error(output):

@@ -26,6 +26,7 @@ from medmae.evaluation.reports import notes_path, write_csv
 from medmae.evaluation.scoring import shown
 from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
+from medmae.inference.ensemble import AveragedModel, check_members
 from medmae.inference.segment import background_outside, segment, to_label_map, to_original_grid
 from medmae.models.registry import rebuild_model
 from medmae.tasks import TaskSpec, task_from_record
@@ -68,6 +69,33 @@ def label_map_name(case: Case) -> str:
 def load_finetuned(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Module, dict, TaskSpec, torch.device]:
     """The fine-tuned model of ``checkpoint`` (eval mode, on the chosen device), its payload, the task it
     was trained on and the device."""
+    model, payloads, task, device = load_averaged([checkpoint], device_choice)
+    return model, payloads[0], task, device
+
+
+def load_averaged(
+    checkpoints: list[str], device_choice: str = "auto", mirror: bool = False
+) -> tuple[nn.Module, list[dict], TaskSpec, torch.device]:
+    """The model that predicts for ``checkpoints`` (eval mode, on the chosen device): one fine-tuned model,
+    or, for several checkpoints of one task (:func:`~medmae.inference.ensemble.check_members`) or with
+    ``mirror``, their :class:`~medmae.inference.ensemble.AveragedModel`; with every payload, the task and
+    the device. Every checkpoint is read and checked before any model is built."""
+    payloads = [finetuned_payload(path) for path in checkpoints]
+    check_members(payloads, checkpoints)
+    task = task_from_record(payloads[0]["task"], str(checkpoints[0]))
+    if mirror and task.is_classification:
+        raise UserError(f"--mirror averages segmentations over flips; task {task.name} classifies images")
+    device = pick_device(device_choice)
+    members = [rebuild_model(payload, path).eval().to(device) for payload, path in zip(payloads, checkpoints)]
+    if len(members) == 1 and not mirror:
+        return members[0], payloads, task, device
+    sigmoid = bool(task.regions) or task.is_classification
+    return AveragedModel(members, sigmoid, mirror, task.spatial_dims).eval(), payloads, task, device
+
+
+def finetuned_payload(checkpoint: str | Path) -> dict:
+    """The payload of a checkpoint from ``medmae finetune`` that holds the task and run config it was
+    trained with; else :class:`CheckpointError` naming it."""
     payload = load_checkpoint(checkpoint)
     if payload.get("stage") != "finetune":
         raise CheckpointError(
@@ -75,10 +103,7 @@ def load_finetuned(checkpoint: str, device_choice: str = "auto") -> tuple[nn.Mod
             "one from medmae finetune (checkpoints/best.pt)"
         )
     why = "evaluate and predict need the task and run config it was trained with"
-    require(payload, ("task", "run_config"), checkpoint, why)
-    device = pick_device(device_choice)
-    model = rebuild_model(payload, checkpoint).eval().to(device)
-    return model, payload, task_from_record(payload["task"], str(checkpoint)), device
+    return require(payload, ("task", "run_config"), checkpoint, why)
 
 
 def input_files(source: Path, task: TaskSpec) -> tuple[list[Path], list[Path]]:
@@ -119,21 +144,25 @@ def input_cases(files: list[Path], channels: int) -> list[Case]:
 
 
 def predict(
-    checkpoint: str,
+    checkpoint: str | list[str],
     source: str,
     output_dir: str,
     progress: bool = True,
     inside_input: bool = False,
     save_probabilities: bool = False,
     overwrite: bool = False,
+    mirror: bool = False,
 ) -> list[Path]:
     """Predictions for a file or a folder of files: label maps (same grid and orientation, in the input's
     format; with ``save_probabilities`` also the probabilities, see :func:`predict_volumes`) for 3D tasks,
     ``probabilities.csv`` for 2D classification. Every input is read and checked before anything is written;
     the output folder may lie inside the input folder only with ``inside_input``, an input file is never
     overwritten, and earlier predictions only with ``overwrite``. A failure leaves nothing new in the output
-    folder."""
-    model, payload, task, device = load_finetuned(checkpoint)
+    folder. Several checkpoints predict as their ensemble, and ``mirror`` averages over the flips of every
+    axis (:mod:`medmae.inference.ensemble`); saved probabilities are the averaged ones."""
+    checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    model, payloads, task, device = load_averaged(checkpoints, mirror=mirror)
+    payload, checkpoint = payloads[0], ", ".join(checkpoints)
     source_path, output = Path(source).resolve(), output_folder(output_dir).resolve()
     files, skipped = input_files(source_path, task)
     if skipped:

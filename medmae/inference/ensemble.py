@@ -1,0 +1,73 @@
+"""Test-time averaging, as nnU-Net predicts: an ensemble of fine-tuned models (the folds of a
+cross-validation) and mirroring (each prediction averaged over the flips of every spatial axis).
+
+:class:`AveragedModel` averages the members' probabilities over members and flips and returns the logits
+of that average (``log p`` for a softmax, ``logit p`` for sigmoids), so that the softmax or sigmoid every
+caller applies (:func:`medmae.inference.segment.output_probabilities`) gives back exactly the averaged
+probabilities; sliding windows, inversion to the image grid and saved probabilities work unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medmae.errors import UserError
+
+
+def mirror_flips(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every combination of spatial axes to flip, as dims of ``[B, C, *S]``, no flip first: ``2^d`` of them
+    (8 in 3D, nnU-Net's mirroring over all axes)."""
+    axes = range(2, 2 + spatial_dims)
+    return [combo for k in range(spatial_dims + 1) for combo in itertools.combinations(axes, k)]
+
+
+class AveragedModel(nn.Module):
+    """The mean probabilities of ``members`` over the flips of ``mirror_flips`` (with ``mirror``), as logits.
+
+    Args:
+        members: fine-tuned models of one task, in eval mode, on one device.
+        sigmoid: the task's outputs are sigmoids (regions, findings); else a softmax over classes.
+        mirror: average over the flips of every spatial axis (the flips are batched: one forward per member).
+        spatial_dims: 2 or 3.
+
+    Forward: ``[B, C, *S]`` -> ``[B, K, *S]`` (segmentation) or ``[B, K]`` (classification), float32 logits
+    whose softmax (sigmoid) is the mean of the members' softmax (sigmoid) outputs over members and flips.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], sigmoid: bool, mirror: bool = False, spatial_dims: int = 3):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.sigmoid = sigmoid
+        self.flips = mirror_flips(spatial_dims) if mirror else [()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        inputs = torch.cat([x.flip(dims) if dims else x for dims in self.flips])
+        total = 0.0
+        for member in self.members:
+            out = member(inputs).float()
+            probabilities = torch.sigmoid(out) if self.sigmoid else torch.softmax(out, dim=1)
+            for k, dims in enumerate(self.flips):
+                part = probabilities[k * batch : (k + 1) * batch]
+                total = total + (part.flip(dims) if dims else part)
+        mean = total / (len(self.members) * len(self.flips))
+        return torch.logit(mean) if self.sigmoid else mean.log()
+
+
+def check_members(payloads: Sequence[dict[str, Any]], paths: Sequence[str | Path]) -> None:
+    """Refuse, before anything runs, checkpoints that do not predict one task alike: every task record
+    (name, labels, channels, spacing, intensity, ROI) must equal the first's; the error names the
+    checkpoint and the keys that differ."""
+    first = payloads[0]["task"]
+    for payload, path in zip(payloads[1:], paths[1:]):
+        record = payload["task"]
+        differing = sorted(key for key in set(first) | set(record) if first.get(key) != record.get(key))
+        if differing:
+            shown = "; ".join(f"{key}: {record.get(key)!r} here, {first.get(key)!r} in {paths[0]}" for key in differing)
+            raise UserError(f"{path}: cannot join an ensemble with {paths[0]}: its task differs ({shown})")
