@@ -8,7 +8,9 @@ Splits: ``datalist`` (the parts a datalist names: its ``test`` list if labelled,
 list is the test part, as MONAI's BTCV ``dataset_0.json`` is used); ``fold0`` ... ``fold4`` (5 folds by
 sorted case id, shuffled with seed 0; fold k is the test part); or a named split of the stored manifest
 (``monai_dataset_0``, ``transunet``, ``holdout40``). Where a split has no validation part, it is carved
-from train with the task's seeded rule; the test part is never used to pick a checkpoint.
+from train with the task's seeded rule; the test part is never used to pick a checkpoint. Any split with
+``_cv0`` ... ``_cv4`` appended is a cross-validation fold of its train and validation cases (its test part
+kept out), for ``medmae finetune --folds``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from medmae.tasks import TaskSpec
 
 FOLDS = 5
 FOLD_SEED = 0
+CV_SUFFIX = "_cv"  # <split>_cv<k>: cross-validation fold k of a split's train and validation cases
 MANIFEST_HINT = (
     "pass --manifest FILE naming the cases you have (a MONAI datalist: "
     '{"training": [{"image": ..., "label": ...}, ...]}, paths relative to the data root), or save it here as '
@@ -124,10 +127,26 @@ def fold_split(cases: list[Case], fold: int) -> tuple[list[Case], list[Case]]:
     return sorted(set(ordered) - set(test), key=lambda c: c.id), sorted(test, key=lambda c: c.id)
 
 
+def cross_validation(split: Split, fold: int) -> Split:
+    """Cross-validation fold ``fold`` of ``split`` (named ``<split>_cv<fold>``): its train and validation cases
+    pooled and cut into 5 folds by sorted case id shuffled with seed 0, fold ``fold`` the validation part and
+    the other four the train part; the test part stays out of every fold (as nnU-Net's ``imagesTs``)."""
+    pool = sorted({c.id: c for c in [*split.train, *split.validation]}.values(), key=lambda c: c.id)
+    if len(pool) < FOLDS:
+        raise UserError(f"split {split.name}: {len(pool)} training and validation cases cannot make {FOLDS} folds")
+    train, validation = fold_split(pool, fold)
+    name = f"{split.name}{CV_SUFFIX}{fold}"
+    return Split(name, split.source, train, validation, split.test, split.unlabelled, split.notes)
+
+
 def load_split(
     task: TaskSpec, data_root: str | Path | None, manifest: str | Path | None = None, split: str | None = None
 ) -> Split:
-    """The cases of ``task`` at ``data_root`` in the train, validation and test parts of ``split``."""
+    """The cases of ``task`` at ``data_root`` in the train, validation and test parts of ``split``; a name
+    ``<split>_cv<k>`` gives cross-validation fold ``k`` of ``<split>`` (:func:`cross_validation`)."""
+    folded = re.fullmatch(rf"(.+){CV_SUFFIX}([0-9]+)", split or "")
+    if folded and int(folded.group(2)) < FOLDS:
+        return cross_validation(load_split(task, data_root, manifest, folded.group(1)), int(folded.group(2)))
     root = resolve_data_root(task, data_root)
     if task.layout == "chestxray14":
         if manifest is not None:

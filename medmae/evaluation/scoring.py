@@ -150,9 +150,9 @@ def shown(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penalty_mm: float | None) -> list[dict]:
-    """Rows of ``per_case.csv`` for one case: one per class, on the reference's voxel spacing; voxels under
-    the task's ignore label in the reference are left out of the prediction (no TP, FP or FN, no surface)."""
+def read_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A case's predicted and reference label maps ``[*S]`` on the reference's axes, and its voxel spacing;
+    DataError naming the file for label values outside the task's."""
     ref = read_image(ref_path)
     pred = on_image_axes(read_image(pred_path), ref)  # stored in another orientation: turned into the reference's
     pred_labels, ref_labels = integer_labels(pred)[0], integer_labels(ref)[0]  # one channel: checked with the grid
@@ -162,13 +162,20 @@ def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penal
             raise DataError(
                 image.path, f"case {case}: label values {outside} outside the task's {list(task.label_values)}"
             )
+    return pred_labels, ref_labels, ref.spacing
+
+
+def score_pair(task: TaskSpec, case: str, pred_path: Path, ref_path: Path, penalty_mm: float | None) -> list[dict]:
+    """Rows of ``per_case.csv`` for one case: one per class, on the reference's voxel spacing; voxels under
+    the task's ignore label in the reference are left out of the prediction (no TP, FP or FN, no surface)."""
+    pred_labels, ref_labels, spacing = read_pair(task, case, pred_path, ref_path)
     classes = task.scored_classes
     pred_masks, ref_masks = class_masks(pred_labels, classes), class_masks(ref_labels, classes)
     if task.ignore_label is not None:  # nnU-Net's rule: no voxel under the reference's ignore label counts
         scored = ref_labels != task.ignore_label
         pred_masks = {name: mask & scored for name, mask in pred_masks.items()}
     return [
-        per_case_row(case, name, score_masks(pred_masks[name], ref_masks[name], ref.spacing, penalty_mm), ref.spacing)
+        per_case_row(case, name, score_masks(pred_masks[name], ref_masks[name], spacing, penalty_mm), spacing)
         for name in classes
     ]
 

@@ -18,6 +18,10 @@ import torch
 from torch import nn
 
 from medmae.errors import UserError
+from medmae.evaluation.postprocessing import read_decision
+
+FOLDS = 5  # medmae.data.manifests.FOLDS: the folds of a cross-validation
+SCORES = Path("validation") / "per_case.csv"  # a finished fold's validation scores, in its run folder
 
 
 def mirror_flips(spatial_dims: int) -> list[tuple[int, ...]]:
@@ -71,3 +75,35 @@ def check_members(payloads: Sequence[dict[str, Any]], paths: Sequence[str | Path
         if differing:
             shown = "; ".join(f"{key}: {record.get(key)!r} here, {first.get(key)!r} in {paths[0]}" for key in differing)
             raise UserError(f"{path}: cannot join an ensemble with {paths[0]}: its task differs ({shown})")
+
+
+def fold_folder(parent: Path, fold: int) -> Path:
+    """The run folder of cross-validation fold ``fold`` under ``parent``."""
+    return parent / f"fold_{fold}"
+
+
+def with_folds(checkpoints: Sequence[str]) -> list[str]:
+    """``checkpoints`` with each cross-validation parent folder (:mod:`medmae.training.crossval`) replaced by
+    the ``best.pt`` of its finished folds, in fold order; a UserError for a folder holding none."""
+    expanded = []
+    for checkpoint in checkpoints:
+        parent = Path(checkpoint)
+        if not (parent.is_dir() and any(parent.glob("fold_*"))):
+            expanded.append(checkpoint)
+            continue
+        folds = [fold_folder(parent, k) for k in range(FOLDS)]
+        found = [str(f / "checkpoints" / "best.pt") for f in folds if (f / SCORES).is_file()]
+        if not found:
+            raise UserError(f"{parent}: a cross-validation folder with no finished fold (fold_<k>/{SCORES})")
+        expanded += found
+    return expanded
+
+
+def chosen_postprocessing(given: Sequence[str]) -> list[str]:
+    """The classes cut to their largest component by the decision of the first cross-validation folder
+    among ``given`` (``crossval/postprocessing.json``), none when no folder holds one."""
+    for path in given:
+        decision = Path(path) / "crossval" / "postprocessing.json"
+        if decision.is_file():
+            return read_decision(decision)
+    return []

@@ -18,6 +18,7 @@ from medmae.evaluation.reports import write_classification_report
 from medmae.evaluation.scoring import check_pairs, refuse, write_report
 from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
+from medmae.inference.ensemble import chosen_postprocessing, with_folds
 from medmae.inference.predict import load_averaged, predict_volumes
 from medmae.tasks import TaskSpec, load_task
 
@@ -135,10 +136,13 @@ def evaluate(
     or with ``allow_seen`` warned about and named in the notes; the default output folder is
     ``evaluate_<part>`` for the checkpoint's split, ``evaluate_<split>_<part>`` for another. Several
     checkpoints are scored as their ensemble (each one's seen cases refused), ``mirror`` averages over the
-    flips of every axis (:mod:`medmae.inference.ensemble`); the output folder defaults to the first's run."""
-    checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    flips of every axis (:mod:`medmae.inference.ensemble`); a cross-validation folder stands for its folds'
+    ``best.pt`` and holds the default output folder (else the first checkpoint's run folder does)."""
+    given = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    checkpoints = with_folds(given)
     model, payloads, task, device = load_averaged(checkpoints, mirror=mirror)
     payload, checkpoint = payloads[0], checkpoints[0]
+    run_folder = Path(given[0]) if Path(given[0]).is_dir() else Path(checkpoint).resolve().parent.parent
     named = load_task(task_name)  # the task file: its manifest lies beside it (the checkpoint's copy does not)
     if named.name != task.name:
         raise UserError(f"{checkpoint}: trained on task {task.name}, not {task_name}")
@@ -155,7 +159,7 @@ def evaluate(
     if len(checkpoints) > 1 or mirror:
         notes.append(f"ensemble of {len(checkpoints)} checkpoints ({', '.join(checkpoints)}), mirroring {mirror}")
     folder = f"evaluate_{part}" if trained == split.name else f"evaluate_{split.name}_{part}"
-    output = output_folder(output_dir or Path(checkpoint).resolve().parent.parent / folder)
+    output = output_folder(output_dir or run_folder / folder)
     with removed_on_error(output):
         if task.is_classification:
             cfg = from_dict(payload["run_config"], checkpoint)
@@ -171,9 +175,19 @@ def evaluate(
                 [output / "per_image.csv", output / "per_finding.csv", output / "figures" / "roc.png"],
             )
         store = stored(task, payload["run_config"], named, data_root, cases)
+        cut = chosen_postprocessing(given)
         predictions = predict_volumes(
-            model, task, payload["run_config"], cases, output / "predictions", device, progress, store=store
+            model,
+            task,
+            payload["run_config"],
+            cases,
+            output / "predictions",
+            device,
+            progress,
+            store=store,
+            largest_component=cut,
         )
+        notes += [f"postprocessing chosen on validation: largest component of {', '.join(cut)}"] if cut else []
         pairs = {case.id: (predictions[case.id], case.label) for case in cases}
         images = {case.id: case.image for case in cases}
         refuse(task, check_pairs(task, pairs, images))

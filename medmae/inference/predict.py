@@ -3,6 +3,7 @@ grid for 3D tasks, probabilities per finding for 2D classification; nothing is w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,12 @@ from medmae.data.readers import IMAGE_SUFFIXES, image_entries, is_dicom_series, 
 from medmae.data.writers import label_map_suffix, write_label_map, write_probabilities
 from medmae.devices import pick_device
 from medmae.errors import DataError, UserError
+from medmae.evaluation.postprocessing import keep_largest
 from medmae.evaluation.reports import notes_path, write_csv
 from medmae.evaluation.scoring import shown
 from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
-from medmae.inference.ensemble import AveragedModel, check_members
+from medmae.inference.ensemble import AveragedModel, check_members, chosen_postprocessing, with_folds
 from medmae.inference.segment import background_outside, segment, to_label_map, to_original_grid
 from medmae.models.registry import rebuild_model
 from medmae.tasks import TaskSpec, task_from_record
@@ -42,11 +44,14 @@ def predict_volumes(
     progress: bool = True,
     save_probabilities: bool = False,
     store: Path | None = None,
+    largest_component: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Segment each case's image and write ``<output>/<case id><suffix>`` on the image's own grid, in the
     image's format (:func:`medmae.data.writers.label_map_suffix`); with ``save_probabilities`` also
     ``<case id>.npz``, the class probabilities ``[K, *S]`` on that grid. With a ``store`` folder holding every
-    case (:func:`medmae.data.store.holding`), the preprocessed images are read from it."""
+    case (:func:`medmae.data.store.holding`), the preprocessed images are read from it. Each class of
+    ``largest_component`` is cut to its largest connected component (a cross-validation's chosen
+    postprocessing, :mod:`medmae.evaluation.postprocessing`); saved probabilities are not changed."""
     cfg = from_dict(run_config, "checkpoint")
     dataset = CaseDataset(task, cases, "inference", store=store)
     written = {}
@@ -54,7 +59,7 @@ def predict_volumes(
         item = dataset[index]  # a file that cannot be read raises a DataError naming it
         probabilities = segment(model, task, item["image"], cfg.infer, cfg.train.precision, device)
         on_grid = background_outside(task, to_original_grid(dataset.inverse, item, probabilities))
-        labels = to_label_map(task, on_grid).numpy()
+        labels = keep_largest(to_label_map(task, on_grid).numpy(), task, largest_component)
         written[case.id] = write_label_map(labels, case.image, output / label_map_name(case))
         if save_probabilities:
             write_probabilities(on_grid.numpy(), task.class_names, output / f"{case.id}.npz")
@@ -77,9 +82,11 @@ def load_averaged(
     checkpoints: list[str], device_choice: str = "auto", mirror: bool = False
 ) -> tuple[nn.Module, list[dict], TaskSpec, torch.device]:
     """The model that predicts for ``checkpoints`` (eval mode, on the chosen device): one fine-tuned model,
-    or, for several checkpoints of one task (:func:`~medmae.inference.ensemble.check_members`) or with
-    ``mirror``, their :class:`~medmae.inference.ensemble.AveragedModel`; with every payload, the task and
-    the device. Every checkpoint is read and checked before any model is built."""
+    or, for several checkpoints of one task (:func:`~medmae.inference.ensemble.check_members`; a
+    cross-validation folder stands for its folds' ``best.pt``) or with ``mirror``, their
+    :class:`~medmae.inference.ensemble.AveragedModel`; with every payload, the task and the device. Every
+    checkpoint is read and checked before any model is built."""
+    checkpoints = with_folds(checkpoints)
     payloads = [finetuned_payload(path) for path in checkpoints]
     check_members(payloads, checkpoints)
     task = task_from_record(payloads[0]["task"], str(checkpoints[0]))
@@ -160,7 +167,8 @@ def predict(
     overwritten, and earlier predictions only with ``overwrite``. A failure leaves nothing new in the output
     folder. Several checkpoints predict as their ensemble, and ``mirror`` averages over the flips of every
     axis (:mod:`medmae.inference.ensemble`); saved probabilities are the averaged ones."""
-    checkpoints = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    given = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+    checkpoints = with_folds(given)
     model, payloads, task, device = load_averaged(checkpoints, mirror=mirror)
     payload, checkpoint = payloads[0], ", ".join(checkpoints)
     source_path, output = Path(source).resolve(), output_folder(output_dir).resolve()
@@ -198,7 +206,9 @@ def predict(
             written = write_csv(table, output / "probabilities.csv", [f"checkpoint {checkpoint}; sigmoid per finding"])
             return [written, notes_path(written)]
         config = payload["run_config"]
-        return list(predict_volumes(model, task, config, cases, output, device, progress, save_probabilities).values())
+        cut = chosen_postprocessing(given)
+        written = predict_volumes(model, task, config, cases, output, device, progress, save_probabilities, None, cut)
+        return list(written.values())
 
 
 def output_files(task: TaskSpec, cases: list[Case], output: Path, save_probabilities: bool) -> set[Path]:

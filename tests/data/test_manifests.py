@@ -56,6 +56,22 @@ def test_folds_partition_the_cases_and_carving_is_seeded():
     assert carve(cases(1), 0.2, 0) == (cases(1), [])
 
 
+def test_cross_validation_folds_partition_train_and_validation_and_keep_the_test_part_out(hippocampus_root):
+    task = load_task("msd_hippocampus")
+    base = load_split(task, hippocampus_root, split="holdout40")
+    folds = [load_split(task, hippocampus_root, split=f"holdout40_cv{k}") for k in range(5)]
+    pool = {c.id for c in [*base.train, *base.validation]}
+    assert [f.name for f in folds] == [f"holdout40_cv{k}" for k in range(5)]
+    assert sorted(c.id for f in folds for c in f.validation) == sorted(pool)  # each case validates once
+    for fold in folds:
+        assert {c.id for c in fold.train} | {c.id for c in fold.validation} == pool
+        assert not {c.id for c in fold.train} & {c.id for c in fold.validation}
+        assert [c.id for c in fold.test] == [c.id for c in base.test] and not pool & {c.id for c in fold.test}
+    assert len(base.test) == 40 and {len(f.validation) for f in folds} == {32}
+    with pytest.raises(UserError, match="unknown split 'nosuch'"):
+        load_split(task, hippocampus_root, split="nosuch_cv1")
+
+
 def test_datalist_entries_are_checked(tmp_path):
     entry = {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}
     parts = read_datalist(
