@@ -19,7 +19,7 @@ from monai.networks.nets import DynUNet
 from torch import nn
 
 from medmae.models.patchify import as_tuple
-from medmae.models.weights import TransferReport, WeightTransferError, _adapt_channels
+from medmae.models.weights import TransferReport, WeightTransferError, _adapt_channels, pretrained_geometry
 
 DYNUNET_FILTERS = {"tiny": (8, 16, 32, 64, 128), "mini": (16, 32, 64, 128, 256), "base": (32, 64, 128, 256, 320)}
 DYNUNET_STRIDES = (1, 2, 2, 2, 2)
@@ -27,7 +27,6 @@ KERNEL_SIZE = 3
 ENCODER_PARTS = ("input_block", "downsamples", "bottleneck")
 CHANNEL_KEYS = ("input_block.conv1.conv.weight", "input_block.conv3.conv.weight")
 MAE_PREFIX = "encoder."
-OVERRIDABLE = ("in_channels", "img_size")
 
 
 def stage_strides(strides: Sequence[int | Sequence[int]], spatial_dims: int) -> list[tuple[int, ...]]:
@@ -114,15 +113,16 @@ def conv_encoder(net: DynUNet) -> nn.ModuleDict:
 
 
 def adapt_conv_encoder_state(
-    source: dict[str, torch.Tensor], target_encoder: nn.ModuleDict
+    source: dict[str, torch.Tensor], target_encoder: nn.Module, channel_keys: tuple[str, ...] = CHANNEL_KEYS
 ) -> tuple[dict[str, torch.Tensor], TransferReport]:
-    """Fit pretrained encoder tensors (keys as in :func:`conv_encoder`) to ``target_encoder`` without
-    touching it.
+    """Fit pretrained encoder tensors (keys of ``target_encoder``'s state dict: :func:`conv_encoder`'s, or a
+    ResEnc's) to ``target_encoder`` without touching it.
 
-    Tensors of equal shape are loaded; the input-channel dimension of the first block's convolutions
-    (``[C_out, C_src, *k]`` -> ``[C_out, C_tgt, *k]``) is summed over the source channels and shared
-    equally. Any other difference (missing or unexpected key, another shape, e.g. other filters) raises
-    :class:`WeightTransferError` listing every one with both shapes.
+    Tensors of equal shape are loaded; the input-channel dimension of the first convolutions
+    (``channel_keys``: ``[C_out, C_src, *k]`` -> ``[C_out, C_tgt, *k]``) is summed over the source channels
+    and shared equally (one channel: repeated and divided, as nnssl adapts a stem). Any other difference
+    (missing or unexpected key, another shape, e.g. other filters) raises :class:`WeightTransferError`
+    listing every one with both shapes.
 
     Returns:
         the tensors to load (every key of ``target_encoder``) and the report.
@@ -137,7 +137,7 @@ def adapt_conv_encoder_state(
         if tensor.shape == shape:
             state[key] = tensor
             report.loaded.append(key)
-        elif key in CHANNEL_KEYS and tensor.shape[0] == shape[0] and tensor.shape[2:] == shape[2:]:
+        elif key in channel_keys and tensor.shape[0] == shape[0] and tensor.shape[2:] == shape[2:]:
             state[key] = _adapt_channels(tensor, shape[1])
             report.adapted[key] = (
                 f"input channels {tensor.shape[1]} -> {shape[1]}: summed over the source "
@@ -190,11 +190,8 @@ def dynunet_from_pretrained(
     Returns:
         the model (``config["name"]`` derived from the checkpoint's) and the :class:`TransferReport`.
     """
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"dynunet_from_pretrained: cannot override {unknown}; only {list(OVERRIDABLE)}")
     config = payload["config"]
-    settings = {key: config.get(key) for key in OVERRIDABLE} | overrides
+    settings = pretrained_geometry(payload, overrides, "dynunet_from_pretrained")
     model = ResidualUNet(
         config["spatial_dims"],
         settings["in_channels"],

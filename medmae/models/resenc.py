@@ -27,7 +27,6 @@ nnssl's ResEnc-L MAE (``BaseMAETrainer``), and why:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,11 +34,10 @@ import torch
 from torch import nn
 
 from medmae.errors import UserError
-from medmae.models.dynunet import check_size, stage_strides, total_stride
-from medmae.models.masking import visible_count
-from medmae.models.patchify import as_tuple, grid_size, patchify
+from medmae.models.dynunet import adapt_conv_encoder_state, check_size, stage_strides
+from medmae.models.patchify import as_tuple, patchify
 from medmae.models.sparse_mae import MASK_TOKEN_STD, SparseMasking, masked_instance_norm
-from medmae.models.weights import TransferReport, WeightTransferError, _adapt_channels
+from medmae.models.weights import TransferReport, WeightTransferError, pretrained_geometry
 
 RESENC_L = {"features": (32, 64, 128, 256, 320, 320), "blocks": (1, 3, 4, 6, 6, 6), "strides": (1, 2, 2, 2, 2, 2)}
 RESENC_PRESETS = {
@@ -49,7 +47,6 @@ RESENC_PRESETS = {
 }
 KERNEL_SIZE = 3
 STEM_KEYS = ("stem.convs.0.conv.weight", "stem.convs.0.all_modules.0.weight")  # one tensor, two names
-OVERRIDABLE = ("in_channels", "img_size")
 INSTALL_HINT = (
     "the ResEnc family needs dynamic-network-architectures: pip install 'medmae[resenc]' (a GPU install), "
     "or on a CPU-only torch pip install --no-deps 'dynamic-network-architectures>=0.4.4,<0.5'"
@@ -200,19 +197,7 @@ class SparseResEncMAE(SparseMasking, nn.Module):
         mask_strategy: str = "random",
     ) -> None:
         super().__init__()
-        self.img_size = as_tuple(img_size, spatial_dims, "img_size")
-        check_size(self.img_size, strides, "img_size")
-        steps = stage_strides(strides, spatial_dims)
-        if any(s != 1 for s in steps[0]):
-            raise ValueError(f"strides={list(strides)}: the first stage's stride must be 1 (full resolution)")
-        self.patch_size = total_stride(strides, spatial_dims)
-        self.grid = grid_size(self.img_size, self.patch_size)
-        self.keep = visible_count(mask_strategy, self.grid, mask_ratio)
-        self.mask_ratio, self.norm_pix_loss, self.mask_strategy = mask_ratio, norm_pix_loss, mask_strategy
-        self.stage_sizes = [
-            tuple(s // math.prod(axis) for s, axis in zip(self.img_size, zip(*steps[: i + 1])))
-            for i in range(len(steps))
-        ]
+        self._init_masking(spatial_dims, img_size, strides, mask_ratio, norm_pix_loss, mask_strategy)
         net = build_resenc(spatial_dims, in_channels, in_channels, features, blocks, strides)
         self.encoder, self.decoder = net.encoder, net.decoder
         self.mask_tokens = nn.ParameterList(
@@ -265,39 +250,6 @@ def encoder_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return found
 
 
-def adapt_resenc_encoder(
-    source: dict[str, torch.Tensor], target: nn.Module
-) -> tuple[dict[str, torch.Tensor], TransferReport]:
-    """Fit pretrained encoder tensors (keys of nnU-Net's ``ResidualEncoder``: ``stem.*``, ``stages.*``) to
-    ``target`` (one) without touching it: equal shapes load; the stem's first convolution is adapted to
-    the target's input channels as nnssl adapts it (summed over the source channels, shared equally: one
-    channel repeated and divided); any other difference raises :class:`WeightTransferError` naming each key,
-    both shapes and the reason. Returns the tensors to load (every key of ``target``) and the report."""
-    wanted = target.state_dict()
-    report, state = TransferReport(), {}
-    problems = [
-        f"unexpected key {k} {tuple(source[k].shape)}: not in this encoder" for k in sorted(set(source) - set(wanted))
-    ]
-    problems += [
-        f"missing key {k} {tuple(wanted[k].shape)}: the checkpoint lacks it" for k in sorted(set(wanted) - set(source))
-    ]
-    for key in sorted(set(source) & set(wanted)):
-        tensor, shape = source[key], wanted[key].shape
-        if tensor.shape == shape:
-            state[key] = tensor
-            report.loaded.append(key)
-        elif key in STEM_KEYS and tensor.shape[0] == shape[0] and tensor.shape[2:] == shape[2:]:
-            state[key] = _adapt_channels(tensor, shape[1])
-            report.adapted[key] = f"input channels {tensor.shape[1]} -> {shape[1]}: repeated and divided (as nnssl)"
-        else:
-            problems.append(
-                f"shape of {key}: checkpoint {tuple(tensor.shape)}, model {tuple(shape)}: another architecture"
-            )
-    if problems:
-        raise WeightTransferError("pretrained ResEnc encoder does not fit the model:\n  " + "\n  ".join(problems))
-    return state, report
-
-
 def resenc_from_pretrained(
     payload: dict[str, Any], out_channels: int, **overrides: Any
 ) -> tuple[ResEncUNet, TransferReport]:
@@ -305,11 +257,8 @@ def resenc_from_pretrained(
     ``spatial_dims``, ``features``, ``blocks``, ``strides`` and the defaults of ``in_channels`` and
     ``img_size``; ``state_dict`` with ``encoder.*``); ``overrides``: ``in_channels``, ``img_size``. The
     decoder starts from nnU-Net's initialisation; the report accounts for every encoder key."""
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"resenc_from_pretrained: cannot override {unknown}; only {list(OVERRIDABLE)}")
     config = payload["config"]
-    settings = {key: config.get(key) for key in OVERRIDABLE} | overrides
+    settings = pretrained_geometry(payload, overrides, "resenc_from_pretrained")
     model = ResEncUNet(
         config["spatial_dims"],
         settings["in_channels"],
@@ -317,6 +266,6 @@ def resenc_from_pretrained(
         **architecture(config),
         img_size=settings["img_size"],
     )
-    state, report = adapt_resenc_encoder(encoder_tensors(payload["state_dict"]), model.encoder)
+    state, report = adapt_conv_encoder_state(encoder_tensors(payload["state_dict"]), model.encoder, STEM_KEYS)
     model.encoder.load_state_dict(state, strict=True)
     return model, report

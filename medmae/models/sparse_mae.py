@@ -116,16 +116,42 @@ def sparse_res_block(block: UnetResBlock, x: torch.Tensor, visible: torch.Tensor
 
 
 class SparseMasking(PatchReconstruction):
-    """Masks, visible maps and the forward pass that every sparse convolutional MAE shares. A subclass
-    sets ``img_size``, ``patch_size`` (the masking unit: the encoder's total stride), ``grid``, ``keep``,
-    ``mask_ratio``, ``mask_strategy``, ``norm_pix_loss`` and ``stage_sizes`` (each encoder stage's spatial
-    size), and provides ``forward_encoder(x, mask)`` and ``forward_decoder(features, mask)``."""
+    """Masking geometry, masks, visible maps and the forward pass that every sparse convolutional MAE
+    shares. A subclass calls :meth:`_init_masking` and provides ``forward_encoder(x, mask)`` and
+    ``forward_decoder(features, mask)``."""
 
     grid: tuple[int, ...]
     keep: int
     mask_ratio: float
     mask_strategy: str
     stage_sizes: list[tuple[int, ...]]
+
+    def _init_masking(
+        self,
+        spatial_dims: int,
+        img_size: int | Sequence[int],
+        strides: Sequence[int | Sequence[int]],
+        mask_ratio: float,
+        norm_pix_loss: bool,
+        mask_strategy: str,
+    ) -> list[tuple[int, ...]]:
+        """Set the masking geometry of an encoder with stage ``strides`` (the first 1) for inputs of
+        ``img_size``: the cell (total stride), the grid, the visible count and each stage's size. Returns each
+        stage's stride per axis; ValueError for a size or stride the encoder cannot take."""
+        self.img_size = as_tuple(img_size, spatial_dims, "img_size")
+        check_size(self.img_size, strides, "img_size")
+        steps = stage_strides(strides, spatial_dims)
+        if any(s != 1 for s in steps[0]):
+            raise ValueError(f"strides={list(strides)}: the first stage's stride must be 1 (full resolution)")
+        self.patch_size = total_stride(strides, spatial_dims)
+        self.grid = grid_size(self.img_size, self.patch_size)
+        self.keep = visible_count(mask_strategy, self.grid, mask_ratio)
+        self.mask_ratio, self.norm_pix_loss, self.mask_strategy = mask_ratio, norm_pix_loss, mask_strategy
+        self.stage_sizes = [
+            tuple(s // math.prod(axis) for s, axis in zip(self.img_size, zip(*steps[: i + 1])))
+            for i in range(len(steps))
+        ]
+        return steps
 
     def visible_maps(self, mask: torch.Tensor) -> list[torch.Tensor]:
         """mask ``[B, N]`` (1 = hidden) -> per encoder stage ``[B, 1, *S_i]``, 1 = visible, float32 (the
@@ -219,20 +245,8 @@ class SparseConvMAE(SparseMasking, nn.Module):
         decoder_width: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.img_size = as_tuple(img_size, spatial_dims, "img_size")
-        check_size(self.img_size, strides, "img_size")
-        steps = stage_strides(strides, spatial_dims)
-        if any(s != 1 for s in steps[0]):
-            raise ValueError(f"strides={list(strides)}: the input block's stride must be 1 (full resolution)")
-        self.patch_size = total_stride(strides, spatial_dims)
-        self.grid = grid_size(self.img_size, self.patch_size)
-        self.keep = visible_count(mask_strategy, self.grid, mask_ratio)
-        self.mask_ratio, self.norm_pix_loss, self.mask_strategy = mask_ratio, norm_pix_loss, mask_strategy
+        steps = self._init_masking(spatial_dims, img_size, strides, mask_ratio, norm_pix_loss, mask_strategy)
         self.encoder = conv_encoder(ResidualUNet(spatial_dims, in_channels, 1, filters, strides))
-        self.stage_sizes = [
-            tuple(s // math.prod(axis) for s, axis in zip(self.img_size, zip(*steps[: i + 1])))
-            for i in range(len(steps))
-        ]
         widths = decoder_widths(decoder_width, filters)
         self._build_decoder(spatial_dims, in_channels, list(filters), widths, steps)
         self.config = {

@@ -38,6 +38,7 @@ ARCHITECTURE_KEYS = (
 )
 POS_KEY = "patch_embedding.position_embeddings"
 PATCH_KEY = "patch_embedding.patch_embeddings.weight"
+GEOMETRY = ("in_channels", "img_size")  # what a convolutional segmenter may set apart from its checkpoint
 
 
 class WeightTransferError(UserError, ValueError):
@@ -71,6 +72,15 @@ def encoder_source(checkpoint: str | Path | dict[str, Any]) -> tuple[dict[str, t
     raise WeightTransferError(
         f"no encoder in checkpoint (no key {ENCODER_PREFIXES[0] + PATCH_KEY!r} or {ENCODER_PREFIXES[1] + PATCH_KEY!r})"
     )
+
+
+def pretrained_geometry(payload: dict[str, Any], overrides: dict[str, Any], who: str) -> dict[str, Any]:
+    """``in_channels`` and ``img_size`` of a convolutional segmenter built around ``payload``'s encoder: the
+    checkpoint's, with ``overrides`` of these two only (ValueError naming ``who`` for any other)."""
+    unknown = sorted(set(overrides) - set(GEOMETRY))
+    if unknown:
+        raise ValueError(f"{who}: cannot override {unknown}; only {list(GEOMETRY)}")
+    return {key: payload["config"].get(key) for key in GEOMETRY} | overrides
 
 
 def _adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:

@@ -42,6 +42,28 @@ def timm_layout(encoder: ViTEncoder) -> dict[str, torch.Tensor]:
     return renamed | {"head.weight": torch.zeros(10, encoder.config["width"]), "head.bias": torch.zeros(10)}
 
 
+def resenc_kwargs(features: list[int], blocks: list[int]) -> dict:
+    """A ``ResidualEncoderUNet``'s arguments as nnssl's plans write them (classes as import paths): nnU-Net's
+    ResEnc settings, stride 2 after the first stage."""
+    stages = len(features)
+    return {
+        "n_stages": stages,
+        "features_per_stage": features,
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * stages,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1),
+        "n_blocks_per_stage": blocks,
+        "n_conv_per_stage_decoder": [1] * (stages - 1),
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.modules.activation.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
 def nnssl_checkpoint(path, architecture: str = "ResEncL", in_channels: int = 1, arch_kwargs=None) -> dict:
     """Write ``path`` as nnssl's MAE trainer writes ``checkpoint_final.pth`` (the whole ResEnc U-Net with
     output = input channels under ``network_weights``, the adaptation plan's JSON form), random weights;
@@ -51,23 +73,7 @@ def nnssl_checkpoint(path, architecture: str = "ResEncL", in_channels: int = 1, 
 
     from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
-    resenc_l = {
-        "n_stages": 6,
-        "features_per_stage": [32, 64, 128, 256, 320, 320],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 6,
-        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-        "n_blocks_per_stage": [1, 3, 4, 6, 6, 6],
-        "n_conv_per_stage_decoder": [1, 1, 1, 1, 1],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.modules.activation.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
-    kwargs = dict(arch_kwargs or resenc_l)
+    kwargs = dict(arch_kwargs or resenc_kwargs([32, 64, 128, 256, 320, 320], [1, 3, 4, 6, 6, 6]))
     built = {k: pydoc.locate(v) if k in ("conv_op", "norm_op", "nonlin") else v for k, v in kwargs.items()}
     net = ResidualEncoderUNet(input_channels=in_channels, num_classes=in_channels, deep_supervision=False, **built)
     with torch.no_grad():

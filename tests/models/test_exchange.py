@@ -16,24 +16,9 @@ from medmae.models import create_model
 from medmae.models.exchange import export_nnssl, read_pretrained, reverse_axes
 from medmae.models.resenc import resenc_from_pretrained
 from medmae.models.weights import unetr_from_pretrained
-from tests.models.helpers import nnssl_checkpoint
+from tests.models.helpers import nnssl_checkpoint, resenc_kwargs
 
-TINY_KWARGS = {
-    "n_stages": 5,
-    "features_per_stage": [8, 16, 32, 64, 64],
-    "conv_op": "torch.nn.modules.conv.Conv3d",
-    "kernel_sizes": [[3, 3, 3]] * 5,
-    "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-    "n_blocks_per_stage": [1, 1, 1, 1, 1],
-    "n_conv_per_stage_decoder": [1, 1, 1, 1],
-    "conv_bias": True,
-    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-    "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-    "dropout_op": None,
-    "dropout_op_kwargs": None,
-    "nonlin": "torch.nn.modules.activation.LeakyReLU",
-    "nonlin_kwargs": {"inplace": True},
-}
+TINY_KWARGS = resenc_kwargs([8, 16, 32, 64, 64], [1, 1, 1, 1, 1])
 ARCH = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 
 
