@@ -4,7 +4,8 @@ JSON line per mode.
     python benchmarks/prediction_modes.py --device cpu --output docs/results/prediction_modes/cpu.jsonl
 
 The model is the demo's tiny UNETR fine-tuned for a few steps on generated CT-like volumes (64 x 64 x 48
-voxels at 4.5 mm, ROI 48 x 48 x 32); the five ensemble members are that checkpoint read five times, so the
+voxels at 4.5 mm, ROI 48 x 48 x 32; left and right kidneys, so mirroring flips two axes: 4 passes); the five
+ensemble members are that checkpoint read five times, so the
 times are what the modes cost, not what they score. Each mode predicts the same cases (``--cases``) through
 ``predict_volumes`` (sliding windows, inversion to the image grid, label maps written), after one warm-up
 case; the median seconds per case are reported with the ratio to one model.
@@ -38,14 +39,18 @@ MODES = {
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "test" / "tiny.yaml")
 
 
-def seconds_per_case(checkpoint: Path, members: int, mirror: bool, cases, output: Path, device: str) -> list[float]:
+def seconds_per_case(
+    checkpoint: Path, members: int, mirror: bool, cases, output: Path, device: str
+) -> tuple[list[float], int]:
+    """Seconds per case of a mode, and its forward passes per window (members x flips)."""
     model, payloads, task, device = load_averaged([str(checkpoint)] * members, device, mirror)
+    passes = members * len(getattr(model, "flips", [()]))
     times = []
     for case in [cases[0], *cases]:  # the first is a warm-up
         started = time.perf_counter()
         predict_volumes(model, task, payloads[0]["run_config"], [case], output, device, progress=False)
         times.append(time.perf_counter() - started)
-    return times[1:]
+    return times[1:], passes
 
 
 def main() -> None:
@@ -62,16 +67,15 @@ def main() -> None:
         cases = load_split(load_task("demo"), data).test
         lines, single = [], None
         for mode, (members, mirror) in MODES.items():
-            times = seconds_per_case(
-                root / "run" / "checkpoints" / "best.pt", members, mirror, cases, root / "out", args.device
-            )
+            best = root / "run" / "checkpoints" / "best.pt"
+            times, passes = seconds_per_case(best, members, mirror, cases, root / "out", args.device)
             median = statistics.median(times)
             single = single or median
             lines.append(
                 {
                     "case": "prediction_mode",
                     "mode": mode,
-                    "forward_passes_per_window": members * (8 if mirror else 1),
+                    "forward_passes_per_window": passes,
                     "seconds_per_case": round(median, 3),
                     "ratio_to_one_model": round(median / single, 2),
                     "cases_timed": len(times),

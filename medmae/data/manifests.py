@@ -144,8 +144,8 @@ def load_split(
 ) -> Split:
     """The cases of ``task`` at ``data_root`` in the train, validation and test parts of ``split``; a name
     ``<split>_cv<k>`` gives cross-validation fold ``k`` of ``<split>`` (:func:`cross_validation`)."""
-    folded = re.fullmatch(rf"(.+){CV_SUFFIX}([0-9]+)", split or "")
-    if folded and int(folded.group(2)) < FOLDS:
+    folded = re.fullmatch(rf"(.+){CV_SUFFIX}([0-{FOLDS - 1}])", split or "")
+    if folded:
         return cross_validation(load_split(task, data_root, manifest, folded.group(1)), int(folded.group(2)))
     root = resolve_data_root(task, data_root)
     if task.layout == "chestxray14":

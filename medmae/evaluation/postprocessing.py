@@ -9,7 +9,7 @@ class outside its largest component become background. Tasks of overlapping regi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +56,24 @@ def defined_mean(values: Sequence[float]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def choose_postprocessing(task: TaskSpec, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """From validation ``pairs`` (predicted, reference label maps), the classes whose mean DSC rises when
-    only their largest component is kept (each class tried on its own), with both means per class (None for
-    a class in no case: no evidence, never chosen)."""
-    per_class = {}
-    for name, values in task.scored_classes.items():
-        before, after = [], []
-        for pred, ref in pairs:
-            ignored = ref == task.ignore_label if task.ignore_label is not None else None
-            before.append(class_dsc(pred, ref, values, ignored))
-            after.append(class_dsc(keep_largest(pred, task, [name]), ref, values, ignored))
-        per_class[name] = {"dsc_before": defined_mean(before), "dsc_after": defined_mean(after)}
+def choose_postprocessing(task: TaskSpec, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """From validation ``pairs`` (predicted, reference label maps; read one at a time), the classes whose mean
+    DSC rises when only their largest component is kept (each class tried on its own), with both means per
+    class (None for a class in no case: no evidence, never chosen)."""
+    before: dict[str, list[float]] = {name: [] for name in task.scored_classes}
+    after: dict[str, list[float]] = {name: [] for name in task.scored_classes}
+    cases = 0
+    for pred, ref in pairs:
+        cases += 1
+        ignored = ref == task.ignore_label if task.ignore_label is not None else None
+        for name, values in task.scored_classes.items():
+            before[name].append(class_dsc(pred, ref, values, ignored))
+            after[name].append(class_dsc(keep_largest(pred, task, [name]), ref, values, ignored))
+    per_class = {
+        name: {"dsc_before": defined_mean(before[name]), "dsc_after": defined_mean(after[name])} for name in before
+    }
     chosen = [name for name, m in per_class.items() if m["dsc_before"] is not None and m["dsc_after"] > m["dsc_before"]]
-    return {KEY: chosen, "per_class": per_class, "cases": len(pairs)}
+    return {KEY: chosen, "per_class": per_class, "cases": cases}
 
 
 def write_decision(decision: dict[str, Any], path: Path) -> Path:

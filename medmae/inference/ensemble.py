@@ -3,8 +3,10 @@ cross-validation) and mirroring (each prediction averaged over the flips of ever
 
 :class:`AveragedModel` averages the members' probabilities over members and flips and returns the logits
 of that average (``log p`` for a softmax, ``logit p`` for sigmoids), so that the softmax or sigmoid every
-caller applies (:func:`medmae.inference.segment.output_probabilities`) gives back exactly the averaged
-probabilities; sliding windows, inversion to the image grid and saved probabilities work unchanged.
+caller applies (:func:`medmae.inference.segment.output_probabilities`) gives back the averaged
+probabilities of each window (sliding windows blend logits, as they do for one model); inversion to the
+image grid and saved probabilities work unchanged. nnU-Net v2 averages logits; medmae averages
+probabilities, so that a confident member cannot outvote the others.
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from medmae.errors import UserError
 from medmae.evaluation.postprocessing import read_decision
 
 FOLDS = 5  # medmae.data.manifests.FOLDS: the folds of a cross-validation
-SCORES = Path("validation") / "per_case.csv"  # a finished fold's validation scores, in its run folder
+SCORES = Path("validation") / "per_case.csv"  # a fold's validation scores, in its run folder
+FINISHED = Path("validation") / "finished.json"  # written last: the fold is trained and scored
+PROBABILITY_FLOOR = 1e-6  # averaged probabilities are kept this far from 0 and 1 (finite logits)
 
 
-def mirror_flips(spatial_dims: int) -> list[tuple[int, ...]]:
+def mirror_flips(spatial_dims: int, lateral: bool = False) -> list[tuple[int, ...]]:
     """Every combination of spatial axes to flip, as dims of ``[B, C, *S]``, no flip first: ``2^d`` of them
-    (8 in 3D, nnU-Net's mirroring over all axes)."""
-    axes = range(2, 2 + spatial_dims)
-    return [combo for k in range(spatial_dims + 1) for combo in itertools.combinations(axes, k)]
+    (8 in 3D, nnU-Net's mirroring over all axes). A ``lateral`` task (left and right labels) never flips its
+    first axis, as its training never does: a flipped body would swap the sides' labels."""
+    axes = range(3 if lateral else 2, 2 + spatial_dims)
+    return [combo for k in range(len(axes) + 1) for combo in itertools.combinations(axes, k)]
 
 
 class AveragedModel(nn.Module):
@@ -37,18 +42,20 @@ class AveragedModel(nn.Module):
     Args:
         members: fine-tuned models of one task, in eval mode, on one device.
         sigmoid: the task's outputs are sigmoids (regions, findings); else a softmax over classes.
-        mirror: average over the flips of every spatial axis (the flips are batched: one forward per member).
-        spatial_dims: 2 or 3.
+        flips: the flips to average over (:func:`mirror_flips`; ``[()]``: none), batched: one forward per
+            member on a batch holding every flip, so mirroring in 3D needs 8 times the window batch's memory
+            (lower ``infer.sw_batch_size`` where that does not fit).
 
     Forward: ``[B, C, *S]`` -> ``[B, K, *S]`` (segmentation) or ``[B, K]`` (classification), float32 logits
-    whose softmax (sigmoid) is the mean of the members' softmax (sigmoid) outputs over members and flips.
+    whose softmax (sigmoid) is the mean of the members' softmax (sigmoid) outputs over members and flips,
+    held within ``[1e-6, 1 - 1e-6]`` so that the logits stay finite where sliding windows blend them.
     """
 
-    def __init__(self, members: Sequence[nn.Module], sigmoid: bool, mirror: bool = False, spatial_dims: int = 3):
+    def __init__(self, members: Sequence[nn.Module], sigmoid: bool, flips: Sequence[tuple[int, ...]] = ((),)):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.sigmoid = sigmoid
-        self.flips = mirror_flips(spatial_dims) if mirror else [()]
+        self.flips = list(flips)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
@@ -60,7 +67,7 @@ class AveragedModel(nn.Module):
             for k, dims in enumerate(self.flips):
                 part = probabilities[k * batch : (k + 1) * batch]
                 total = total + (part.flip(dims) if dims else part)
-        mean = total / (len(self.members) * len(self.flips))
+        mean = (total / (len(self.members) * len(self.flips))).clamp(PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
         return torch.logit(mean) if self.sigmoid else mean.log()
 
 
@@ -92,9 +99,9 @@ def with_folds(checkpoints: Sequence[str]) -> list[str]:
             expanded.append(checkpoint)
             continue
         folds = [fold_folder(parent, k) for k in range(FOLDS)]
-        found = [str(f / "checkpoints" / "best.pt") for f in folds if (f / SCORES).is_file()]
+        found = [str(f / "checkpoints" / "best.pt") for f in folds if (f / FINISHED).is_file()]
         if not found:
-            raise UserError(f"{parent}: a cross-validation folder with no finished fold (fold_<k>/{SCORES})")
+            raise UserError(f"{parent}: a cross-validation folder with no finished fold (fold_<k>/{FINISHED})")
         expanded += found
     return expanded
 

@@ -156,9 +156,11 @@ def evaluate(
         for member, path in zip(payloads, checkpoints)
         for note in refuse_seen(member, named, data_root, manifest, split, part, cases, path, allow_seen)
     ]
+    notes = list(dict.fromkeys(notes))  # members' identical notes once
     if len(checkpoints) > 1 or mirror:
         notes.append(f"ensemble of {len(checkpoints)} checkpoints ({', '.join(checkpoints)}), mirroring {mirror}")
     folder = f"evaluate_{part}" if trained == split.name else f"evaluate_{split.name}_{part}"
+    folder += (f"_ensemble{len(checkpoints)}" if len(checkpoints) > 1 else "") + ("_mirrored" if mirror else "")
     output = output_folder(output_dir or run_folder / folder)
     with removed_on_error(output):
         if task.is_classification:

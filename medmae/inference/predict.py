@@ -28,7 +28,7 @@ from medmae.evaluation.reports import notes_path, write_csv
 from medmae.evaluation.scoring import shown
 from medmae.files import output_folder, removed_on_error
 from medmae.inference.classify import classify
-from medmae.inference.ensemble import AveragedModel, check_members, chosen_postprocessing, with_folds
+from medmae.inference.ensemble import AveragedModel, check_members, chosen_postprocessing, mirror_flips, with_folds
 from medmae.inference.segment import background_outside, segment, to_label_map, to_original_grid
 from medmae.models.registry import rebuild_model
 from medmae.tasks import TaskSpec, task_from_record
@@ -97,7 +97,8 @@ def load_averaged(
     if len(members) == 1 and not mirror:
         return members[0], payloads, task, device
     sigmoid = bool(task.regions) or task.is_classification
-    return AveragedModel(members, sigmoid, mirror, task.spatial_dims).eval(), payloads, task, device
+    flips = mirror_flips(task.spatial_dims, task.lateral) if mirror else [()]
+    return AveragedModel(members, sigmoid, flips).eval(), payloads, task, device
 
 
 def finetuned_payload(checkpoint: str | Path) -> dict:

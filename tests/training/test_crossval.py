@@ -44,7 +44,7 @@ def test_folds_run_resume_at_the_fold_that_stopped_and_predict_as_an_ensemble(tm
     assert "foreground mean" in set(summary["class"])
     evaluate = ["evaluate", "--task", "demo", "--data-root", str(demo_root), "--checkpoint", str(parent), "--quiet"]
     assert main(evaluate) == 0
-    notes = next((parent / "evaluate_datalist_test").glob("summary_notes.txt")).read_text()
+    notes = (parent / "evaluate_datalist_test_ensemble5" / "summary_notes.txt").read_text()
     assert "ensemble of 5 checkpoints" in notes
     assert json.loads((parent / "crossval" / "postprocessing.json").read_text())["cases"] == 5
     write_decision({"largest_component": ["liver"]}, parent / "crossval" / "postprocessing.json")
@@ -53,3 +53,11 @@ def test_folds_run_resume_at_the_fold_that_stopped_and_predict_as_an_ensemble(tm
     assert main([*predict, "--quiet"]) == 0
     liver = np.asarray(nib.load(tmp_path / "p" / "img0006.nii.gz").dataobj) == 1
     assert ndimage.label(liver, structure=np.ones((3, 3, 3)))[1] <= 1  # the chosen postprocessing was applied
+
+
+def test_a_fold_finished_on_another_split_is_refused(tmp_path, demo_root, capsys):
+    finished = tmp_path / "cv" / "fold_0" / "validation" / "finished.json"
+    finished.parent.mkdir(parents=True)
+    finished.write_text(json.dumps({"split": "fold3_cv0", "checkpoint": "best.pt"}))
+    assert main(demo_run("finetune", demo_root, tmp_path / "cv", "--folds", "0")) == 2
+    assert "fold 0 of split fold3_cv0, not datalist_cv0; use another --output-dir" in capsys.readouterr().err
