@@ -65,9 +65,10 @@ def read_pretrained(path: str | Path) -> tuple[dict[str, Any], list[str]]:
             return nnssl_payload(raw, path)
         except (KeyError, TypeError, StopIteration) as error:
             raise CheckpointError(f"{path}: an nnssl checkpoint whose adaptation plan lacks {error}") from error
-    state = raw.get("state_dict", raw.get("model", raw)) if isinstance(raw, dict) else None
-    if isinstance(state, dict) and PATCH_KEY in unwrapped(state) and "blocks.0.attn.qkv.weight" in unwrapped(state):
-        return monai_vit_payload(unwrapped(state), path)
+    nested = raw.get("state_dict", raw.get("model", raw)) if isinstance(raw, dict) else None
+    state = unwrapped(nested) if isinstance(nested, dict) else {}
+    if PATCH_KEY in state and "blocks.0.attn.qkv.weight" in state:
+        return monai_vit_payload(state, path)
     found = sorted(map(str, raw))[:6] if isinstance(raw, dict) else type(raw).__name__
     raise CheckpointError(
         f"{path}: neither a medmae checkpoint, an nnssl checkpoint ({' and '.join(NNSSL_KEYS)}) nor MONAI ViT "

@@ -28,6 +28,8 @@ from medmae.models.light import LightDecoderViT
 from medmae.models.mae import MaskedAutoencoder
 from medmae.models.patchify import as_tuple
 from medmae.models.registry import Family, accepted, check_known, create_model, register, unknown_model
+from medmae.models.resenc import KERNEL_SIZE as RESENC_KERNEL
+from medmae.models.resenc import RESENC_PRESETS, ResEncUNet, SparseResEncMAE, resenc_from_pretrained
 from medmae.models.sparse_mae import SparseConvMAE
 from medmae.models.unet import BaselineUNet
 from medmae.models.unetr import EncoderUNETR
@@ -235,8 +237,6 @@ class ResEncFamily(Family):
         return [f"{kind}_{size}_{d}d" for kind in ("mae_resenc", "resenc") for size in self.sizes for d in (2, 3)]
 
     def create(self, name: str, match: re.Match, kwargs: dict[str, Any]) -> nn.Module:
-        from medmae.models.resenc import KERNEL_SIZE, RESENC_PRESETS, ResEncUNet, SparseResEncMAE
-
         kind, size, dims = match.groups()
         if size not in RESENC_PRESETS and "features" not in kwargs:
             raise unknown_model(name)
@@ -244,13 +244,11 @@ class ResEncFamily(Family):
         settings = {"spatial_dims": int(dims), **RESENC_PRESETS.get(size, {}), **kwargs}
         dims = settings["spatial_dims"]
         stride = total_stride(settings["strides"], dims)
-        pop_derived(name, settings, {"kernel_size": (KERNEL_SIZE,) * dims, "patch_size": stride})
+        pop_derived(name, settings, {"kernel_size": (RESENC_KERNEL,) * dims, "patch_size": stride})
         check_known(name, settings, accepted(target))
         return target(**settings)
 
     def input_multiple(self, model: Any) -> int:
-        from medmae.models.resenc import RESENC_PRESETS
-
         return math.prod(RESENC_PRESETS.get(model.size, RESENC_PRESETS["l"])["strides"])
 
     def config_problems(self, model: Any) -> list[str]:
@@ -269,8 +267,6 @@ class ResEncFamily(Family):
     def from_pretrained(
         self, payload: dict[str, Any], model: Any, outputs: int, geometry: dict[str, Any], classify: bool = False
     ) -> tuple[nn.Module, TransferReport]:
-        from medmae.models.resenc import resenc_from_pretrained
-
         net, report = resenc_from_pretrained(payload, outputs, **geometry)
         core = re.fullmatch(r"(?:mae_)?(resenc_[a-z0-9]+_[23]d)", str(payload["config"].get("name")))
         net.config["name"] = core.group(1) if core else f"resenc_custom_{net.config['spatial_dims']}d"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from medmae.models.weights import TransferReport
 FAMILIES: dict[str, Family] = {}
 
 
-class Family:
+class Family(ABC):
     """A backbone family: its registry names, its MAE, its segmenter (from scratch or around a pretrained
     encoder), its input multiple and its config checks. Subclasses set the class attributes and override
     the methods their family supports.
@@ -58,9 +59,9 @@ class Family:
         """The registry names ``medmae info`` lists."""
         return []
 
+    @abstractmethod
     def create(self, name: str, match: re.Match, kwargs: dict[str, Any]) -> nn.Module:
         """The model of registry ``name`` (``match`` of :attr:`pattern`), ``kwargs`` overriding its preset."""
-        raise NotImplementedError
 
     def input_multiple(self, model: Any) -> int | list[int]:
         """What every input size of config section ``model`` must be a multiple of (the MAE's masking unit)."""
@@ -79,11 +80,11 @@ class Family:
             f"model.arch={model.arch} is trained from scratch only; pretrain with model.arch {', '.join(others)}"
         )
 
+    @abstractmethod
     def segmenter(
         self, model: Any, spatial_dims: int, outputs: int, geometry: dict[str, Any], classify: bool = False
     ) -> nn.Module:
         """A segmentation model from scratch (``classify``: the classifier of a classifying family)."""
-        raise NotImplementedError
 
     def from_pretrained(
         self, payload: dict[str, Any], model: Any, outputs: int, geometry: dict[str, Any], classify: bool = False

@@ -48,11 +48,10 @@ def run_folds(request: RunRequest, folds: list[int]) -> Path:
     parent = output_dir(request, "finetune")
     for fold in folds:
         folder, split = fold_folder(parent, fold), f"{base}{CV_SUFFIX}{fold}"
-        if finished_split(folder) is not None:
-            if finished_split(folder) != split:
-                raise UserError(
-                    f"{folder}: fold {fold} of split {finished_split(folder)}, not {split}; use another --output-dir"
-                )
+        done = finished_split(folder)
+        if done is not None:
+            if done != split:
+                raise UserError(f"{folder}: fold {fold} of split {done}, not {split}; use another --output-dir")
             log.info("fold %d: done before (%s); skipped", fold, folder / FINISHED)
             continue
         log.info("fold %d of %d: fine-tuning on split %s into %s", fold, FOLDS, split, folder)
